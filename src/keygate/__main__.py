@@ -1,0 +1,3 @@
+from keygate.cli import main
+
+raise SystemExit(main())

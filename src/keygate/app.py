@@ -1,0 +1,183 @@
+"""Assembles the server: one raw ASGI callable dispatching to health, admin API, admin UI and the
+proxy. No framework on the proxy path: every layer there costs on every request."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from keygate import __version__
+from keygate.gateway import Gateway
+from keygate.observe import log, setup_logging
+from keygate.proxy import handler
+from keygate.settings import ConfigError, Settings, load_settings
+
+NGINX_WELCOME = b"""<!DOCTYPE html>
+<html>
+<head>
+<title>Welcome to nginx!</title>
+<style>
+html { color-scheme: light dark; }
+body { width: 35em; margin: 0 auto;
+font-family: Tahoma, Verdana, Arial, sans-serif; }
+</style>
+</head>
+<body>
+<h1>Welcome to nginx!</h1>
+<p>If you see this page, the nginx web server is successfully installed and
+working. Further configuration is required.</p>
+
+<p>For online documentation and support please refer to
+<a href="http://nginx.org/">nginx.org</a>.<br/>
+Commercial support is available at
+<a href="http://nginx.com/">nginx.com</a>.</p>
+
+<p><em>Thank you for using nginx.</em></p>
+</body>
+</html>
+"""
+
+
+class App:
+    def __init__(self, settings: Settings, banner: bool = True) -> None:
+        self.settings = settings
+        self.gateway = Gateway(settings)
+        self.banner = banner
+        self.admin_path = settings.admin_path
+        self.admin_root = settings.admin_path.rstrip("/")
+        self.admin_api: Any = None
+        self.admin_ui: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path == "/healthz":
+                await self._json(send, 200, self.health())
+            elif path.startswith("/api/") or path == "/api":
+                await self._admin_api(scope, receive, send)
+            elif path.startswith(self.admin_path) or path == self.admin_root:
+                await self._admin_ui(scope, receive, send)
+            elif path == "/":
+                await self._root(send)
+            else:
+                await handler.handle(self.gateway, scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _admin_api(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.admin_api is None:
+            from keygate.admin.api import AdminAPI
+
+            self.admin_api = AdminAPI(self.gateway)
+        await self.admin_api(scope, receive, send)
+
+    async def _admin_ui(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.admin_ui is None:
+            from keygate.admin.ui import AdminUI
+
+            self.admin_ui = AdminUI(self.gateway)
+        await self.admin_ui(scope, receive, send)
+
+    async def _root(self, send: Any) -> None:
+        if self.settings.disguise == "nginx":
+            headers = [(b"content-type", b"text/html"), (b"server", b"nginx")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": NGINX_WELCOME})
+            return
+        await send({"type": "http.response.start", "status": 302, "headers": [(b"location", self.admin_path.encode())]})
+        await send({"type": "http.response.body", "body": b""})
+
+    def health(self) -> dict[str, Any]:
+        gw = self.gateway
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(_now() - gw.started_at, 1),
+            "store": self.settings.store_kind,
+            "state": "local",
+            "providers": {
+                name: {"keys": len(rt.pool.entries), **rt.admission.snapshot()}
+                for name, rt in gw.providers.items()
+                if rt.pool.entries
+            },
+        }
+
+    async def _json(self, send: Any, status: int, doc: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": orjson.dumps(doc)})
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as exc:
+                    log.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                if self.banner:
+                    print_banner(self.gateway)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def print_banner(gw: Gateway) -> None:
+    s = gw.settings
+    host = f"[{s.host}]" if ":" in s.host else s.host
+    base = f"http://{host}:{s.port}"
+    lines = [
+        f"keygate {__version__}",
+        f"  listening     {base}",
+        f"  admin         {base}{s.admin_path}",
+        f"  proxy         {base}/<provider>/v1/...   {base}/v1/... → {s.default_provider}",
+        f"  store         {s.store_description}",
+        "  shared state  local (in-process limits)" + (f", 1/{s.fleet_size} of each limit per instance" if s.fleet_size > 1 else ""),
+        f"  flush         {'counters every ' + str(s.flush_interval_ms) + ' ms' if s.flush_interval_ms else 'off (KV_FLUSH_INTERVAL_MS=0: counters stay in memory)'}",
+        "  providers",
+    ]
+    for name, rt in gw.providers.items():
+        c = rt.cfg
+        n = len(rt.pool.entries)
+        if n or not c.builtin:
+            lines.append(f"    {name:<13} {n:>6} keys  rps={c.rps:g} burst={c.burst} max_conn={c.max_conn}  → {c.base_url}")
+    idle = [name for name, rt in gw.providers.items() if not rt.pool.entries and rt.cfg.builtin]
+    if idle:
+        lines.append(f"    (no keys yet: {', '.join(idle)})")
+    if gw.passwords:
+        lines.append(f"  proxy auth    on ({len(gw.passwords)} password{'s' if len(gw.passwords) > 1 else ''})")
+    else:
+        lines.append("  " + "!" * 72)
+        lines.append("  !! WARNING: proxy auth is OFF — anyone who reaches this port can spend your keys.")
+        lines.append("  !! Set ACCESS_PASSWORD to require a gateway password.")
+        lines.append("  " + "!" * 72)
+    if gw.new_admin_token:
+        lines.append(f"  admin token   {gw.new_admin_token}   (shown once; stored hashed — keep it)")
+    elif s.admin_password:
+        lines.append("  admin auth    ADMIN_PASSWORD")
+    else:
+        lines.append("  admin auth    token generated at first start (stored hashed)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def create_app() -> App:
+    """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        print(f"keygate: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(settings.log_level)
+    return App(settings, banner=os.environ.get("KEYGATE_WORKER_BANNER", "1") == "1")

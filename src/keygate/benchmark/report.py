@@ -1,0 +1,297 @@
+"""Turning a run's figures into what people read: a table, a verdict against issue 7, a chart.
+
+Only ratios taken side by side in one run mean anything on a noisy machine, so the table puts
+the references in adjacent columns and the verdict compares keygate with bare and direct.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REFS = ("direct", "bare", "keygate", "litellm")
+
+# Targets of issue 7 (2-core machine, one keygate worker, load on the other core).
+TARGET_RPS_VS_BARE = 0.80
+TARGET_ADDED_P50_MS = 0.5
+TARGET_ADDED_P99_MS = 2.0
+TARGET_STREAM_GAP_P99_MS = 5.0
+TARGET_STREAM_RSS_MB = 150.0
+TARGET_IDLE_RSS_MB = 70.0
+TARGET_STARTUP_S = 1.0
+TARGET_MANY_KEYS_COST = 0.05
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: they only compare with runs on the same kind of box."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+# ---- table ------------------------------------------------------------------------------------
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if digits == 0:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _row_specs(data: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], Any], int, bool]]:
+    """(label, getter on a reference's figures, decimals, ratio meaningful)."""
+    specs: list[tuple[str, Callable[[dict[str, Any]], Any], int, bool]] = []
+    for c in data["settings"]["concurrency"]:
+        k = str(c)
+        specs += [
+            (f"req/s  c={c}", lambda r, k=k: _get(r, "wrk", k, "rps"), 0, True),
+            (f"p50 ms c={c}", lambda r, k=k: _get(r, "wrk", k, "p50_ms"), 3, True),
+            (f"p99 ms c={c}", lambda r, k=k: _get(r, "wrk", k, "p99_ms"), 3, True),
+        ]
+    specs += [
+        ("added p50 ms c=1", lambda r: _get(r, "added_c1", "p50_ms"), 3, False),
+        ("added p99 ms c=1", lambda r: _get(r, "added_c1", "p99_ms"), 3, False),
+    ]
+    n = data["settings"]["streams"]
+    specs += [
+        (f"streams x{n}: TTFC p50 ms", lambda r: _get(r, "streams", "ttfc_p50_ms"), 2, True),
+        ("streams: TTFC p99 ms", lambda r: _get(r, "streams", "ttfc_p99_ms"), 2, True),
+        ("streams: gap p50 ms", lambda r: _get(r, "streams", "gap_p50_ms"), 2, True),
+        ("streams: gap p99 ms", lambda r: _get(r, "streams", "gap_p99_ms"), 2, True),
+        ("streams: added TTFC p50 ms", lambda r: _get(r, "streams", "added_ttfc_p50_ms"), 2, False),
+        ("streams: added gap p99 ms", lambda r: _get(r, "streams", "added_gap_p99_ms"), 2, False),
+        ("streams: chunks lost", lambda r: _get(r, "streams", "chunks_lost"), 0, False),
+        ("RSS idle MB", lambda r: _get(r, "memory", "idle_mb"), 1, True),
+        ("RSS peak under streams MB", lambda r: _get(r, "memory", "peak_streams_mb"), 1, True),
+        ("RSS after load MB", lambda r: _get(r, "memory", "after_load_mb"), 1, True),
+        ("start-up s", lambda r: r.get("startup_s"), 3, True),
+    ]
+    return specs
+
+
+def format_table(data: dict[str, Any]) -> str:
+    """Rows per case, one column per reference, then keygate/bare and keygate/direct."""
+    refs = [r for r in REFS if r in data["references"]]
+    header = ["case", *refs, "kg/bare", "kg/direct"]
+    rows: list[list[str]] = []
+    for label, get, digits, ratio_ok in _row_specs(data):
+        vals = {r: get(data["references"][r]) for r in refs}
+        if all(v is None for v in vals.values()):
+            continue
+        cells = [label]
+        for r in refs:
+            cell = _fmt(vals[r], digits)
+            if _flagged(data["references"][r], label):
+                cell += "!"
+            cells.append(cell)
+        for base in ("bare", "direct"):
+            kg, other = vals.get("keygate"), vals.get(base)
+            ok = ratio_ok and isinstance(kg, int | float) and isinstance(other, int | float)
+            cells.append(f"{kg / other:.2f}" if ok and other else "-")
+        rows.append(cells)
+    many = data.get("keys100k") or {}
+    if many.get("ratio") is not None and "keygate" in refs:
+        for label, value in (
+            (f"req/s c={many['concurrency']}, 8 keys (paired)", many.get("rps_8")),
+            (f"req/s c={many['concurrency']}, {many['keys']:,} keys", many.get("rps_many")),
+        ):
+            cells = [label, *("-" for _ in refs), "-", "-"]
+            cells[1 + refs.index("keygate")] = _fmt(value, 0) + ("!" if many.get("flagged") else "")
+            rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append(
+            "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+        )
+    if many.get("ratio") is not None:
+        lines.append(f"{many['keys']:,} keys: {many['ratio']:.3f} of the 8-key throughput")
+    return "\n".join(lines)
+
+
+def _flagged(ref: dict[str, Any], label: str) -> bool:
+    """Mark a cell whose run had errors (non-2xx, socket errors, lost chunks)."""
+    if "c=" in label and label.startswith(("req/s", "p50", "p99")):
+        c = label.rsplit("c=", 1)[1].split()[0]
+        return bool(_get(ref, "wrk", c, "flagged"))
+    if label.startswith("streams"):
+        return bool(_get(ref, "streams", "flagged"))
+    return False
+
+
+# ---- verdict ----------------------------------------------------------------------------------
+
+
+def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each issue-7 target with keygate's measured figure and pass / FAIL / n/a."""
+    refs = data["references"]
+    kg = refs.get("keygate") or {}
+    bare = refs.get("bare") or {}
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, ok: bool | None, shown: str, flagged: bool = False) -> None:
+        status = "n/a" if ok is None else ("pass" if ok else "FAIL")
+        if flagged and ok is not None:
+            status += " (run had errors)"
+        out.append({"target": name, "value": value, "status": status, "shown": shown})
+
+    k50, b50 = _get(kg, "wrk", "50", "rps"), _get(bare, "wrk", "50", "rps")
+    if k50 is not None and b50:
+        ratio = k50 / b50
+        add(
+            "throughput c=50 >= 80% of bare",
+            ratio,
+            ratio >= TARGET_RPS_VS_BARE,
+            f"{ratio:.0%} ({k50:,.0f} vs {b50:,.0f} req/s)",
+            bool(_get(kg, "wrk", "50", "flagged") or _get(bare, "wrk", "50", "flagged")),
+        )
+    else:
+        add("throughput c=50 >= 80% of bare", None, None, "not measured")
+
+    c1_flag = bool(_get(kg, "wrk", "1", "flagged"))
+    for pct, limit in (("p50", TARGET_ADDED_P50_MS), ("p99", TARGET_ADDED_P99_MS)):
+        v = _get(kg, "added_c1", f"{pct}_ms")
+        add(
+            f"added {pct} at c=1 <= {limit} ms",
+            v,
+            None if v is None else v <= limit,
+            "not measured" if v is None else f"{v:.3f} ms",
+            c1_flag,
+        )
+
+    lost = _get(kg, "streams", "chunks_lost")
+    add(
+        "streams: 0 chunks lost",
+        lost,
+        None if lost is None else lost == 0 and not _get(kg, "streams", "failed_streams"),
+        "not measured" if lost is None else f"{lost} lost",
+    )
+    gap = _get(kg, "streams", "added_gap_p99_ms")
+    add(
+        f"streams: added gap p99 <= {TARGET_STREAM_GAP_P99_MS:g} ms",
+        gap,
+        None if gap is None else gap <= TARGET_STREAM_GAP_P99_MS,
+        "not measured" if gap is None else f"{gap:.2f} ms",
+        bool(_get(kg, "streams", "flagged")),
+    )
+    peak = _get(kg, "memory", "peak_streams_mb")
+    add(
+        f"streams: RSS <= {TARGET_STREAM_RSS_MB:g} MB",
+        peak,
+        None if peak is None else peak <= TARGET_STREAM_RSS_MB,
+        "not measured" if peak is None else f"{peak:.1f} MB",
+    )
+    idle = _get(kg, "memory", "idle_mb")
+    add(
+        f"idle RSS <= {TARGET_IDLE_RSS_MB:g} MB",
+        idle,
+        None if idle is None else idle <= TARGET_IDLE_RSS_MB,
+        "not measured" if idle is None else f"{idle:.1f} MB",
+    )
+    start = kg.get("startup_s")
+    add(
+        f"start-up <= {TARGET_STARTUP_S:g} s",
+        start,
+        None if start is None else start <= TARGET_STARTUP_S,
+        "not measured" if start is None else f"{start:.3f} s",
+    )
+    many = data.get("keys100k") or {}
+    ratio = many.get("ratio")
+    add(
+        f"100k keys cost <= {TARGET_MANY_KEYS_COST:.0%}",
+        None if ratio is None else 1 - ratio,
+        None if ratio is None else 1 - ratio <= TARGET_MANY_KEYS_COST,
+        "not measured" if ratio is None else f"{1 - ratio:+.1%} throughput cost",
+        bool(many.get("flagged")),
+    )
+    return out
+
+
+def format_verdict(items: list[dict[str, Any]]) -> str:
+    width = max(len(i["target"]) for i in items)
+    return "\n".join(f"  {i['status']:<5}  {i['target']:<{width}}  {i['shown']}" for i in items)
+
+
+# ---- chart ------------------------------------------------------------------------------------
+
+
+def write_chart(data: dict[str, Any], path: Path) -> str | None:
+    """Bars of req/s and latency per concurrency; returns a warning instead when impossible."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'keygate[bench]'): no PNG chart"
+    refs = [r for r in REFS if _get(data, "references", r, "wrk")]
+    conc = [str(c) for c in data["settings"]["concurrency"]]
+    if not refs or not conc:
+        return "no throughput figures: no PNG chart"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    width = 0.8 / len(refs)
+    xs = range(len(conc))
+    for i, r in enumerate(refs):
+        wrk = data["references"][r]["wrk"]
+        offs = [x + (i - (len(refs) - 1) / 2) * width for x in xs]
+        rps = [_get(wrk, c, "rps") or 0 for c in conc]
+        p50 = [_get(wrk, c, "p50_ms") or 0 for c in conc]
+        p99 = [_get(wrk, c, "p99_ms") or 0 for c in conc]
+        bars = ax1.bar(offs, rps, width, label=r)
+        ax1.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=7, rotation=90, padding=2)
+        ax2.bar(offs, p50, width, label=f"{r} p50", color=bars.patches[0].get_facecolor())
+        ax2.scatter(offs, p99, marker="_", s=200, color="black", zorder=3)
+    for ax, title, ylabel in (
+        (ax1, "Throughput (non-streaming chat completion)", "requests/s"),
+        (ax2, "Latency: bars p50, dashes p99", "ms (log)"),
+    ):
+        ax.set_xticks(list(xs), [f"c={c}" for c in conc])
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    ax1.margins(y=0.2)
+    ax2.set_yscale("log")
+    m = data["machine"]
+    fig.suptitle(f"keygate bench, {m['date']}, {m['cpu']}, {m['cores']} cores", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None

@@ -1,0 +1,273 @@
+"""Command line: serve, keys, providers, config check, bench.
+
+Key and provider commands work on the same store as the server (SQLite's WAL or PostgreSQL make
+that safe while it runs); a running server picks their changes up within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from keygate import __version__
+from keygate.settings import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "workers")}
+    return load_settings(os.environ, getattr(args, "config", None), overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True) if settings.store_kind == "sqlite" else None
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": "httptools",
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 5,
+        "server_header": False,
+        "date_header": False,
+    }
+    if settings.workers > 1:
+        from keygate.workers import run_workers
+
+        return run_workers(settings, args, common)
+    from keygate.app import App
+    from keygate.observe import setup_logging
+
+    setup_logging(settings.log_level)
+    uvicorn.run(App(settings), **common)
+    return 0
+
+
+def _run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from keygate.store import create_store
+
+    async def go() -> int:
+        store = create_store(settings.db_location, settings.secret_key)
+        await store.open()
+        try:
+            return await coro_fn((store, settings, args))
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _check_provider(settings: Settings, name: str) -> None:
+    if name not in settings.providers:
+        raise ConfigError(f"no provider named {name!r} (known: {', '.join(settings.providers)})")
+
+
+async def _keys_add(ctx: Any) -> int:
+    store, settings, args = ctx
+    from keygate.store.base import DuplicateKey
+
+    _check_provider(settings, args.provider)
+    secret = args.key if args.key != "-" else sys.stdin.readline().strip()
+    try:
+        rec = await store.add_key(args.provider, secret, label=args.label or "", source="cli")
+    except DuplicateKey:
+        print(f"duplicate: {args.provider} already has this key", file=sys.stderr)
+        return 1
+    print(f"added {rec.provider} key {rec.masked} id={rec.id}")
+    return 0
+
+
+async def _keys_import(ctx: Any) -> int:
+    store, settings, args = ctx
+    from keygate.store.base import parse_key_input
+
+    _check_provider(settings, args.provider)
+    text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
+    started = time.perf_counter()
+    results = await store.add_keys(args.provider, parse_key_input(text), source="cli")
+    took = time.perf_counter() - started
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+        if args.verbose or r.status != "added":
+            print(f"{r.status:<9} {r.input}{'  ' + r.message if r.message else ''}")
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to import"
+    print(f"{args.provider}: {summary} ({took:.2f}s)")
+    return 0 if counts.get("added") or not results else 1
+
+
+async def _keys_list(ctx: Any) -> int:
+    store, _, args = ctx
+    keys, total = await store.list_keys(args.provider, args.status, args.q, args.limit, args.offset)
+    if args.json:
+        fields = ("id", "provider", "masked", "label", "status", "use_count", "last_used", "created_at", "last_error", "until")
+        print(orjson.dumps({"keys": [{f: getattr(k, f) for f in fields} for k in keys], "total": total}).decode())
+        return 0
+    print(f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'uses':>7}  label")
+    for k in keys:
+        print(f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}  {k.label}")
+    print(f"{len(keys)} of {total}")
+    return 0
+
+
+async def _keys_rm(ctx: Any) -> int:
+    store, _, args = ctx
+    missing = 0
+    for key_id in args.ids:
+        if await store.delete_key(key_id):
+            print(f"deleted {key_id}")
+        else:
+            print(f"no key with id {key_id}", file=sys.stderr)
+            missing += 1
+    return 1 if missing else 0
+
+
+async def _keys_test(ctx: Any) -> int:
+    store, settings, args = ctx
+    import aiohttp
+
+    from keygate.probe import probe
+
+    if args.provider:
+        _check_provider(settings, args.provider)
+        recs = await store.load_keys(args.provider)
+    else:
+        recs = await store.get_keys(args.ids)
+    if not recs:
+        print("no such keys", file=sys.stderr)
+        return 1
+    bad = 0
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        for rec in recs:
+            cfg = settings.providers.get(rec.provider)
+            if cfg is None:
+                continue
+            status, ms, error = await probe(session, cfg, rec.secret)
+            ok = 200 <= status < 300
+            bad += not ok
+            print(f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {'ok' if ok else 'FAIL':<5} {status or '-':>4} {ms:7.1f} ms  {error}")
+    return 1 if bad else 0
+
+
+async def _providers(ctx: Any) -> int:
+    store, settings, args = ctx
+    overrides = await store.get_provider_overrides()
+    counts = await store.key_counts()
+    rows = []
+    for name, cfg in settings.providers.items():
+        for key, value in overrides.get(name, {}).items():
+            if hasattr(cfg, key):
+                setattr(cfg, key, value)
+        rows.append({**cfg.public(), "key_counts": counts.get(name, {})})
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return 0
+    print(f"{'provider':<13} {'keys':>6} {'rps':>6} {'burst':>6} {'max_conn':>8}  base")
+    for r in rows:
+        n = sum(r["key_counts"].values())
+        print(f"{r['name']:<13} {n:>6} {r['rps']:>6g} {r['burst']:>6} {r['max_conn']:>8}  {r['base_url']}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(os.environ, args.file)
+    with_keys = sum(1 for p in settings.providers.values() if p.keys)
+    print(f"{args.file}: ok ({len(settings.providers)} providers, {with_keys} with keys in config/env, default {settings.default_provider})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from keygate.benchmark import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keygate", description="Self-hosted gateway for LLM provider APIs.")
+    p.add_argument("--version", action="version", version=f"keygate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--config", help="YAML config file (or KEYGATE_CONFIG)")
+    serve.add_argument("--workers", type=int, help="worker processes on one port (or KEYGATE_WORKERS)")
+    serve.set_defaults(func=cmd_serve)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", help="YAML config file (or KEYGATE_CONFIG)")
+        return sp
+
+    keys = sub.add_parser("keys", help="manage provider keys in the store")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    add = with_config(ksub.add_parser("add", help="add one key"))
+    add.add_argument("provider")
+    add.add_argument("key", help="the key, or - to read it from stdin (keeps it out of shell history)")
+    add.add_argument("--label")
+    add.set_defaults(func=lambda a: _run(_keys_add, a))
+    imp = with_config(ksub.add_parser("import", help="import many keys (newlines, commas, whitespace or a JSON array)"))
+    imp.add_argument("provider")
+    imp.add_argument("file", nargs="?", help="file to read, or - / nothing for stdin")
+    imp.add_argument("-v", "--verbose", action="store_true", help="print every line's result")
+    imp.set_defaults(func=lambda a: _run(_keys_import, a))
+    lst = with_config(ksub.add_parser("list", help="list keys (masked)"))
+    lst.add_argument("--provider")
+    lst.add_argument("--status", choices=["active", "cooling", "invalid", "exhausted", "disabled"])
+    lst.add_argument("-q", "--search", dest="q")
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--offset", type=int, default=0)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=lambda a: _run(_keys_list, a))
+    rm = with_config(ksub.add_parser("rm", help="delete keys by id"))
+    rm.add_argument("ids", nargs="+", type=int)
+    rm.set_defaults(func=lambda a: _run(_keys_rm, a))
+    test = with_config(ksub.add_parser("test", help="test keys against their upstream (model list)"))
+    test.add_argument("ids", nargs="*", type=int)
+    test.add_argument("--provider", help="test every key of this provider")
+    test.set_defaults(func=lambda a: _run(_keys_test, a))
+
+    prov = with_config(sub.add_parser("providers", help="list providers, limits and key counts"))
+    prov.add_argument("--json", action="store_true")
+    prov.set_defaults(func=lambda a: _run(_providers, a))
+
+    config = sub.add_parser("config", help="configuration tools")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a YAML config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    bench = sub.add_parser("bench", help="run the benchmark suite (see bench/README.md)", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"keygate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a store or I/O problem: one line, not a traceback
+        from keygate.store.base import StoreError
+
+        if isinstance(exc, (StoreError, OSError)):
+            print(f"keygate: {exc}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,322 @@
+"""The running gateway: per-provider runtime (limits, key pool, counters), the pooled upstream
+client, the store, and the background tasks that keep memory and store in step.
+
+Nothing here is on the request path except attribute reads; store I/O happens at start-up, in
+admin calls and in background tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from typing import Any
+
+import aiohttp
+
+from keygate.control.admission import LocalAdmission
+from keygate.control.base import Limits
+from keygate.control.keypool import KeyEntry, LocalKeyPool
+from keygate.observe import ProviderStats, RequestRecord, log
+from keygate.probe import probe
+from keygate.settings import TUNABLE, ProviderConfig, Settings, coerce_field
+from keygate.store import create_store
+from keygate.store.base import KeyRecord, Store
+
+CHANGE_POLL_S = 1.0
+RECHECK_POLL_S = 5.0
+
+
+class ProviderRuntime:
+    """Everything the request path needs about one provider, prepared once."""
+
+    __slots__ = ("admission", "anthropic", "cfg", "pool", "stats", "timeout")
+
+    def __init__(self, cfg: ProviderConfig, fleet_size: int = 1) -> None:
+        self.cfg = cfg
+        self.anthropic = cfg.key_style == "x-api-key"
+        self.admission = LocalAdmission(self.limits(fleet_size))
+        self.pool = LocalKeyPool(cfg)
+        self.stats = ProviderStats()
+        self.timeout = self._timeout()
+
+    def limits(self, fleet_size: int = 1) -> Limits:
+        cfg = self.cfg
+        share = max(1, fleet_size)
+        return Limits(
+            rps=cfg.rps / share,
+            burst=max(1, cfg.burst // share) if cfg.burst else 0,
+            max_conn=max(1, cfg.max_conn // share) if cfg.max_conn else 0,
+            queue=cfg.queue,
+            queue_timeout_s=cfg.queue_timeout_s,
+        )
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.cfg.timeout_connect_s, sock_read=None)
+
+    def reconfigure(self, fleet_size: int = 1) -> None:
+        self.admission.configure(self.limits(fleet_size))
+        self.timeout = self._timeout()
+        self.anthropic = self.cfg.key_style == "x-api-key"
+
+
+def hash_token(token: str, salt: str | None = None) -> str:
+    salt = salt or secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", token.encode(), bytes.fromhex(salt), 100_000).hex()
+    return f"pbkdf2${salt}${digest}"
+
+
+def verify_token(token: str, stored: str) -> bool:
+    try:
+        _, salt, _ = stored.split("$")
+    except ValueError:
+        return False
+    return hmac.compare_digest(hash_token(token, salt), stored)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.default_provider = settings.default_provider
+        self.passwords = [p.encode() for p in settings.access_passwords]
+        self.providers: dict[str, ProviderRuntime] = {
+            name: ProviderRuntime(cfg, settings.fleet_size) for name, cfg in settings.providers.items()
+        }
+        self.store: Store = store or create_store(settings.db_location, settings.secret_key)
+        self.session: aiohttp.ClientSession | None = None
+        self.recent: deque[RequestRecord] = deque(maxlen=settings.recent_requests)
+        self.started_at = time.time()
+        self.admin_token_hash = ""
+        self.new_admin_token = ""  # shown once in the banner, then forgotten
+        self._seq = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._verified: dict[bytes, float] = {}
+
+    # --- life cycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.open()
+        await self._apply_overrides(await self.store.get_provider_overrides())
+        for name, rt in self.providers.items():
+            if rt.cfg.keys:
+                await self.store.add_keys(name, rt.cfg.keys, source="env")
+        self._seq = await self.store.current_seq()
+        for rec in await self.store.load_keys():
+            self._load_key(rec)
+        await self._init_admin()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self._spawn(self._poll_changes(), self._recheck_loop())
+        if self.settings.flush_interval_ms > 0:
+            self._spawn(self._flush_loop())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.settings.flush_interval_ms > 0:
+            with contextlib.suppress(Exception):
+                await self.flush()
+        if self.session is not None:
+            await self.session.close()
+        await self.store.close()
+
+    def _spawn(self, *coros: Any) -> None:
+        for coro in coros:
+            self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    async def _init_admin(self) -> None:
+        if self.settings.admin_password:
+            return
+        stored = await self.store.get_meta("admin_token_hash")
+        if stored:
+            self.admin_token_hash = stored
+            return
+        token = "kg-admin-" + secrets.token_urlsafe(24)
+        self.admin_token_hash = hash_token(token)
+        await self.store.set_meta("admin_token_hash", self.admin_token_hash)
+        self.new_admin_token = token
+
+    def admin_ok(self, candidate: bytes | None) -> bool:
+        """Constant-time; remembered briefly so the admin page's polling doesn't pay PBKDF2."""
+        if not candidate:
+            return False
+        if self.settings.admin_password:
+            return hmac.compare_digest(candidate, self.settings.admin_password.encode())
+        now = time.monotonic()
+        seen = self._verified.get(candidate)
+        if seen is not None and now - seen < 60:
+            return True
+        if verify_token(candidate.decode("latin-1"), self.admin_token_hash):
+            if len(self._verified) > 64:
+                self._verified.clear()
+            self._verified[candidate] = now
+            return True
+        return False
+
+    # --- keys --------------------------------------------------------------------------------
+    def _load_key(self, rec: KeyRecord) -> KeyEntry | None:
+        """Make the pool agree with a store record; an existing entry is updated in place so
+        requests holding it keep counting on the same object."""
+        rt = self.providers.get(rec.provider)
+        if rt is None:
+            return None
+        status = rec.status
+        if status == "cooling" and rec.until <= time.time():
+            status = "active"
+        stored = (rec.use_count, rec.ok, rec.err_4xx, rec.err_5xx, rec.tokens_in, rec.tokens_out)
+        entry = rt.pool.entries.get(rec.id)
+        if entry is None:
+            entry = KeyEntry(rec.id, rec.provider, rec.secret, source=rec.source, created_at=rec.created_at)
+            unflushed = (0, 0, 0, 0, 0, 0)
+        else:
+            # The store holds what every instance flushed; add what this one counted since.
+            unflushed = tuple(a - b for a, b in zip(entry.counters(), entry.flushed, strict=True))
+        (entry.use_count, entry.ok, entry.err_4xx, entry.err_5xx, entry.tokens_in, entry.tokens_out) = (
+            a + b for a, b in zip(stored, unflushed, strict=True)
+        )
+        entry.flushed = stored
+        entry.last_used = max(entry.last_used, rec.last_used)
+        entry.label = rec.label
+        entry.rpm = rec.rpm
+        entry.max_conn = rec.max_conn
+        entry.last_error = rec.last_error
+        if entry.status != status or entry.until != rec.until or rec.id not in rt.pool.entries:
+            entry.status = status
+            entry.until = rec.until
+            rt.pool.add(entry)
+        return entry
+
+    def find_key(self, key_id: int) -> KeyEntry | None:
+        for rt in self.providers.values():
+            entry = rt.pool.entries.get(key_id)
+            if entry is not None:
+                return entry
+        return None
+
+    def forget_key(self, key_id: int) -> None:
+        for rt in self.providers.values():
+            if rt.pool.remove(key_id) is not None:
+                return
+
+    def adopt_key(self, rec: KeyRecord) -> KeyEntry | None:
+        """A key written to the store by this process: usable by the very next request."""
+        return self._load_key(rec)
+
+    # --- provider settings -------------------------------------------------------------------
+    async def _apply_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
+        for name, fields in overrides.items():
+            rt = self.providers.get(name)
+            if rt is None:
+                continue
+            for key, value in fields.items():
+                if key in TUNABLE:
+                    with contextlib.suppress(ValueError):
+                        setattr(rt.cfg, key, coerce_field(key, value))
+            rt.reconfigure(self.settings.fleet_size)
+
+    async def update_provider(self, name: str, fields: dict[str, Any]) -> ProviderConfig:
+        """Validate, persist, apply at once. Raises ValueError naming the field."""
+        rt = self.providers[name]
+        clean: dict[str, Any] = {}
+        for key, value in fields.items():
+            try:
+                clean[key] = coerce_field(key, value)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        await self.store.set_provider_override(name, clean)
+        for key, value in clean.items():
+            setattr(rt.cfg, key, value)
+        rt.reconfigure(self.settings.fleet_size)
+        return rt.cfg
+
+    # --- background ---------------------------------------------------------------------------
+    async def _poll_changes(self) -> None:
+        """Pick up writes made by the CLI or another instance (admin writes here apply at once)."""
+        while True:
+            await asyncio.sleep(CHANGE_POLL_S)
+            try:
+                changes = await self.store.changes_since(self._seq)
+                self._seq = changes.seq
+                for key_id in changes.deleted_ids:
+                    self.forget_key(key_id)
+                if changes.key_ids:
+                    for rec in await self.store.get_keys(changes.key_ids):
+                        self._load_key(rec)
+                if changes.providers_changed:
+                    await self._apply_overrides(await self.store.get_provider_overrides())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("store change poll failed: %s", exc)
+
+    async def _flush_loop(self) -> None:
+        interval = self.settings.flush_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("counter flush failed (will retry): %s", exc)
+
+    async def flush(self) -> None:
+        """Write counter deltas (additive) and health changes in one batch each."""
+        key_deltas: list[tuple[int, int, int, int, int, int, int, float]] = []
+        health: list[tuple[int, str, float, str]] = []
+        marks: list[tuple[Any, tuple[int, ...]]] = []
+        provider_deltas: dict[str, tuple[int, int, int, int, int, int]] = {}
+        for name, rt in self.providers.items():
+            pool = rt.pool
+            touched, pool.touched = pool.touched, set()
+            for key_id in touched:
+                entry = pool.entries.get(key_id)
+                if entry is None:
+                    continue
+                now_c, old = entry.counters(), entry.flushed
+                if now_c != old:
+                    key_deltas.append((key_id, *(a - b for a, b in zip(now_c, old, strict=True)), entry.last_used))
+                    marks.append((entry, now_c))
+            changed, pool.changed = pool.changed, set()
+            for key_id in changed:
+                entry = pool.entries.get(key_id)
+                if entry is not None and entry.status != "disabled":
+                    health.append((key_id, entry.status, entry.until, entry.last_error))
+            now_p = rt.stats.counters()
+            if now_p != rt.stats.flushed:
+                provider_deltas[name] = tuple(a - b for a, b in zip(now_p, rt.stats.flushed, strict=True))  # type: ignore[assignment]
+                marks.append((rt.stats, now_p))
+        if health:
+            await self.store.save_health(health)
+        if key_deltas or provider_deltas:
+            await self.store.add_counters(key_deltas, provider_deltas)
+        for obj, value in marks:
+            obj.flushed = value
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECHECK_POLL_S)
+            for rt in self.providers.values():
+                for entry in rt.pool.due_for_recheck()[:20]:
+                    status, _, error = await self.probe_key(entry)
+                    if 200 <= status < 300:
+                        rt.pool.set_status(entry.id, "active", error="")
+                        log.info("key %s#%d passed its re-check: active again", entry.masked, entry.id)
+                    else:
+                        entry.until = time.time() + rt.cfg.recheck_interval_s
+                        entry.last_error = error or entry.last_error
+
+    async def probe_key(self, entry: KeyEntry) -> tuple[int, float, str]:
+        rt = self.providers[entry.provider]
+        assert self.session is not None
+        return await probe(self.session, rt.cfg, entry.secret)

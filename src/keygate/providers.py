@@ -1,0 +1,51 @@
+"""Built-in provider catalog: where each provider lives, how it wants its key, default limits.
+
+The numbers are the contract of SPEC §2; everything here can be overridden by env or YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+KeyStyle = Literal["bearer", "x-api-key", "gemini"]
+KEY_STYLES: tuple[str, ...] = ("bearer", "x-api-key", "gemini")
+
+RESERVED_NAMES = frozenset({"api", "admin", "v1", "healthz", "metrics"})
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    base_url: str
+    key_style: KeyStyle
+    rps: float
+    burst: int
+    max_conn: int
+
+
+BUILTINS: dict[str, Builtin] = {
+    "cerebras": Builtin("https://api.cerebras.ai", "bearer", 4, 8, 6),
+    "groq": Builtin("https://api.groq.com/openai", "bearer", 1, 3, 2),
+    "claude": Builtin("https://api.anthropic.com", "x-api-key", 2, 2, 1),
+    "nvidia": Builtin("https://integrate.api.nvidia.com", "bearer", 3, 6, 5),
+    "deepseek": Builtin("https://api.deepseek.com", "bearer", 10, 20, 10),
+    "openai": Builtin("https://api.openai.com", "bearer", 10, 20, 10),
+    "openrouter": Builtin("https://openrouter.ai/api", "bearer", 5, 10, 8),
+    "siliconflow": Builtin("https://api.siliconflow.cn", "bearer", 5, 10, 10),
+    "ollama": Builtin("https://ollama.com", "bearer", 10, 10, 5),
+    "gemini": Builtin("https://generativelanguage.googleapis.com", "gemini", 3, 5, 3),
+    "xai": Builtin("https://api.x.ai", "bearer", 2, 5, 3),
+    "pollinations": Builtin("https://gen.pollinations.ai", "bearer", 5, 10, 5),
+}
+
+
+def env_prefix(name: str) -> str:
+    """`my-local` → `MY_LOCAL`: the prefix of a provider's `<NAME>_API_KEYS`/`<NAME>_BASE_URL`."""
+    return "".join(c if c.isalnum() else "_" for c in name).upper()
+
+
+def chat_path(key_style: str) -> str:
+    """The path `/{provider}` and `/{provider}/` stand for."""
+    return "/v1/messages" if key_style == "x-api-key" else "/v1/chat/completions"

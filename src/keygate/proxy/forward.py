@@ -1,0 +1,156 @@
+"""One upstream exchange on the pooled client: headers in and out, timeouts, body chunks.
+
+Header hygiene lives here: the client's credentials, cookies and hop-by-hop headers never
+reach the upstream; the provider key is injected in the provider's style; the upstream is
+asked for `identity` so the bytes we relay always match the headers we relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+from yarl import URL
+
+from keygate.providers import ANTHROPIC_VERSION
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Never forwarded upstream: hop-by-hop, the client's credentials, what the client library
+# computes for its own connection, and what would reveal the client to the provider.
+_DROP_REQUEST = _HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"authorization",
+    b"x-api-key",
+    b"x-goog-api-key",
+    b"cookie",
+    b"accept-encoding",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-real-ip",
+}
+# Not relayed back: hop-by-hop, and cookies the provider sets for its own domain.
+_DROP_RESPONSE = _HOP_BY_HOP | {b"set-cookie"}
+SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Content-Type"})
+_USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
+
+
+class UpstreamTimeout(Exception):
+    """No answer in time: connect, first byte or the idle gap between chunks."""
+
+
+class UpstreamUnreachable(Exception):
+    """Connection refused, reset or dropped before an answer."""
+
+
+def request_headers(
+    client_headers: list[tuple[bytes, bytes]], key_style: str, secret: str, native_gemini: bool
+) -> list[tuple[str, str]]:
+    drop = _DROP_REQUEST
+    for name, value in client_headers:
+        if name == b"connection" and value not in (b"keep-alive", b"close"):
+            # headers the client marked hop-by-hop stay with this hop
+            drop = drop | {t.strip().lower() for t in value.split(b",")}
+    out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in client_headers if n not in drop]
+    out.append(("accept-encoding", "identity"))
+    if key_style == "x-api-key":
+        out.append(("x-api-key", secret))
+        if not any(n == "anthropic-version" for n, _ in out):
+            out.append(("anthropic-version", ANTHROPIC_VERSION))
+    elif key_style == "gemini" and native_gemini:
+        out.append(("x-goog-api-key", secret))
+    else:
+        out.append(("authorization", "Bearer " + secret))
+    return out
+
+
+def response_headers(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    out = []
+    cors = False
+    for name, value in resp.raw_headers:
+        lname = name.lower()
+        if lname in _DROP_RESPONSE:
+            continue
+        if lname == b"access-control-allow-origin":
+            cors = True
+        out.append((lname, value))
+    if not cors:
+        out.append((b"access-control-allow-origin", b"*"))
+    return out
+
+
+def lower_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k.lower(): v for k, v in resp.headers.items()}
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    body: bytes | None,
+    timeout: aiohttp.ClientTimeout,
+    first_byte_s: float,
+) -> aiohttp.ClientResponse:
+    """Send the request and wait for the response head; the caller must release the response."""
+    try:
+        async with asyncio.timeout(first_byte_s):
+            return await session.request(
+                method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+            )
+    except TimeoutError:
+        raise UpstreamTimeout(f"no response within {first_byte_s:g}s") from None
+    except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeout("connect timed out") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnreachable(f"cannot connect: {exc.os_error.strerror or exc.os_error}") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamUnreachable(f"connection failed: {type(exc).__name__}") from None
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int, idle_s: float) -> bytes:
+    """An error body, bounded, so it can be inspected and relayed or dropped before a retry."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(idle_s):
+            while size < limit:
+                chunk = await resp.content.readany()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    return b"".join(chunks)[:limit]
+
+
+def scan_usage(chunk: bytes, usage: list[int]) -> None:
+    """Keep the largest token counts the upstream reported (input, output) in `usage`."""
+    for name, value in _USAGE_RE.findall(chunk):
+        n = int(value)
+        slot = 0 if name in (b"prompt_tokens", b"input_tokens") else 1
+        if n > usage[slot]:
+            usage[slot] = n

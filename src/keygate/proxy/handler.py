@@ -1,0 +1,390 @@
+"""The request path, top to bottom:
+
+auth → route → body → admission → pick key → forward → classify → (retry?) → stream back → release
+
+One call of `handle` serves one client request. Every try holds a slot and a key only while it
+talks to the upstream; both go back on every exit path (success, error, retry, cancel). The
+client's disconnect cancels this task, which closes the upstream connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import aiohttp
+
+from keygate.control.base import Event, Rejected
+from keygate.gateway import Gateway, ProviderRuntime
+from keygate.observe import RequestRecord, access_log
+from keygate.proxy.auth import password_ok, presented_credential
+from keygate.proxy.classify import classify
+from keygate.proxy.errors import GatewayError, error_body, retry_after_headers
+from keygate.proxy.forward import (
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    lower_headers,
+    open_upstream,
+    read_limited,
+    request_headers,
+    response_headers,
+    scan_usage,
+)
+from keygate.proxy.route import (
+    apply_model,
+    find_model,
+    split_prefix,
+    strip_key_param,
+    upstream_path,
+)
+
+ERROR_BODY_LIMIT = 1 << 20
+JSON_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
+_NO_RETRY = (b"x-should-retry", b"false")
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing more to send."""
+
+
+async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise GatewayError(400, "invalid Content-Length header") from None
+            if declared > limit:
+                raise GatewayError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes", "request_too_large")
+            break
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"request body exceeds the limit of {limit} bytes", "request_too_large")
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def send_error(send: Any, err: GatewayError, anthropic: bool) -> None:
+    await send({"type": "http.response.start", "status": err.status, "headers": JSON_HEADERS + err.headers})
+    await send({"type": "http.response.body", "body": error_body(err.status, err.message, err.code, anthropic)})
+
+
+async def send_preflight(send: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    asked = next((v for n, v in headers if n == b"access-control-request-headers"), b"*")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [
+                (b"access-control-allow-origin", b"*"),
+                (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+                (b"access-control-allow-headers", asked),
+                (b"access-control-max-age", b"86400"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _watch_disconnect(receive: Any, task: asyncio.Task[Any], state: list[bool]) -> asyncio.Task[Any]:
+    """Cancel the request's task the moment the client goes away."""
+
+    async def watch() -> None:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            state[0] = True
+            task.cancel()
+
+    return asyncio.ensure_future(watch())
+
+
+class Exchange:
+    """What the log line and the counters need to know about one request."""
+
+    __slots__ = ("entry", "error", "model", "retries", "status", "upstream_status", "usage")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.upstream_status = 0
+        self.retries = 0
+        self.entry: Any = None
+        self.error = ""
+        self.model = ""
+        self.usage = [0, 0]
+
+
+async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    started = time.perf_counter()
+    path: str = scope["path"]
+    method: str = scope["method"]
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    name, rest = split_prefix(path, gw.default_provider)
+    rt = gw.providers.get(name)
+    anthropic = rt.anthropic if rt is not None else False
+    ex = Exchange()
+    disconnected = [False]
+    watcher: asyncio.Task[Any] | None = None
+    try:
+        if method == "OPTIONS":
+            ex.status = 204
+            await send_preflight(send, headers)
+            return
+        if gw.passwords and not password_ok(presented_credential(headers, scope["query_string"]), gw.passwords):
+            raise GatewayError(401, "invalid or missing gateway password", "invalid_api_key")
+        if rt is None:
+            raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
+        cfg = rt.cfg
+        up_path, native = upstream_path(cfg, rest)
+        body = await read_body(receive, headers, cfg.max_body_bytes)
+        if body and method == "POST":
+            body = apply_model(body, cfg, up_path)
+            ex.model = find_model(body)
+        if not rt.pool.entries:
+            raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
+        current = asyncio.current_task()
+        assert current is not None
+        watcher = _watch_disconnect(receive, current, disconnected)
+        query = strip_key_param(scope["query_string"])
+        url = cfg.base_url + up_path + ("?" + query.decode("latin-1") if query else "")
+        await forward(gw, rt, ex, send, method, url, headers, body or None, native)
+    except GatewayError as err:
+        ex.status = err.status
+        ex.error = err.message
+        await send_error(send, err, anthropic)
+    except ClientGone:
+        ex.status = 499
+        ex.error = "client disconnected"
+    except asyncio.CancelledError:
+        if not disconnected[0]:
+            raise
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        ex.status = ex.status or 499
+        ex.error = "client disconnected"
+    finally:
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+        _account(gw, rt, ex, name, method, path, started)
+
+
+async def forward(
+    gw: Gateway,
+    rt: ProviderRuntime,
+    ex: Exchange,
+    send: Any,
+    method: str,
+    url: str,
+    client_headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    native: bool,
+) -> None:
+    """Tries until one answer can be relayed; sleeps between tries hold neither slot nor key."""
+    cfg = rt.cfg
+    pool = rt.pool
+    session = gw.session
+    assert session is not None
+    tried: list[int] = []
+    provider_retries = key_retries = 0
+    last: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # last upstream error answer
+    last_error: GatewayError | None = None  # or keygate's own 502/504
+    while True:
+        try:
+            slot = await rt.admission.acquire()
+        except Rejected as rej:
+            raise GatewayError(429, f"provider '{cfg.name}' is busy ({rej.reason}); retry later", "rate_limited", retry_after_headers(rej.retry_after_s)) from None
+        delay = 0.0
+        held = None
+        try:
+            held = await pool.acquire(tried)
+            if held is None and tried:
+                held = await pool.acquire(())  # the only usable key is one we tried: use it again
+            if held is None:
+                break
+            entry = ex.entry = held
+            try:
+                resp = await open_upstream(
+                    session,
+                    method,
+                    url,
+                    request_headers(client_headers, cfg.key_style, entry.secret, native),
+                    body,
+                    rt.timeout,
+                    cfg.timeout_first_byte_s,
+                )
+            except (UpstreamTimeout, UpstreamUnreachable) as exc:
+                timed_out = isinstance(exc, UpstreamTimeout)
+                last, last_error = None, GatewayError(504 if timed_out else 502, f"upstream {cfg.name}: {exc}", "upstream_timeout" if timed_out else "upstream_unreachable")
+                event, until, retry, key_fault, message = Event.PROVIDER_ERROR, None, True, False, str(exc)
+                ex.upstream_status = 0
+                entry.err_5xx += 1
+            else:
+                ex.upstream_status = resp.status
+                if resp.status < 400:
+                    held = None  # relay owns the key from here
+                    await relay(rt, ex, send, resp, entry)
+                    return
+                try:
+                    err_body = await read_limited(resp, ERROR_BODY_LIMIT, cfg.timeout_idle_s)
+                finally:
+                    resp.close()
+                verdict = classify(resp.status, lower_headers(resp), err_body)
+                event, until, retry, key_fault, message = verdict.event, verdict.until, verdict.retry, verdict.key_fault, verdict.message
+                last, last_error = (resp.status, response_headers(resp), err_body), None
+                if resp.status < 500:
+                    entry.err_4xx += 1
+                else:
+                    entry.err_5xx += 1
+            held = None
+            pause = await pool.release(entry, event, until, message)
+            if pause:
+                rt.admission.pause_until(pause)
+            if not retry or cfg.retries == 0:
+                break
+            now = time.time()
+            if key_fault:
+                # The key is to blame: another key right away, else wait for this one.
+                if key_retries >= cfg.retries + 2:
+                    break
+                key_retries += 1
+                if pool.ready_in([*tried, entry.id]) == 0.0:
+                    delay = 0.0
+                elif until:
+                    delay = until - now
+                else:
+                    delay = _backoff(cfg.backoff_base_s, key_retries - 1)
+            else:
+                # The provider is struggling: back off, and honour its Retry-After.
+                if provider_retries >= cfg.retries:
+                    break
+                delay = max(_backoff(cfg.backoff_base_s, provider_retries), (until - now) if until else 0.0)
+                provider_retries += 1
+            if delay > cfg.retry_after_max_s:
+                break
+            tried.append(entry.id)
+            ex.retries += 1
+        finally:
+            if held is not None:
+                await pool.release(held, Event.CANCELLED)
+            await slot.release()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # Out of tries, or no key to try with.
+    retried = ex.retries > 0
+    if last is not None:
+        status, resp_headers, err_body = last
+        if retried or status in (401, 403):
+            resp_headers = [h for h in resp_headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
+        ex.status = status
+        ex.error = f"upstream answered {status}"
+        await send({"type": "http.response.start", "status": status, "headers": resp_headers})
+        await send({"type": "http.response.body", "body": err_body})
+        return
+    if last_error is not None:
+        if retried:
+            last_error.headers.append(_NO_RETRY)
+        raise last_error
+    ready = pool.ready_in(())
+    if ready is None:
+        raise GatewayError(503, f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)", "no_usable_key")
+    raise GatewayError(429, f"every key of provider '{cfg.name}' is cooling down; retry in {ready:.1f}s", "keys_cooling", retry_after_headers(ready))
+
+
+def _backoff(base: float, n: int) -> float:
+    """Exponential with jitter: base·2ⁿ scaled by a random factor in [0.5, 1.0]."""
+    return base * (2**n) * (0.5 + random.random() / 2)
+
+
+async def relay(rt: ProviderRuntime, ex: Exchange, send: Any, resp: aiohttp.ClientResponse, entry: Any) -> None:
+    """Stream the upstream answer to the client as it arrives; release the key after the last
+    byte (the caller releases the slot)."""
+    pool = rt.pool
+    event = Event.CANCELLED
+    try:
+        await send({"type": "http.response.start", "status": resp.status, "headers": response_headers(resp)})
+        ex.status = resp.status
+        content = resp.content
+        idle = rt.cfg.timeout_idle_s
+        loop = asyncio.get_running_loop()
+        usage = ex.usage
+        try:
+            async with asyncio.timeout(idle) as deadline:
+                while True:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    deadline.reschedule(None)  # a slow client is not an idle upstream
+                    if b'"usage"' in chunk:
+                        scan_usage(chunk, usage)
+                    if content.at_eof():
+                        await send({"type": "http.response.body", "body": chunk})
+                        event = Event.OK
+                        return
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    deadline.reschedule(loop.time() + idle)
+        except TimeoutError:
+            ex.error = f"upstream went silent for {idle:g}s mid-response"
+            event = Event.PROVIDER_ERROR
+            return  # the response is left incomplete: the server closes the connection
+        except (aiohttp.ClientError, OSError) as exc:
+            ex.error = f"upstream broke mid-response: {type(exc).__name__}"
+            event = Event.PROVIDER_ERROR
+            return
+        await send({"type": "http.response.body", "body": b""})
+        event = Event.OK
+    finally:
+        if event is Event.OK:
+            resp.release()
+        else:
+            resp.close()
+        await pool.release(entry, event)
+        if event is Event.OK:
+            entry.ok += 1
+        elif event is Event.PROVIDER_ERROR:
+            entry.err_5xx += 1
+        entry.tokens_in += ex.usage[0]
+        entry.tokens_out += ex.usage[1]
+
+
+def _account(gw: Gateway, rt: ProviderRuntime | None, ex: Exchange, name: str, method: str, path: str, started: float) -> None:
+    latency_ms = (time.perf_counter() - started) * 1000
+    entry = ex.entry
+    now = time.time()
+    if rt is not None and ex.status != 204:
+        stats = rt.stats
+        stats.record(ex.status, latency_ms, now)
+        stats.tokens_in += ex.usage[0]
+        stats.tokens_out += ex.usage[1]
+    key_id = entry.id if entry is not None else None
+    masked = entry.masked if entry is not None else ""
+    gw.recent.append(RequestRecord(now, name if rt is not None else "", method, path, ex.model, key_id, masked, ex.status, round(latency_ms, 2), ex.retries, ex.error))
+    if access_log.isEnabledFor(20):
+        access_log.info(
+            "%s %s %s key=%s status=%d upstream=%d ms=%.1f retries=%d%s",
+            name if rt is not None else "-",
+            method,
+            path,
+            f"{masked}#{key_id}" if entry is not None else "-",
+            ex.status,
+            ex.upstream_status,
+            latency_ms,
+            ex.retries,
+            f" error={ex.error!r}" if ex.error else "",
+        )

@@ -1,0 +1,85 @@
+"""Where a request goes: provider prefix → upstream path, the gemini rewrite, model fill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from keygate.providers import chat_path
+from keygate.settings import ProviderConfig
+
+# Paths whose JSON body carries a `model` the provider's default may fill or force.
+_MODEL_PATHS = ("/chat/completions", "/completions", "/messages", "/embeddings", "/responses")
+
+
+@dataclass(slots=True)
+class Target:
+    provider: str
+    path: str  # on the upstream, starts with "/"
+    query: bytes  # without the client's ?key=
+    native_gemini: bool  # gemini native API: key goes in x-goog-api-key
+
+
+def split_prefix(path: str, default_provider: str) -> tuple[str, str]:
+    """`/groq/v1/x` → ("groq", "/v1/x"); `/v1/x` → (default, "/v1/x")."""
+    if path.startswith("/v1/") or path == "/v1":
+        return default_provider, path
+    slash = path.find("/", 1)
+    if slash < 0:
+        return path[1:], ""
+    return path[1:slash], path[slash:]
+
+
+def upstream_path(cfg: ProviderConfig, rest: str) -> tuple[str, bool]:
+    if rest in ("", "/"):
+        rest = chat_path(cfg.key_style)
+    if cfg.key_style != "gemini":
+        return rest, False
+    if rest.startswith("/v1/"):
+        return "/v1beta/openai/" + rest[4:], False
+    if rest == "/v1":
+        return "/v1beta/openai", False
+    return rest, not rest.startswith("/v1beta/openai")
+
+
+def strip_key_param(query: bytes) -> bytes:
+    """Drop `key=…` (the gateway password in Gemini style) and keep every other byte as sent."""
+    if b"key" not in query:
+        return query
+    parts = [p for p in query.split(b"&") if not (p == b"key" or p.startswith(b"key="))]
+    return b"&".join(parts)
+
+
+def apply_model(body: bytes, cfg: ProviderConfig, path: str) -> bytes:
+    """Fill the default model when none is named, or force it. Bodies are parsed only for
+    providers that have a default model, and only on model-bearing paths."""
+    if not cfg.default_model or not body or not path.endswith(_MODEL_PATHS):
+        return body
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body  # not ours to judge: the upstream answers a malformed body
+    if not isinstance(doc, dict):
+        return body
+    if cfg.force_model:
+        if doc.get("model") == cfg.default_model:
+            return body
+    elif doc.get("model"):
+        return body
+    doc["model"] = cfg.default_model
+    return orjson.dumps(doc)
+
+
+def find_model(body: bytes) -> str:
+    """The model name for logs and the recent-requests view, without parsing the body."""
+    at = body.find(b'"model"')
+    if at < 0:
+        return ""
+    start = body.find(b'"', body.find(b":", at + 7) + 1)
+    if start < 0:
+        return ""
+    end = body.find(b'"', start + 1)
+    if end < 0 or end - start > 200:
+        return ""
+    return body[start + 1 : end].decode("utf-8", "replace")

@@ -1,0 +1,316 @@
+"""The one place that reads the environment and the YAML config into typed settings.
+
+Everything downstream takes a `Settings`; nothing else looks at `os.environ`. A bad value raises
+`ConfigError` whose message names the file (or variable), the key and the problem in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from keygate.providers import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_prefix
+
+
+class ConfigError(Exception):
+    """A configuration problem a user must fix; the message is the one line to show."""
+
+
+@dataclass(slots=True)
+class ProviderConfig:
+    """A provider's effective settings. Mutable: the admin API changes them at run time."""
+
+    name: str
+    base_url: str
+    key_style: str = "bearer"
+    rps: float = 5.0
+    burst: int = 10
+    max_conn: int = 5
+    queue: int = 200
+    queue_timeout_s: float = 30.0
+    retries: int = 2
+    backoff_base_s: float = 0.5
+    retry_after_max_s: float = 30.0
+    cooldown_s: float = 30.0
+    exhausted_cooldown_s: float = 3600.0
+    recheck_interval_s: float = 300.0
+    key_rpm: int = 0
+    key_max_conn: int = 0
+    timeout_connect_s: float = 10.0
+    timeout_first_byte_s: float = 120.0
+    timeout_idle_s: float = 60.0
+    max_body_mb: float = 32.0
+    default_model: str = ""
+    force_model: bool = False
+    keys: list[str] = field(default_factory=list)
+    builtin: bool = True
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to show (no keys)."""
+        d = dataclasses.asdict(self)
+        d.pop("keys")
+        return d
+
+
+# Fields a config file or the admin API may set, with their types. `keys` and `key_style` are
+# handled separately because they are not plain numbers.
+TUNABLE: dict[str, type] = {
+    "base_url": str,
+    "rps": float,
+    "burst": int,
+    "max_conn": int,
+    "queue": int,
+    "queue_timeout_s": float,
+    "retries": int,
+    "backoff_base_s": float,
+    "retry_after_max_s": float,
+    "cooldown_s": float,
+    "exhausted_cooldown_s": float,
+    "recheck_interval_s": float,
+    "key_rpm": int,
+    "key_max_conn": int,
+    "timeout_connect_s": float,
+    "timeout_first_byte_s": float,
+    "timeout_idle_s": float,
+    "max_body_mb": float,
+    "default_model": str,
+    "force_model": bool,
+}
+_POSITIVE = {"timeout_connect_s", "timeout_first_byte_s", "timeout_idle_s", "max_body_mb"}
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+def coerce_field(key: str, value: Any) -> Any:
+    """Validate one tunable value; raises ValueError with the problem (without the key name)."""
+    kind = TUNABLE.get(key)
+    if kind is None:
+        raise ValueError("unknown field")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"must be true or false, got {value!r}")
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {value!r}")
+        if key == "base_url":
+            value = value.rstrip("/")
+            if not re.match(r"^https?://[^/\s]+", value):
+                raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be a number, got {value!r}")
+    try:
+        number = float(value) if kind is float else int(str(value), 10)
+    except ValueError:
+        raise ValueError(f"must be {'a number' if kind is float else 'a whole number'}, got {value!r}") from None
+    if number != number or number < 0:  # NaN or negative
+        raise ValueError(f"must be ≥ 0, got {value!r}")
+    if key in _POSITIVE and number == 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def split_keys(text: str) -> list[str]:
+    """Keys separated by commas, newlines or whitespace; blanks and repeats dropped, order kept."""
+    seen: dict[str, None] = {}
+    for token in re.split(r"[\s,]+", text):
+        token = token.strip().strip("\"'")
+        if token:
+            seen.setdefault(token, None)
+    return list(seen)
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    data_dir: Path = Path("keygate-data")
+    config_path: Path | None = None
+    default_provider: str = "cerebras"
+    access_passwords: list[str] = field(default_factory=list)
+    admin_password: str = ""
+    admin_path: str = "/admin/"
+    disguise: str = ""
+    redis_url: str = ""
+    db_url: str = ""
+    secret_key: str = ""
+    flush_interval_ms: int = 5000
+    recent_requests: int = 1000
+    fleet_size: int = 1
+    log_level: str = "info"
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+
+    @property
+    def db_location(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'keygate.db').resolve()}"
+
+    @property
+    def store_kind(self) -> str:
+        return "postgresql" if self.db_url.startswith(("postgresql:", "postgres:")) else "sqlite"
+
+    @property
+    def store_description(self) -> str:
+        """Where the store lives, with any password in the URL masked."""
+        if self.store_kind == "sqlite":
+            return f"sqlite {self.db_location.removeprefix('sqlite:///')}" + (" (secrets encrypted)" if self.secret_key else "")
+        return "postgresql " + re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.db_url) + (" (secrets encrypted)" if self.secret_key else "")
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}: must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"environment variable {name}: must be ≥ {minimum}, got {value}")
+    return value
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _apply_provider_yaml(path: Path, name: str, raw: Any, providers: dict[str, ProviderConfig]) -> None:
+    where = f"config file {path}: providers.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of settings, got {type(raw).__name__}")
+    if name not in providers:
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"{where}: provider name must be lower-case letters, digits, '-' or '_'")
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"{where}: '{name}' is reserved and cannot be a provider name")
+        if "base_url" not in raw:
+            raise ConfigError(f"{where}.base_url: required for a custom provider")
+        providers[name] = ProviderConfig(name=name, base_url="http://invalid", builtin=False)
+    cfg = providers[name]
+    unknown = sorted(set(raw) - set(TUNABLE) - {"keys", "key_style"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    for key, value in raw.items():
+        if key == "keys":
+            if isinstance(value, str):
+                value = split_keys(value)
+            if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+                raise ConfigError(f"{where}.keys: must be a list of strings")
+            cfg.keys.extend(k for k in value if k.strip() and k not in cfg.keys)
+        elif key == "key_style":
+            if value not in KEY_STYLES:
+                raise ConfigError(f"{where}.key_style: must be one of {', '.join(KEY_STYLES)}, got {value!r}")
+            cfg.key_style = value
+        else:
+            try:
+                setattr(cfg, key, coerce_field(key, value))
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{key}: {exc}") from None
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read env (default `os.environ`), then the YAML file, then CLI `overrides` (host/port/workers)."""
+    env = os.environ if env is None else env
+    s = Settings()
+    s.host = env.get("KEYGATE_HOST", s.host) or s.host
+    port_var = "KEYGATE_PORT" if env.get("KEYGATE_PORT") else "PORT"
+    s.port = _env_int(env, port_var, s.port, minimum=0)
+    if s.port > 65535:
+        raise ConfigError(f"environment variable {port_var}: must be a port number (0-65535), got {s.port}")
+    s.workers = _env_int(env, "KEYGATE_WORKERS", 1, minimum=1)
+    s.data_dir = Path(env.get("KEYGATE_DATA_DIR") or "keygate-data")
+    s.access_passwords = split_keys(",".join(filter(None, [env.get("ACCESS_PASSWORD"), env.get("AUTH_PASSWORD")])))
+    s.admin_password = env.get("ADMIN_PASSWORD", "")
+    s.redis_url = env.get("KEYGATE_REDIS_URL", "")
+    s.db_url = env.get("KEYGATE_DB", "")
+    if s.db_url and not s.db_url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        raise ConfigError(f"environment variable KEYGATE_DB: must start with postgresql:// or sqlite:///, got {s.db_url.split(':')[0]!r}")
+    s.secret_key = env.get("KEYGATE_SECRET_KEY", "")
+    s.flush_interval_ms = _env_int(env, "KV_FLUSH_INTERVAL_MS", 5000)
+    s.recent_requests = _env_int(env, "KEYGATE_RECENT_REQUESTS", 1000, minimum=1)
+    s.fleet_size = _env_int(env, "KEYGATE_FLEET_SIZE", 1, minimum=1)
+    s.disguise = env.get("KEYGATE_DISGUISE", "").strip().lower()
+    if s.disguise not in ("", "nginx"):
+        raise ConfigError(f"environment variable KEYGATE_DISGUISE: must be 'nginx' or empty, got {s.disguise!r}")
+    admin_path = env.get("KEYGATE_ADMIN_PATH") or "/admin/"
+    s.admin_path = "/" + admin_path.strip("/") + "/"
+    if s.admin_path == "//" or s.admin_path.strip("/").split("/")[0] in RESERVED_NAMES - {"admin"}:
+        raise ConfigError(f"environment variable KEYGATE_ADMIN_PATH: cannot be {admin_path!r}")
+    s.log_level = (env.get("KEYGATE_LOG_LEVEL") or "info").lower()
+
+    providers = {
+        name: ProviderConfig(name=name, base_url=b.base_url, key_style=b.key_style, rps=b.rps, burst=b.burst, max_conn=b.max_conn)
+        for name, b in BUILTINS.items()
+    }
+    default_provider = env.get("KEYGATE_DEFAULT_PROVIDER") or ""
+
+    path = config_path or env.get("KEYGATE_CONFIG") or None
+    if path:
+        s.config_path = Path(path)
+        data = _load_yaml(s.config_path)
+        unknown = sorted(set(data) - {"default_provider", "providers"})
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+        provs = data.get("providers") or {}
+        if not isinstance(provs, dict):
+            raise ConfigError(f"config file {path}: providers: must be a mapping of provider name to settings")
+        for name, raw in provs.items():
+            _apply_provider_yaml(s.config_path, str(name), raw or {}, providers)
+        if "default_provider" in data and not default_provider:
+            default_provider = str(data["default_provider"])
+            if default_provider not in providers:
+                raise ConfigError(f"config file {path}: default_provider: no provider named {default_provider!r}")
+
+    # Environment wins over the file for bases and adds keys (SPEC §2).
+    for name, cfg in providers.items():
+        prefix = env_prefix(name)
+        base = env.get(f"{prefix}_BASE_URL")
+        if base:
+            try:
+                cfg.base_url = coerce_field("base_url", base)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {prefix}_BASE_URL: {exc}") from None
+        extra = split_keys(env.get(f"{prefix}_API_KEYS", ""))
+        cfg.keys.extend(k for k in extra if k not in cfg.keys)
+
+    s.default_provider = default_provider or "cerebras"
+    if s.default_provider not in providers:
+        raise ConfigError(f"environment variable KEYGATE_DEFAULT_PROVIDER: no provider named {s.default_provider!r}")
+    s.providers = providers
+
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(s, key, value)
+    return s

@@ -1,0 +1,867 @@
+"""The embedded store: one SQLite file in WAL mode, driven from one dedicated worker thread.
+
+All sqlite3 calls run on a single-thread executor, so the event loop never blocks on disk and the
+connection is only ever touched by the thread that made it. Several processes (the server, the
+CLI, other instances) can use the same file at once: WAL lets readers run beside a writer, every
+write takes the lock up front (BEGIN IMMEDIATE) and waits up to `busy_timeout` for it.
+
+Change feed: every transaction that writes keys, provider overrides or meta takes the next seq
+from `change_feed` and stamps it on the rows it touches (`updated_seq`); deletions leave a
+tombstone. Counter flushes write `key_stats`/`provider_stats` only and never move the feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from keygate.store.base import (
+    KEY_SOURCES,
+    KEY_STATUSES,
+    UPDATABLE_FIELDS,
+    Changes,
+    DuplicateKey,
+    ImportResult,
+    InvalidKey,
+    KeyRecord,
+    Store,
+    StoreError,
+    check_secret,
+    mask,
+)
+from keygate.store.crypto import (
+    CRYPTO_META,
+    ERR_KEY_REQUIRED,
+    META_VERIFIER,
+    Cipher,
+    resolve_cipher,
+)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+TOMBSTONE_TTL_S = 7 * 86400  # a reader that has not polled for a week reloads everything
+MAX_ERROR_LEN = 1000
+_CHUNK = 900  # host parameters per IN (...) list, below SQLite's oldest limit of 999
+_MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+_KEY_COLUMNS = """
+    k.id, k.provider, k.secret, k.masked, k.label, k.status, k.until, k.last_error, k.source,
+    k.created_at, COALESCE(s.use_count, 0), COALESCE(s.last_used, 0), COALESCE(s.ok, 0),
+    COALESCE(s.err_4xx, 0), COALESCE(s.err_5xx, 0), COALESCE(s.tokens_in, 0),
+    COALESCE(s.tokens_out, 0), k.rpm, k.max_conn
+"""
+_KEY_SELECT = f"SELECT {_KEY_COLUMNS} FROM keys k LEFT JOIN key_stats s ON s.key_id = k.id"
+
+
+def load_migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled SQLite migration, in order."""
+    folder = resources.files("keygate.store").joinpath("migrations").joinpath("sqlite")
+    found = []
+    for entry in folder.iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise StoreError(f"SQLite migrations are not numbered 0001.. without gaps: {versions}")
+    return found
+
+
+def _statements(script: str) -> Iterable[str]:
+    """Split a migration script into statements (executescript would commit our transaction)."""
+    buf: list[str] = []
+    for line in script.splitlines(keepends=True):
+        buf.append(line)
+        text = "".join(buf)
+        if sqlite3.complete_statement(text):
+            if text.strip():
+                yield text
+            buf = []
+    rest = "".join(buf)
+    if rest.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in rest.splitlines()
+    ):
+        raise StoreError("a SQLite migration ends with an incomplete statement")
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _like_pattern(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _check_provider(provider: str) -> str:
+    if not isinstance(provider, str) or not provider.strip():
+        raise ValueError("provider name is empty")
+    return provider.strip()
+
+
+def _check_source(source: str) -> str:
+    if source not in KEY_SOURCES:
+        raise ValueError(f"key source must be one of {', '.join(KEY_SOURCES)}, not {source!r}")
+    return source
+
+
+def _check_status(status: Any) -> str:
+    if status not in KEY_STATUSES:
+        raise ValueError(f"key status must be one of {', '.join(KEY_STATUSES)}, not {status!r}")
+    return str(status)
+
+
+def _check_number(name: str, value: Any, integer: bool) -> float | int:
+    ok_type = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        raise ValueError(f"{name} must be a {'whole ' if integer else ''}number, not {value!r}")
+    if value < 0 or (not integer and not math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _check_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Validated column values for update_key; unknown names are a programming error."""
+    unknown = sorted(set(fields) - UPDATABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"cannot update key field(s): {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "status":
+            out[name] = _check_status(value)
+        elif name in ("label", "last_error"):
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be text, not {value!r}")
+            out[name] = value[:MAX_ERROR_LEN] if name == "last_error" else value
+        elif name == "until":
+            out[name] = _check_number(name, value, integer=False)
+        else:  # rpm, max_conn
+            out[name] = _check_number(name, value, integer=True)
+    return out
+
+
+class SqliteStore(Store):
+    """Store on one SQLite file; safe to share between processes and with the CLI."""
+
+    def __init__(self, path: str | os.PathLike[str], secret_key: str = "") -> None:
+        self.path = Path(path)
+        self._secret_key = secret_key
+        self._cipher: Cipher = Cipher()
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.tombstone_ttl_s = TOMBSTONE_TTL_S
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # plumbing
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` on the store's thread; sqlite errors become one-line StoreErrors."""
+        if self._executor is None or self._conn is None:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, args)
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the store is closed")
+        try:
+            return fn(conn, *args)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreError(
+                    f"SQLite database {self.path} stayed locked by another process for "
+                    f"{BUSY_TIMEOUT_MS // 1000} s"
+                ) from exc
+            raise StoreError(f"SQLite database {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"SQLite database {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
+        """Run `fn` in one write transaction, taking the lock first so it cannot deadlock."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
+        """Run `fn` in one read transaction so several SELECTs see the same snapshot."""
+        conn.execute("BEGIN")
+        try:
+            return fn()
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection) -> int:
+        """Next change-feed seq; only call inside a write transaction."""
+        rows = conn.execute(
+            "UPDATE change_feed SET seq = seq + 1 WHERE id = 1 RETURNING seq"
+        ).fetchall()
+        return int(rows[0][0])
+
+    def _record(self, row: Sequence[Any]) -> KeyRecord:
+        return KeyRecord(
+            id=row[0],
+            provider=row[1],
+            secret=self._cipher.unseal(row[2]),
+            masked=row[3],
+            label=row[4],
+            status=row[5],
+            until=row[6],
+            last_error=row[7],
+            source=row[8],
+            created_at=row[9],
+            use_count=row[10],
+            last_used=row[11],
+            ok=row[12],
+            err_4xx=row[13],
+            err_5xx=row[14],
+            tokens_in=row[15],
+            tokens_out=row[16],
+            rpm=row[17],
+            max_conn=row[18],
+        )
+
+    def _guard_plain_writes(self, conn: sqlite3.Connection) -> None:
+        """Refuse to add plain secrets after another process switched the db to encryption."""
+        if (
+            not self._cipher.encrypted
+            and conn.execute("SELECT 1 FROM meta WHERE name = ?", (META_VERIFIER,)).fetchone()
+        ):
+            raise StoreError(ERR_KEY_REQUIRED)
+
+    # lifecycle
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        migrations = load_migrations()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygate-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._open_sync, migrations)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    def _open_sync(self, migrations: list[tuple[int, str, str]]) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {self.path.parent}: {exc}") from exc
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"SQLite database {self.path} cannot use WAL mode ({mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            # Deleted keys (and plain secrets replaced by ciphertext) are zeroed, not left in
+            # free pages.
+            conn.execute("PRAGMA secure_delete = ON")
+            self._migrate(conn, migrations)
+            self._setup_cipher(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection, migrations: list[tuple[int, str, str]]) -> None:
+        newest = migrations[-1][0] if migrations else 0
+
+        def applied() -> int:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            return int(
+                conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
+            )
+
+        # Read first without the write lock: an up-to-date database (the usual case) needs none.
+        has_table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        if has_table:
+            current = int(
+                conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
+            )
+            self._check_version(current, newest)
+            if current == newest:
+                return
+
+        def apply() -> None:
+            current = applied()  # again, under the lock: another process may have migrated
+            self._check_version(current, newest)
+            for version, name, sql in migrations:
+                if version <= current:
+                    continue
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, time.time()),
+                )
+
+        self._write(conn, apply)
+
+    def _check_version(self, current: int, newest: int) -> None:
+        if current > newest:
+            raise StoreError(
+                f"SQLite database {self.path} has schema version {current}, newer than this "
+                f"keygate knows ({newest}): upgrade keygate"
+            )
+
+    def _setup_cipher(self, conn: sqlite3.Connection) -> None:
+        def crypto_meta() -> dict[str, str]:
+            marks = ",".join("?" * len(CRYPTO_META))
+            rows = conn.execute(
+                f"SELECT name, value FROM meta WHERE name IN ({marks})", CRYPTO_META
+            ).fetchall()
+            return dict(rows)
+
+        cipher, to_write = resolve_cipher(self._secret_key, crypto_meta())
+        if not to_write:
+            self._cipher = cipher
+            return
+
+        def encrypt_in_place() -> tuple[Cipher, int]:
+            meta = crypto_meta()
+            if meta.get(META_VERIFIER):  # another process switched it on meanwhile
+                return resolve_cipher(self._secret_key, meta)[0], 0
+            old = Cipher()
+            rows = conn.execute("SELECT id, secret FROM keys").fetchall()
+            updates = []
+            for key_id, stored in rows:
+                secret = old.unseal(stored)
+                updates.append((cipher.seal(secret), cipher.fingerprint(secret), key_id))
+            conn.executemany("UPDATE keys SET secret = ?, fingerprint = ? WHERE id = ?", updates)
+            conn.executemany(
+                "INSERT INTO meta (name, value, updated_seq) VALUES (?, ?, 0)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                list(to_write.items()),
+            )
+            return cipher, len(updates)
+
+        self._cipher, rewritten = self._write(conn, encrypt_in_place)
+        if rewritten:
+            # Rebuild the file and empty the WAL so no page with a plain secret survives.
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass  # only planner statistics; closing matters more
+        finally:
+            conn.close()
+
+    # keys
+
+    async def add_key(
+        self, provider: str, secret: str, label: str = "", source: str = "api"
+    ) -> KeyRecord:
+        provider = _check_provider(provider)
+        _check_source(source)
+        if not isinstance(label, str):
+            raise ValueError("label must be text")
+        secret = secret.strip() if isinstance(secret, str) else ""
+        why = check_secret(secret)
+        if why:
+            raise InvalidKey(f"the key is not valid: {why}")
+        return await self._run(self._add_key, provider, secret, label, source)
+
+    def _add_key(
+        self, conn: sqlite3.Connection, provider: str, secret: str, label: str, source: str
+    ) -> KeyRecord:
+        fingerprint = self._cipher.fingerprint(secret)
+
+        def tx() -> KeyRecord:
+            self._guard_plain_writes(conn)
+            row = conn.execute(
+                "SELECT id FROM keys WHERE provider = ? AND fingerprint = ?",
+                (provider, fingerprint),
+            ).fetchone()
+            if row:
+                raise DuplicateKey(f"{provider} already has this key (id {row[0]})")
+            seq = self._bump(conn)
+            cur = conn.execute(
+                "INSERT INTO keys (provider, secret, fingerprint, masked, label, source,"
+                " created_at, updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    provider,
+                    self._cipher.seal(secret),
+                    fingerprint,
+                    mask(secret),
+                    label,
+                    source,
+                    time.time(),
+                    seq,
+                ),
+            )
+            row = conn.execute(f"{_KEY_SELECT} WHERE k.id = ?", (cur.lastrowid,)).fetchone()
+            return self._record(row)
+
+        return self._write(conn, tx)
+
+    async def add_keys(
+        self, provider: str, secrets: list[str], source: str = "api"
+    ) -> list[ImportResult]:
+        provider = _check_provider(provider)
+        _check_source(source)
+        return await self._run(self._add_keys, provider, list(secrets), source)
+
+    def _add_keys(
+        self, conn: sqlite3.Connection, provider: str, secrets: list[str], source: str
+    ) -> list[ImportResult]:
+        cipher = self._cipher
+        results: list[ImportResult] = []
+        first: dict[str, int] = {}  # fingerprint -> index of its first occurrence
+        repeats: list[tuple[int, str]] = []  # (index, fingerprint) of later occurrences
+        plain: dict[str, str] = {}
+        for i, raw in enumerate(secrets):
+            token = raw.strip() if isinstance(raw, str) else ""
+            why = check_secret(token)
+            if why:
+                results.append(ImportResult(mask(token), "invalid", message=why))
+                continue
+            fp = cipher.fingerprint(token)
+            results.append(ImportResult(mask(token), "duplicate"))
+            if fp in first:
+                repeats.append((i, fp))
+            else:
+                first[fp] = i
+                plain[fp] = token
+
+        def tx() -> dict[str, int]:
+            if first:
+                self._guard_plain_writes(conn)
+            ids: dict[str, int] = {}
+            fps = list(first)
+            for chunk in _chunks(fps):
+                marks = ",".join("?" * len(chunk))
+                ids.update(
+                    conn.execute(
+                        "SELECT fingerprint, id FROM keys WHERE provider = ?"
+                        f" AND fingerprint IN ({marks})",
+                        (provider, *chunk),
+                    ).fetchall()
+                )
+            for fp in ids:
+                results[first[fp]].message = "already stored"
+            new = [fp for fp in fps if fp not in ids]
+            if not new:
+                return ids
+            seq = self._bump(conn)
+            now = time.time()
+            conn.executemany(
+                "INSERT INTO keys (provider, secret, fingerprint, masked, source, created_at,"
+                " updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        provider,
+                        cipher.seal(plain[fp]),
+                        fp,
+                        results[first[fp]].input,
+                        source,
+                        now,
+                        seq,
+                    )
+                    for fp in new
+                ),
+            )
+            # Only this transaction used `seq`, so these are exactly the rows just inserted.
+            for fp, key_id in conn.execute(
+                "SELECT fingerprint, id FROM keys WHERE updated_seq = ?", (seq,)
+            ):
+                ids[fp] = key_id
+                result = results[first[fp]]
+                result.status, result.message = "added", ""
+            return ids
+
+        ids = self._write(conn, tx) if first else {}
+        for fp, index in first.items():
+            results[index].id = ids.get(fp)
+        for index, fp in repeats:
+            results[index].id = ids.get(fp)
+            results[index].message = "repeated in this input"
+        return results
+
+    async def load_keys(self, provider: str | None = None) -> list[KeyRecord]:
+        def fn(conn: sqlite3.Connection) -> list[KeyRecord]:
+            if provider is None:
+                rows = conn.execute(f"{_KEY_SELECT} ORDER BY k.id").fetchall()
+            else:
+                rows = conn.execute(
+                    f"{_KEY_SELECT} WHERE k.provider = ? ORDER BY k.id", (provider,)
+                ).fetchall()
+            return [self._record(r) for r in rows]
+
+        return await self._run(fn)
+
+    async def get_keys(self, ids: list[int]) -> list[KeyRecord]:
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return []
+
+        def fn(conn: sqlite3.Connection) -> list[KeyRecord]:
+            out: list[KeyRecord] = []
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"{_KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id", chunk
+                ).fetchall()
+                out.extend(self._record(r) for r in rows)
+            return out
+
+        return await self._run(fn)
+
+    async def list_keys(
+        self,
+        provider: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[KeyRecord], int]:
+        where: list[str] = []
+        params: list[Any] = []
+        if provider:
+            where.append("k.provider = ?")
+            params.append(provider)
+        if status:
+            where.append("k.status = ?")
+            params.append(status)
+        q = (q or "").strip()
+        if q:
+            # Label or masked form, case-insensitive; or the whole secret pasted in (exact match
+            # through the fingerprint, so nothing is decrypted).
+            pattern = _like_pattern(q)
+            where.append(
+                "(k.label LIKE ? ESCAPE '\\' OR k.masked LIKE ? ESCAPE '\\' OR k.fingerprint = ?)"
+            )
+            params.extend((pattern, pattern, self._cipher.fingerprint(q)))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        limit = max(0, int(limit))
+        offset = max(0, int(offset))
+
+        def fn(conn: sqlite3.Connection) -> tuple[list[KeyRecord], int]:
+            def read() -> tuple[list[KeyRecord], int]:
+                total = conn.execute(f"SELECT COUNT(*) FROM keys k{clause}", params).fetchone()[0]
+                rows = conn.execute(
+                    f"{_KEY_SELECT}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
+                    (*params, limit, offset),
+                ).fetchall()
+                return [self._record(r) for r in rows], int(total)
+
+            return self._read(conn, read)
+
+        return await self._run(fn)
+
+    async def update_key(self, key_id: int, **fields: Any) -> KeyRecord | None:
+        values = _check_fields(fields)
+
+        def fn(conn: sqlite3.Connection) -> KeyRecord | None:
+            def tx() -> KeyRecord | None:
+                if not conn.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone():
+                    return None
+                if values:
+                    seq = self._bump(conn)
+                    sets = ", ".join(f"{name} = ?" for name in values)
+                    conn.execute(
+                        f"UPDATE keys SET {sets}, updated_seq = ? WHERE id = ?",
+                        (*values.values(), seq, key_id),
+                    )
+                row = conn.execute(f"{_KEY_SELECT} WHERE k.id = ?", (key_id,)).fetchone()
+                return self._record(row)
+
+            return self._write(conn, tx)
+
+        return await self._run(fn)
+
+    async def delete_key(self, key_id: int) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            def tx() -> bool:
+                if not conn.execute("DELETE FROM keys WHERE id = ?", (key_id,)).rowcount:
+                    return False
+                conn.execute("DELETE FROM key_stats WHERE key_id = ?", (key_id,))
+                seq = self._bump(conn)
+                now = time.time()
+                conn.execute(
+                    "INSERT OR REPLACE INTO deleted_keys (key_id, seq, deleted_at)"
+                    " VALUES (?, ?, ?)",
+                    (key_id, seq, now),
+                )
+                pruned = conn.execute(
+                    "DELETE FROM deleted_keys WHERE deleted_at < ? RETURNING seq",
+                    (now - self.tombstone_ttl_s,),
+                ).fetchall()
+                if pruned:
+                    conn.execute(
+                        "UPDATE change_feed SET pruned_seq = MAX(pruned_seq, ?) WHERE id = 1",
+                        (max(s for (s,) in pruned),),
+                    )
+                return True
+
+            return self._write(conn, tx)
+
+        return await self._run(fn)
+
+    async def save_health(self, updates: list[tuple[int, str, float, str]]) -> None:
+        rows = []
+        for key_id, status, until, last_error in updates:
+            rows.append(
+                (
+                    _check_status(status),
+                    _check_number("until", until, integer=False),
+                    str(last_error or "")[:MAX_ERROR_LEN],
+                    int(key_id),
+                )
+            )
+        if not rows:
+            return
+
+        def fn(conn: sqlite3.Connection) -> None:
+            def tx() -> int:
+                seq = self._bump(conn)
+                # Rows whose health did not change are skipped: echoes of a change another
+                # instance made (and that we learnt from the feed) do not bounce back into it.
+                cur = conn.executemany(
+                    "UPDATE keys SET status = ?1, until = ?2, last_error = ?3, updated_seq = ?5"
+                    " WHERE id = ?4 AND (status IS NOT ?1 OR until IS NOT ?2"
+                    " OR last_error IS NOT ?3)",
+                    [(*r, seq) for r in rows],
+                )
+                return cur.rowcount
+
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = tx()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            # Nothing changed: roll back so the feed does not move.
+            conn.execute("COMMIT" if changed else "ROLLBACK")
+
+        await self._run(fn)
+
+    # counters
+
+    async def add_counters(
+        self,
+        key_deltas: list[tuple[int, int, int, int, int, int, int, float]],
+        provider_deltas: dict[str, tuple[int, int, int, int, int, int]],
+    ) -> None:
+        key_rows = [(*(int(v) for v in d[:7]), float(d[7]), int(d[0])) for d in key_deltas]
+        provider_rows = [(name, *(int(v) for v in d)) for name, d in provider_deltas.items()]
+        if not key_rows and not provider_rows:
+            return
+
+        def fn(conn: sqlite3.Connection) -> None:
+            def tx() -> None:
+                # Deltas for keys deleted meanwhile are dropped (EXISTS), not resurrected.
+                conn.executemany(
+                    "INSERT INTO key_stats (key_id, use_count, ok, err_4xx, err_5xx, tokens_in,"
+                    " tokens_out, last_used) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
+                    " WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?)"
+                    " ON CONFLICT (key_id) DO UPDATE SET"
+                    " use_count = use_count + excluded.use_count, ok = ok + excluded.ok,"
+                    " err_4xx = err_4xx + excluded.err_4xx, err_5xx = err_5xx + excluded.err_5xx,"
+                    " tokens_in = tokens_in + excluded.tokens_in,"
+                    " tokens_out = tokens_out + excluded.tokens_out,"
+                    " last_used = MAX(last_used, excluded.last_used)",
+                    key_rows,
+                )
+                conn.executemany(
+                    "INSERT INTO provider_stats (provider, requests, ok, err_4xx, err_5xx,"
+                    " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (provider) DO UPDATE SET"
+                    " requests = requests + excluded.requests, ok = ok + excluded.ok,"
+                    " err_4xx = err_4xx + excluded.err_4xx, err_5xx = err_5xx + excluded.err_5xx,"
+                    " tokens_in = tokens_in + excluded.tokens_in,"
+                    " tokens_out = tokens_out + excluded.tokens_out",
+                    provider_rows,
+                )
+
+            self._write(conn, tx)
+
+        await self._run(fn)
+
+    async def provider_totals(self) -> dict[str, dict[str, int]]:
+        names = ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
+
+        def fn(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            rows = conn.execute(f"SELECT provider, {', '.join(names)} FROM provider_stats")
+            return {r[0]: dict(zip(names, r[1:], strict=True)) for r in rows}
+
+        return await self._run(fn)
+
+    async def key_counts(self) -> dict[str, dict[str, int]]:
+        def fn(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for provider, status, n in conn.execute(
+                "SELECT provider, status, COUNT(*) FROM keys GROUP BY provider, status"
+            ):
+                out.setdefault(provider, {})[status] = n
+            return out
+
+        return await self._run(fn)
+
+    # provider overrides and meta
+
+    async def get_provider_overrides(self) -> dict[str, dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            out = {}
+            for name, data in conn.execute("SELECT name, data FROM provider_overrides"):
+                value = json.loads(data)
+                if value:
+                    out[name] = value
+            return out
+
+        return await self._run(fn)
+
+    async def set_provider_override(self, name: str, fields: dict[str, Any]) -> None:
+        name = _check_provider(name)
+        try:
+            json.dumps(fields)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"provider override for {name} is not JSON: {exc}") from exc
+
+        def fn(conn: sqlite3.Connection) -> None:
+            def tx() -> None:
+                row = conn.execute(
+                    "SELECT data FROM provider_overrides WHERE name = ?", (name,)
+                ).fetchone()
+                merged = json.loads(row[0]) if row else {}
+                for field, value in fields.items():
+                    if value is None:
+                        merged.pop(field, None)
+                    else:
+                        merged[field] = value
+                seq = self._bump(conn)
+                conn.execute(
+                    "INSERT INTO provider_overrides (name, data, updated_seq) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET data = excluded.data,"
+                    " updated_seq = excluded.updated_seq",
+                    (name, json.dumps(merged, sort_keys=True), seq),
+                )
+
+            self._write(conn, tx)
+
+        await self._run(fn)
+
+    async def get_meta(self, name: str) -> str | None:
+        def fn(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(fn)
+
+    async def set_meta(self, name: str, value: str) -> None:
+        if name in CRYPTO_META:
+            raise ValueError(f"meta {name} is managed by the store")
+        if not isinstance(value, str):
+            raise ValueError(f"meta {name} must be text")
+
+        def fn(conn: sqlite3.Connection) -> None:
+            def tx() -> None:
+                seq = self._bump(conn)
+                conn.execute(
+                    "INSERT INTO meta (name, value, updated_seq) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+                    " updated_seq = excluded.updated_seq",
+                    (name, value, seq),
+                )
+
+            self._write(conn, tx)
+
+        await self._run(fn)
+
+    # change feed
+
+    async def changes_since(self, seq: int) -> Changes:
+        seq = int(seq)
+
+        def fn(conn: sqlite3.Connection) -> Changes:
+            def read() -> Changes:
+                current, pruned = conn.execute(
+                    "SELECT seq, pruned_seq FROM change_feed WHERE id = 1"
+                ).fetchone()
+                if seq < pruned or seq > current:
+                    # Deletions before `pruned` are forgotten, or this is another database:
+                    # hand back every key and ask for a full reload.
+                    ids = [r[0] for r in conn.execute("SELECT id FROM keys ORDER BY id")]
+                    return Changes(current, ids, [], True, full=True)
+                key_ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM keys WHERE updated_seq > ? ORDER BY id", (seq,)
+                    )
+                ]
+                deleted = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT key_id FROM deleted_keys WHERE seq > ? ORDER BY key_id", (seq,)
+                    )
+                ]
+                providers_changed = bool(
+                    conn.execute(
+                        "SELECT EXISTS (SELECT 1 FROM provider_overrides WHERE updated_seq > ?)"
+                        " OR EXISTS (SELECT 1 FROM meta WHERE updated_seq > ?)",
+                        (seq, seq),
+                    ).fetchone()[0]
+                )
+                return Changes(current, key_ids, deleted, providers_changed)
+
+            return self._read(conn, read)
+
+        return await self._run(fn)
+
+    async def current_seq(self) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT seq FROM change_feed WHERE id = 1").fetchone()[0])
+
+        return await self._run(fn)
