@@ -45,7 +45,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     url = UPSTREAM + scope["raw_path"].decode("latin-1")
     if scope["query_string"]:
         url += "?" + scope["query_string"].decode("latin-1")
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in NOT_FORWARDED]
+    headers = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in scope["headers"]
+        if k not in NOT_FORWARDED
+    ]
     async with _session.request(
         scope["method"], url, data=body, headers=headers, allow_redirects=False
     ) as resp:

@@ -84,7 +84,11 @@ def start_nginx(prefix: Path, port: int, pin: Pinning, log_dir: Path) -> Proc:
     proc = spawn("nginx", pin.load(cmd), log_dir)
     if not wait_port(port, proc, timeout_s=10.0):
         tail = proc.log_tail()
-        err = (prefix / "error.log").read_text(errors="replace") if (prefix / "error.log").exists() else ""
+        err = (
+            (prefix / "error.log").read_text(errors="replace")
+            if (prefix / "error.log").exists()
+            else ""
+        )
         proc.stop()
         raise RuntimeError(f"nginx failed to start: {(tail + chr(10) + err).strip()[-2000:]}")
     return proc

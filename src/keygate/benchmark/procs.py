@@ -84,6 +84,7 @@ class Proc:
     log_path: Path
     spawned_at: float
     cmd: list[str] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def pid(self) -> int:
@@ -101,8 +102,10 @@ class Proc:
         return "\n".join(text.rstrip().splitlines()[-lines:])
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM the whole group, then SIGKILL what is left after `grace_s`."""
-        stop_group(self.popen, grace_s)
+        """SIGTERM the whole group, then SIGKILL what is left after `grace_s`; idempotent."""
+        if not self.stopped:
+            self.stopped = True
+            stop_group(self.popen, grace_s)
 
 
 def stop_group(popen: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
@@ -111,10 +114,8 @@ def stop_group(popen: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
     if popen.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     # The leader may be gone while workers of its group linger: kill the group regardless.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -140,10 +141,13 @@ def spawn(
     return Proc(name=name, popen=popen, log_path=log_path, spawned_at=spawned_at, cmd=list(cmd))
 
 
-def run_bounded(cmd: Sequence[str], timeout_s: float) -> tuple[int, str, str]:
+def run_bounded(
+    cmd: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
     """Run a load generator to completion; kill its group if it overruns or we are interrupted."""
     popen = subprocess.Popen(
         list(cmd),
+        env=dict(env) if env is not None else None,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -154,8 +158,10 @@ def run_bounded(cmd: Sequence[str], timeout_s: float) -> tuple[int, str, str]:
     except subprocess.TimeoutExpired:
         stop_group(popen, grace_s=1.0)
         out, err = popen.communicate()
-        return -1, out.decode(errors="replace"), f"timed out after {timeout_s:.0f}s\n" + err.decode(
-            errors="replace"
+        return (
+            -1,
+            out.decode(errors="replace"),
+            f"timed out after {timeout_s:.0f}s\n" + err.decode(errors="replace"),
         )
     except BaseException:
         stop_group(popen, grace_s=1.0)

@@ -73,7 +73,9 @@ def _fmt(value: Any, digits: int) -> str:
     return str(value)
 
 
-def _row_specs(data: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], Any], int, bool]]:
+def _row_specs(
+    data: dict[str, Any],
+) -> list[tuple[str, Callable[[dict[str, Any]], Any], int, bool]]:
     """(label, getter on a reference's figures, decimals, ratio meaningful)."""
     specs: list[tuple[str, Callable[[dict[str, Any]], Any], int, bool]] = []
     for c in data["settings"]["concurrency"]:
@@ -135,7 +137,9 @@ def format_table(data: dict[str, Any]) -> str:
             rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
-        "  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))
+        "  ".join(
+            h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)
+        )
     ]
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:

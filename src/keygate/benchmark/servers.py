@@ -98,7 +98,9 @@ def wait_proxied(
         if not proc.alive():
             raise _fail(name, proc, f"exited with code {proc.popen.returncode}")
         if now > deadline or (answered_at is not None and now - answered_at > 3.0):
-            raise _fail(name, proc, f"no successful proxied request within {timeout_s:.0f}s ({last})")
+            raise _fail(
+                name, proc, f"no successful proxied request within {timeout_s:.0f}s ({last})"
+            )
         try:
             status, data = http_request(port, "POST", path, body, AUTH_HEADERS, timeout_s=5.0)
         except OSError as exc:

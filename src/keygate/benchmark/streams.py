@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -95,9 +96,7 @@ async def run_streams(
         stats = await asyncio.gather(*(one_stream(session, url, body, headers) for _ in range(n)))
     wall = time.perf_counter() - t0
     ttfc = sorted(s.ttfc * 1000.0 for s in stats if s.ttfc is not None)
-    gaps = sorted(
-        (b - a) * 1000.0 for s in stats for a, b in zip(s.content_times, s.content_times[1:])
-    )
+    gaps = sorted((b - a) * 1000.0 for s in stats for a, b in itertools.pairwise(s.content_times))
     statuses: dict[str, int] = {}
     for s in stats:
         statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1

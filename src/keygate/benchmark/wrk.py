@@ -20,9 +20,7 @@ _SI = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
 _LAT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s+(\d+(?:\.\d+)?)(us|ms|s|m|h)\s*$", re.M)
 _RPS_RE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
 _TOTAL_RE = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.M)
-_SOCK_RE = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M
-)
+_SOCK_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M)
 _NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)", re.M)
 _PCT_FIELD = {"50": "p50_ms", "75": "p75_ms", "90": "p90_ms", "99": "p99_ms"}
 _AVG_RE = re.compile(r"^\s*Latency\s+([\d.]+)(us|ms|s|m|h)\s", re.M)

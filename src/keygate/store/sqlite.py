@@ -282,6 +282,9 @@ class SqliteStore(Store):
             if str(mode).lower() != "wal":
                 raise StoreError(f"SQLite database {self.path} cannot use WAL mode ({mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA cache_size = -32768")
+
+
             # Deleted keys (and plain secrets replaced by ciphertext) are zeroed, not left in
             # free pages.
             conn.execute("PRAGMA secure_delete = ON")
@@ -576,24 +579,51 @@ class SqliteStore(Store):
             where.append("k.status = ?")
             params.append(status)
         q = (q or "").strip()
-        if q:
-            # Label or masked form, case-insensitive; or the whole secret pasted in (exact match
-            # through the fingerprint, so nothing is decrypted).
-            pattern = _like_pattern(q)
-            where.append(
-                "(k.label LIKE ? ESCAPE '\\' OR k.masked LIKE ? ESCAPE '\\' OR k.fingerprint = ?)"
-            )
-            params.extend((pattern, pattern, self._cipher.fingerprint(q)))
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        fingerprint = self._cipher.fingerprint(q) if q and not check_secret(q) else ""
         limit = max(0, int(limit))
         offset = max(0, int(offset))
 
         def fn(conn: sqlite3.Connection) -> tuple[list[KeyRecord], int]:
             def read() -> tuple[list[KeyRecord], int]:
-                total = conn.execute(f"SELECT COUNT(*) FROM keys k{clause}", params).fetchone()[0]
+                conds, args = list(where), list(params)
+                source = "keys k"
+                if q:
+                    # Label or masked form, case-insensitive (ASCII); or the whole secret pasted
+                    # in, matched through its fingerprint so nothing is decrypted. The covering
+                    # index keeps the scan off the table rows and their long secrets.
+                    source = "keys k INDEXED BY keys_search"
+                    pattern = _like_pattern(q)
+                    match = ["k.label LIKE ? ESCAPE '\\'", "k.masked LIKE ? ESCAPE '\\'"]
+                    args += [pattern, pattern]
+                    exact = [
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT id FROM keys WHERE fingerprint = ?", (fingerprint,)
+                        )
+                    ]
+                    if exact:
+                        match.append(f"k.id IN ({','.join(str(int(i)) for i in exact)})")
+                    conds.append(f"({' OR '.join(match)})")
+                clause = f" WHERE {' AND '.join(conds)}" if conds else ""
+                total = conn.execute(f"SELECT COUNT(*) FROM {source}{clause}", args).fetchone()[0]
+                if not q:
+                    rows = conn.execute(
+                        f"{_KEY_SELECT}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
+                        (*args, limit, offset),
+                    ).fetchall()
+                    return [self._record(r) for r in rows], int(total)
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT k.id FROM {source}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
+                        (*args, limit, offset),
+                    )
+                ]
+                if not ids:
+                    return [], int(total)
+                marks = ",".join("?" * len(ids))
                 rows = conn.execute(
-                    f"{_KEY_SELECT}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
-                    (*params, limit, offset),
+                    f"{_KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id DESC", ids
                 ).fetchall()
                 return [self._record(r) for r in rows], int(total)
 

@@ -19,13 +19,17 @@ CREATE TABLE keys (
     rpm         INTEGER NOT NULL DEFAULT 0,
     max_conn    INTEGER NOT NULL DEFAULT 0,
     updated_seq INTEGER NOT NULL DEFAULT 0,   -- change-feed position of the last write
-    UNIQUE (provider, fingerprint)
+    -- fingerprint first: also finds a pasted secret across providers (admin search)
+    UNIQUE (fingerprint, provider)
 );
 -- Every index ends with the rowid, so these also serve ORDER BY id DESC under each filter.
 CREATE INDEX keys_provider ON keys (provider);
 CREATE INDEX keys_status ON keys (status);
 CREATE INDEX keys_provider_status ON keys (provider, status);
 CREATE INDEX keys_updated_seq ON keys (updated_seq);
+-- Covers the admin search (label/masked substring under the provider/status filters), so it scans
+-- this small index instead of the table with its long secrets.
+CREATE INDEX keys_search ON keys (provider, status, label, masked);
 
 -- Counters, apart from keys so frequent flushes never touch the change feed.
 CREATE TABLE key_stats (

@@ -1,0 +1,493 @@
+"""The benchmark run: stand-ins up, each reference measured in turn, everything stopped.
+
+Order matters for fairness and for the clock: all non-streaming cases run against nginx first
+(direct, then each server freshly started, so start-up and idle memory are measured on a cold
+process), then the 100,000-key comparison interleaved with the 8-key instance, then the streams
+through the mock, whose servers are left idle afterwards to read their memory once load stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from keygate.benchmark import report
+from keygate.benchmark.nginx import nginx_binary, start_nginx
+from keygate.benchmark.procs import (
+    Pinning,
+    detect_pinning,
+    free_port,
+    http_request,
+    raise_fd_limit,
+    rss_mb,
+    run_bounded,
+)
+from keygate.benchmark.servers import (
+    ACCESS_PASSWORD,
+    AUTH_HEADERS,
+    CHAT_BODY,
+    MODEL,
+    StartError,
+    Target,
+    child_env,
+    litellm_available,
+    start_bare,
+    start_keygate,
+    start_litellm,
+    start_mock,
+)
+from keygate.benchmark.wrk import WrkResult, lua_script, run_wrk, wrk_binary
+
+SERVER_REFS = ("bare", "keygate", "litellm")
+CASES = ("wrk", "stream", "memory", "keys100k")
+ALIASES = {"nonstream": "wrk", "streams": "stream", "100k": "keys100k", "many-keys": "keys100k"}
+MANY_KEYS_CONCURRENCY = 50
+
+
+@dataclass(slots=True)
+class Options:
+    """Everything a run depends on; `__init__.main` fills it from the command line."""
+
+    quick: bool = False
+    duration_s: float = 10.0
+    concurrency: list[int] = field(default_factory=lambda: [1, 10, 50, 200])
+    streams: int = 500
+    chunks: int = 64
+    chunk_interval_s: float = 0.05
+    post_load_wait_s: float = 60.0
+    many_keys: int = 100_000
+    skip: set[str] = field(default_factory=set)
+    out: Path = Path("bench/results")
+    start_timeout_s: float = 30.0
+    pin: bool = True
+    settle_s: float = 1.0
+    warmup_s: float = 1.0
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr so stdout carries only the table."""
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class RssSampler(threading.Thread):
+    """Reads a server's RSS every `interval_s` while load runs and keeps the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval_s = pid, interval_s
+        self.peak: float | None = None
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            value = rss_mb(self.pid)
+            if value is not None:
+                self.peak = value if self.peak is None else max(self.peak, value)
+                self.samples += 1
+            if self._halt.wait(self.interval_s):
+                return
+
+    def stop(self) -> float | None:
+        self._halt.set()
+        self.join(timeout=5)
+        return self.peak
+
+
+class Bench:
+    """One invocation: holds the figures and the processes to stop."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.pin: Pinning = detect_pinning() if opts.pin else Pinning()
+        self.refs: dict[str, dict[str, Any]] = {}
+        self.failures: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.keys100k: dict[str, Any] = {}
+        self.targets: list[Target] = []
+        self.tmp = Path()
+        self.script = Path()
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def want(self, name: str) -> bool:
+        return name not in self.opts.skip
+
+    def server_refs(self) -> list[str]:
+        names = [r for r in SERVER_REFS if self.want(r)]
+        if "litellm" in names and not litellm_available():
+            names.remove("litellm")
+        return names
+
+    def track(self, target: Target) -> Target:
+        self.targets.append(target)
+        return target
+
+    def fail(self, ref: str, exc: Exception) -> None:
+        msg = str(exc)
+        self.failures.setdefault(ref, msg)
+        self.refs.setdefault(ref, {})["error"] = msg
+        log(msg)
+
+    def start(self, ref: str, upstream: str, probe: bool, **kw: Any) -> Target:
+        """Start a server reference on `upstream`; `probe` = wait for a proxied request."""
+        timeout = kw.pop("timeout_s", self.opts.start_timeout_s)
+        logs = self.tmp / "logs"
+        if ref == "bare":
+            t = start_bare(upstream, self.pin, logs, timeout, probe=probe)
+        elif ref == "keygate":
+            t = start_keygate(upstream, self.pin, self.tmp, logs, timeout, probe=probe, **kw)
+        elif ref == "litellm":
+            t = start_litellm(upstream, self.pin, self.tmp, logs, max(timeout, 90.0), probe=probe)
+        else:
+            raise ValueError(ref)
+        return self.track(t)
+
+    def wrk(self, target: Target, concurrency: int, duration_s: float) -> WrkResult:
+        return run_wrk(target.url, self.script, concurrency, duration_s, self.pin)
+
+    def wrk_series(self, target: Target) -> dict[str, Any]:
+        """Every configured concurrency, after a short unrecorded warm-up for servers."""
+        if target.proc is not None and self.opts.warmup_s > 0:
+            self.wrk(target, 10, self.opts.warmup_s)
+        series: dict[str, Any] = {}
+        for c in self.opts.concurrency:
+            r = self.wrk(target, c, self.opts.duration_s)
+            series[str(c)] = r.to_json()
+            p50 = f"{r.p50_ms:.3f}" if r.p50_ms is not None else "-"
+            p99 = f"{r.p99_ms:.3f}" if r.p99_ms is not None else "-"
+            flag = f"  ERRORS {r.error_count} {r.error[:200]}" if r.flagged else ""
+            log(f"{target.name:8} c={c:<4} {r.rps:10,.0f} req/s  p50 {p50} ms  p99 {p99} ms{flag}")
+            if target.proc is not None and not target.proc.alive():
+                self.notes.append(f"{target.name} exited during the c={c} run")
+                log(f"{target.name} exited during the run:\n{target.proc.log_tail()}")
+                break
+        return series
+
+    def idle_rss(self, target: Target) -> float | None:
+        time.sleep(self.opts.settle_s)
+        return rss_mb(target.proc.pid) if target.proc else None
+
+    # ---- phases -------------------------------------------------------------------------------
+
+    def run_nonstreaming(self, nginx_port: int) -> Target | None:
+        """direct, then each server on nginx; returns the live 8-key keygate for the 100k case."""
+        upstream = f"http://127.0.0.1:{nginx_port}"
+        direct = Target("direct", nginx_port, "/v1/chat/completions")
+        status, _ = http_request(nginx_port, "POST", direct.path, CHAT_BODY, AUTH_HEADERS)
+        if status != 200:
+            raise RuntimeError(f"nginx stand-in answered {status}")
+        d = self.refs.setdefault("direct", {})
+        if self.want("wrk"):
+            d["wrk"] = self.wrk_series(direct)
+        keep: Target | None = None
+        for ref in self.server_refs():
+            try:
+                t = self.start(ref, upstream, probe=True)
+            except StartError as exc:
+                self.fail(ref, exc)
+                continue
+            entry = self.refs.setdefault(ref, {})
+            entry["startup_s"] = t.startup_s
+            entry["command"] = t.command
+            entry.setdefault("memory", {})["idle_mb"] = self.idle_rss(t)
+            log(f"{ref:8} started in {t.startup_s:.3f} s, idle RSS {entry['memory']['idle_mb']} MB")
+            if self.want("wrk"):
+                entry["wrk"] = self.wrk_series(t)
+                entry["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid) if t.proc else None
+            if ref == "keygate" and self.want("keys100k") and t.proc and t.proc.alive():
+                keep = t
+            else:
+                t.stop()
+        return keep
+
+    def run_many_keys(self, kg8: Target, nginx_port: int) -> None:
+        """keygate with many keys vs the 8-key instance, interleaved so drift hits both alike."""
+        n = self.opts.many_keys
+        keys = [f"csk-many{i:07d}" + "k" * 40 for i in range(n)]
+        info: dict[str, Any] = {"keys": n, "concurrency": MANY_KEYS_CONCURRENCY}
+        self.keys100k = info
+        try:
+            t = self.start(
+                "keygate",
+                f"http://127.0.0.1:{nginx_port}",
+                probe=True,
+                keys=keys,
+                label="keygate-many",
+                timeout_s=max(self.opts.start_timeout_s, 120.0),
+            )
+        except StartError as exc:
+            info["error"] = str(exc)
+            log(f"{n:,} keys: {exc}")
+            return
+        info["startup_s"] = t.startup_s
+        info["idle_mb"] = self.idle_rss(t)
+        log(f"keygate with {n:,} keys started in {t.startup_s:.3f} s, idle {info['idle_mb']} MB")
+        if self.opts.warmup_s > 0:
+            self.wrk(t, 10, self.opts.warmup_s)
+        half = max(1.0, self.opts.duration_s / 2)
+        runs: dict[str, list[dict[str, Any]]] = {"8": [], "many": []}
+        for _ in range(2):
+            for label, target in (("8", kg8), ("many", t)):
+                r = self.wrk(target, MANY_KEYS_CONCURRENCY, half)
+                runs[label].append(r.to_json())
+                log(f"keygate  {label:>4} keys c={MANY_KEYS_CONCURRENCY} {r.rps:10,.0f} req/s")
+        info["runs"] = runs
+        info["rps_8"] = sum(r["rps"] for r in runs["8"]) / len(runs["8"])
+        info["rps_many"] = sum(r["rps"] for r in runs["many"]) / len(runs["many"])
+        info["ratio"] = info["rps_many"] / info["rps_8"] if info["rps_8"] else None
+        info["flagged"] = any(r["flagged"] for rs in runs.values() for r in rs)
+        info["after_load_mb"] = rss_mb(t.proc.pid) if t.proc else None
+        t.stop()
+
+    def stream_load(self, target: Target) -> dict[str, Any]:
+        """Run the stream client process against `target` and summarise its figures."""
+        o = self.opts
+        per_stream = o.chunks * o.chunk_interval_s + 30.0
+        cmd = [sys.executable, "-m", "keygate.benchmark.streams", "--url", target.url]
+        cmd += ["--streams", str(o.streams), "--model", MODEL, "--timeout", f"{per_stream:.0f}"]
+        cmd += ["--header", f"Authorization: Bearer {ACCESS_PASSWORD}"]
+        code, out, err = run_bounded(self.pin.load(cmd), per_stream + 60.0, child_env())
+        try:
+            summary: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
+        except (orjson.JSONDecodeError, IndexError):
+            return {"error": f"stream client exited {code}: {(err or out).strip()[-500:]}"}
+        expected = o.streams * o.chunks
+        summary["chunks_expected"] = expected
+        summary["chunks_lost"] = max(0, expected - summary["content_events"])
+        summary["flagged"] = bool(
+            summary["chunks_lost"]
+            or summary["failed_streams"]
+            or summary["incomplete_streams"]
+            or summary["error_count"]
+        )
+        return summary
+
+    def run_streaming(self, started_ok: set[str]) -> None:
+        """Streams direct to the mock, then through each server on its own fresh instance."""
+        o = self.opts
+        try:
+            mock = self.track(start_mock(self.pin, self.tmp / "logs", o.chunks, o.chunk_interval_s))
+        except StartError as exc:
+            self.notes.append(str(exc))
+            log(f"{exc}; streaming case skipped")
+            return
+        upstream = f"http://127.0.0.1:{mock.port}"
+        direct = self.stream_load(mock)
+        self.refs.setdefault("direct", {})["streams"] = direct
+        self._log_streams("direct", direct)
+        waiting: list[tuple[float, str, Target]] = []
+        for ref in self.server_refs():
+            if ref not in started_ok:
+                continue
+            try:
+                t = self.start(ref, upstream, probe=False)
+            except StartError as exc:
+                self.fail(ref, exc)
+                continue
+            mem = self.refs.setdefault(ref, {}).setdefault("memory", {})
+            mem["stream_instance_idle_mb"] = self.idle_rss(t)
+            sampler = RssSampler(t.proc.pid) if t.proc and self.want("memory") else None
+            if sampler:
+                sampler.start()
+            try:
+                summary = self.stream_load(t)
+            finally:
+                if sampler:
+                    mem["peak_streams_mb"] = sampler.stop()
+            ended = time.perf_counter()
+            mem["end_of_load_mb"] = rss_mb(t.proc.pid) if t.proc else None
+            self._added_vs_direct(summary, direct)
+            self.refs[ref]["streams"] = summary
+            self._log_streams(ref, summary)
+            if self.want("memory") and t.proc and t.proc.alive():
+                waiting.append((ended, ref, t))
+            else:
+                t.stop()
+        mock.stop()
+        for ended, ref, t in sorted(waiting, key=lambda w: w[0]):
+            pause = ended + o.post_load_wait_s - time.perf_counter()
+            if pause > 0:
+                log(f"waiting {pause:.0f} s for {ref}'s memory after load")
+                time.sleep(pause)
+            mem = self.refs[ref]["memory"]
+            mem["after_load_mb"] = rss_mb(t.proc.pid) if t.proc else None
+            mem["after_load_wait_s"] = o.post_load_wait_s
+            log(f"{ref:8} RSS {o.post_load_wait_s:g} s after load: {mem['after_load_mb']} MB")
+            t.stop()
+
+    @staticmethod
+    def _added_vs_direct(summary: dict[str, Any], direct: dict[str, Any]) -> None:
+        for key in ("ttfc_p50_ms", "ttfc_p99_ms", "gap_p50_ms", "gap_p99_ms"):
+            mine, base = summary.get(key), direct.get(key)
+            if mine is not None and base is not None:
+                summary[f"added_{key}"] = mine - base
+        if "content_events" in summary and "content_events" in direct:
+            summary["lost_vs_direct"] = direct["content_events"] - summary["content_events"]
+
+    @staticmethod
+    def _log_streams(ref: str, s: dict[str, Any]) -> None:
+        if "error" in s:
+            log(f"{ref:8} streams: {s['error']}")
+            return
+
+        def f(v: Any) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        log(
+            f"{ref:8} streams x{s['streams']}: TTFC p50 {f(s['ttfc_p50_ms'])} p99 "
+            f"{f(s['ttfc_p99_ms'])} ms, gap p50 {f(s['gap_p50_ms'])} p99 {f(s['gap_p99_ms'])} ms, "
+            f"lost {s['chunks_lost']}, failed {s['failed_streams']}"
+            + (f"  ERRORS {s['errors'][:2]}" if s["flagged"] else "")
+        )
+
+    # ---- whole run ----------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if nginx_binary() is None or wrk_binary() is None:
+            raise RuntimeError(
+                "nginx and wrk are required (Debian: apt-get install nginx-light wrk)"
+            )
+        raise_fd_limit()
+        with contextlib.ExitStack() as stack:
+            self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kg-bench-")))
+            (self.tmp / "logs").mkdir()
+            stack.callback(self._stop_all)  # runs before the directory is removed
+            self.script = self.tmp / "post.lua"
+            self.script.write_text(lua_script(CHAT_BODY, AUTH_HEADERS), encoding="utf-8")
+            if self.pin.enabled:
+                log(f"pinning: servers on CPU {self.pin.server_cpu}, load on {self.pin.load_cpu}")
+            else:
+                log("not pinning (needs taskset and 2 CPUs): figures will be noisier")
+            nginx_port = free_port()
+            nginx = start_nginx(self.tmp / "nginx", nginx_port, self.pin, self.tmp / "logs")
+            stack.callback(nginx.stop)
+            kg8 = self.run_nonstreaming(nginx_port)
+            if kg8 is not None:
+                try:
+                    self.run_many_keys(kg8, nginx_port)
+                finally:
+                    kg8.stop()
+            nginx.stop()
+            started = {r for r in self.server_refs() if r not in self.failures}
+            if self.want("stream"):
+                self.run_streaming(started)
+        return self.result(time.perf_counter() - t0)
+
+    def _stop_all(self) -> None:
+        for t in reversed(self.targets):
+            t.stop()
+
+    def result(self, elapsed_s: float) -> dict[str, Any]:
+        o = self.opts
+        direct_c1 = report._get(self.refs, "direct", "wrk", "1")
+        for ref, entry in self.refs.items():
+            mine = report._get(entry, "wrk", "1")
+            if ref != "direct" and mine and direct_c1:
+                entry["added_c1"] = {
+                    f"{p}_ms": mine[f"{p}_ms"] - direct_c1[f"{p}_ms"]
+                    for p in ("p50", "p99")
+                    if mine.get(f"{p}_ms") is not None and direct_c1.get(f"{p}_ms") is not None
+                }
+        flags = [
+            f"{ref} c={c}: {r['errors']} errors{' (' + r['error'][:120] + ')' if r['error'] else ''}"
+            for ref, entry in self.refs.items()
+            for c, r in (entry.get("wrk") or {}).items()
+            if r["flagged"]
+        ]
+        flags += [
+            f"{ref} streams: lost {s.get('chunks_lost')}, failed {s.get('failed_streams')}"
+            f"{', ' + s['error'] if 'error' in s else ''}"
+            for ref, entry in self.refs.items()
+            if (s := entry.get("streams")) and (s.get("flagged") or "error" in s)
+        ]
+        data: dict[str, Any] = {
+            "schema": 1,
+            "machine": report.machine_info(),
+            "tools": _tool_versions(),
+            "settings": {
+                "quick": o.quick,
+                "duration_s": o.duration_s,
+                "concurrency": o.concurrency,
+                "streams": o.streams,
+                "chunks": o.chunks,
+                "chunk_interval_s": o.chunk_interval_s,
+                "post_load_wait_s": o.post_load_wait_s,
+                "many_keys": o.many_keys,
+                "skip": sorted(o.skip),
+                "pinning": {"server_cpu": self.pin.server_cpu, "load_cpu": self.pin.load_cpu},
+            },
+            "references": {r: self.refs[r] for r in report.REFS if r in self.refs},
+            "keys100k": self.keys100k or None,
+            "failures": self.failures,
+            "flags": flags,
+            "notes": self.notes,
+            "elapsed_s": elapsed_s,
+        }
+        data["verdict"] = report.verdict(data)
+        return data
+
+
+def _tool_versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    probes: dict[str, Callable[[], list[str]]] = {
+        "nginx": lambda: [nginx_binary() or "nginx", "-v"],
+        "wrk": lambda: [wrk_binary() or "wrk", "-v"],
+    }
+    for name, cmd in probes.items():
+        try:
+            p = subprocess.run(cmd(), capture_output=True, text=True, timeout=5, check=False)
+            out[name] = (p.stdout + p.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            out[name] = "?"
+    return out
+
+
+def write_outputs(data: dict[str, Any], out_dir: Path) -> tuple[str, list[Path], list[str]]:
+    """bench.json, bench.txt and bench.png in `out_dir`; returns (text, files, warnings)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = data["machine"]
+    text = "\n".join(
+        [
+            f"keygate bench  {m['date']}  {m['cpu']}, {m['cores']} cores, Python {m['python']}"
+            + ("  [quick]" if data["settings"]["quick"] else ""),
+            "",
+            report.format_table(data),
+            "",
+            "Targets (issue 7):",
+            report.format_verdict(data["verdict"]),
+        ]
+        + (
+            ["", "Flagged (errors during the run):", *[f"  {f}" for f in data["flags"]]]
+            if data["flags"]
+            else []
+        )
+        + (
+            ["", "Not measured:", *[f"  {v.splitlines()[0]}" for v in data["failures"].values()]]
+            if data["failures"]
+            else []
+        )
+        + (["", *data["notes"]] if data["notes"] else [])
+        + [f"\n(! = run had errors; whole suite {data['elapsed_s']:.0f} s)"]
+    )
+    files = [out_dir / "bench.json", out_dir / "bench.txt"]
+    files[0].write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    files[1].write_text(text + "\n", encoding="utf-8")
+    warnings: list[str] = []
+    warn = report.write_chart(data, out_dir / "bench.png")
+    if warn:
+        warnings.append(warn)
+    else:
+        files.append(out_dir / "bench.png")
+    return text, files, warnings

@@ -1,0 +1,156 @@
+"""Shared harness: a mock upstream in a thread, and real `keygate serve` processes on loopback.
+
+`gateway_factory(env=..., config=...)` starts keygate as a subprocess exactly as a user would
+(console script, env vars, optional YAML), waits for /healthz, and gives back a handle with its
+URL, admin credentials, captured log and stop/kill. Every provider's base URL points at the mock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from keygate.providers import BUILTINS, env_prefix
+from keygate.testing.mock_upstream import MockUpstream
+
+PASSWORD = "gw-test-password"
+ADMIN_PASSWORD = "admin-test-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mock_session() -> Iterator[MockUpstream]:
+    mock = MockUpstream().start()
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture
+def mock(mock_session: MockUpstream) -> MockUpstream:
+    """The session's mock, reset for this test."""
+    mock_session.reset()
+    return mock_session
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    env: dict[str, str]
+    argv: list[str]
+    password: str = PASSWORD
+    admin_password: str = ADMIN_PASSWORD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.password}"}
+
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_password}"}
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        with self.client() as c:
+            return c.request(method, path, headers={**self.admin(), **kw.pop("headers", {})}, **kw)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def wait_healthy(gw: Gateway, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gw.proc.poll() is not None:
+            raise RuntimeError(f"keygate exited with {gw.proc.returncode}:\n{gw.log()}")
+        try:
+            if httpx.get(gw.url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"keygate did not become healthy:\n{gw.log()}")
+
+
+def mock_env(mock: MockUpstream) -> dict[str, str]:
+    return {f"{env_prefix(name)}_BASE_URL": mock.url for name in BUILTINS}
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path, mock: MockUpstream) -> Iterator[Any]:
+    started: list[Gateway] = []
+
+    def start(
+        env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+        data_dir: Path | None = None,
+        password: str | None = PASSWORD,
+        admin_password: str | None = ADMIN_PASSWORD,
+        port: int | None = None,
+        args: list[str] | None = None,
+        wait: bool = True,
+    ) -> Gateway:
+        port = port or free_port()
+        data_dir = data_dir or tmp_path / f"data-{len(started)}"
+        full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEYS") and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_", "ADMIN_"))}
+        full_env.update(mock_env(mock))
+        full_env.update({"KEYGATE_DATA_DIR": str(data_dir), "KEYGATE_HOST": "127.0.0.1", "KEYGATE_PORT": str(port), "PYTHONUNBUFFERED": "1"})
+        if password:
+            full_env["ACCESS_PASSWORD"] = password
+        if admin_password:
+            full_env["ADMIN_PASSWORD"] = admin_password
+        full_env.update(env or {})
+        argv = [sys.executable, "-m", "keygate", "serve", *(args or [])]
+        if config is not None:
+            cfg_path = tmp_path / f"config-{len(started)}.yaml"
+            cfg_path.write_text(yaml.safe_dump(config))
+            argv += ["--config", str(cfg_path)]
+        log_path = tmp_path / f"keygate-{len(started)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        gw = Gateway(proc, port, data_dir, log_path, full_env, argv, password or "", admin_password or "")
+        started.append(gw)
+        if wait:
+            wait_healthy(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
