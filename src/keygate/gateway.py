@@ -247,6 +247,11 @@ class Gateway:
             try:
                 changes = await self.store.changes_since(self._seq)
                 self._seq = changes.seq
+                if changes.full:  # the feed no longer reaches back: drop what the store lacks
+                    present = set(changes.key_ids)
+                    for rt in self.providers.values():
+                        for key_id in [k for k in rt.pool.entries if k not in present]:
+                            rt.pool.remove(key_id)
                 for key_id in changes.deleted_ids:
                     self.forget_key(key_id)
                 if changes.key_ids:

@@ -251,7 +251,10 @@ def load_settings(
         raise ConfigError(f"environment variable {port_var}: must be a port number (0-65535), got {s.port}")
     s.workers = _env_int(env, "KEYGATE_WORKERS", 1, minimum=1)
     s.data_dir = Path(env.get("KEYGATE_DATA_DIR") or "keygate-data")
-    s.access_passwords = split_keys(",".join(filter(None, [env.get("ACCESS_PASSWORD"), env.get("AUTH_PASSWORD")])))
+    # comma separated only: a space or quote inside a password is part of it (split_keys would
+    # turn "correct horse" into two weak passwords)
+    passwords = ",".join(filter(None, [env.get("ACCESS_PASSWORD"), env.get("AUTH_PASSWORD")])).split(",")
+    s.access_passwords = list(dict.fromkeys(p.strip() for p in passwords if p.strip()))
     s.admin_password = env.get("ADMIN_PASSWORD", "")
     s.redis_url = env.get("KEYGATE_REDIS_URL", "")
     s.db_url = env.get("KEYGATE_DB", "")

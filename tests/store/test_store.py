@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import subprocess
@@ -588,7 +589,7 @@ async def test_commits_survive_kill_9(
         [sys.executable, "-c", KILL_SCRIPT, db_location, secret_key, secret],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": src},
+        env={**os.environ, "PYTHONPATH": src},
         timeout=60,
     )
     assert proc.returncode == -9, proc.stderr

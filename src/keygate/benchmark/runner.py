@@ -115,8 +115,10 @@ class Bench:
         self.notes: list[str] = []
         self.keys100k: dict[str, Any] = {}
         self.targets: list[Target] = []
+        self.calibration: dict[str, Any] = {}
         self.tmp = Path()
         self.script = Path()
+        self.machine = report.machine_info()  # before the harness pins itself to one CPU
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -154,7 +156,16 @@ class Bench:
         return self.track(t)
 
     def wrk(self, target: Target, concurrency: int, duration_s: float) -> WrkResult:
-        return run_wrk(target.url, self.script, concurrency, duration_s, self.pin)
+        r = run_wrk(target.url, self.script, concurrency, duration_s, self.pin)
+        if r.non_2xx:  # show what the failures were: one more request, outside the timing
+            try:
+                status, body = http_request(
+                    target.port, "POST", target.path, CHAT_BODY, AUTH_HEADERS
+                )
+                r.sample = f"{status} {body[:300].decode(errors='replace')}"
+            except OSError as exc:
+                r.sample = f"{type(exc).__name__}: {exc}"
+        return r
 
     def wrk_series(self, target: Target) -> dict[str, Any]:
         """Every configured concurrency, after a short unrecorded warm-up for servers."""
@@ -166,7 +177,7 @@ class Bench:
             series[str(c)] = r.to_json()
             p50 = f"{r.p50_ms:.3f}" if r.p50_ms is not None else "-"
             p99 = f"{r.p99_ms:.3f}" if r.p99_ms is not None else "-"
-            flag = f"  ERRORS {r.error_count} {r.error[:200]}" if r.flagged else ""
+            flag = f"  ERRORS {r.error_count} {r.error[:200]} {r.sample[:200]}" if r.flagged else ""
             log(f"{target.name:8} c={c:<4} {r.rps:10,.0f} req/s  p50 {p50} ms  p99 {p99} ms{flag}")
             if target.proc is not None and not target.proc.alive():
                 self.notes.append(f"{target.name} exited during the c={c} run")
@@ -190,6 +201,8 @@ class Bench:
         d = self.refs.setdefault("direct", {})
         if self.want("wrk"):
             d["wrk"] = self.wrk_series(direct)
+            if self.pin.enabled and 1 in self.opts.concurrency:
+                self.calibrate_cross_cpu()
         keep: Target | None = None
         for ref in self.server_refs():
             try:
@@ -201,7 +214,9 @@ class Bench:
             entry["startup_s"] = t.startup_s
             entry["command"] = t.command
             entry.setdefault("memory", {})["idle_mb"] = self.idle_rss(t)
-            log(f"{ref:8} started in {t.startup_s:.3f} s, idle RSS {entry['memory']['idle_mb']} MB")
+            log(
+                f"{ref:8} started in {t.startup_s:.3f} s, idle RSS {_mb(entry['memory']['idle_mb'])}"
+            )
             if self.want("wrk"):
                 entry["wrk"] = self.wrk_series(t)
                 entry["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid) if t.proc else None
@@ -210,6 +225,36 @@ class Bench:
             else:
                 t.stop()
         return keep
+
+    def calibrate_cross_cpu(self) -> None:
+        """direct at c=1 with nginx on the server's CPU: what crossing CPUs alone costs.
+
+        On virtual machines a request that wakes an idle vCPU can wait milliseconds, which no
+        proxy can avoid; this figure tells that floor apart from what the proxy adds.
+        """
+        cpu = self.pin.server_cpu
+        port = free_port()
+        prefix = self.tmp / "nginx-xcpu"
+        try:
+            ng = start_nginx(prefix, port, Pinning(cpu, cpu), self.tmp / "logs")
+        except RuntimeError as exc:
+            self.notes.append(f"cross-CPU calibration skipped: {exc}")
+            return
+        try:
+            r = self.wrk(Target("direct", port, "/v1/chat/completions"), 1, self.opts.duration_s)
+        finally:
+            ng.stop()
+        direct_c1 = self.refs["direct"]["wrk"].get("1") or {}
+        self.calibration = {
+            "what": "direct at c=1 with nginx pinned to the server CPU (load on the other)",
+            "wrk": r.to_json(),
+            "added_p50_ms": _diff(r.p50_ms, direct_c1.get("p50_ms")),
+            "added_p99_ms": _diff(r.p99_ms, direct_c1.get("p99_ms")),
+        }
+        log(
+            f"cross-CPU  c=1 {r.rps:10,.0f} req/s  p50 {r.p50_ms} ms  p99 {r.p99_ms} ms"
+            " (nginx on the server CPU: the cost of crossing CPUs alone)"
+        )
 
     def run_many_keys(self, kg8: Target, nginx_port: int) -> None:
         """keygate with many keys vs the 8-key instance, interleaved so drift hits both alike."""
@@ -232,7 +277,7 @@ class Bench:
             return
         info["startup_s"] = t.startup_s
         info["idle_mb"] = self.idle_rss(t)
-        log(f"keygate with {n:,} keys started in {t.startup_s:.3f} s, idle {info['idle_mb']} MB")
+        log(f"keygate with {n:,} keys started in {t.startup_s:.3f} s, idle {_mb(info['idle_mb'])}")
         if self.opts.warmup_s > 0:
             self.wrk(t, 10, self.opts.warmup_s)
         half = max(1.0, self.opts.duration_s / 2)
@@ -323,7 +368,7 @@ class Bench:
             mem = self.refs[ref]["memory"]
             mem["after_load_mb"] = rss_mb(t.proc.pid) if t.proc else None
             mem["after_load_wait_s"] = o.post_load_wait_s
-            log(f"{ref:8} RSS {o.post_load_wait_s:g} s after load: {mem['after_load_mb']} MB")
+            log(f"{ref:8} RSS {o.post_load_wait_s:g} s after load: {_mb(mem['after_load_mb'])}")
             t.stop()
 
     @staticmethod
@@ -414,7 +459,7 @@ class Bench:
         ]
         data: dict[str, Any] = {
             "schema": 1,
-            "machine": report.machine_info(),
+            "machine": self.machine,
             "tools": _tool_versions(),
             "settings": {
                 "quick": o.quick,
@@ -430,6 +475,7 @@ class Bench:
             },
             "references": {r: self.refs[r] for r in report.REFS if r in self.refs},
             "keys100k": self.keys100k or None,
+            "calibration": self.calibration or None,
             "failures": self.failures,
             "flags": flags,
             "notes": self.notes,
@@ -437,6 +483,14 @@ class Bench:
         }
         data["verdict"] = report.verdict(data)
         return data
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} MB"
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _tool_versions() -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ _RPS_RE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
 _TOTAL_RE = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.M)
 _SOCK_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M)
 _NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)", re.M)
+_LUA_PLAIN = frozenset(string.ascii_letters + string.digits + " -_.,:;/{}[]()+=*@#$%&!?<>|~^'")
 _PCT_FIELD = {"50": "p50_ms", "75": "p75_ms", "90": "p90_ms", "99": "p99_ms"}
 _AVG_RE = re.compile(r"^\s*Latency\s+([\d.]+)(us|ms|s|m|h)\s", re.M)
 
@@ -33,13 +35,12 @@ def wrk_binary() -> str | None:
 def lua_script(body: bytes, headers: Mapping[str, str]) -> str:
     """A wrk script that sends every request as this POST."""
 
-    def quote(text: str) -> str:
-        level = "="
-        while f"]{level}]" in text:
-            level += "="
-        return f"[{level}[{text}]{level}]"
+    def quote(text: str | bytes) -> str:
+        # A plain Lua string with every other byte as a decimal escape: safe for any input.
+        raw = text.encode() if isinstance(text, str) else text
+        return '"' + "".join(chr(b) if chr(b) in _LUA_PLAIN else f"\\{b:03d}" for b in raw) + '"'
 
-    lines = ['wrk.method = "POST"', f"wrk.body = {quote(body.decode())}"]
+    lines = ['wrk.method = "POST"', f"wrk.body = {quote(body)}"]
     lines += [f"wrk.headers[{quote(k)}] = {quote(v)}" for k, v in headers.items()]
     return "\n".join(lines) + "\n"
 
@@ -60,6 +61,7 @@ class WrkResult:
     non_2xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
     error: str = ""
+    sample: str = ""  # one failing answer, to show what the errors were
 
     @property
     def error_count(self) -> int:
@@ -132,6 +134,8 @@ def run_wrk(
     result = parse_wrk(out, concurrency, secs)
     if code != 0 and not result.error:
         result.error = f"wrk exited {code}"
+    elif err.strip() and not result.error:  # e.g. a Lua error: wrk then sends plain GETs
+        result.error = "wrk complained"
     if result.error:
         result.error += ": " + (err.strip() or out.strip())[-500:]
     return result

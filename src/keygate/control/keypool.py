@@ -244,7 +244,10 @@ class LocalKeyPool:
             return entry
         return None
 
-    def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
+    async def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
+        return self.ready_in_now(exclude)
+
+    def ready_in_now(self, exclude: Iterable[int] = ()) -> float | None:
         """Seconds until some key is usable (0: now); None when none will be without an admin or a re-check."""
         now = self.clock()
         self._promote(now)

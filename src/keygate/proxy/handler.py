@@ -60,13 +60,15 @@ async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int
                 raise GatewayError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes", "request_too_large")
             break
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
     body: bytes = message.get("body", b"")
+    size = len(body)
+    if size > limit:  # a chunked body may arrive whole in the first message
+        raise GatewayError(413, f"request body exceeds the limit of {limit} bytes", "request_too_large")
     if not message.get("more_body"):
-        if message["type"] == "http.disconnect":
-            raise ClientGone
         return body
     parts = [body]
-    size = len(body)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -131,7 +133,9 @@ class Exchange:
 
 async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) -> None:
     started = time.perf_counter()
-    path: str = scope["path"]
+    raw_path: bytes | None = scope.get("raw_path")
+    # forward the path as the client encoded it (`%2F`, `%20` must not be decoded on the way)
+    path: str = raw_path.decode("latin-1") if raw_path else scope["path"]
     method: str = scope["method"]
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     name, rest = split_prefix(path, gw.default_provider)
@@ -263,7 +267,7 @@ async def forward(
                 if key_retries >= cfg.retries + 2:
                     break
                 key_retries += 1
-                if pool.ready_in([*tried, entry.id]) == 0.0:
+                if await pool.ready_in([*tried, entry.id]) == 0.0:
                     delay = 0.0
                 elif until:
                     delay = until - now
@@ -292,6 +296,8 @@ async def forward(
         status, resp_headers, err_body = last
         if retried or status in (401, 403):
             resp_headers = [h for h in resp_headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
+        # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
+        resp_headers = [h for h in resp_headers if h[0] != b"content-length"] + [(b"content-length", str(len(err_body)).encode())]
         ex.status = status
         ex.error = f"upstream answered {status}"
         await send({"type": "http.response.start", "status": status, "headers": resp_headers})
@@ -301,7 +307,7 @@ async def forward(
         if retried:
             last_error.headers.append(_NO_RETRY)
         raise last_error
-    ready = pool.ready_in(())
+    ready = await pool.ready_in(())
     if ready is None:
         raise GatewayError(503, f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)", "no_usable_key")
     raise GatewayError(429, f"every key of provider '{cfg.name}' is cooling down; retry in {ready:.1f}s", "keys_cooling", retry_after_headers(ready))
