@@ -129,9 +129,21 @@ def gateway_factory(tmp_path: Path, mock: MockUpstream) -> Iterator[Any]:
     ) -> Gateway:
         port = port or free_port()
         data_dir = data_dir or tmp_path / f"data-{len(started)}"
-        full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEYS") and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_", "ADMIN_"))}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.endswith("_API_KEYS")
+            and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_", "ADMIN_"))
+        }
         full_env.update(mock_env(mock))
-        full_env.update({"KEYGATE_DATA_DIR": str(data_dir), "KEYGATE_HOST": "127.0.0.1", "KEYGATE_PORT": str(port), "PYTHONUNBUFFERED": "1"})
+        full_env.update(
+            {
+                "KEYGATE_DATA_DIR": str(data_dir),
+                "KEYGATE_HOST": "127.0.0.1",
+                "KEYGATE_PORT": str(port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if password:
             full_env["ACCESS_PASSWORD"] = password
         if admin_password:
@@ -144,8 +156,12 @@ def gateway_factory(tmp_path: Path, mock: MockUpstream) -> Iterator[Any]:
             argv += ["--config", str(cfg_path)]
         log_path = tmp_path / f"keygate-{len(started)}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        gw = Gateway(proc, port, data_dir, log_path, full_env, argv, password or "", admin_password or "")
+            proc = subprocess.Popen(
+                argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        gw = Gateway(
+            proc, port, data_dir, log_path, full_env, argv, password or "", admin_password or ""
+        )
         started.append(gw)
         if wait:
             wait_healthy(gw)

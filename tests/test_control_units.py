@@ -66,7 +66,9 @@ def test_bucket_zero_rate_is_unlimited_and_reconfigure_caps_tokens() -> None:
 # --- admission -----------------------------------------------------------------------------
 
 
-def limits(rps: float = 0, burst: int = 1, max_conn: int = 0, queue: int = 200, timeout: float = 5) -> Limits:
+def limits(
+    rps: float = 0, burst: int = 1, max_conn: int = 0, queue: int = 200, timeout: float = 5
+) -> Limits:
     return Limits(rps=rps, burst=burst, max_conn=max_conn, queue=queue, queue_timeout_s=timeout)
 
 
@@ -307,7 +309,7 @@ def test_pick_is_constant_time_with_100k_keys() -> None:
 def test_mask_never_shows_whole_secret() -> None:
     for secret in ["a", "abcd", "abcdefg", "sk-1234567890abcdef", "x" * 100]:
         shown = mask(secret)
-        assert secret not in shown or len(secret) <= 1 and shown == "…"
+        assert secret not in shown or (len(secret) <= 1 and shown == "…")
     assert mask("sk-1234567890abcdef") == "sk-1…cdef"
 
 
@@ -319,9 +321,13 @@ def test_classify_events() -> None:
     assert classify(200, {}, b"", now).event is Event.OK
     v = classify(401, {}, b"", now)
     assert v.event is Event.INVALID and v.key_fault and v.retry
-    v = classify(400, {}, b'{"error":{"message":"API key not valid. Please pass a valid API key."}}', now)
+    v = classify(
+        400, {}, b'{"error":{"message":"API key not valid. Please pass a valid API key."}}', now
+    )
     assert v.event is Event.INVALID
-    v = classify(429, {}, b'{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}', now)
+    v = classify(
+        429, {}, b'{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}', now
+    )
     assert v.event is Event.EXHAUSTED
     assert classify(402, {}, b"", now).event is Event.EXHAUSTED
     v = classify(429, {"retry-after": "7"}, b"{}", now)
@@ -337,10 +343,14 @@ def test_reset_hints() -> None:
     now = 1_700_000_000.0
     assert reset_hint({"retry-after-ms": "1500"}, now) == pytest.approx(now + 1.5)
     assert reset_hint({"retry-after": "2"}, now) == pytest.approx(now + 2)
-    assert reset_hint({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, now) == pytest.approx(1792567680.0)
+    assert reset_hint({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, now) == pytest.approx(
+        1792567680.0
+    )
     assert reset_hint({"x-ratelimit-reset-requests": "6m0s"}, now) == pytest.approx(now + 360)
     assert reset_hint({"x-ratelimit-reset-tokens": "20ms"}, now) == pytest.approx(now + 0.02)
-    assert reset_hint({"anthropic-ratelimit-requests-reset": "2023-11-14T22:13:30Z"}, now) == pytest.approx(1700000010.0)
+    assert reset_hint(
+        {"anthropic-ratelimit-requests-reset": "2023-11-14T22:13:30Z"}, now
+    ) == pytest.approx(1700000010.0)
     assert reset_hint({}, now) is None
     assert parse_duration("1h2m3s") == 3723
     assert parse_duration("soon") is None

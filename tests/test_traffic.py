@@ -28,7 +28,9 @@ async def fire(gw: Any, n: int, body: dict[str, Any] | None = None, **kw: Any) -
     async with aiohttp.ClientSession() as s:
 
         async def one() -> int:
-            async with s.post(f"{gw.url}/cerebras/v1/chat/completions", json=body or CHAT, headers=gw.auth(), **kw) as r:
+            async with s.post(
+                f"{gw.url}/cerebras/v1/chat/completions", json=body or CHAT, headers=gw.auth(), **kw
+            ) as r:
                 await r.read()
                 return r.status
 
@@ -36,7 +38,12 @@ async def fire(gw: Any, n: int, body: dict[str, Any] | None = None, **kw: Any) -
 
 
 def post(gw: Any, body: dict[str, Any] | None = None, timeout: float = 30) -> httpx.Response:
-    return httpx.post(f"{gw.url}/cerebras/v1/chat/completions", json=body or CHAT, headers=gw.auth(), timeout=timeout)
+    return httpx.post(
+        f"{gw.url}/cerebras/v1/chat/completions",
+        json=body or CHAT,
+        headers=gw.auth(),
+        timeout=timeout,
+    )
 
 
 def keys_state(gw: Any) -> dict[str, str]:
@@ -46,9 +53,13 @@ def keys_state(gw: Any) -> dict[str, str]:
 
 
 @pytest.mark.slow
-async def test_rate_never_exceeds_burst_plus_rate_and_burst_goes_at_once(gateway_factory: Any, mock: Any) -> None:
+async def test_rate_never_exceeds_burst_plus_rate_and_burst_goes_at_once(
+    gateway_factory: Any, mock: Any
+) -> None:
     rps, burst, n = 10.0, 5, 40
-    gw = gateway_factory(env=keys_env(), config=cfg(rps=rps, burst=burst, max_conn=0, queue=500, queue_timeout_s=30))
+    gw = gateway_factory(
+        env=keys_env(), config=cfg(rps=rps, burst=burst, max_conn=0, queue=500, queue_timeout_s=30)
+    )
     statuses = await fire(gw, n)
     assert statuses == [200] * n
     arrivals = sorted(r.started for r in mock.records())
@@ -65,11 +76,15 @@ async def test_rate_never_exceeds_burst_plus_rate_and_burst_goes_at_once(gateway
 
 
 @pytest.mark.slow
-async def test_max_conn_holds_with_long_streams_disconnects_and_failures(gateway_factory: Any, mock: Any) -> None:
+async def test_max_conn_holds_with_long_streams_disconnects_and_failures(
+    gateway_factory: Any, mock: Any
+) -> None:
     max_conn = 3
     gw = gateway_factory(
         env=keys_env(),
-        config=cfg(rps=0, max_conn=max_conn, queue=100, retries=0, timeout_first_byte_s=1, timeout_idle_s=1),
+        config=cfg(
+            rps=0, max_conn=max_conn, queue=100, retries=0, timeout_first_byte_s=1, timeout_idle_s=1
+        ),
     )
     mock.set_behavior(None, chunks=8, chunk_interval_s=0.15)
     mock.reset_peak()
@@ -77,7 +92,9 @@ async def test_max_conn_holds_with_long_streams_disconnects_and_failures(gateway
     async def stream(disconnect_after: int | None) -> str:
         async with aiohttp.ClientSession() as s:
             body = {**CHAT, "stream": True}
-            async with s.post(f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()) as r:
+            async with s.post(
+                f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()
+            ) as r:
                 if r.status != 200:
                     return str(r.status)
                 n = 0
@@ -98,7 +115,12 @@ async def test_max_conn_holds_with_long_streams_disconnects_and_failures(gateway
     async def impatient() -> None:
         async with aiohttp.ClientSession() as s:
             try:
-                async with s.post(f"{gw.url}/cerebras/v1/chat/completions", json=CHAT, headers=gw.auth(), timeout=aiohttp.ClientTimeout(total=0.3)) as r:
+                async with s.post(
+                    f"{gw.url}/cerebras/v1/chat/completions",
+                    json=CHAT,
+                    headers=gw.auth(),
+                    timeout=aiohttp.ClientTimeout(total=0.3),
+                ) as r:
                     await r.read()
             except (TimeoutError, aiohttp.ClientError):
                 pass
@@ -112,8 +134,10 @@ async def test_max_conn_holds_with_long_streams_disconnects_and_failures(gateway
     assert await fire(gw, max_conn * 2) == [200] * (max_conn * 2), "every slot came back"
 
 
-async def test_401_key_is_never_used_again_and_client_gets_200(gateway_factory: Any, mock: Any) -> None:
-    bad, *good = KEYS
+async def test_401_key_is_never_used_again_and_client_gets_200(
+    gateway_factory: Any, mock: Any
+) -> None:
+    bad = KEYS[0]
     mock.set_behavior(bad, status=401)
     gw = gateway_factory(env=keys_env(), config=cfg(rps=0, max_conn=0))
     assert await fire(gw, 12) == [200] * 12
@@ -122,12 +146,27 @@ async def test_401_key_is_never_used_again_and_client_gets_200(gateway_factory: 
     assert all(r.key != bad for r in later), "a key that answered 401 was used again"
     assert [post(gw).status_code for _ in range(6)] == [200] * 6
     assert mock.records()[-1].key != bad and all(r.key != bad for r in mock.records()[-6:])
-    assert keys_state(gw)[next(k for k in keys_state(gw) if k.startswith(bad[:4]) and k.endswith(bad[-4:]))] == "invalid"
+    assert (
+        keys_state(gw)[
+            next(k for k in keys_state(gw) if k.startswith(bad[:4]) and k.endswith(bad[-4:]))
+        ]
+        == "invalid"
+    )
 
 
 async def test_quota_exhausted_key_is_set_aside(gateway_factory: Any, mock: Any) -> None:
     broke = KEYS[1]
-    mock.set_behavior(broke, status=429, body={"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}})
+    mock.set_behavior(
+        broke,
+        status=429,
+        body={
+            "error": {
+                "message": "You exceeded your current quota",
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+            }
+        },
+    )
     gw = gateway_factory(env=keys_env(), config=cfg(rps=0, max_conn=0))
     assert [post(gw).status_code for _ in range(9)] == [200] * 9
     assert mock.count(broke) == 1
@@ -136,7 +175,9 @@ async def test_quota_exhausted_key_is_set_aside(gateway_factory: Any, mock: Any)
 
 
 @pytest.mark.slow
-async def test_429_with_retry_after_cools_key_for_that_long(gateway_factory: Any, mock: Any) -> None:
+async def test_429_with_retry_after_cools_key_for_that_long(
+    gateway_factory: Any, mock: Any
+) -> None:
     hot = KEYS[0]
     gw = gateway_factory(env=keys_env(KEYS[:2]), config=cfg(rps=0, max_conn=0))
     mock.push(hot, status=429, headers={"Retry-After": "1"})
@@ -176,16 +217,23 @@ async def test_retry_respects_retry_after_on_the_only_key(gateway_factory: Any, 
 async def test_no_retry_after_streaming_began(gateway_factory: Any, mock: Any) -> None:
     gw = gateway_factory(env=keys_env(), config=cfg(rps=0, max_conn=0))
     mock.push(None, chunks=6, reset_after_chunks=2)
-    with pytest.raises(httpx.HTTPError):
-        with httpx.stream("POST", f"{gw.url}/cerebras/v1/chat/completions", json={**CHAT, "stream": True}, headers=gw.auth(), timeout=10) as r:
-            for _ in r.iter_raw():
-                pass
+    with pytest.raises(httpx.HTTPError), httpx.stream(
+        "POST",
+        f"{gw.url}/cerebras/v1/chat/completions",
+        json={**CHAT, "stream": True},
+        headers=gw.auth(),
+        timeout=10,
+    ) as r:
+        for _ in r.iter_raw():
+            pass
     await asyncio.sleep(0.2)
     assert mock.count() == 1, "a stream that already started is never retried"
     assert post(gw).status_code == 200
 
 
-async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_upstream(gateway_factory: Any, mock: Any) -> None:
+async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_upstream(
+    gateway_factory: Any, mock: Any
+) -> None:
     gw = gateway_factory(env=keys_env(), config=cfg(rps=0, max_conn=1, queue=1, queue_timeout_s=10))
     mock.set_behavior(None, delay_s=1.5)
     holder = threading.Thread(target=post, args=(gw,))
@@ -193,7 +241,13 @@ async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_up
     await asyncio.sleep(0.3)
 
     async with aiohttp.ClientSession() as s:
-        queued = asyncio.create_task(s.post(f"{gw.url}/cerebras/v1/chat/completions", json={**CHAT, "model": "queued"}, headers=gw.auth()))
+        queued = asyncio.create_task(
+            s.post(
+                f"{gw.url}/cerebras/v1/chat/completions",
+                json={**CHAT, "model": "queued"},
+                headers=gw.auth(),
+            )
+        )
         await asyncio.sleep(0.3)
         started = time.monotonic()
         r = post(gw)
@@ -205,7 +259,9 @@ async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_up
         queued.cancel()
     holder.join()
     await asyncio.sleep(0.5)
-    assert all(b'"queued"' not in rec.body for rec in mock.records()), "a request cancelled while queued reached the upstream"
+    assert all(b'"queued"' not in rec.body for rec in mock.records()), (
+        "a request cancelled while queued reached the upstream"
+    )
     assert httpx.get(gw.url + "/healthz").json()["providers"]["cerebras"]["queued"] == 0
 
 

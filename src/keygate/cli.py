@@ -30,7 +30,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True) if settings.store_kind == "sqlite" else None
+    settings.data_dir.mkdir(
+        parents=True, exist_ok=True
+    ) if settings.store_kind == "sqlite" else None
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -95,7 +97,11 @@ async def _keys_import(ctx: Any) -> int:
     from keygate.store.base import parse_key_input
 
     _check_provider(settings, args.provider)
-    text = sys.stdin.read() if args.file in (None, "-") else Path(args.file).read_text(encoding="utf-8")
+    text = (
+        sys.stdin.read()
+        if args.file in (None, "-")
+        else Path(args.file).read_text(encoding="utf-8")
+    )
     started = time.perf_counter()
     results = await store.add_keys(args.provider, parse_key_input(text), source="cli")
     took = time.perf_counter() - started
@@ -104,7 +110,9 @@ async def _keys_import(ctx: Any) -> int:
         counts[r.status] = counts.get(r.status, 0) + 1
         if args.verbose or r.status != "added":
             print(f"{r.status:<9} {r.input}{'  ' + r.message if r.message else ''}")
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to import"
+    summary = (
+        ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to import"
+    )
     print(f"{args.provider}: {summary} ({took:.2f}s)")
     return 0 if counts.get("added") or not results else 1
 
@@ -113,12 +121,29 @@ async def _keys_list(ctx: Any) -> int:
     store, _, args = ctx
     keys, total = await store.list_keys(args.provider, args.status, args.q, args.limit, args.offset)
     if args.json:
-        fields = ("id", "provider", "masked", "label", "status", "use_count", "last_used", "created_at", "last_error", "until")
-        print(orjson.dumps({"keys": [{f: getattr(k, f) for f in fields} for k in keys], "total": total}).decode())
+        fields = (
+            "id",
+            "provider",
+            "masked",
+            "label",
+            "status",
+            "use_count",
+            "last_used",
+            "created_at",
+            "last_error",
+            "until",
+        )
+        print(
+            orjson.dumps(
+                {"keys": [{f: getattr(k, f) for f in fields} for k in keys], "total": total}
+            ).decode()
+        )
         return 0
     print(f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'uses':>7}  label")
     for k in keys:
-        print(f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}  {k.label}")
+        print(
+            f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}  {k.label}"
+        )
     print(f"{len(keys)} of {total}")
     return 0
 
@@ -158,7 +183,9 @@ async def _keys_test(ctx: Any) -> int:
             status, ms, error = await probe(session, cfg, rec.secret)
             ok = 200 <= status < 300
             bad += not ok
-            print(f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {'ok' if ok else 'FAIL':<5} {status or '-':>4} {ms:7.1f} ms  {error}")
+            print(
+                f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {'ok' if ok else 'FAIL':<5} {status or '-':>4} {ms:7.1f} ms  {error}"
+            )
     return 1 if bad else 0
 
 
@@ -178,14 +205,18 @@ async def _providers(ctx: Any) -> int:
     print(f"{'provider':<13} {'keys':>6} {'rps':>6} {'burst':>6} {'max_conn':>8}  base")
     for r in rows:
         n = sum(r["key_counts"].values())
-        print(f"{r['name']:<13} {n:>6} {r['rps']:>6g} {r['burst']:>6} {r['max_conn']:>8}  {r['base_url']}")
+        print(
+            f"{r['name']:<13} {n:>6} {r['rps']:>6g} {r['burst']:>6} {r['max_conn']:>8}  {r['base_url']}"
+        )
     return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_settings(os.environ, args.file)
     with_keys = sum(1 for p in settings.providers.values() if p.keys)
-    print(f"{args.file}: ok ({len(settings.providers)} providers, {with_keys} with keys in config/env, default {settings.default_provider})")
+    print(
+        f"{args.file}: ok ({len(settings.providers)} providers, {with_keys} with keys in config/env, default {settings.default_provider})"
+    )
     return 0
 
 
@@ -196,7 +227,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="keygate", description="Self-hosted gateway for LLM provider APIs.")
+    p = argparse.ArgumentParser(
+        prog="keygate", description="Self-hosted gateway for LLM provider APIs."
+    )
     p.add_argument("--version", action="version", version=f"keygate {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -204,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--config", help="YAML config file (or KEYGATE_CONFIG)")
-    serve.add_argument("--workers", type=int, help="worker processes on one port (or KEYGATE_WORKERS)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes on one port (or KEYGATE_WORKERS)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -215,10 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     add = with_config(ksub.add_parser("add", help="add one key"))
     add.add_argument("provider")
-    add.add_argument("key", help="the key, or - to read it from stdin (keeps it out of shell history)")
+    add.add_argument(
+        "key", help="the key, or - to read it from stdin (keeps it out of shell history)"
+    )
     add.add_argument("--label")
     add.set_defaults(func=lambda a: _run(_keys_add, a))
-    imp = with_config(ksub.add_parser("import", help="import many keys (newlines, commas, whitespace or a JSON array)"))
+    imp = with_config(
+        ksub.add_parser(
+            "import", help="import many keys (newlines, commas, whitespace or a JSON array)"
+        )
+    )
     imp.add_argument("provider")
     imp.add_argument("file", nargs="?", help="file to read, or - / nothing for stdin")
     imp.add_argument("-v", "--verbose", action="store_true", help="print every line's result")
@@ -234,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     rm = with_config(ksub.add_parser("rm", help="delete keys by id"))
     rm.add_argument("ids", nargs="+", type=int)
     rm.set_defaults(func=lambda a: _run(_keys_rm, a))
-    test = with_config(ksub.add_parser("test", help="test keys against their upstream (model list)"))
+    test = with_config(
+        ksub.add_parser("test", help="test keys against their upstream (model list)")
+    )
     test.add_argument("ids", nargs="*", type=int)
     test.add_argument("--provider", help="test every key of this provider")
     test.set_defaults(func=lambda a: _run(_keys_test, a))
@@ -249,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
-    bench = sub.add_parser("bench", help="run the benchmark suite (see bench/README.md)", add_help=False)
+    bench = sub.add_parser(
+        "bench", help="run the benchmark suite (see bench/README.md)", add_help=False
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
     return p

@@ -47,7 +47,16 @@ class Second:
 class ProviderStats:
     """Counters for one provider since start (the store holds the all-time totals)."""
 
-    __slots__ = ("err_4xx", "err_5xx", "flushed", "ok", "requests", "series", "tokens_in", "tokens_out")
+    __slots__ = (
+        "err_4xx",
+        "err_5xx",
+        "flushed",
+        "ok",
+        "requests",
+        "series",
+        "tokens_in",
+        "tokens_out",
+    )
 
     def __init__(self) -> None:
         self.requests = 0

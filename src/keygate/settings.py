@@ -115,7 +115,9 @@ def coerce_field(key: str, value: Any) -> Any:
     try:
         number = float(value) if kind is float else int(str(value), 10)
     except ValueError:
-        raise ValueError(f"must be {'a number' if kind is float else 'a whole number'}, got {value!r}") from None
+        raise ValueError(
+            f"must be {'a number' if kind is float else 'a whole number'}, got {value!r}"
+        ) from None
     if number != number or number < 0:  # NaN or negative
         raise ValueError(f"must be ≥ 0, got {value!r}")
     if key in _POSITIVE and number == 0:
@@ -166,8 +168,14 @@ class Settings:
     def store_description(self) -> str:
         """Where the store lives, with any password in the URL masked."""
         if self.store_kind == "sqlite":
-            return f"sqlite {self.db_location.removeprefix('sqlite:///')}" + (" (secrets encrypted)" if self.secret_key else "")
-        return "postgresql " + re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.db_url) + (" (secrets encrypted)" if self.secret_key else "")
+            return f"sqlite {self.db_location.removeprefix('sqlite:///')}" + (
+                " (secrets encrypted)" if self.secret_key else ""
+            )
+        return (
+            "postgresql "
+            + re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.db_url)
+            + (" (secrets encrypted)" if self.secret_key else "")
+        )
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -177,7 +185,9 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) 
     try:
         value = int(raw.strip(), 10)
     except ValueError:
-        raise ConfigError(f"environment variable {name}: must be a whole number, got {raw!r}") from None
+        raise ConfigError(
+            f"environment variable {name}: must be a whole number, got {raw!r}"
+        ) from None
     if value < minimum:
         raise ConfigError(f"environment variable {name}: must be ≥ {minimum}, got {value}")
     return value
@@ -198,17 +208,23 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: top level must be a mapping, got {type(data).__name__}"
+        )
     return data
 
 
-def _apply_provider_yaml(path: Path, name: str, raw: Any, providers: dict[str, ProviderConfig]) -> None:
+def _apply_provider_yaml(
+    path: Path, name: str, raw: Any, providers: dict[str, ProviderConfig]
+) -> None:
     where = f"config file {path}: providers.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping of settings, got {type(raw).__name__}")
     if name not in providers:
         if not _NAME_RE.match(name):
-            raise ConfigError(f"{where}: provider name must be lower-case letters, digits, '-' or '_'")
+            raise ConfigError(
+                f"{where}: provider name must be lower-case letters, digits, '-' or '_'"
+            )
         if name in RESERVED_NAMES:
             raise ConfigError(f"{where}: '{name}' is reserved and cannot be a provider name")
         if "base_url" not in raw:
@@ -227,7 +243,9 @@ def _apply_provider_yaml(path: Path, name: str, raw: Any, providers: dict[str, P
             cfg.keys.extend(k for k in value if k.strip() and k not in cfg.keys)
         elif key == "key_style":
             if value not in KEY_STYLES:
-                raise ConfigError(f"{where}.key_style: must be one of {', '.join(KEY_STYLES)}, got {value!r}")
+                raise ConfigError(
+                    f"{where}.key_style: must be one of {', '.join(KEY_STYLES)}, got {value!r}"
+                )
             cfg.key_style = value
         else:
             try:
@@ -248,25 +266,33 @@ def load_settings(
     port_var = "KEYGATE_PORT" if env.get("KEYGATE_PORT") else "PORT"
     s.port = _env_int(env, port_var, s.port, minimum=0)
     if s.port > 65535:
-        raise ConfigError(f"environment variable {port_var}: must be a port number (0-65535), got {s.port}")
+        raise ConfigError(
+            f"environment variable {port_var}: must be a port number (0-65535), got {s.port}"
+        )
     s.workers = _env_int(env, "KEYGATE_WORKERS", 1, minimum=1)
     s.data_dir = Path(env.get("KEYGATE_DATA_DIR") or "keygate-data")
     # comma separated only: a space or quote inside a password is part of it (split_keys would
     # turn "correct horse" into two weak passwords)
-    passwords = ",".join(filter(None, [env.get("ACCESS_PASSWORD"), env.get("AUTH_PASSWORD")])).split(",")
+    passwords = ",".join(
+        filter(None, [env.get("ACCESS_PASSWORD"), env.get("AUTH_PASSWORD")])
+    ).split(",")
     s.access_passwords = list(dict.fromkeys(p.strip() for p in passwords if p.strip()))
     s.admin_password = env.get("ADMIN_PASSWORD", "")
     s.redis_url = env.get("KEYGATE_REDIS_URL", "")
     s.db_url = env.get("KEYGATE_DB", "")
     if s.db_url and not s.db_url.startswith(("postgresql://", "postgres://", "sqlite:///")):
-        raise ConfigError(f"environment variable KEYGATE_DB: must start with postgresql:// or sqlite:///, got {s.db_url.split(':')[0]!r}")
+        raise ConfigError(
+            f"environment variable KEYGATE_DB: must start with postgresql:// or sqlite:///, got {s.db_url.split(':')[0]!r}"
+        )
     s.secret_key = env.get("KEYGATE_SECRET_KEY", "")
     s.flush_interval_ms = _env_int(env, "KV_FLUSH_INTERVAL_MS", 5000)
     s.recent_requests = _env_int(env, "KEYGATE_RECENT_REQUESTS", 1000, minimum=1)
     s.fleet_size = _env_int(env, "KEYGATE_FLEET_SIZE", 1, minimum=1)
     s.disguise = env.get("KEYGATE_DISGUISE", "").strip().lower()
     if s.disguise not in ("", "nginx"):
-        raise ConfigError(f"environment variable KEYGATE_DISGUISE: must be 'nginx' or empty, got {s.disguise!r}")
+        raise ConfigError(
+            f"environment variable KEYGATE_DISGUISE: must be 'nginx' or empty, got {s.disguise!r}"
+        )
     admin_path = env.get("KEYGATE_ADMIN_PATH") or "/admin/"
     s.admin_path = "/" + admin_path.strip("/") + "/"
     if s.admin_path == "//" or s.admin_path.strip("/").split("/")[0] in RESERVED_NAMES - {"admin"}:
@@ -274,7 +300,14 @@ def load_settings(
     s.log_level = (env.get("KEYGATE_LOG_LEVEL") or "info").lower()
 
     providers = {
-        name: ProviderConfig(name=name, base_url=b.base_url, key_style=b.key_style, rps=b.rps, burst=b.burst, max_conn=b.max_conn)
+        name: ProviderConfig(
+            name=name,
+            base_url=b.base_url,
+            key_style=b.key_style,
+            rps=b.rps,
+            burst=b.burst,
+            max_conn=b.max_conn,
+        )
         for name, b in BUILTINS.items()
     }
     default_provider = env.get("KEYGATE_DEFAULT_PROVIDER") or ""
@@ -288,13 +321,17 @@ def load_settings(
             raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
         provs = data.get("providers") or {}
         if not isinstance(provs, dict):
-            raise ConfigError(f"config file {path}: providers: must be a mapping of provider name to settings")
+            raise ConfigError(
+                f"config file {path}: providers: must be a mapping of provider name to settings"
+            )
         for name, raw in provs.items():
             _apply_provider_yaml(s.config_path, str(name), raw or {}, providers)
         if "default_provider" in data and not default_provider:
             default_provider = str(data["default_provider"])
             if default_provider not in providers:
-                raise ConfigError(f"config file {path}: default_provider: no provider named {default_provider!r}")
+                raise ConfigError(
+                    f"config file {path}: default_provider: no provider named {default_provider!r}"
+                )
 
     # Environment wins over the file for bases and adds keys (SPEC §2).
     for name, cfg in providers.items():
@@ -310,7 +347,9 @@ def load_settings(
 
     s.default_provider = default_provider or "cerebras"
     if s.default_provider not in providers:
-        raise ConfigError(f"environment variable KEYGATE_DEFAULT_PROVIDER: no provider named {s.default_provider!r}")
+        raise ConfigError(
+            f"environment variable KEYGATE_DEFAULT_PROVIDER: no provider named {s.default_provider!r}"
+        )
     s.providers = providers
 
     for key, value in (overrides or {}).items():

@@ -212,14 +212,16 @@ class AdminAPI:
         except Exception as exc:
             log.exception("admin API %s %s failed: %s", method, path, type(exc).__name__)
             reply = _error_reply(ApiError(500, "internal error; see the gateway log", "internal"))
+        body = orjson.dumps(reply.doc)
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
         await send(
             {
                 "type": "http.response.start",
                 "status": reply.status,
-                "headers": _JSON_HEADERS + (reply.headers or []),
+                "headers": headers + (reply.headers or []),
             }
         )
-        await send({"type": "http.response.body", "body": orjson.dumps(reply.doc)})
+        await send({"type": "http.response.body", "body": body})
 
     def _match(self, method: str, path: str) -> tuple[Route | None, tuple[str, ...], list[str]]:
         allowed: list[str] = []

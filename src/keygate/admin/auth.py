@@ -52,8 +52,14 @@ class AdminAuth:
             expiry = int(expiry_s)
         except ValueError:
             return False
-        expected = hmac.new(await self._session_key(), f"{expiry_s}.{nonce}".encode(), hashlib.sha256).hexdigest()
-        return hmac.compare_digest(mac, expected) and expiry > time.time() and token not in self._revoked
+        expected = hmac.new(
+            await self._session_key(), f"{expiry_s}.{nonce}".encode(), hashlib.sha256
+        ).hexdigest()
+        return (
+            hmac.compare_digest(mac, expected)
+            and expiry > time.time()
+            and token not in self._revoked
+        )
 
     def revoke(self, token: str) -> None:
         now = time.time()

@@ -175,10 +175,10 @@ class Bench:
         for c in self.opts.concurrency:
             r = self.wrk(target, c, self.opts.duration_s)
             series[str(c)] = r.to_json()
-            p50 = f"{r.p50_ms:.3f}" if r.p50_ms is not None else "-"
-            p99 = f"{r.p99_ms:.3f}" if r.p99_ms is not None else "-"
             flag = f"  ERRORS {r.error_count} {r.error[:200]} {r.sample[:200]}" if r.flagged else ""
-            log(f"{target.name:8} c={c:<4} {r.rps:10,.0f} req/s  p50 {p50} ms  p99 {p99} ms{flag}")
+            log(
+                f"{target.name:8} c={c:<4} {r.rps:10,.0f} req/s  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}{flag}"
+            )
             if target.proc is not None and not target.proc.alive():
                 self.notes.append(f"{target.name} exited during the c={c} run")
                 log(f"{target.name} exited during the run:\n{target.proc.log_tail()}")
@@ -252,7 +252,7 @@ class Bench:
             "added_p99_ms": _diff(r.p99_ms, direct_c1.get("p99_ms")),
         }
         log(
-            f"cross-CPU  c=1 {r.rps:10,.0f} req/s  p50 {r.p50_ms} ms  p99 {r.p99_ms} ms"
+            f"cross-CPU c=1    {r.rps:10,.0f} req/s  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}"
             " (nginx on the server CPU: the cost of crossing CPUs alone)"
         )
 
@@ -485,6 +485,10 @@ class Bench:
         return data
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} MB"
 
@@ -533,7 +537,10 @@ def write_outputs(data: dict[str, Any], out_dir: Path) -> tuple[str, list[Path],
             else []
         )
         + (["", *data["notes"]] if data["notes"] else [])
-        + [f"\n(! = run had errors; whole suite {data['elapsed_s']:.0f} s)"]
+        + [
+            f"\n{'(! = run had errors) ' if data['flags'] else ''}"
+            f"whole suite {data['elapsed_s']:.0f} s; figures in bench.json"
+        ]
     )
     files = [out_dir / "bench.json", out_dir / "bench.txt"]
     files[0].write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")

@@ -97,7 +97,9 @@ class LocalAdmission:
         try:
             self._pump()
             if not fut.done():
-                async with asyncio.timeout(limits.queue_timeout_s if limits.queue_timeout_s > 0 else None):
+                async with asyncio.timeout(
+                    limits.queue_timeout_s if limits.queue_timeout_s > 0 else None
+                ):
                     await fut
         except TimeoutError:
             if fut.done() and not fut.cancelled():
