@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +25,10 @@ import orjson
 import pytest
 import yaml
 
-from conftest import ADMIN_PASSWORD, PASSWORD, Gateway, free_port, mock_env, wait_healthy
+from keygate.providers import BUILTINS, env_prefix
 from keygate.testing.mock_upstream import MockUpstream, Recorded
 
+PASSWORD = "gw-test-password"
 SECOND_PASSWORD = "second-pass"
 ALIAS_PASSWORD = "third pass"  # via AUTH_PASSWORD; the space is part of it
 PASSWORDS = (PASSWORD, SECOND_PASSWORD, ALIAS_PASSWORD)
@@ -39,6 +41,7 @@ KEYS = {
     "xai": ["xai-grok-gggg7777"],
     "mylocal": ["sk-local-hhhh8888"],
     "deadend": ["sk-dead-iiii9999"],
+    "openai": ["sk-proj-openai-jjjj0000"],
 }
 ALL_KEYS = [k for keys in KEYS.values() for k in keys]
 FAST = {"rps": 0, "max_conn": 0, "retries": 0, "timeout_first_byte_s": 1, "timeout_idle_s": 1}
@@ -46,40 +49,78 @@ BODY_LIMIT = int(0.001 * 1024 * 1024)  # groq's max_body_mb below
 CHAT = "/v1/chat/completions"
 
 
-def launch(tmp: Path, mock: MockUpstream, env: dict[str, str], config: dict[str, Any]) -> Gateway:
-    """A `keygate serve` subprocess like conftest's gateway_factory, for a module-wide gateway."""
-    port = free_port()
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.endswith("_API_KEYS") and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_"))
-    }
-    full_env.update(mock_env(mock))
-    full_env.update(
-        {
-            "KEYGATE_DATA_DIR": str(tmp / "data"),
-            "KEYGATE_HOST": "127.0.0.1",
-            "KEYGATE_PORT": str(port),
-            "ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "PYTHONUNBUFFERED": "1",
-            **env,
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A `keygate serve` subprocess for the whole module, started the way conftest's
+    gateway_factory starts one per test (that one is not importable: `conftest` is ambiguous
+    once tests/store/conftest.py is collected too). Every provider's base is the mock."""
+
+    def __init__(self, tmp: Path, mock: MockUpstream, env: dict[str, str], config: Any) -> None:
+        self.port = free_port()
+        self.password = PASSWORD
+        self.log_path = tmp / "keygate.log"
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.endswith("_API_KEYS") and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_"))
         }
-    )
-    cfg_path = tmp / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "keygate", "serve", "--config", str(cfg_path)]
-    log_path = tmp / "keygate.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        full_env.update({f"{env_prefix(name)}_BASE_URL": mock.url for name in BUILTINS})
+        full_env.update(
+            {
+                "KEYGATE_DATA_DIR": str(tmp / "data"),
+                "KEYGATE_HOST": "127.0.0.1",
+                "KEYGATE_PORT": str(self.port),
+                "ADMIN_PASSWORD": "admin-test-password",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            }
         )
-    gw = Gateway(proc, port, tmp / "data", log_path, full_env, argv, PASSWORD, ADMIN_PASSWORD)
-    try:
-        wait_healthy(gw)
-    except Exception:
-        gw.stop()
-        raise
-    return gw
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+        argv = [sys.executable, "-m", "keygate", "serve", "--config", str(tmp / "config.yaml")]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.password}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def _wait_healthy(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"keygate exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"keygate did not become healthy:\n{self.log()}")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +136,7 @@ def core(
         name: dict(FAST) for name in ("cerebras", "claude", "gemini", "groq", "deepseek", "xai")
     }
     providers["groq"]["max_body_mb"] = 0.001
+    providers["openai"] = {**FAST, "max_conn": 1}  # one at a time: the next one queues
     providers["deepseek"]["default_model"] = "ds-default"
     providers["xai"].update(default_model="grok-forced", force_model=True)
     providers["mylocal"] = {"base_url": mock_session.url, "key_style": "bearer", **FAST}
@@ -102,7 +144,7 @@ def core(
     env = {f"{name.upper()}_API_KEYS": ",".join(keys) for name, keys in KEYS.items()}
     env["ACCESS_PASSWORD"] = f"{PASSWORD}, {SECOND_PASSWORD}"
     env["AUTH_PASSWORD"] = ALIAS_PASSWORD
-    gw = launch(tmp_path_factory.mktemp("core"), mock_session, env, {"providers": providers})
+    gw = Gateway(tmp_path_factory.mktemp("core"), mock_session, env, {"providers": providers})
     yield gw
     gw.stop()
 
@@ -169,6 +211,8 @@ def raw_request(port: int, data: bytes, timeout: float = 5) -> bytes:
                     head, _, body = out.partition(b"\r\n\r\n")
                     m = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
                     if m and len(body) >= int(m.group(1)):
+                        break
+                    if not m and body.endswith(b"0\r\n\r\n"):  # end of a chunked body
                         break
         except (TimeoutError, ConnectionResetError):
             pass
@@ -325,6 +369,25 @@ def test_header_hygiene(client: httpx.Client, mock: MockUpstream) -> None:
     assert_no_secret_leak(rec)
 
 
+def test_expect_not_forwarded_and_utf8_header_values(core: Gateway, mock: MockUpstream) -> None:
+    body = b'{"model":"m","messages":[]}'
+    req = (
+        b"POST /cerebras/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {PASSWORD}\r\n".encode()
+        + "X-Title: Überset 翻译\r\n".encode()
+        + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", core.port), timeout=5) as s:
+        s.sendall(req)
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    rec = only_record(mock)
+    assert rec.body == body
+    assert "expect" not in rec.headers  # the gateway has the body already
+    assert rec.headers["x-title"] == "Überset 翻译"  # the client's bytes, not re-encoded
+
+
 def test_claude_key_style(core: Gateway, mock: MockUpstream) -> None:
     body = b'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
     r = httpx.post(
@@ -429,7 +492,7 @@ def test_auth_accepted(
         {"authorization": f"Basic {PASSWORD}"},
         {"x-api-key": PASSWORD + "x"},
         {"authorization": "Bearer third"},  # half of "third pass" is not a password
-        {"authorization": "Bearer "},
+        {"authorization": "Bearer"},
     ],
     ids=["none", "wrong", "basic", "longer", "half", "empty"],
 )
@@ -615,6 +678,38 @@ def test_client_disconnect_while_waiting_for_upstream(core: Gateway, mock: MockU
     took = wait_until(lambda: mock.records()[0].ended is not None, 2)
     assert took < 0.5, took  # well before the upstream's 0.8 s answer
     assert mock.records()[0].disconnected
+
+
+def test_queued_request_is_never_sent_after_client_leaves(
+    core: Gateway, mock: MockUpstream
+) -> None:
+    mock.set_behavior(delay_s=0.6)
+    url = f"{core.url}/openai/v1/chat/completions"
+    first: list[httpx.Response] = []
+    worker = threading.Thread(
+        target=lambda: first.append(httpx.post(url, json={"model": "a"}, headers=core.auth()))
+    )
+    worker.start()
+    wait_until(lambda: len(mock.records()) == 1, 2)
+    body = b'{"model":"queued"}'
+    req = (
+        b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {PASSWORD}\r\n".encode()
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", core.port), timeout=5) as s:
+        s.sendall(req)
+        time.sleep(0.2)  # waiting for openai's only slot
+    worker.join(5)
+    assert first[0].status_code == 200
+    time.sleep(0.2)
+    assert [orjson.loads(r.body)["model"] for r in mock.records()] == ["a"]
+    # the queue place and the slot were given back
+    mock.set_behavior()
+    r = httpx.post(url, json={"model": "c"}, headers=core.auth(), timeout=5)
+    assert r.status_code == 200
+    assert [orjson.loads(r.body)["model"] for r in mock.records()] == ["a", "c"]
 
 
 def test_hanging_upstream_gives_504(client: httpx.Client, mock: MockUpstream) -> None:

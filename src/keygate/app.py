@@ -87,7 +87,13 @@ class App:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": NGINX_WELCOME})
             return
-        await send({"type": "http.response.start", "status": 302, "headers": [(b"location", self.admin_path.encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 302,
+                "headers": [(b"location", self.admin_path.encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
 
     def health(self) -> dict[str, Any]:
@@ -95,6 +101,7 @@ class App:
         return {
             "status": "ok",
             "version": __version__,
+            "pid": os.getpid(),
             "uptime_s": round(_now() - gw.started_at, 1),
             "store": self.settings.store_kind,
             "state": "local",
@@ -106,7 +113,13 @@ class App:
         }
 
     async def _json(self, send: Any, status: int, doc: Any) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": orjson.dumps(doc)})
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -144,7 +157,8 @@ def print_banner(gw: Gateway) -> None:
         f"  admin         {base}{s.admin_path}",
         f"  proxy         {base}/<provider>/v1/...   {base}/v1/... → {s.default_provider}",
         f"  store         {s.store_description}",
-        "  shared state  local (in-process limits)" + (f", 1/{s.fleet_size} of each limit per instance" if s.fleet_size > 1 else ""),
+        "  shared state  local (in-process limits)"
+        + (f", 1/{s.fleet_size} of each limit per instance" if s.fleet_size > 1 else ""),
         f"  flush         {'counters every ' + str(s.flush_interval_ms) + ' ms' if s.flush_interval_ms else 'off (KV_FLUSH_INTERVAL_MS=0: counters stay in memory)'}",
         "  providers",
     ]
@@ -152,19 +166,27 @@ def print_banner(gw: Gateway) -> None:
         c = rt.cfg
         n = len(rt.pool.entries)
         if n or not c.builtin:
-            lines.append(f"    {name:<13} {n:>6} keys  rps={c.rps:g} burst={c.burst} max_conn={c.max_conn}  → {c.base_url}")
+            lines.append(
+                f"    {name:<13} {n:>6} keys  rps={c.rps:g} burst={c.burst} max_conn={c.max_conn}  → {c.base_url}"
+            )
     idle = [name for name, rt in gw.providers.items() if not rt.pool.entries and rt.cfg.builtin]
     if idle:
         lines.append(f"    (no keys yet: {', '.join(idle)})")
     if gw.passwords:
-        lines.append(f"  proxy auth    on ({len(gw.passwords)} password{'s' if len(gw.passwords) > 1 else ''})")
+        lines.append(
+            f"  proxy auth    on ({len(gw.passwords)} password{'s' if len(gw.passwords) > 1 else ''})"
+        )
     else:
         lines.append("  " + "!" * 72)
-        lines.append("  !! WARNING: proxy auth is OFF — anyone who reaches this port can spend your keys.")
+        lines.append(
+            "  !! WARNING: proxy auth is OFF — anyone who reaches this port can spend your keys."
+        )
         lines.append("  !! Set ACCESS_PASSWORD to require a gateway password.")
         lines.append("  " + "!" * 72)
     if gw.new_admin_token:
-        lines.append(f"  admin token   {gw.new_admin_token}   (shown once; stored hashed — keep it)")
+        lines.append(
+            f"  admin token   {gw.new_admin_token}   (shown once; stored hashed — keep it)"
+        )
     elif s.admin_password:
         lines.append("  admin auth    ADMIN_PASSWORD")
     else:

@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(
         parents=True, exist_ok=True
     ) if settings.store_kind == "sqlite" else None
+    _check_store(settings)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -55,6 +56,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     uvicorn.run(App(settings), **common)
     return 0
+
+
+def _check_store(settings: Settings) -> None:
+    """Open and close the store once before serving, so a store that cannot open (wrong or
+    missing KEYGATE_SECRET_KEY, a newer schema, an unwritable directory) stops `serve` with one
+    line from main() instead of a start-up failure echoed by uvicorn."""
+    from keygate.store import create_store
+
+    async def go() -> None:
+        store = create_store(settings.db_location, settings.secret_key)
+        await store.open()
+        await store.close()
+
+    asyncio.run(go())
 
 
 def _run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace) -> int:
@@ -132,6 +147,7 @@ async def _keys_list(ctx: Any) -> int:
             "created_at",
             "last_error",
             "until",
+            "source",
         )
         print(
             orjson.dumps(
@@ -171,10 +187,16 @@ async def _keys_test(ctx: Any) -> int:
         recs = await store.load_keys(args.provider)
     else:
         recs = await store.get_keys(args.ids)
+    missing = [] if args.provider else sorted(set(args.ids) - {rec.id for rec in recs})
+    for key_id in missing:
+        print(f"no key with id {key_id}", file=sys.stderr)
     if not recs:
-        print("no such keys", file=sys.stderr)
+        if not args.provider and not args.ids:
+            print("no keys to test: give key ids or --provider", file=sys.stderr)
+        elif args.provider:
+            print(f"{args.provider} has no keys", file=sys.stderr)
         return 1
-    bad = 0
+    bad = len(missing)
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         for rec in recs:
             cfg = settings.providers.get(rec.provider)

@@ -78,6 +78,21 @@ def verify_token(token: str, stored: str) -> bool:
     return hmac.compare_digest(hash_token(token, salt), stored)
 
 
+def _store_health_wins(mine: str, stored: str, until: float) -> bool:
+    """Whether a status read back from the store should replace the one in memory.
+
+    Memory sees this instance's traffic first, and the store learns of it only at the next
+    flush, so a read-back can be stale. Admin decisions (disable/enable) always apply; another
+    instance's condemnation of a key we think active applies; a recovery is left to our own
+    clock and re-checks.
+    """
+    if mine == stored:
+        return False
+    if "disabled" in (mine, stored):
+        return True
+    return mine == "active" and (stored == "invalid" or until > time.time())
+
+
 class Gateway:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
@@ -113,8 +128,7 @@ class Gateway:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._spawn(self._poll_changes(), self._recheck_loop())
-        if self.settings.flush_interval_ms > 0:
-            self._spawn(self._flush_loop())
+        self._spawn(self._flush_loop())
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -123,9 +137,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self.settings.flush_interval_ms > 0:
-            with contextlib.suppress(Exception):
-                await self.flush()
+        with contextlib.suppress(Exception):
+            await self.flush()
         if self.session is not None:
             await self.session.close()
         await self.store.close()
@@ -164,7 +177,7 @@ class Gateway:
         return False
 
     # --- keys --------------------------------------------------------------------------------
-    def _load_key(self, rec: KeyRecord) -> KeyEntry | None:
+    def _load_key(self, rec: KeyRecord, from_feed: bool = False) -> KeyEntry | None:
         """Make the pool agree with a store record; an existing entry is updated in place so
         requests holding it keep counting on the same object."""
         rt = self.providers.get(rec.provider)
@@ -190,7 +203,10 @@ class Gateway:
         entry.rpm = rec.rpm
         entry.max_conn = rec.max_conn
         entry.last_error = rec.last_error
-        if entry.status != status or entry.until != rec.until or rec.id not in rt.pool.entries:
+        known = rec.id in rt.pool.entries
+        if known and from_feed and not _store_health_wins(entry.status, status, rec.until):
+            return entry
+        if entry.status != status or entry.until != rec.until or not known:
             entry.status = status
             entry.until = rec.until
             rt.pool.add(entry)
@@ -254,9 +270,11 @@ class Gateway:
                             rt.pool.remove(key_id)
                 for key_id in changes.deleted_ids:
                     self.forget_key(key_id)
-                if changes.key_ids:
-                    for rec in await self.store.get_keys(changes.key_ids):
-                        self._load_key(rec)
+                ids = changes.key_ids
+                for start in range(0, len(ids), 2000):  # big imports: let requests run between chunks
+                    for rec in await self.store.get_keys(ids[start : start + 2000]):
+                        self._load_key(rec, from_feed=True)
+                    await asyncio.sleep(0)
                 if changes.providers_changed:
                     await self._apply_overrides(await self.store.get_provider_overrides())
             except asyncio.CancelledError:
@@ -265,7 +283,8 @@ class Gateway:
                 log.warning("store change poll failed: %s", exc)
 
     async def _flush_loop(self) -> None:
-        interval = self.settings.flush_interval_ms / 1000
+        # KV_FLUSH_INTERVAL_MS=0 keeps counters out of the store; key health is still saved.
+        interval = (self.settings.flush_interval_ms or 5000) / 1000
         while True:
             await asyncio.sleep(interval)
             try:
@@ -303,7 +322,7 @@ class Gateway:
                 marks.append((rt.stats, now_p))
         if health:
             await self.store.save_health(health)
-        if key_deltas or provider_deltas:
+        if (key_deltas or provider_deltas) and self.settings.flush_interval_ms > 0:
             await self.store.add_counters(key_deltas, provider_deltas)
         for obj, value in marks:
             obj.flushed = value

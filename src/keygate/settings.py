@@ -198,6 +198,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -231,7 +233,7 @@ def _apply_provider_yaml(
             raise ConfigError(f"{where}.base_url: required for a custom provider")
         providers[name] = ProviderConfig(name=name, base_url="http://invalid", builtin=False)
     cfg = providers[name]
-    unknown = sorted(set(raw) - set(TUNABLE) - {"keys", "key_style"})
+    unknown = sorted(map(str, set(raw) - set(TUNABLE) - {"keys", "key_style"}))  # `on:` is True
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
     for key, value in raw.items():
@@ -316,7 +318,7 @@ def load_settings(
     if path:
         s.config_path = Path(path)
         data = _load_yaml(s.config_path)
-        unknown = sorted(set(data) - {"default_provider", "providers"})
+        unknown = sorted(map(str, set(data) - {"default_provider", "providers"}))
         if unknown:
             raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
         provs = data.get("providers") or {}
@@ -351,8 +353,17 @@ def load_settings(
             f"environment variable KEYGATE_DEFAULT_PROVIDER: no provider named {s.default_provider!r}"
         )
     s.providers = providers
+    shadowed = s.admin_path.strip("/").split("/")[0]
+    if shadowed in providers:
+        raise ConfigError(
+            f"environment variable KEYGATE_ADMIN_PATH: {admin_path!r} overlaps provider {shadowed!r}"
+        )
 
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(s, key, value)
+    if not 0 <= s.port <= 65535:  # only the command line can still be out of range here
+        raise ConfigError(f"--port: must be a port number (0-65535), got {s.port}")
+    if s.workers < 1:
+        raise ConfigError(f"--workers: must be ≥ 1, got {s.workers}")
     return s

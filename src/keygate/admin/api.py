@@ -254,6 +254,7 @@ class AdminAPI:
             self.auth.note(client, ok)
             if ok:
                 return
+            log.warning("admin API: wrong admin credentials from %s", client)
             raise _unauthorized("invalid admin credentials")
         if await self.auth.check(scope):
             return
@@ -275,6 +276,7 @@ class AdminAPI:
         if not isinstance(password, str) or not password:
             raise bad("password", "required")
         if not await self.auth.password_ok(req.scope, password):
+            log.warning("admin login: wrong password from %s", _client(req.scope))
             raise _unauthorized("wrong admin password")
         token = await self.auth.new_session()
         cookie = (
@@ -330,6 +332,7 @@ class AdminAPI:
             except ValueError as exc:
                 field = str(exc).partition(":")[0]
                 raise ApiError(400, str(exc), "invalid_value", param=field) from None
+            log.info("admin: provider %s changed: %s", name, ", ".join(sorted(fields)))
         return Reply(200, self._provider_view(rt))
 
     async def test_provider(self, req: Request, name: str) -> Reply:
@@ -403,15 +406,20 @@ class AdminAPI:
             return Reply(200, {"keys": [self._key_view(r, now) for r in recs], "total": total})
         # Health changes from traffic reach the store only at the next flush (or never with
         # KV_FLUSH_INTERVAL_MS=0), so a status filter is answered from memory.
-        views = await self._filter_by_status(provider, status, search, now)
-        views.sort(key=lambda v: v["id"], reverse=True)
-        return Reply(200, {"keys": views[offset : offset + limit], "total": len(views)})
+        found = await self._filter_by_status(provider, status, search, now)
+        found.sort(key=lambda item: item.id, reverse=True)
+        page = found[offset : offset + limit]  # render only the page: there may be 100k
+        views = [
+            _entry_view(item, now) if isinstance(item, KeyEntry) else self._key_view(item, now)
+            for item in page
+        ]
+        return Reply(200, {"keys": views, "total": len(found)})
 
     async def _filter_by_status(
         self, provider: str | None, status: str, search: str | None, now: float
-    ) -> list[dict[str, Any]]:
+    ) -> list[KeyEntry | KeyRecord]:
         needle = search.lower() if search else None
-        out: list[dict[str, Any]] = []
+        out: list[KeyEntry | KeyRecord] = []
         names = [provider] if provider else list(self.gw.providers)
         for name in names:
             rt = self.gw.providers.get(name)
@@ -426,14 +434,14 @@ class AdminAPI:
                     or search == entry.secret
                 ):
                     continue
-                out.append(_entry_view(entry, now))
+                out.append(entry)
         # Keys of providers this gateway does not run exist only in the store.
         stored = await self.gw.store.key_counts()
         for name in stored:
             if name in self.gw.providers or (provider and name != provider):
                 continue
             recs, _ = await self.gw.store.list_keys(name, status, search, 1_000_000, 0)
-            out.extend(self._key_view(r, now) for r in recs)
+            out.extend(recs)
         return out
 
     async def add_key(self, req: Request) -> Reply:
@@ -461,6 +469,7 @@ class AdminAPI:
         except InvalidKey as exc:
             raise bad("key", str(exc)) from None
         entry = self.gw.adopt_key(rec)
+        log.info("admin: added %s key %s#%d", provider, rec.masked, rec.id)
         view = _entry_view(entry, time.time()) if entry else self._key_view(rec, time.time())
         return Reply(201, {"id": rec.id, "key": view})
 
@@ -491,6 +500,13 @@ class AdminAPI:
         counts = {"added": 0, "duplicate": 0, "invalid": 0}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1
+        log.info(
+            "admin: imported %s keys: %d added, %d duplicate, %d invalid",
+            provider,
+            counts["added"],
+            counts["duplicate"],
+            counts["invalid"],
+        )
         return Reply(
             200,
             {
@@ -545,6 +561,7 @@ class AdminAPI:
             if updated is None:
                 raise ApiError(404, f"no key with id {key_id}", "not_found")
             rec = updated
+            log.info("admin: key %s#%d changed: %s", rec.masked, key_id, ", ".join(sorted(doc)))
         now = time.time()
         if entry is None:
             entry = self.gw.adopt_key(rec)
@@ -565,6 +582,7 @@ class AdminAPI:
         self.gw.forget_key(key_id)  # from this moment, whatever the store said
         if not deleted:
             raise ApiError(404, f"no key with id {key_id}", "not_found")
+        log.info("admin: deleted key #%d", key_id)
         return Reply(200, {"deleted": key_id})
 
     async def test_key(self, req: Request, key_id_s: str) -> Reply:
@@ -590,6 +608,7 @@ class AdminAPI:
         elif status in (401, 403) and entry.status not in ("disabled", "deleted"):
             new = ("invalid", time.time() + rt.cfg.recheck_interval_s, error)
         if new is not None:
+            log.info("admin: key %s#%d tested %s: now %s", entry.masked, entry.id, status, new[0])
             rt.pool.set_status(entry.id, *new)
             try:
                 await self.gw.store.update_key(
@@ -688,6 +707,9 @@ class AdminAPI:
             cfg = await self.gw.update_provider(provider, fields)
         except ValueError as exc:
             raise bad("model", str(exc)) from None
+        log.info(
+            "admin: %s default model %r (force %s)", provider, cfg.default_model, cfg.force_model
+        )
         doc = {
             "provider": provider,
             "default_model": cfg.default_model,

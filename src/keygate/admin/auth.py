@@ -37,7 +37,9 @@ class AdminAuth:
             if not value:
                 value = secrets.token_hex(32)
                 await store.set_meta("session_key", value)
-            self._key = bytes.fromhex(value)
+            # With KEYGATE_SECRET_KEY set, a copy of the database alone cannot forge sessions.
+            pepper = self.gateway.settings.secret_key.encode()
+            self._key = hashlib.sha256(bytes.fromhex(value) + pepper).digest()
         return self._key
 
     async def new_session(self) -> str:

@@ -55,7 +55,8 @@ def machine_info() -> dict[str, Any]:
 # ---- table ------------------------------------------------------------------------------------
 
 
-def _get(d: Any, *path: str) -> Any:
+def dig(d: Any, *path: str) -> Any:
+    """d[path[0]][path[1]]…, or None as soon as a level is missing."""
     for key in path:
         if not isinstance(d, dict):
             return None
@@ -81,26 +82,26 @@ def _row_specs(
     for c in data["settings"]["concurrency"]:
         k = str(c)
         specs += [
-            (f"req/s  c={c}", lambda r, k=k: _get(r, "wrk", k, "rps"), 0, True),
-            (f"p50 ms c={c}", lambda r, k=k: _get(r, "wrk", k, "p50_ms"), 3, True),
-            (f"p99 ms c={c}", lambda r, k=k: _get(r, "wrk", k, "p99_ms"), 3, True),
+            (f"req/s  c={c}", lambda r, k=k: dig(r, "wrk", k, "rps"), 0, True),
+            (f"p50 ms c={c}", lambda r, k=k: dig(r, "wrk", k, "p50_ms"), 3, True),
+            (f"p99 ms c={c}", lambda r, k=k: dig(r, "wrk", k, "p99_ms"), 3, True),
         ]
     specs += [
-        ("added p50 ms c=1", lambda r: _get(r, "added_c1", "p50_ms"), 3, False),
-        ("added p99 ms c=1", lambda r: _get(r, "added_c1", "p99_ms"), 3, False),
+        ("added p50 ms c=1", lambda r: dig(r, "added_c1", "p50_ms"), 3, False),
+        ("added p99 ms c=1", lambda r: dig(r, "added_c1", "p99_ms"), 3, False),
     ]
     n = data["settings"]["streams"]
     specs += [
-        (f"streams x{n}: TTFC p50 ms", lambda r: _get(r, "streams", "ttfc_p50_ms"), 2, True),
-        ("streams: TTFC p99 ms", lambda r: _get(r, "streams", "ttfc_p99_ms"), 2, True),
-        ("streams: gap p50 ms", lambda r: _get(r, "streams", "gap_p50_ms"), 2, True),
-        ("streams: gap p99 ms", lambda r: _get(r, "streams", "gap_p99_ms"), 2, True),
-        ("streams: added TTFC p50 ms", lambda r: _get(r, "streams", "added_ttfc_p50_ms"), 2, False),
-        ("streams: added gap p99 ms", lambda r: _get(r, "streams", "added_gap_p99_ms"), 2, False),
-        ("streams: chunks lost", lambda r: _get(r, "streams", "chunks_lost"), 0, False),
-        ("RSS idle MB", lambda r: _get(r, "memory", "idle_mb"), 1, True),
-        ("RSS peak under streams MB", lambda r: _get(r, "memory", "peak_streams_mb"), 1, True),
-        ("RSS after load MB", lambda r: _get(r, "memory", "after_load_mb"), 1, True),
+        (f"streams x{n}: TTFC p50 ms", lambda r: dig(r, "streams", "ttfc_p50_ms"), 2, True),
+        ("streams: TTFC p99 ms", lambda r: dig(r, "streams", "ttfc_p99_ms"), 2, True),
+        ("streams: gap p50 ms", lambda r: dig(r, "streams", "gap_p50_ms"), 2, True),
+        ("streams: gap p99 ms", lambda r: dig(r, "streams", "gap_p99_ms"), 2, True),
+        ("streams: added TTFC p50 ms", lambda r: dig(r, "streams", "added_ttfc_p50_ms"), 2, False),
+        ("streams: added gap p99 ms", lambda r: dig(r, "streams", "added_gap_p99_ms"), 2, False),
+        ("streams: chunks lost", lambda r: dig(r, "streams", "chunks_lost"), 0, False),
+        ("RSS idle MB", lambda r: dig(r, "memory", "idle_mb"), 1, True),
+        ("RSS peak under streams MB", lambda r: dig(r, "memory", "peak_streams_mb"), 1, True),
+        ("RSS after load MB", lambda r: dig(r, "memory", "after_load_mb"), 1, True),
         ("start-up s", lambda r: r.get("startup_s"), 3, True),
     ]
     return specs
@@ -118,7 +119,7 @@ def format_table(data: dict[str, Any]) -> str:
         cells = [label]
         for r in refs:
             cell = _fmt(vals[r], digits)
-            if _flagged(data["references"][r], label):
+            if vals[r] is not None and _flagged(data["references"][r], label):
                 cell += "!"
             cells.append(cell)
         for base in ("bare", "direct"):
@@ -128,12 +129,16 @@ def format_table(data: dict[str, Any]) -> str:
         rows.append(cells)
     many = data.get("keys100k") or {}
     if many.get("ratio") is not None and "keygate" in refs:
+        n = f"{many['keys']:,} keys"
+        flag = "!" if many.get("flagged") else ""
         for label, value in (
-            (f"req/s c={many['concurrency']}, 8 keys (paired)", many.get("rps_8")),
-            (f"req/s c={many['concurrency']}, {many['keys']:,} keys", many.get("rps_many")),
+            (f"req/s c={many['concurrency']}, 8 keys (paired)", _fmt(many.get("rps_8"), 0) + flag),
+            (f"req/s c={many['concurrency']}, {n}", _fmt(many.get("rps_many"), 0) + flag),
+            (f"RSS idle MB, {n}", _fmt(many.get("idle_mb"), 1)),
+            (f"start-up s, {n}", _fmt(many.get("startup_s"), 3)),
         ):
             cells = [label, *("-" for _ in refs), "-", "-"]
-            cells[1 + refs.index("keygate")] = _fmt(value, 0) + ("!" if many.get("flagged") else "")
+            cells[1 + refs.index("keygate")] = value
             rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
@@ -161,9 +166,9 @@ def _flagged(ref: dict[str, Any], label: str) -> bool:
     """Mark a cell whose run had errors (non-2xx, socket errors, lost chunks)."""
     if "c=" in label and label.startswith(("req/s", "p50", "p99")):
         c = label.rsplit("c=", 1)[1].split()[0]
-        return bool(_get(ref, "wrk", c, "flagged"))
+        return bool(dig(ref, "wrk", c, "flagged"))
     if label.startswith("streams"):
-        return bool(_get(ref, "streams", "flagged"))
+        return bool(dig(ref, "streams", "flagged"))
     return False
 
 
@@ -185,7 +190,7 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
             {"target": name, "value": value, "status": status, "shown": shown, "flagged": flagged}
         )
 
-    k50, b50 = _get(kg, "wrk", "50", "rps"), _get(bare, "wrk", "50", "rps")
+    k50, b50 = dig(kg, "wrk", "50", "rps"), dig(bare, "wrk", "50", "rps")
     if k50 is not None and b50:
         ratio = k50 / b50
         add(
@@ -193,20 +198,20 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
             ratio,
             ratio >= TARGET_RPS_VS_BARE,
             f"{ratio:.0%} ({k50:,.0f} vs {b50:,.0f} req/s)",
-            bool(_get(kg, "wrk", "50", "flagged") or _get(bare, "wrk", "50", "flagged")),
+            bool(dig(kg, "wrk", "50", "flagged") or dig(bare, "wrk", "50", "flagged")),
         )
     else:
         add("throughput c=50 >= 80% of bare", None, None, "not measured")
 
-    c1_flag = bool(_get(kg, "wrk", "1", "flagged"))
+    c1_flag = bool(dig(kg, "wrk", "1", "flagged"))
     for pct, limit in (("p50", TARGET_ADDED_P50_MS), ("p99", TARGET_ADDED_P99_MS)):
-        v = _get(kg, "added_c1", f"{pct}_ms")
+        v = dig(kg, "added_c1", f"{pct}_ms")
         shown = "not measured" if v is None else f"{v:.3f} ms"
         floor = [
             f"{label} {x:.3f} ms"
             for label, x in (
-                ("bare adds", _get(bare, "added_c1", f"{pct}_ms")),
-                ("crossing CPUs adds", _get(data, "calibration", f"added_{pct}_ms")),
+                ("bare adds", dig(bare, "added_c1", f"{pct}_ms")),
+                ("crossing CPUs adds", dig(data, "calibration", f"added_{pct}_ms")),
             )
             if x is not None
         ]
@@ -220,15 +225,15 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
             c1_flag,
         )
 
-    lost = _get(kg, "streams", "chunks_lost")
+    lost = dig(kg, "streams", "chunks_lost")
     add(
         "streams: 0 chunks lost",
         lost,
-        None if lost is None else lost == 0 and not _get(kg, "streams", "failed_streams"),
+        None if lost is None else lost == 0 and not dig(kg, "streams", "failed_streams"),
         "not measured" if lost is None else f"{lost} lost",
     )
-    gap = _get(kg, "streams", "added_gap_p99_ms")
-    bare_gap = _get(bare, "streams", "added_gap_p99_ms")
+    gap = dig(kg, "streams", "added_gap_p99_ms")
+    bare_gap = dig(bare, "streams", "added_gap_p99_ms")
     add(
         f"streams: added gap p99 <= {TARGET_STREAM_GAP_P99_MS:g} ms",
         gap,
@@ -236,16 +241,16 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
         "not measured"
         if gap is None
         else f"{gap:.2f} ms" + (f" (bare adds {bare_gap:.2f} ms)" if bare_gap is not None else ""),
-        bool(_get(kg, "streams", "flagged")),
+        bool(dig(kg, "streams", "flagged")),
     )
-    peak = _get(kg, "memory", "peak_streams_mb")
+    peak = dig(kg, "memory", "peak_streams_mb")
     add(
         f"streams: RSS <= {TARGET_STREAM_RSS_MB:g} MB",
         peak,
         None if peak is None else peak <= TARGET_STREAM_RSS_MB,
         "not measured" if peak is None else f"{peak:.1f} MB",
     )
-    idle = _get(kg, "memory", "idle_mb")
+    idle = dig(kg, "memory", "idle_mb")
     add(
         f"idle RSS <= {TARGET_IDLE_RSS_MB:g} MB",
         idle,
@@ -288,7 +293,7 @@ def write_chart(data: dict[str, Any], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install 'keygate[bench]'): no PNG chart"
-    refs = [r for r in REFS if _get(data, "references", r, "wrk")]
+    refs = [r for r in REFS if dig(data, "references", r, "wrk")]
     conc = [str(c) for c in data["settings"]["concurrency"]]
     if not refs or not conc:
         return "no throughput figures: no PNG chart"
@@ -298,9 +303,9 @@ def write_chart(data: dict[str, Any], path: Path) -> str | None:
     for i, r in enumerate(refs):
         wrk = data["references"][r]["wrk"]
         offs = [x + (i - (len(refs) - 1) / 2) * width for x in xs]
-        rps = [_get(wrk, c, "rps") or 0 for c in conc]
-        p50 = [_get(wrk, c, "p50_ms") or 0 for c in conc]
-        p99 = [_get(wrk, c, "p99_ms") or 0 for c in conc]
+        rps = [dig(wrk, c, "rps") or 0 for c in conc]
+        p50 = [dig(wrk, c, "p50_ms") or 0 for c in conc]
+        p99 = [dig(wrk, c, "p99_ms") or 0 for c in conc]
         bars = ax1.bar(offs, rps, width, label=r)
         ax1.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=7, rotation=90, padding=2)
         ax2.bar(offs, p50, width, label=f"{r} p50", color=bars.patches[0].get_facecolor())

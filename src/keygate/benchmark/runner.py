@@ -273,6 +273,7 @@ class Bench:
             )
         except StartError as exc:
             info["error"] = str(exc)
+            self.failures[f"keygate with {n:,} keys"] = str(exc)
             log(f"{n:,} keys: {exc}")
             return
         info["startup_s"] = t.startup_s
@@ -286,7 +287,8 @@ class Bench:
             for label, target in (("8", kg8), ("many", t)):
                 r = self.wrk(target, MANY_KEYS_CONCURRENCY, half)
                 runs[label].append(r.to_json())
-                log(f"keygate  {label:>4} keys c={MANY_KEYS_CONCURRENCY} {r.rps:10,.0f} req/s")
+                keys = 8 if label == "8" else n
+                log(f"keygate  c={MANY_KEYS_CONCURRENCY} {keys:>7,} keys {r.rps:10,.0f} req/s")
         info["runs"] = runs
         info["rps_8"] = sum(r["rps"] for r in runs["8"]) / len(runs["8"])
         info["rps_many"] = sum(r["rps"] for r in runs["many"]) / len(runs["many"])
@@ -436,9 +438,9 @@ class Bench:
 
     def result(self, elapsed_s: float) -> dict[str, Any]:
         o = self.opts
-        direct_c1 = report._get(self.refs, "direct", "wrk", "1")
+        direct_c1 = report.dig(self.refs, "direct", "wrk", "1")
         for ref, entry in self.refs.items():
-            mine = report._get(entry, "wrk", "1")
+            mine = report.dig(entry, "wrk", "1")
             if ref != "direct" and mine and direct_c1:
                 entry["added_c1"] = {
                     f"{p}_ms": mine[f"{p}_ms"] - direct_c1[f"{p}_ms"]
@@ -483,6 +485,13 @@ class Bench:
         }
         data["verdict"] = report.verdict(data)
         return data
+
+
+def _short(message: str) -> str:
+    """The first line of a start failure and the last lines of the server's output."""
+    lines = message.strip().splitlines()
+    tail = lines[1:][-3:]
+    return "\n    ".join([lines[0], *tail]) if lines else ""
 
 
 def _ms(value: float | None) -> str:
@@ -532,7 +541,7 @@ def write_outputs(data: dict[str, Any], out_dir: Path) -> tuple[str, list[Path],
             else []
         )
         + (
-            ["", "Not measured:", *[f"  {v.splitlines()[0]}" for v in data["failures"].values()]]
+            ["", "Not measured:", *[f"  {_short(v)}" for v in data["failures"].values()]]
             if data["failures"]
             else []
         )

@@ -42,13 +42,19 @@ class StreamStat:
 
 
 def _content_of(payload: bytes) -> bool:
-    """True when a `data:` payload carries generated text (OpenAI chat.completion.chunk)."""
+    """True for a content chunk of an OpenAI chat.completion.chunk stream.
+
+    That is a delta with a `content` field and no `role`: the opening role chunk and the closing
+    finish_reason chunk do not count. An empty string still counts, since the upstream sent it as
+    one of its chunks (the mock splits a short text into more pieces than it has characters).
+    """
     try:
         obj = orjson.loads(payload)
         choices = obj.get("choices")
         if not choices:
             return False
-        return bool((choices[0].get("delta") or {}).get("content"))
+        delta = choices[0].get("delta") or {}
+        return "content" in delta and "role" not in delta
     except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
         return False
 

@@ -87,7 +87,9 @@ def reset_hint(headers: dict[str, str], now: float) -> float | None:
     return None
 
 
-def classify(status: int, headers: dict[str, str], body: bytes, now: float | None = None) -> Verdict:
+def classify(
+    status: int, headers: dict[str, str], body: bytes, now: float | None = None
+) -> Verdict:
     """`headers` with lower-case names; `body` the (bounded) error body."""
     now = time.time() if now is None else now
     if status < 400:
@@ -96,11 +98,15 @@ def classify(status: int, headers: dict[str, str], body: bytes, now: float | Non
     if status in (401, 403) or (status == 400 and _INVALID_RE.search(snippet)):
         return Verdict(Event.INVALID, None, True, True, f"{status} invalid key")
     if status == 402 or (status in (429, 403, 400) and _QUOTA_RE.search(snippet)):
-        return Verdict(Event.EXHAUSTED, reset_hint(headers, now), True, True, f"{status} quota exhausted")
+        return Verdict(
+            Event.EXHAUSTED, reset_hint(headers, now), True, True, f"{status} quota exhausted"
+        )
     if status == 429:
         return Verdict(Event.RATE_LIMITED, reset_hint(headers, now), True, True, "429 rate limited")
     if status in RETRYABLE_STATUSES:
-        return Verdict(Event.PROVIDER_ERROR, reset_hint(headers, now), True, False, f"{status} upstream error")
+        return Verdict(
+            Event.PROVIDER_ERROR, reset_hint(headers, now), True, False, f"{status} upstream error"
+        )
     if status >= 500:
         return Verdict(Event.PROVIDER_ERROR, None, False, False, f"{status} upstream error")
     return Verdict(Event.CLIENT_ERROR, None, False, False, "")

@@ -40,12 +40,19 @@ class GatewayError(Exception):
 def error_body(status: int, message: str, code: str | None, anthropic: bool) -> bytes:
     openai_type, anthropic_type = _TYPES.get(status, ("api_error", "api_error"))
     if anthropic:
-        return orjson.dumps({"type": "error", "error": {"type": anthropic_type, "message": message}})
-    return orjson.dumps({"error": {"message": message, "type": openai_type, "param": None, "code": code}})
+        return orjson.dumps(
+            {"type": "error", "error": {"type": anthropic_type, "message": message}}
+        )
+    return orjson.dumps(
+        {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+    )
 
 
 def retry_after_headers(seconds: float) -> list[tuple[bytes, bytes]]:
     """Retry-After in whole seconds (rounded up) and retry-after-ms, which the SDKs prefer."""
     seconds = max(0.0, seconds)
     whole = int(seconds) + (seconds > int(seconds))
-    return [(b"retry-after", str(max(1, whole)).encode()), (b"retry-after-ms", str(int(seconds * 1000)).encode())]
+    return [
+        (b"retry-after", str(max(1, whole)).encode()),
+        (b"retry-after-ms", str(int(seconds * 1000)).encode()),
+    ]

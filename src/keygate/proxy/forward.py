@@ -44,11 +44,14 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-forwarded-proto",
     b"x-real-ip",
+    b"expect",  # we hold the whole body already; 100-continue would only add a round trip
 }
 # Not relayed back: hop-by-hop, and cookies the provider sets for its own domain.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"set-cookie"}
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Content-Type"})
-_USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
+_USAGE_RE = re.compile(
+    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
+)
 
 
 class UpstreamTimeout(Exception):
@@ -59,6 +62,14 @@ class UpstreamUnreachable(Exception):
     """Connection refused, reset or dropped before an answer."""
 
 
+def _text(value: bytes) -> str:
+    """aiohttp writes header values as UTF-8: decode them so, or non-ASCII bytes get mangled."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def request_headers(
     client_headers: list[tuple[bytes, bytes]], key_style: str, secret: str, native_gemini: bool
 ) -> list[tuple[str, str]]:
@@ -67,7 +78,7 @@ def request_headers(
         if name == b"connection" and value not in (b"keep-alive", b"close"):
             # headers the client marked hop-by-hop stay with this hop
             drop = drop | {t.strip().lower() for t in value.split(b",")}
-    out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in client_headers if n not in drop]
+    out = [(n.decode("latin-1"), _text(v)) for n, v in client_headers if n not in drop]
     out.append(("accept-encoding", "identity"))
     if key_style == "x-api-key":
         out.append(("x-api-key", secret))
@@ -125,7 +136,9 @@ async def open_upstream(
     except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout("connect timed out") from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(f"cannot connect: {exc.os_error.strerror or exc.os_error}") from None
+        raise UpstreamUnreachable(
+            f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+        ) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnreachable(f"connection failed: {type(exc).__name__}") from None
 

@@ -57,7 +57,11 @@ async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int
             except ValueError:
                 raise GatewayError(400, "invalid Content-Length header") from None
             if declared > limit:
-                raise GatewayError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes", "request_too_large")
+                raise GatewayError(
+                    413,
+                    f"request body of {declared} bytes exceeds the limit of {limit} bytes",
+                    "request_too_large",
+                )
             break
     message = await receive()
     if message["type"] == "http.disconnect":
@@ -65,7 +69,9 @@ async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int
     body: bytes = message.get("body", b"")
     size = len(body)
     if size > limit:  # a chunked body may arrive whole in the first message
-        raise GatewayError(413, f"request body exceeds the limit of {limit} bytes", "request_too_large")
+        raise GatewayError(
+            413, f"request body exceeds the limit of {limit} bytes", "request_too_large"
+        )
     if not message.get("more_body"):
         return body
     parts = [body]
@@ -76,15 +82,24 @@ async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise GatewayError(413, f"request body exceeds the limit of {limit} bytes", "request_too_large")
+            raise GatewayError(
+                413, f"request body exceeds the limit of {limit} bytes", "request_too_large"
+            )
         parts.append(chunk)
         if not message.get("more_body"):
             return b"".join(parts)
 
 
 async def send_error(send: Any, err: GatewayError, anthropic: bool) -> None:
-    await send({"type": "http.response.start", "status": err.status, "headers": JSON_HEADERS + err.headers})
-    await send({"type": "http.response.body", "body": error_body(err.status, err.message, err.code, anthropic)})
+    await send(
+        {"type": "http.response.start", "status": err.status, "headers": JSON_HEADERS + err.headers}
+    )
+    await send(
+        {
+            "type": "http.response.body",
+            "body": error_body(err.status, err.message, err.code, anthropic),
+        }
+    )
 
 
 async def send_preflight(send: Any, headers: list[tuple[bytes, bytes]]) -> None:
@@ -104,7 +119,9 @@ async def send_preflight(send: Any, headers: list[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _watch_disconnect(receive: Any, task: asyncio.Task[Any], state: list[bool]) -> asyncio.Task[Any]:
+def _watch_disconnect(
+    receive: Any, task: asyncio.Task[Any], state: list[bool]
+) -> asyncio.Task[Any]:
     """Cancel the request's task the moment the client goes away."""
 
     async def watch() -> None:
@@ -149,7 +166,9 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             ex.status = 204
             await send_preflight(send, headers)
             return
-        if gw.passwords and not password_ok(presented_credential(headers, scope["query_string"]), gw.passwords):
+        if gw.passwords and not password_ok(
+            presented_credential(headers, scope["query_string"]), gw.passwords
+        ):
             raise GatewayError(401, "invalid or missing gateway password", "invalid_api_key")
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
@@ -205,14 +224,19 @@ async def forward(
     session = gw.session
     assert session is not None
     tried: list[int] = []
-    provider_retries = key_retries = 0
+    retries_used = key_retries = 0
     last: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # last upstream error answer
     last_error: GatewayError | None = None  # or keygate's own 502/504
     while True:
         try:
             slot = await rt.admission.acquire()
         except Rejected as rej:
-            raise GatewayError(429, f"provider '{cfg.name}' is busy ({rej.reason}); retry later", "rate_limited", retry_after_headers(rej.retry_after_s)) from None
+            raise GatewayError(
+                429,
+                f"provider '{cfg.name}' is busy ({rej.reason}); retry later",
+                "rate_limited",
+                retry_after_headers(rej.retry_after_s),
+            ) from None
         delay = 0.0
         held = None
         try:
@@ -234,8 +258,21 @@ async def forward(
                 )
             except (UpstreamTimeout, UpstreamUnreachable) as exc:
                 timed_out = isinstance(exc, UpstreamTimeout)
-                last, last_error = None, GatewayError(504 if timed_out else 502, f"upstream {cfg.name}: {exc}", "upstream_timeout" if timed_out else "upstream_unreachable")
-                event, until, retry, key_fault, message = Event.PROVIDER_ERROR, None, True, False, str(exc)
+                last, last_error = (
+                    None,
+                    GatewayError(
+                        504 if timed_out else 502,
+                        f"upstream {cfg.name}: {exc}",
+                        "upstream_timeout" if timed_out else "upstream_unreachable",
+                    ),
+                )
+                event, until, retry, key_fault, message = (
+                    Event.PROVIDER_ERROR,
+                    None,
+                    True,
+                    False,
+                    str(exc),
+                )
                 ex.upstream_status = 0
                 entry.err_5xx += 1
             else:
@@ -249,7 +286,13 @@ async def forward(
                 finally:
                     resp.close()
                 verdict = classify(resp.status, lower_headers(resp), err_body)
-                event, until, retry, key_fault, message = verdict.event, verdict.until, verdict.retry, verdict.key_fault, verdict.message
+                event, until, retry, key_fault, message = (
+                    verdict.event,
+                    verdict.until,
+                    verdict.retry,
+                    verdict.key_fault,
+                    verdict.message,
+                )
                 last, last_error = (resp.status, response_headers(resp), err_body), None
                 if resp.status < 500:
                     entry.err_4xx += 1
@@ -262,23 +305,23 @@ async def forward(
             if not retry or cfg.retries == 0:
                 break
             now = time.time()
-            if key_fault:
-                # The key is to blame: another key right away, else wait for this one.
+            if key_fault and event is not Event.RATE_LIMITED:
+                # A dead key (invalid, out of quota): swap it for another at once. These swaps
+                # have their own small allowance so a few dead keys never fail a client.
                 if key_retries >= cfg.retries + 2:
                     break
                 key_retries += 1
-                if await pool.ready_in([*tried, entry.id]) == 0.0:
-                    delay = 0.0
-                elif until:
-                    delay = until - now
-                else:
-                    delay = _backoff(cfg.backoff_base_s, key_retries - 1)
             else:
-                # The provider is struggling: back off, and honour its Retry-After.
-                if provider_retries >= cfg.retries:
+                # 429, 5xx, 529, timeouts, refused connections: the retry budget.
+                if retries_used >= cfg.retries:
                     break
-                delay = max(_backoff(cfg.backoff_base_s, provider_retries), (until - now) if until else 0.0)
-                provider_retries += 1
+                retries_used += 1
+                if key_fault and await pool.ready_in([*tried, entry.id]) == 0.0:
+                    delay = 0.0  # rate-limited key: another key is ready now
+                else:
+                    backoff = _backoff(cfg.backoff_base_s, retries_used - 1)
+                    # a hint is a wall-clock moment: wake just after it, never just before
+                    delay = max(backoff, (until - now + 0.02) if until else 0.0)
             if delay > cfg.retry_after_max_s:
                 break
             tried.append(entry.id)
@@ -297,7 +340,9 @@ async def forward(
         if retried or status in (401, 403):
             resp_headers = [h for h in resp_headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
         # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
-        resp_headers = [h for h in resp_headers if h[0] != b"content-length"] + [(b"content-length", str(len(err_body)).encode())]
+        resp_headers = [h for h in resp_headers if h[0] != b"content-length"] + [
+            (b"content-length", str(len(err_body)).encode())
+        ]
         ex.status = status
         ex.error = f"upstream answered {status}"
         await send({"type": "http.response.start", "status": status, "headers": resp_headers})
@@ -309,8 +354,17 @@ async def forward(
         raise last_error
     ready = await pool.ready_in(())
     if ready is None:
-        raise GatewayError(503, f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)", "no_usable_key")
-    raise GatewayError(429, f"every key of provider '{cfg.name}' is cooling down; retry in {ready:.1f}s", "keys_cooling", retry_after_headers(ready))
+        raise GatewayError(
+            503,
+            f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)",
+            "no_usable_key",
+        )
+    raise GatewayError(
+        429,
+        f"every key of provider '{cfg.name}' is cooling down; retry in {ready:.1f}s",
+        "keys_cooling",
+        retry_after_headers(ready),
+    )
 
 
 def _backoff(base: float, n: int) -> float:
@@ -318,13 +372,21 @@ def _backoff(base: float, n: int) -> float:
     return base * (2**n) * (0.5 + random.random() / 2)
 
 
-async def relay(rt: ProviderRuntime, ex: Exchange, send: Any, resp: aiohttp.ClientResponse, entry: Any) -> None:
+async def relay(
+    rt: ProviderRuntime, ex: Exchange, send: Any, resp: aiohttp.ClientResponse, entry: Any
+) -> None:
     """Stream the upstream answer to the client as it arrives; release the key after the last
     byte (the caller releases the slot)."""
     pool = rt.pool
     event = Event.CANCELLED
     try:
-        await send({"type": "http.response.start", "status": resp.status, "headers": response_headers(resp)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": response_headers(resp),
+            }
+        )
         ex.status = resp.status
         content = resp.content
         idle = rt.cfg.timeout_idle_s
@@ -369,7 +431,15 @@ async def relay(rt: ProviderRuntime, ex: Exchange, send: Any, resp: aiohttp.Clie
         entry.tokens_out += ex.usage[1]
 
 
-def _account(gw: Gateway, rt: ProviderRuntime | None, ex: Exchange, name: str, method: str, path: str, started: float) -> None:
+def _account(
+    gw: Gateway,
+    rt: ProviderRuntime | None,
+    ex: Exchange,
+    name: str,
+    method: str,
+    path: str,
+    started: float,
+) -> None:
     latency_ms = (time.perf_counter() - started) * 1000
     entry = ex.entry
     now = time.time()
@@ -380,7 +450,21 @@ def _account(gw: Gateway, rt: ProviderRuntime | None, ex: Exchange, name: str, m
         stats.tokens_out += ex.usage[1]
     key_id = entry.id if entry is not None else None
     masked = entry.masked if entry is not None else ""
-    gw.recent.append(RequestRecord(now, name if rt is not None else "", method, path, ex.model, key_id, masked, ex.status, round(latency_ms, 2), ex.retries, ex.error))
+    gw.recent.append(
+        RequestRecord(
+            now,
+            name if rt is not None else "",
+            method,
+            path,
+            ex.model,
+            key_id,
+            masked,
+            ex.status,
+            round(latency_ms, 2),
+            ex.retries,
+            ex.error,
+        )
+    )
     if access_log.isEnabledFor(20):
         access_log.info(
             "%s %s %s key=%s status=%d upstream=%d ms=%.1f retries=%d%s",

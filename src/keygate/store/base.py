@@ -19,6 +19,7 @@ __all__ = [
     "KEY_SOURCES",
     "KEY_STATUSES",
     "MAX_SECRET_LEN",
+    "MIN_SECRET_LEN",
     "UPDATABLE_FIELDS",
     "Changes",
     "DuplicateKey",
@@ -35,6 +36,7 @@ __all__ = [
 KEY_STATUSES = ("active", "cooling", "invalid", "exhausted", "disabled")
 KEY_SOURCES = ("env", "config", "api", "cli")
 MAX_SECRET_LEN = 512
+MIN_SECRET_LEN = 8  # every provider's keys are far longer; shorter tokens are paste debris
 # Fields an admin (or the gateway) may change on a stored key; the secret itself never changes.
 UPDATABLE_FIELDS = frozenset({"label", "status", "until", "last_error", "rpm", "max_conn"})
 _QUOTES = "\"'`“”‘’"  # noqa: RUF001 - curly quotes come from pasted text
@@ -104,6 +106,8 @@ def check_secret(secret: str) -> str:
     """Why `secret` cannot be a key ("" if it can): keeps junk out of the pools."""
     if not secret:
         return "empty"
+    if len(secret) < MIN_SECRET_LEN:
+        return f"shorter than {MIN_SECRET_LEN} characters: not an API key"
     if len(secret) > MAX_SECRET_LEN:
         return f"longer than {MAX_SECRET_LEN} characters"
     if any(ch.isspace() or not ch.isprintable() for ch in secret):

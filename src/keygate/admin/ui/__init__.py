@@ -92,7 +92,9 @@ class AdminUI:
         method: str = scope["method"]
         path: str = scope["path"]
         if method not in ("GET", "HEAD"):
-            await self._plain(send, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")], method)
+            await self._plain(
+                send, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")], method
+            )
             return
         if path == self.admin_root:
             query: bytes = scope.get("query_string") or b""

@@ -5,10 +5,11 @@ import { t } from './i18n.js';
 import { noteServerDate } from './dom.js';
 
 export class ApiError extends Error {
-  constructor(status, message, code) {
+  constructor(status, message, code, param) {
     super(message);
     this.status = status;
     this.code = code || '';
+    this.param = param || '';
   }
 }
 
@@ -50,7 +51,7 @@ export async function api(method, path, body, { quiet401 = false } = {}) {
     let message = err && typeof err.message === 'string' ? err.message : '';
     if (res.status === 403 && !message) message = t('err.csrf');
     if (!message) message = t('err.server', { status: res.status, message: res.statusText || '' });
-    throw new ApiError(res.status, message, err && err.code);
+    throw new ApiError(res.status, message, err && err.code, err && err.param);
   }
   return data;
 }

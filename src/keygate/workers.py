@@ -1,0 +1,330 @@
+"""`keygate serve --workers N`: N worker processes serving one port.
+
+The supervisor (this process) does everything that must happen once, then runs the workers:
+
+1. binds the listening sockets (a busy port fails here, before anything else happens): on Linux
+   one SO_REUSEPORT socket per worker, so the kernel spreads connections evenly (see
+   `listen_sockets`; KEYGATE_REUSEPORT=0 falls back to one shared socket);
+2. opens the store and starts a gateway once: migrations, the switch to encryption, importing the
+   keys from env/config and generating the first-start admin token all happen here, in one
+   process, instead of racing in N workers (N tokens, of which only the last would work);
+3. prints the banner (with that admin token, and how the limits are split), so the workers
+   don't: they run with KEYGATE_WORKER_BANNER=0;
+4. spawns the workers (`Supervisor`: spawn context, each a uvicorn server on its socket; a worker
+   that dies is replaced; SIGTERM/SIGINT stop them all, each drains and flushes its counters).
+
+Workers build their app with `create_worker_app` (settings from the environment, see
+`worker_env`). Without Redis every worker is its own limiter, so each takes its share of every
+limit: KEYGATE_FLEET_SIZE = N x the user's KEYGATE_FLEET_SIZE, which the gateway divides rps,
+burst and max_conn by. With Redis the limits are shared and the fleet size only sizes the local
+fallback used while Redis is unreachable, which is again per worker. A worker whose supervisor
+vanished (kill -9) stops itself instead of serving on as an orphan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from uvicorn.config import STARTUP_FAILURE
+
+from keygate.settings import Settings
+
+SUPERVISOR_ENV = "KEYGATE_SUPERVISOR_PID"
+ORPHAN_CHECK_S = 1.0
+FLUSH_GRACE_S = 10.0  # after uvicorn's graceful shutdown: the lifespan's counter flush
+YOUNG_DEATH_S = 10.0  # a worker that dies sooner is restarted after a growing pause
+MAX_RESTART_PAUSE_S = 30.0
+
+
+def worker_env(settings: Settings, args: argparse.Namespace | None = None) -> dict[str, str]:
+    """Environment for the workers: the supervisor's settings, CLI flags included, as env vars.
+
+    Paths are made absolute so a worker reads the same files whatever its working directory.
+    """
+    env = {
+        "KEYGATE_HOST": settings.host,
+        "KEYGATE_PORT": str(settings.port),
+        "KEYGATE_WORKERS": str(settings.workers),
+        "KEYGATE_DATA_DIR": str(Path(settings.data_dir).resolve()),
+        "KEYGATE_FLEET_SIZE": str(worker_fleet_size(settings.workers, settings.fleet_size)),
+        "KEYGATE_WORKER_BANNER": "0",
+        SUPERVISOR_ENV: str(os.getpid()),
+    }
+    config = getattr(args, "config", None) or settings.config_path
+    if config:
+        env["KEYGATE_CONFIG"] = str(Path(config).resolve())
+    return env
+
+
+def worker_fleet_size(workers: int, fleet_size: int) -> int:
+    """How many independent limiters share each limit: N workers x the configured fleet size."""
+    return max(1, workers) * max(1, fleet_size)
+
+
+def _split_line(settings: Settings, workers: int, user_fleet: int) -> str:
+    share = worker_fleet_size(workers, user_fleet)
+    of = f" ({workers} workers x fleet size {user_fleet})" if user_fleet > 1 else ""
+    if settings.redis_url:
+        return (
+            f"  workers       {workers} processes on port {settings.port}; limits shared through "
+            f"Redis (while it is unreachable: 1/{share} of each limit per worker{of})"
+        )
+    return (
+        f"  workers       {workers} processes on port {settings.port}; limits split across "
+        f"{workers} workers: each takes 1/{share} of every rps, burst and max_conn{of}"
+    )
+
+
+def _banner(gateway: Any, settings: Settings, workers: int, user_fleet: int) -> str:
+    """The gateway's banner with a line on the workers and how they split the limits."""
+    from keygate.app import print_banner
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        print_banner(gateway)
+    lines = buf.getvalue().rstrip("\n").split("\n")
+    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("  shared state")), None)
+    if at is None:
+        at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("  store")), len(lines))
+    lines.insert(at, _split_line(settings, workers, user_fleet))
+    return "\n".join(lines)
+
+
+async def prepare(settings: Settings, workers: int, user_fleet: int) -> str:
+    """Initialise the store once (migrations, env keys, admin token); return the banner."""
+    from keygate.gateway import Gateway
+
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        return _banner(gateway, settings, workers, user_fleet)
+    finally:
+        await gateway.stop()
+
+
+def listen_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
+    """Listening sockets for the workers: one each with SO_REUSEPORT (Linux), else one shared.
+
+    With SO_REUSEPORT the kernel spreads new connections evenly over the workers' sockets (by a
+    hash of the client's address and port). One shared socket goes to whichever worker's
+    accept() wins, which under a burst of connections can leave one worker with most of them:
+    with the limits split N ways that halves the throughput. A plain bind first proves that the
+    port is free, also of another keygate's SO_REUSEPORT sockets (which would otherwise silently
+    take a share of the connections). Raises OSError.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        if not use_reuseport() or count < 2:
+            probe.listen(backlog)
+            probe.set_inheritable(True)
+            return [probe]
+        port = int(probe.getsockname()[1])
+    except BaseException:
+        probe.close()
+        raise
+    probe.close()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(backlog)  # now, so the kernel spreads over all of them from the start
+            sock.set_inheritable(True)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def use_reuseport() -> bool:
+    """SO_REUSEPORT balances connections on Linux only (BSD/macOS give all to one socket)."""
+    return (
+        sys.platform.startswith("linux")
+        and hasattr(socket, "SO_REUSEPORT")
+        and os.environ.get("KEYGATE_REUSEPORT", "1") != "0"
+    )
+
+
+def run_workers(settings: Settings, args: argparse.Namespace, common: dict[str, Any]) -> int:
+    """Serve with `settings.workers` processes until SIGTERM/SIGINT; the exit status."""
+    from keygate.observe import setup_logging
+
+    setup_logging(settings.log_level)
+    workers = settings.workers
+    user_fleet = settings.fleet_size
+    try:
+        sockets = listen_sockets(settings.host, settings.port, workers)
+    except OSError as exc:
+        print(
+            f"keygate: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        settings.port = int(sockets[0].getsockname()[1])  # port 0: the one the kernel picked
+        os.environ.update(worker_env(settings, args))
+        settings.fleet_size = worker_fleet_size(workers, user_fleet)  # as the workers see it
+        banner = asyncio.run(prepare(settings, workers, user_fleet))
+        print(banner, file=sys.stderr, flush=True)
+        uvicorn_kwargs = {**common, "port": settings.port}
+        return Supervisor(workers, sockets, uvicorn_kwargs).run()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _worker_main(uvicorn_kwargs: dict[str, Any], sock: socket.socket, index: int) -> None:
+    """A worker process (spawned): one uvicorn server on its socket, app from the environment."""
+    import uvicorn
+
+    os.environ["KEYGATE_WORKER_INDEX"] = str(index)
+    config = uvicorn.Config("keygate.workers:create_worker_app", factory=True, **uvicorn_kwargs)
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class Supervisor:
+    """Keeps N worker processes running until SIGTERM/SIGINT, then stops them gracefully.
+
+    A worker that dies is replaced on the same socket (after a growing pause if it keeps dying
+    young); one that fails at start-up stops the whole server, since every replacement would fail
+    the same way. The count is fixed: the limits were split N ways.
+    """
+
+    def __init__(
+        self, count: int, sockets: list[socket.socket], uvicorn_kwargs: dict[str, Any]
+    ) -> None:
+        self.count = count
+        self.sockets = sockets
+        self.uvicorn_kwargs = uvicorn_kwargs
+        self.grace_s = float(uvicorn_kwargs.get("timeout_graceful_shutdown") or 5) + FLUSH_GRACE_S
+        self.procs: list[Any] = [None] * count
+        self.started_at = [0.0] * count
+        self.restart_at = [0.0] * count
+        self.quick_deaths = [0] * count
+        self.stopping = threading.Event()
+        self.failed = False
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def _spawn(self, index: int) -> None:
+        sock = self.sockets[index % len(self.sockets)]
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(self.uvicorn_kwargs, sock, index),
+            name=f"keygate-worker-{index}",
+        )
+        proc.start()
+        self.procs[index] = proc
+        self.started_at[index] = time.monotonic()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        for index in range(self.count):
+            self._spawn(index)
+        while not self.stopping.is_set():
+            multiprocessing.connection.wait(
+                [p.sentinel for p in self.procs if p is not None], timeout=0.2
+            )
+            if not self.stopping.is_set():
+                self._replace_dead()
+        self._stop_all()
+        return 1 if self.failed else 0
+
+    def _replace_dead(self) -> None:
+        now = time.monotonic()
+        for index, proc in enumerate(self.procs):
+            if proc is None:
+                if now >= self.restart_at[index]:
+                    self._spawn(index)
+                continue
+            if proc.is_alive():
+                continue
+            proc.join()
+            if proc.exitcode == STARTUP_FAILURE:
+                print(
+                    f"keygate: worker {index} failed to start; stopping the server",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.failed = True
+                self.stopping.set()
+                return
+            young = now - self.started_at[index] < YOUNG_DEATH_S
+            self.quick_deaths[index] = self.quick_deaths[index] + 1 if young else 0
+            pause = min(MAX_RESTART_PAUSE_S, 0.5 * 2 ** self.quick_deaths[index]) if young else 0
+            print(
+                f"keygate: worker {index} (pid {proc.pid}) exited with {proc.exitcode}; "
+                f"restarting it{f' in {pause:g} s' if pause else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.procs[index] = None
+            self.restart_at[index] = now + pause
+            if not pause:
+                self._spawn(index)
+
+    def _stop_all(self) -> None:
+        live = [p for p in self.procs if p is not None and p.is_alive()]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for proc in live:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in live:
+            if proc.is_alive():
+                print(
+                    f"keygate: worker pid {proc.pid} did not stop in {self.grace_s:g} s; killed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                proc.kill()
+                proc.join(5)
+
+
+def _watch_supervisor(supervisor_pid: int) -> None:
+    """Stop this worker (gracefully, via SIGTERM) once its supervisor is gone."""
+    while True:
+        if os.getppid() != supervisor_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        time.sleep(ORPHAN_CHECK_S)
+
+
+def create_worker_app() -> Any:
+    """Factory run in each worker process: the normal app, plus an orphan watch."""
+    from keygate.app import create_app
+
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if supervisor.isdigit():
+        threading.Thread(
+            target=_watch_supervisor, args=(int(supervisor),), name="keygate-orphan", daemon=True
+        ).start()
+    return create_app()

@@ -1,0 +1,593 @@
+"""The command line of SPEC §9 (`keygate keys …`, `providers`, `config check`), run exactly as a
+user would: `python -m keygate …` in a subprocess with `KEYGATE_DATA_DIR` pointing at a temporary
+store, and every provider's base URL at the mock upstream (for `keys test`).
+
+Every CLI run goes through `Cli.run`, which checks that neither stdout nor stderr contains a whole
+key this test made. The last two tests run the CLI against the store of a running gateway and
+check that it picks the change up within about a second (SPEC §9: "safe while the server runs").
+
+Store-agnostic where it can be: the CLI and `create_store` decide the backend from the
+environment, so pointing `store_env` at PostgreSQL later reuses these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from conftest import mock_env
+from keygate.control.keypool import mask
+from keygate.providers import BUILTINS
+from keygate.store import create_store
+from keygate.testing.mock_upstream import MockUpstream
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+SUMMARY_RE = re.compile(r"^(?P<provider>\S+): (?P<counts>.+) \(\d+\.\d\ds\)$")
+
+
+def make_key(tag: str) -> str:
+    """A fresh, unique key; the middle is random so a leak of it can be searched for."""
+    return f"sk-{tag}-{secrets.token_hex(10)}"
+
+
+def clean_env(data_dir: Path, mock: MockUpstream | None = None, **extra: str) -> dict[str, str]:
+    """The user's environment without anything keygate reads, plus the store location."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith(("_API_KEYS", "_BASE_URL"))
+        and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_", "ADMIN_", "KV_"))
+    }
+    if mock is not None:
+        env.update(mock_env(mock))
+    env["KEYGATE_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+class Cli:
+    """Runs `python -m keygate …` and guards its output against whole keys."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.secrets: set[str] = set()
+
+    def key(self, tag: str) -> str:
+        secret = make_key(tag)
+        self.secrets.add(secret)
+        return secret
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keygate", *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = proc.stdout + proc.stderr
+        for secret in self.secrets:
+            assert secret not in out, f"`keygate {' '.join(args)}` printed a whole key"
+        assert "Traceback" not in out, out
+        return proc
+
+    def ok(self, *args: str, input: str | None = None) -> str:
+        proc = self.run(*args, input=input)
+        assert proc.returncode == 0, f"keygate {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        return proc.stdout
+
+    def keys(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.ok("keys", "list", "--json", "--limit", "1000", *args))
+
+    def add(self, provider: str, secret: str, *args: str) -> int:
+        out = self.ok("keys", "add", provider, secret, *args)
+        m = re.search(r"id=(\d+)", out)
+        assert m, out
+        return int(m.group(1))
+
+
+@pytest.fixture
+def store_env(tmp_path: Path) -> dict[str, str]:
+    return {"KEYGATE_DATA_DIR": str(tmp_path / "store")}
+
+
+@pytest.fixture
+def cli(store_env: dict[str, str], mock: MockUpstream, tmp_path: Path) -> Cli:
+    return Cli(clean_env(Path(store_env["KEYGATE_DATA_DIR"]), mock, **store_env))
+
+
+def summary(out: str) -> tuple[str, dict[str, int]]:
+    """The import summary line `provider: 3 added, 1 duplicate (0.01s)` as (provider, counts)."""
+    last = out.strip().splitlines()[-1]
+    m = SUMMARY_RE.match(last)
+    assert m, f"no summary line in {out!r}"
+    counts = {}
+    for part in m.group("counts").split(", "):
+        n, status = part.split(" ", 1)
+        counts[status] = int(n)
+    return m.group("provider"), counts
+
+
+def status_lines(out: str) -> list[tuple[str, str, str]]:
+    """Per-line import results `status  masked  message` (every line but the summary)."""
+    rows = []
+    for line in out.strip().splitlines()[:-1]:
+        status, masked, *rest = line.split(None, 2)
+        rows.append((status, masked, rest[0] if rest else ""))
+    return rows
+
+
+def set_status(store_env: dict[str, str], key_id: int, status: str) -> None:
+    """There is no `keys disable` in the CLI (SPEC §9): set a status through the store."""
+    data_dir = Path(store_env["KEYGATE_DATA_DIR"])
+
+    async def go() -> None:
+        store = create_store(f"sqlite:///{(data_dir / 'keygate.db').resolve()}")
+        await store.open()
+        try:
+            assert await store.update_key(key_id, status=status) is not None
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+# --- keys add ---------------------------------------------------------------------------------
+
+
+def test_add_from_argument_and_stdin_refuses_duplicates(cli: Cli) -> None:
+    first, second = cli.key("add1"), cli.key("add2")
+    out = cli.ok("keys", "add", "cerebras", first, "--label", "primary")
+    assert re.fullmatch(rf"added cerebras key {re.escape(mask(first))} id=\d+\n", out)
+
+    # `-` reads the key from stdin (keeps it out of shell history); surrounding blanks go
+    out = cli.ok("keys", "add", "cerebras", "-", input=f"  {second}  \n")
+    assert f"added cerebras key {mask(second)}" in out
+
+    # the same key again, by argument or by stdin: refused, exit 1, message without the key
+    for args, stdin in (((first,), None), (("-",), second + "\n")):
+        proc = cli.run("keys", "add", "cerebras", *args, input=stdin)
+        assert proc.returncode == 1
+        assert proc.stdout == ""
+        assert proc.stderr.strip() == "duplicate: cerebras already has this key"
+
+    # duplicates are refused per provider: another provider may hold the same secret
+    cli.ok("keys", "add", "groq", first)
+
+    # nothing on stdin, or a key with whitespace inside: one line, exit 1
+    for stdin, why in (("", "empty"), ("\n", "empty")):
+        proc = cli.run("keys", "add", "cerebras", "-", input=stdin)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == f"keygate: the key is not valid: {why}"
+    proc = cli.run("keys", "add", "cerebras", "sk-two words")
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "whitespace" in proc.stderr
+
+    listed = cli.keys()
+    assert listed["total"] == 3
+    by_mask = {(k["provider"], k["masked"]): k for k in listed["keys"]}
+    assert by_mask["cerebras", mask(first)]["label"] == "primary"
+    assert by_mask["cerebras", mask(second)]["label"] == ""
+    assert {k["source"] for k in listed["keys"]} == {"cli"}
+    assert {k["status"] for k in listed["keys"]} == {"active"}
+
+
+# --- keys import ------------------------------------------------------------------------------
+
+
+def test_import_from_file_every_separator_with_duplicates_blanks_and_invalid(
+    cli: Cli, tmp_path: Path
+) -> None:
+    stored = cli.key("stored")
+    cli.add("cerebras", stored)
+    k = [cli.key(f"imp{i}") for i in range(6)]
+    too_long = "sk-" + "x" * 600
+    text = (
+        f"{k[0]}\n"
+        "\n"  # blank lines are ignored, not errors
+        f"{k[1]},{k[2]}\n"
+        f"   \t{k[3]}  {k[4]}\r\n"
+        f" , ,\n"  # empty fields between commas: ignored too
+        f"{k[0]}\n"  # repeated in this input
+        f"{stored}\n"  # already in the store
+        f'"{k[5]}"\n'  # quotes from a pasted list are stripped
+        f"{too_long}\n"
+    )
+    path = tmp_path / "keys.txt"
+    path.write_text(text, encoding="utf-8")
+
+    out = cli.ok("keys", "import", "cerebras", str(path))
+    assert too_long not in out
+    assert summary(out) == ("cerebras", {"added": 6, "duplicate": 2, "invalid": 1})
+    # without -v only the lines that were not added are listed, in input order
+    assert status_lines(out) == [
+        ("duplicate", mask(k[0]), "repeated in this input"),
+        ("duplicate", mask(stored), "already stored"),
+        ("invalid", mask(too_long), "longer than 512 characters"),
+    ]
+
+    # importing the same file again: everything is a duplicate, nothing changes
+    out = cli.run("keys", "import", "cerebras", str(path)).stdout
+    assert summary(out) == ("cerebras", {"duplicate": 8, "invalid": 1})
+
+    listed = cli.keys("--provider", "cerebras")
+    assert listed["total"] == 7
+    assert {x["masked"] for x in listed["keys"]} == {mask(s) for s in [stored, *k]}
+
+
+def test_import_from_stdin_json_array_and_verbose(cli: Cli) -> None:
+    a, b, c = cli.key("json-a"), cli.key("json-b"), cli.key("json-c")
+    doc = json.dumps([a, b, a, "", "  ", f" {c} ", "sk-has space-inside"])
+    out = cli.ok("keys", "import", "groq", "-v", input=doc)
+    assert summary(out) == ("groq", {"added": 3, "duplicate": 1, "invalid": 1})
+    # -v lists every token's result; blanks in the array are not tokens
+    assert status_lines(out) == [
+        ("added", mask(a), ""),
+        ("added", mask(b), ""),
+        ("duplicate", mask(a), "repeated in this input"),
+        ("added", mask(c), ""),
+        ("invalid", mask("sk-has space-inside"), "contains whitespace or control characters"),
+    ]
+
+    # newlines, commas and whitespace on stdin, with `-` or without a file argument
+    d, e, f = cli.key("stdin-d"), cli.key("stdin-e"), cli.key("stdin-f")
+    out = cli.ok("keys", "import", "groq", "-", input=f"{d}\n\n{e}, {b}\n")
+    assert summary(out) == ("groq", {"added": 2, "duplicate": 1})
+    assert status_lines(out) == [("duplicate", mask(b), "already stored")]
+    out = cli.ok("keys", "import", "groq", input=f"{f}\t{f}")
+    assert summary(out) == ("groq", {"added": 1, "duplicate": 1})
+
+    # nothing to import at all
+    proc = cli.run("keys", "import", "groq", input="\n , \n")
+    assert proc.returncode == 0
+    assert proc.stdout.strip().startswith("groq: nothing to import")
+
+    listed = cli.keys("--provider", "groq")
+    assert listed["total"] == 6
+    assert {x["source"] for x in listed["keys"]} == {"cli"}
+
+    # a file that is not there: one line, exit 1
+    proc = cli.run("keys", "import", "groq", "/nonexistent/keys.txt")
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "/nonexistent/keys.txt" in proc.stderr
+
+
+# --- keys list --------------------------------------------------------------------------------
+
+
+def test_list_filters_search_pagination_and_json(cli: Cli, store_env: dict[str, str]) -> None:
+    cer = [cli.key(f"list{i}") for i in range(7)]
+    ids = [
+        cli.add("cerebras", s, "--label", f"team-{'red' if i % 2 else 'blue'}-{i}")
+        for i, s in enumerate(cer)
+    ]
+    gq = [cli.key(f"groq{i}") for i in range(2)]
+    cli.ok("keys", "import", "groq", input="\n".join(gq))
+    set_status(store_env, ids[3], "disabled")
+
+    everything = cli.keys()
+    assert everything["total"] == 9
+    assert [x["id"] for x in everything["keys"]] == sorted(
+        (x["id"] for x in everything["keys"]), reverse=True
+    ), "newest first"
+    fields = {"id", "provider", "masked", "label", "status", "use_count", "last_used"}
+    assert fields <= set(everything["keys"][0])
+
+    assert cli.keys("--provider", "groq")["total"] == 2
+    assert {x["masked"] for x in cli.keys("--provider", "groq")["keys"]} == {mask(s) for s in gq}
+    disabled = cli.keys("--status", "disabled")
+    assert [x["id"] for x in disabled["keys"]] == [ids[3]]
+    assert cli.keys("--status", "active")["total"] == 8
+    assert cli.keys("--provider", "groq", "--status", "disabled")["total"] == 0
+
+    # search: label (case-insensitive), masked form, or the whole key pasted in
+    red = cli.keys("-q", "RED")
+    assert sorted(x["id"] for x in red["keys"]) == [ids[1], ids[3], ids[5]]
+    assert cli.keys("-q", "red", "--status", "active")["total"] == 2
+    assert [x["id"] for x in cli.keys("-q", mask(cer[4]))["keys"]] == [ids[4]]
+    assert [x["id"] for x in cli.keys("--search", cer[6])["keys"]] == [ids[6]]
+    assert cli.keys("-q", "no-such-label")["total"] == 0
+
+    # pagination: pages of 4 are disjoint, ordered, and together are the whole list
+    pages = [
+        json.loads(cli.ok("keys", "list", "--json", "--limit", "4", "--offset", str(off)))
+        for off in (0, 4, 8)
+    ]
+    assert [len(p["keys"]) for p in pages] == [4, 4, 1]
+    assert {p["total"] for p in pages} == {9}
+    assert [x["id"] for p in pages for x in p["keys"]] == [x["id"] for x in everything["keys"]]
+
+    # the table: a header, one row per key with masked key and label, "N of M"
+    out = cli.ok("keys", "list", "--provider", "cerebras", "--limit", "3", "--offset", "1")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:5] == ["id", "provider", "key", "status", "uses"]
+    assert lines[-1] == "3 of 7"
+    assert len(lines) == 5
+    assert lines[1].split()[:4] == [str(ids[5]), "cerebras", mask(cer[5]), "active"]
+    assert lines[1].endswith("team-red-5")
+    rows = cli.ok("keys", "list", "--status", "disabled").strip().splitlines()[1:-1]
+    assert [row.split()[:4] for row in rows] == [
+        [str(ids[3]), "cerebras", mask(cer[3]), "disabled"]
+    ]
+
+    proc = cli.run("keys", "list", "--status", "sleepy")
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
+
+
+# --- keys rm ----------------------------------------------------------------------------------
+
+
+def test_rm(cli: Cli) -> None:
+    ids = [cli.add("cerebras", cli.key(f"rm{i}")) for i in range(3)]
+    assert cli.ok("keys", "rm", str(ids[0])) == f"deleted {ids[0]}\n"
+    assert [x["id"] for x in cli.keys()["keys"]] == [ids[2], ids[1]]
+
+    proc = cli.run("keys", "rm", str(ids[1]), str(ids[0]), "999")
+    assert proc.returncode == 1
+    assert proc.stdout == f"deleted {ids[1]}\n"
+    assert proc.stderr.splitlines() == [f"no key with id {ids[0]}", "no key with id 999"]
+    assert [x["id"] for x in cli.keys()["keys"]] == [ids[2]]
+
+
+# --- keys test --------------------------------------------------------------------------------
+
+
+def test_keys_test_against_the_mock(cli: Cli, mock: MockUpstream) -> None:
+    good, bad = cli.key("good"), cli.key("bad")
+    good_id, bad_id = cli.add("cerebras", good), cli.add("cerebras", bad)
+    claude = cli.key("claude")
+    claude_id = cli.add("claude", claude)
+    mock.set_behavior(bad, status=401)
+
+    out = cli.ok("keys", "test", str(good_id))
+    row = out.split()
+    assert row[:5] == [str(good_id), "cerebras", mask(good), "ok", "200"]
+    probe = mock.records()[-1]
+    assert (probe.method, probe.path, probe.key) == ("GET", "/v1/models", good)
+
+    proc = cli.run("keys", "test", str(bad_id))
+    assert proc.returncode == 1
+    assert proc.stdout.split()[:5] == [str(bad_id), "cerebras", mask(bad), "FAIL", "401"]
+    assert "401 from upstream" in proc.stdout
+
+    # every key of a provider; Anthropic-style keys are sent as x-api-key
+    proc = cli.run("keys", "test", "--provider", "cerebras")
+    assert proc.returncode == 1
+    results = {line.split()[0]: line.split()[3] for line in proc.stdout.strip().splitlines()}
+    assert results == {str(good_id): "ok", str(bad_id): "FAIL"}
+    cli.ok("keys", "test", str(claude_id))
+    assert mock.records()[-1].headers.get("x-api-key") == claude
+
+    # an id that does not exist is an error, also next to one that does
+    proc = cli.run("keys", "test", "999")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "no key with id 999"
+    proc = cli.run("keys", "test", str(good_id), "999")
+    assert proc.returncode == 1
+    assert "ok" in proc.stdout
+    assert proc.stderr.strip() == "no key with id 999"
+    proc = cli.run("keys", "test")
+    assert proc.returncode == 1
+    assert proc.stderr.strip()
+
+
+# --- providers --------------------------------------------------------------------------------
+
+
+def test_providers_text_and_json(cli: Cli, store_env: dict[str, str], tmp_path: Path) -> None:
+    for i in range(3):
+        cli.add("cerebras", cli.key(f"prov{i}"))
+    cli.add("groq", cli.key("provg"))
+    out = cli.ok("providers")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:2] == ["provider", "keys"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == set(BUILTINS)
+    assert rows["cerebras"][1] == "3"
+    assert rows["groq"][1] == "1"
+    assert rows["openai"][1] == "0"
+
+    doc = json.loads(cli.ok("providers", "--json"))
+    by_name = {p["name"]: p for p in doc}
+    assert set(by_name) == set(BUILTINS)
+    assert by_name["cerebras"]["key_counts"] == {"active": 3}
+    assert by_name["groq"]["key_counts"] == {"active": 1}
+    assert by_name["openai"]["key_counts"] == {}
+    assert "keys" not in by_name["cerebras"]
+    for field in ("base_url", "key_style", "rps", "burst", "max_conn", "default_model"):
+        assert field in by_name["cerebras"]
+    assert by_name["claude"]["key_style"] == "x-api-key"
+
+    # run-time overrides in the store and a config file's custom provider both show
+    data_dir = Path(store_env["KEYGATE_DATA_DIR"])
+
+    async def override() -> None:
+        store = create_store(f"sqlite:///{(data_dir / 'keygate.db').resolve()}")
+        await store.open()
+        try:
+            await store.set_provider_override("cerebras", {"rps": 7.5, "burst": 9})
+        finally:
+            await store.close()
+
+    asyncio.run(override())
+    cfg = tmp_path / "custom.yaml"
+    cfg.write_text(yaml.safe_dump({"providers": {"acme": {"base_url": "http://127.0.0.1:9"}}}))
+    doc = json.loads(cli.ok("providers", "--json", "--config", str(cfg)))
+    by_name = {p["name"]: p for p in doc}
+    assert (by_name["cerebras"]["rps"], by_name["cerebras"]["burst"]) == (7.5, 9)
+    assert by_name["acme"]["base_url"] == "http://127.0.0.1:9"
+    assert by_name["acme"]["builtin"] is False
+
+
+# --- config check -----------------------------------------------------------------------------
+
+
+def test_config_check_good_and_bad_files(cli: Cli, tmp_path: Path) -> None:
+    secret = cli.key("cfg")
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        yaml.safe_dump(
+            {
+                "default_provider": "groq",
+                "providers": {
+                    "cerebras": {"rps": 3, "burst": 6, "keys": [secret]},
+                    "acme": {"base_url": "https://llm.example.com", "key_style": "bearer"},
+                },
+            }
+        )
+    )
+    out = cli.ok("config", "check", str(good))
+    assert out.startswith(f"{good}: ok")
+    assert "default groq" in out
+
+    bad_cases: dict[str, tuple[Any, list[str]]] = {
+        "bad-number.yaml": (
+            {"providers": {"cerebras": {"rps": "fast", "keys": [secret]}}},
+            ["providers.cerebras.rps", "must be a number", "'fast'"],
+        ),
+        "negative.yaml": (
+            {"providers": {"groq": {"max_conn": -1}}},
+            ["providers.groq.max_conn", "≥ 0"],
+        ),
+        "unknown-field.yaml": (
+            {"providers": {"cerebras": {"rsp": 3}}},
+            ["providers.cerebras", "unknown field", "rsp"],
+        ),
+        "unknown-top.yaml": ({"provider": {}}, ["unknown field", "provider"]),
+        "custom-without-base.yaml": (
+            {"providers": {"acme": {"rps": 1}}},
+            ["providers.acme.base_url", "required"],
+        ),
+        "bad-style.yaml": (
+            {"providers": {"acme": {"base_url": "https://x.example", "key_style": "magic"}}},
+            ["providers.acme.key_style", "magic"],
+        ),
+        "bad-default.yaml": ({"default_provider": "nope"}, ["default_provider", "'nope'"]),
+        "bad-keys.yaml": ({"providers": {"cerebras": {"keys": 5}}}, ["providers.cerebras.keys"]),
+        "bad-yaml.yaml": ("providers:\n  cerebras: {rps: 3\n", ["invalid YAML", "line"]),
+        "not-a-mapping.yaml": ("- a\n- b\n", ["top level must be a mapping"]),
+    }
+    for name, (content, words) in bad_cases.items():
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+        proc = cli.run("config", "check", str(path))
+        assert proc.returncode != 0, name
+        assert proc.stdout == "", name
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, f"{name}: {proc.stderr}"
+        assert str(path) in lines[0], f"{name}: {lines[0]}"
+        for word in words:
+            assert word in lines[0], f"{name}: {word!r} not in {lines[0]!r}"
+
+    missing = tmp_path / "missing.yaml"
+    proc = cli.run("config", "check", str(missing))
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert str(missing) in proc.stderr and "cannot read" in proc.stderr
+
+
+def test_unknown_provider_exits_2_with_one_line(cli: Cli) -> None:
+    secret = cli.key("nope")
+    for args, stdin in (
+        (("keys", "add", "nope", secret), None),
+        (("keys", "add", "nope", "-"), secret),
+        (("keys", "import", "nope"), secret),
+        (("keys", "test", "--provider", "nope"), None),
+    ):
+        proc = cli.run(*args, input=stdin)
+        assert proc.returncode == 2, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("keygate: no provider named 'nope' (known: cerebras, ")
+    assert cli.keys()["total"] == 0
+
+
+# --- the CLI next to a running gateway --------------------------------------------------------
+
+
+def _proxied_key(gw: Any, mock: MockUpstream, client: httpx.Client) -> str | None:
+    r = client.post("/cerebras/v1/chat/completions", json=CHAT, headers=gw.auth())
+    assert r.status_code == 200, r.text
+    return mock.records()[-1].key
+
+
+def test_cli_changes_reach_a_running_gateway(gateway_factory: Any, mock: MockUpstream) -> None:
+    env_key = make_key("env")
+    gw = gateway_factory(
+        env={"CEREBRAS_API_KEYS": env_key},
+        config={"providers": {"cerebras": {"rps": 0, "max_conn": 0, "retries": 0}}},
+    )
+    cli = Cli(clean_env(gw.data_dir, mock))
+    cli.secrets.add(env_key)
+
+    # the start-up import of CEREBRAS_API_KEYS is in the store, marked as from the environment
+    listed = cli.keys()
+    assert [(x["masked"], x["source"]) for x in listed["keys"]] == [(mask(env_key), "env")]
+
+    new = cli.key("hot")
+    with gw.client() as client:
+        assert _proxied_key(gw, mock, client) == env_key
+        new_id = cli.add("cerebras", new)
+        added_at = time.monotonic()
+        seen_after = None
+        while time.monotonic() - added_at < 3:
+            if _proxied_key(gw, mock, client) == new:
+                seen_after = time.monotonic() - added_at
+                break
+            time.sleep(0.05)
+        assert seen_after is not None, "a key added with the CLI was not used within 3 s"
+        assert seen_after < 2.0, f"a key added with the CLI was first used after {seen_after:.2f}s"
+        print(f"\nCLI add → first proxied use: {seen_after:.2f}s")
+
+        # removed: never used again once the gateway had ~1 s to notice
+        cli.ok("keys", "rm", str(new_id))
+        removed_at = time.monotonic()
+        uses: list[tuple[float, str | None]] = []
+        while time.monotonic() - removed_at < 3.5:
+            uses.append((time.monotonic() - removed_at, _proxied_key(gw, mock, client)))
+            time.sleep(0.02)
+        last_use = max((t for t, key in uses if key == new), default=None)
+        assert all(key != new for t, key in uses if t > 2.0), (
+            f"a key removed with the CLI was still used {last_use:.2f}s later"
+        )
+        assert sum(1 for t, _ in uses if t > 2.0) > 10
+        print(f"CLI rm → last proxied use: {last_use if last_use is None else round(last_use, 2)}s")
+
+    # and the admin API of the running gateway agrees
+    r = gw.api("GET", "/api/keys", params={"provider": "cerebras"})
+    assert [k["masked"] for k in r.json()["keys"]] == [mask(env_key)]
+    assert env_key not in gw.log() and new not in gw.log()
+
+
+def test_cli_import_reaches_a_running_gateway(gateway_factory: Any, mock: MockUpstream) -> None:
+    gw = gateway_factory(config={"providers": {"groq": {"rps": 0, "max_conn": 0}}})
+    cli = Cli(clean_env(gw.data_dir, mock))
+    keys = [cli.key(f"bulk{i}") for i in range(5)]
+    out = cli.ok("keys", "import", "groq", input=", ".join(keys))
+    assert summary(out) == ("groq", {"added": 5})
+    deadline = time.monotonic() + 3
+    seen: set[str | None] = set()
+    with gw.client() as client:
+        while time.monotonic() < deadline and seen != set(keys):
+            r = client.post("/groq/v1/chat/completions", json=CHAT, headers=gw.auth())
+            if r.status_code == 200:
+                seen.add(mock.records()[-1].key)
+            else:
+                time.sleep(0.05)  # no keys yet: the gateway has not polled the store
+    assert seen == set(keys), "keys imported with the CLI were not all used within 3 s"

@@ -1,0 +1,148 @@
+"""`keygate serve --workers N` end to end: one port, N processes, limits split N ways without
+Redis, one banner and one admin token, counters that add up, and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from keygate.store import create_store
+
+KEYS = ["sk-workers-aaaa0001", "sk-workers-bbbb0002"]
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def cfg(**cerebras: Any) -> dict[str, Any]:
+    return {"providers": {"cerebras": {"retries": 0, **cerebras}}}
+
+
+def keys_env() -> dict[str, str]:
+    return {"CEREBRAS_API_KEYS": ",".join(KEYS)}
+
+
+def health_by_pid(gw: Any, want: int = 2, tries: int = 400) -> dict[int, dict[str, Any]]:
+    """/healthz of each worker: a new connection per request, until `want` pids answered."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(tries):
+        doc = httpx.get(gw.url + "/healthz", timeout=5).json()
+        seen[doc["pid"]] = doc
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+async def fire(gw: Any, n: int) -> list[int]:
+    async with aiohttp.ClientSession() as s:
+
+        async def one() -> int:
+            async with s.post(
+                f"{gw.url}/cerebras/v1/chat/completions", json=CHAT, headers=gw.auth()
+            ) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+@pytest.mark.slow
+async def test_two_workers_one_port_split_limits_and_sigterm_stops_all(
+    gateway_factory: Any, mock: Any
+) -> None:
+    rps, burst, n = 10.0, 6, 40
+    gw = gateway_factory(
+        args=["--workers", "2"],
+        env=keys_env(),
+        config=cfg(rps=rps, burst=burst, max_conn=0, queue=500, queue_timeout_s=30),
+        admin_password=None,  # the first-start admin token must be made once, not per worker
+    )
+
+    # Both processes answer on the one port, neither is the supervisor.
+    workers = health_by_pid(gw)
+    assert len(workers) == 2, workers.keys()
+    assert gw.proc.pid not in workers
+    for doc in workers.values():  # each worker holds half the burst
+        assert doc["providers"]["cerebras"]["tokens"] == burst // 2
+
+    # One banner, saying how the limits are split, with one admin token that every worker takes.
+    log = gw.log()
+    assert log.count("  listening ") == 1, log
+    assert "limits split across 2 workers" in log, log
+    tokens = re.findall(r"admin token\s+(kg-admin-\S+)", log)
+    assert len(tokens) == 1, log
+    for _ in range(20):  # new connections: both workers see the request
+        r = httpx.get(
+            gw.url + "/api/keys", headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+
+    # Combined, the two workers never exceed the whole configured limit.
+    statuses = await fire(gw, n)
+    assert statuses == [200] * n
+    arrivals = sorted(r.started for r in mock.records())
+    assert len(arrivals) == n
+    t0 = arrivals[0]
+    for i, t in enumerate(arrivals, start=1):
+        allowed = burst + rps * (t - t0)
+        assert i <= allowed + 0.5, f"request {i} at +{t - t0:.3f}s exceeds {allowed:.2f}"
+    admitted = {
+        pid: doc["providers"]["cerebras"]["admitted"] for pid, doc in health_by_pid(gw).items()
+    }
+    print(f"{n} requests over 2 workers in {arrivals[-1] - t0:.2f}s, admitted per pid {admitted}")
+    assert sum(admitted.values()) == n and all(admitted.values()), admitted
+
+    # SIGTERM to the supervisor stops every worker; their counter flushes add up in the store.
+    pids = list(workers)
+    assert gw.stop(signal.SIGTERM, timeout=20) == 0, gw.log()
+    assert wait_gone(pids) == [], "workers outlived the supervisor"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(gw.url + "/healthz", timeout=1)
+    store = create_store(f"sqlite:///{gw.data_dir / 'keygate.db'}")
+    await store.open()
+    try:
+        assert (await store.provider_totals())["cerebras"]["requests"] == n
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+def test_workers_stop_when_the_supervisor_is_killed(gateway_factory: Any) -> None:
+    gw = gateway_factory(args=["--workers", "2"], env=keys_env())
+    pids = list(health_by_pid(gw))
+    assert len(pids) == 2
+    gw.kill9()
+    try:
+        assert wait_gone(pids) == [], "orphaned workers kept serving"
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

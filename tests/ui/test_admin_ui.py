@@ -1,0 +1,477 @@
+"""The admin page, driven in a real browser (Debian's Chromium through Playwright) against a
+running `keygate serve` whose providers all point at the scriptable mock upstream.
+
+Besides the behaviour checks, the browser test saves screenshots of every page at desktop and
+phone widths into artifacts/screenshots/ (CI keeps that folder as build artifacts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from keygate.admin.ui import CSP, AdminUI, load_assets
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "artifacts" / "screenshots"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+PAGES = ("dashboard", "keys", "providers", "requests", "connect")
+XSS = "<img src=x onerror=alert(1)>"
+TIMEOUT_MS = 10_000
+
+
+# --- the ASGI app in-process: headers, redirects, 404s, no traversal ---------------------------
+
+
+def call(app: AdminUI, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None, query: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": headers or []}
+    asyncio.run(app(scope, receive, send))
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def fake_gateway(admin_path: str = "/admin/") -> Any:
+    return SimpleNamespace(settings=SimpleNamespace(admin_path=admin_path))
+
+
+def test_assets_ship_with_the_package() -> None:
+    assets = load_assets()
+    for name in ("index.html", "app.css", "favicon.svg", "js/app.js", "js/api.js", "js/dom.js", "js/i18n.js", "js/chart.js"):
+        assert name in assets, name
+    html = assets["index.html"].body.decode()
+    # every script is an external file (the CSP forbids inline script); no inline styles either
+    scripts = re.findall(r"<script\b[^>]*>", html)
+    assert scripts and all("src=" in tag for tag in scripts)
+    assert not re.search(r"<script\b[^>]*>\s*[^<\s]", html)
+    assert "style=" not in html and "<style" not in html
+    for name, asset in assets.items():
+        if name.endswith(".js"):
+            text = asset.body.decode()
+            html_sinks = r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function"
+            assert not re.search(html_sinks, text), name
+
+
+def test_headers_redirect_and_404() -> None:
+    app = AdminUI(fake_gateway())
+    status, headers, body = call(app, "GET", "/admin/")
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["content-security-policy"] == CSP
+    assert "default-src 'self'" in CSP and "frame-ancestors 'none'" in CSP and "unsafe" not in CSP
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["cache-control"] == "no-cache"
+    assert b'<script type="module" src="js/app.js">' in body
+
+    status, headers, _ = call(app, "GET", "/admin/js/app.js")
+    assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+    status, headers, _ = call(app, "GET", "/admin/app.css")
+    assert status == 200 and headers["content-type"] == "text/css; charset=utf-8"
+    status, headers, _ = call(app, "GET", "/admin/favicon.svg")
+    assert status == 200 and headers["content-type"] == "image/svg+xml"
+
+    # revalidation and compression
+    etag = headers["etag"]
+    status, _, body = call(app, "GET", "/admin/favicon.svg", [(b"if-none-match", etag.encode())])
+    assert status == 304 and body == b""
+    status, headers, body = call(app, "GET", "/admin/js/i18n.js", [(b"accept-encoding", b"gzip, br")])
+    assert status == 200 and headers["content-encoding"] == "gzip" and body[:2] == b"\x1f\x8b"
+    status, headers, body = call(app, "HEAD", "/admin/")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+
+    # the path without its slash redirects, keeping the query
+    status, headers, _ = call(app, "GET", "/admin", query=b"x=1")
+    assert status == 308 and headers["location"] == "/admin/?x=1"
+
+    status, headers, _ = call(app, "POST", "/admin/")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+
+    # unknown files and traversal attempts: 404, with the same security headers
+    for path in (
+        "/admin/nope.js",
+        "/admin/js/",
+        "/admin/../pyproject.toml",
+        "/admin/../__init__.py",
+        "/admin/js/../../__init__.py",
+        "/admin/%2e%2e/__init__.py",
+        "/admin//etc/passwd",
+        "/admin/static/index.html",
+        "/admin/..%2f__init__.py",
+        "/admin/js\\..\\..\\__init__.py",
+        "/admin/index.html\x00.js",
+    ):
+        status, headers, body = call(app, "GET", path)
+        assert status == 404, path
+        assert headers["x-content-type-options"] == "nosniff" and "content-security-policy" in headers
+        assert b"import" not in body
+
+
+def test_custom_admin_path() -> None:
+    app = AdminUI(fake_gateway("/console/"))
+    assert call(app, "GET", "/console/")[0] == 200
+    status, headers, _ = call(app, "GET", "/console")
+    assert status == 308 and headers["location"] == "/console/"
+    assert call(app, "GET", "/admin/")[0] == 404
+
+
+# --- the real page in Chromium against a running gateway ---------------------------------------
+
+
+def proxy_burst(gw: Any, n: int, provider: str = "cerebras") -> float:
+    """Send n chat requests at once through the gateway; seconds until all answered 200."""
+    statuses: list[int] = []
+
+    def one() -> None:
+        r = httpx.post(
+            f"{gw.url}/{provider}/v1/chat/completions",
+            headers=gw.auth(),
+            json={"model": "ui-test-model", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    assert statuses == [200] * n, statuses
+    return elapsed
+
+
+def key_ids(gw: Any, provider: str = "cerebras") -> dict[str, int]:
+    """Last four characters of each key → its id."""
+    keys = gw.api("GET", "/api/keys", params={"provider": provider, "limit": 500}).json()["keys"]
+    return {k["masked"][-4:]: k["id"] for k in keys}
+
+
+def goto_view(page: Page, view: str) -> None:
+    page.click(f'.nav-link[data-view="{view}"]')
+    expect(page.locator(f'.nav-link[data-view="{view}"]')).to_have_class(re.compile("is-active"))
+
+
+def settle(page: Page, view: str) -> None:
+    """Wait until a view shows its data (not its loading line)."""
+    ready = {
+        "dashboard": ".prov-card .chart-svg, .empty",
+        "keys": ".keys-table tbody tr, .empty",
+        "providers": ".prov-table tbody tr",
+        "requests": ".req-table tbody tr, .empty",
+        "connect": "#immersive-url, #snippet-python",
+    }[view]
+    page.wait_for_selector(ready, timeout=TIMEOUT_MS)
+    expect(page.locator(".view .loading:visible")).to_have_count(0)
+    page.wait_for_timeout(300)
+
+
+def screenshots(page: Page, width: str, lang: str = "en") -> None:
+    for view in PAGES:
+        goto_view(page, view)
+        settle(page, view)
+        suffix = "" if lang == "en" else f"-{lang}"
+        page.screenshot(path=str(SHOTS / f"{view}-{width}{suffix}.png"), full_page=True)
+
+
+def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
+    gw = gateway_factory(env={"KEYGATE_FLUSH_INTERVAL_MS": "500"})
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    secrets = [f"sk-ui-test-{i}-{'x' * 12}{i:04d}" for i in range(1, 6)]
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            ctx = browser.new_context(viewport=DESKTOP)
+            ctx.set_default_timeout(TIMEOUT_MS)
+            page = ctx.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page_errors: list[str] = []
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            console_errors: list[str] = []
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.add_init_script(
+                "window.__csp = [];"
+                "document.addEventListener('securitypolicyviolation',"
+                " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+            )
+
+            # --- login: the path without slash redirects; a wrong password is refused -------
+            page.goto(gw.url + "/admin")
+            assert page.url == gw.url + "/admin/"
+            expect(page.locator("#login")).to_be_visible()
+            page.screenshot(path=str(SHOTS / "login-desktop.png"))
+            page.fill("#login-password", "not-the-password")
+            page.click("#login-submit")
+            expect(page.locator("#login-message")).to_have_text("Wrong password or token.")
+            page.fill("#login-password", gw.admin_password)
+            page.click("#login-submit")
+            expect(page.locator("#shell")).to_be_visible()
+            expect(page.locator(".page-title")).to_have_text("Dashboard")
+            # nothing yet: the dashboard says what to do next
+            expect(page.locator(".empty-title")).to_have_text("Nothing to show yet")
+            cookie = next(c for c in ctx.cookies() if c["name"] == "keygate_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+            # the session survives a reload
+            page.reload()
+            expect(page.locator("#shell")).to_be_visible()
+            expect(page.locator("#login")).to_be_hidden()
+
+            # --- keys: empty state, add one with a hostile label -----------------------------
+            goto_view(page, "keys")
+            expect(page.locator("#keys-provider")).to_have_value("cerebras")
+            expect(page.locator(".empty-body")).to_have_text("No keys yet — add one or paste many into Batch import.")
+            page.click("button:has-text('Add key')")
+            page.fill("#add-key", secrets[0])
+            page.fill("#add-label", XSS)
+            page.click("#add-panel button[type=submit]")
+            expect(page.locator(".keys-table tbody tr")).to_have_count(1)
+            ids = key_ids(gw)
+            row1 = page.locator(f'tr[data-id="{ids["0001"]}"]')
+            expect(row1.locator(".key-label")).to_have_text(XSS)
+            assert row1.locator("img").count() == 0
+            assert page.locator("img[src='x']").count() == 0
+            expect(row1.locator(".key-masked")).to_have_text("sk-u…0001")
+
+            # --- batch import five, one of them a duplicate ---------------------------------
+            page.click("button:has-text('Batch import')")
+            page.fill("#batch-input", "\n".join([*secrets[1:], secrets[0]]))
+            page.click("#batch-panel button[type=submit]")
+            expect(page.locator("#batch-summary")).to_have_text("4 added · 1 duplicate · 0 invalid")
+            expect(page.locator(".batch-item")).to_have_count(5)
+            expect(page.locator('.batch-item[data-status="duplicate"]')).to_have_count(1)
+            expect(page.locator('.batch-item[data-status="added"]')).to_have_count(4)
+            expect(page.locator("#keys-range")).to_have_text("1–5 of 5")
+            page.screenshot(path=str(SHOTS / "keys-batch-desktop.png"), full_page=True)
+            page.click("#batch-panel .icon-btn")
+            ids = key_ids(gw)
+            assert len(ids) == 5
+            rows = {suffix: page.locator(f'tr[data-id="{ids[suffix]}"]') for suffix in ids}
+
+            # --- disable one ----------------------------------------------------------------
+            rows["0002"].locator(".btn-toggle").click()
+            expect(rows["0002"]).to_have_attribute("data-status", "disabled")
+            expect(rows["0002"].locator(".badge-state-disabled")).to_have_text("disabled")
+            expect(rows["0002"].locator(".btn-toggle")).to_have_text("Enable")
+            assert gw.api("GET", "/api/keys", params={"provider": "cerebras", "status": "disabled"}).json()["total"] == 1
+
+            # --- test keys against the mock: one it refuses, one it accepts -----------------
+            mock.set_behavior(secrets[2], status=401)
+            rows["0003"].locator(".btn-test").click()
+            expect(rows["0003"].locator(".test-result")).to_contain_text("401")
+            expect(rows["0003"]).to_have_attribute("data-status", "invalid")
+            expect(rows["0003"].locator(".badge-state-invalid")).to_be_visible()
+            rows["0004"].locator(".btn-test").click()
+            expect(rows["0004"].locator(".test-result")).to_have_text(re.compile(r"^200 · [\d.]+ ms$"))
+            expect(rows["0004"].locator(".test-result")).to_have_class(re.compile("badge-ok"))
+
+            # --- providers: validation, the server's 400, then a change the gateway obeys ----
+            assert proxy_burst(gw, 3) < 1.0  # defaults (rps 4, burst 8): no waiting
+            goto_view(page, "providers")
+            cerebras = page.locator('tr[data-provider="cerebras"]')
+            expect(cerebras.locator('[data-field="rps"]')).to_have_text("4")
+            cerebras.locator(".btn-edit").click()
+            dialog = page.locator("dialog.modal")
+            expect(dialog).to_be_visible()
+            page.fill("#pf-rps", "-1")
+            page.click("#prov-save")
+            expect(page.locator("#pf-rps-err")).to_have_text("Enter a number, 0 or more.")
+            expect(dialog).to_be_visible()
+            assert next(p for p in gw.api("GET", "/api/providers").json()["providers"] if p["name"] == "cerebras")["rps"] == 4
+
+            def refuse(route: Any) -> None:
+                if route.request.method == "PATCH":
+                    route.fulfill(
+                        status=400,
+                        content_type="application/json",
+                        body='{"error": {"message": "rps: refused by the server", "type": "invalid_request_error", "code": "invalid_value", "param": "rps"}}',
+                    )
+                else:
+                    route.continue_()
+
+            page.route("**/api/providers/cerebras", refuse)
+            page.fill("#pf-rps", "2")
+            page.click("#prov-save")
+            expect(dialog.locator(".form-msg-error")).to_have_text("rps: refused by the server")
+            expect(page.locator("#pf-rps-err")).to_have_text("rps: refused by the server")
+            page.unroute("**/api/providers/cerebras")
+            page.screenshot(path=str(SHOTS / "providers-edit-desktop.png"))
+
+            page.fill("#pf-rps", "1")
+            page.fill("#pf-burst", "1")
+            page.click("#prov-save")
+            expect(dialog).to_have_count(0)
+            expect(cerebras.locator('[data-field="rps"]')).to_have_text("1")
+            expect(cerebras.locator('[data-field="burst"]')).to_have_text("1")
+            prov = next(p for p in gw.api("GET", "/api/providers").json()["providers"] if p["name"] == "cerebras")
+            assert (prov["rps"], prov["burst"]) == (1, 1)
+            # the running gateway obeys at once: 3 requests at 1/s with a bucket of 1 take ~2 s
+            assert proxy_burst(gw, 3) >= 1.6
+            # back to brisk limits for the rest (and the charts)
+            gw.api("PATCH", "/api/providers/cerebras", json={"rps": 20, "burst": 20})
+
+            # --- delete one: cancel first, then confirm -------------------------------------
+            goto_view(page, "keys")
+            settle(page, "keys")
+            rows["0005"].locator(".btn-delete").click()
+            expect(dialog).to_contain_text("Delete this key?")
+            dialog.locator("button:has-text('Cancel')").click()
+            expect(dialog).to_have_count(0)
+            expect(rows["0005"]).to_have_count(1)
+            rows["0005"].locator(".btn-delete").click()
+            expect(dialog).to_contain_text("sk-u…0005")
+            dialog.locator("button.btn-danger").click()
+            expect(rows["0005"]).to_have_count(0)
+            expect(page.locator("#keys-range")).to_have_text("1–4 of 4")
+            assert gw.api("DELETE", f"/api/keys/{ids['0005']}").status_code == 404
+
+            # --- traffic for the dashboard, requests and charts -----------------------------
+            mock.set_behavior(None, delay_s=0.03)
+            stop = threading.Event()
+
+            def traffic() -> None:
+                with httpx.Client(timeout=30) as c:
+                    while not stop.is_set():
+                        c.post(
+                            f"{gw.url}/cerebras/v1/chat/completions",
+                            headers=gw.auth(),
+                            json={"model": "llama-3.3-70b", "messages": [{"role": "user", "content": "hi"}]},
+                        )
+                        time.sleep(0.15)
+
+            pump = threading.Thread(target=traffic, daemon=True)
+            pump.start()
+            try:
+                # recent requests: filter by status and provider
+                goto_view(page, "requests")
+                settle(page, "requests")
+                expect(page.locator(".req-table tbody tr").first).to_contain_text("cerebras")
+                page.select_option("#req-status", "4xx")
+                expect(page.locator(".empty")).to_be_visible()
+                page.select_option("#req-status", "2xx")
+                expect(page.locator(".req-table tbody tr").first).to_be_visible()
+                statuses = page.locator(".req-table .col-status .badge").all_text_contents()
+                assert statuses and set(statuses) == {"200"}
+                page.select_option("#req-provider", "groq")
+                expect(page.locator(".empty-body")).to_have_text("No requests match these filters.")
+                page.select_option("#req-provider", "")
+                page.select_option("#req-status", "")
+
+                # dashboard: totals and live charts
+                goto_view(page, "dashboard")
+                card = page.locator('.prov-card[data-provider="cerebras"]')
+                expect(card).to_be_visible()
+                expect(card.locator(".chart-svg")).to_have_count(2)
+                expect(card.locator("path.chart-line.s-rps")).not_to_have_count(0)
+                expect(card.locator(".chip-active")).to_contain_text("2 active")
+                expect(card.locator(".chip-disabled")).to_contain_text("1 disabled")
+                expect(card.locator(".chip-invalid")).to_contain_text("1 invalid")
+
+                # connect: snippets built from the page's own origin
+                goto_view(page, "connect")
+                settle(page, "connect")
+                expect(page.locator("#immersive-url")).to_have_text(f"{gw.url}/cerebras/v1/chat/completions")
+                expect(page.locator("#snippet-python")).to_contain_text(f'base_url="{gw.url}/cerebras/v1"')
+                expect(page.locator("#snippet-curl")).to_contain_text(f"curl {gw.url}/cerebras/v1/chat/completions")
+
+                # --- screenshots: every page, desktop and phone ------------------------------
+                page.wait_for_timeout(1500)  # a few seconds of chart
+                screenshots(page, "desktop")
+                phone = browser.new_context(viewport=PHONE, storage_state=ctx.storage_state(), is_mobile=True, has_touch=True)
+                phone.set_default_timeout(TIMEOUT_MS)
+                phone_page = phone.new_page()
+                phone_page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+                phone_page.on("pageerror", lambda e: page_errors.append(str(e)))
+                phone_page.goto(gw.url + "/admin/#/dashboard")
+                expect(phone_page.locator("#shell")).to_be_visible()
+                screenshots(phone_page, "phone")
+                # the tables fit the phone's width (they collapse into cards)
+                goto_view(phone_page, "keys")
+                settle(phone_page, "keys")
+                width = phone_page.evaluate("document.documentElement.scrollWidth")
+                assert width <= PHONE["width"], width
+                phone.close()
+            finally:
+                stop.set()
+                pump.join(5)
+
+            # --- language: Chinese, remembered across reloads, then back --------------------
+            goto_view(page, "keys")
+            page.locator('.topbar [data-lang="zh"]').click()
+            expect(page.locator('.nav-link[data-view="keys"]')).to_have_text("密钥")
+            expect(page.locator(".page-title")).to_have_text("密钥")
+            expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+            expect(page.locator(f'tr[data-id="{ids["0002"]}"] .badge-state-disabled')).to_have_text("已禁用")
+            page.reload()
+            expect(page.locator('.nav-link[data-view="dashboard"]')).to_have_text("仪表盘")
+            settle(page, "keys")
+            page.screenshot(path=str(SHOTS / "keys-desktop-zh.png"), full_page=True)
+            goto_view(page, "dashboard")
+            settle(page, "dashboard")
+            page.screenshot(path=str(SHOTS / "dashboard-desktop-zh.png"), full_page=True)
+            page.locator('.topbar [data-lang="en"]').click()
+            expect(page.locator('.nav-link[data-view="keys"]')).to_have_text("Keys")
+
+            # the hostile label never ran, in any view or language
+            assert dialogs == []
+            assert page.evaluate("window.__csp") == []
+
+            # --- a 401 from any call returns to the login screen ----------------------------
+            ctx.clear_cookies()
+            goto_view(page, "providers")
+            expect(page.locator("#login")).to_be_visible()
+            expect(page.locator("#login-message")).to_have_text("Your session has ended. Please sign in again.")
+
+            # --- sign in again, sign out; a reload stays signed out --------------------------
+            page.fill("#login-password", gw.admin_password)
+            page.click("#login-submit")
+            expect(page.locator("#shell")).to_be_visible()
+            page.click("#logout")
+            expect(page.locator("#login")).to_be_visible()
+            page.reload()
+            expect(page.locator("#login")).to_be_visible()
+            expect(page.locator("#shell")).to_be_hidden()
+
+            assert dialogs == []
+            assert page_errors == []
+            # the only console errors are the refused API calls this test provoked on purpose
+            unexpected = [m for m in console_errors if not re.search(r"status of (400|401)\b", m)]
+            assert unexpected == []
+        finally:
+            browser.close()
