@@ -793,6 +793,12 @@ def test_body_limit_chunked(client: httpx.Client, mock: MockUpstream, core: Gate
 
     r = client.post("/groq/v1/echo", content=pieces())  # no length: chunked
     assert_gateway_error(r, 413)
+    assert mock.records() == []
+    # under the limit a chunked body passes whole, as sent
+    r = client.post("/groq/v1/echo", content=iter([b"x" * 500, b"y" * 500]))
+    assert r.status_code == 200
+    assert only_record(mock).body == b"x" * 500 + b"y" * 500
+    mock.reset()
     # the whole body in a single chunk, in one write
     body = b"b" * (BODY_LIMIT + 10)
     req = (

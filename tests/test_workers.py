@@ -14,7 +14,9 @@ import aiohttp
 import httpx
 import pytest
 
+from keygate.settings import load_settings
 from keygate.store import create_store
+from keygate.workers import worker_env
 
 KEYS = ["sk-workers-aaaa0001", "sk-workers-bbbb0002"]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -146,3 +148,22 @@ def test_workers_stop_when_the_supervisor_is_killed(gateway_factory: Any) -> Non
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_env_carries_cli_settings_and_splits_the_fleet(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kg.yaml").write_text("providers: {groq: {rps: 6}}\n")
+    env = {"KEYGATE_FLEET_SIZE": "2", "KEYGATE_DATA_DIR": "rel-data", "PORT": "9999"}
+    settings = load_settings(env, "kg.yaml", {"host": "0.0.0.0", "port": 8123, "workers": 3})
+    got = worker_env(settings)
+    assert got["KEYGATE_HOST"] == "0.0.0.0" and got["KEYGATE_PORT"] == "8123"
+    assert got["KEYGATE_FLEET_SIZE"] == "6"  # 3 workers x 2 instances share every limit
+    assert got["KEYGATE_CONFIG"] == str(tmp_path / "kg.yaml")
+    assert got["KEYGATE_DATA_DIR"] == str(tmp_path / "rel-data")
+    assert got["KEYGATE_WORKER_BANNER"] == "0"
+    # What a worker reads back from that environment.
+    worker = load_settings({**env, **got})
+    assert (worker.host, worker.port, worker.fleet_size) == ("0.0.0.0", 8123, 6)
+    assert worker.providers["groq"].rps == 6

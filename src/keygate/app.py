@@ -11,7 +11,7 @@ import orjson
 
 from keygate import __version__
 from keygate.gateway import Gateway
-from keygate.observe import log, setup_logging
+from keygate.observe import setup_logging
 from keygate.proxy import handler
 from keygate.settings import ConfigError, Settings, load_settings
 
@@ -104,7 +104,7 @@ class App:
             "pid": os.getpid(),
             "uptime_s": round(_now() - gw.started_at, 1),
             "store": self.settings.store_kind,
-            "state": "local",
+            **gw.state_info(),
             "providers": {
                 name: {"keys": len(rt.pool.entries), **rt.admission.snapshot()}
                 for name, rt in gw.providers.items()
@@ -128,9 +128,8 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.gateway.start()
-                except Exception as exc:
-                    log.error("start-up failed: %s", exc)
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                except Exception as exc:  # uvicorn prints the message once and exits
+                    await send({"type": "lifespan.startup.failed", "message": f"keygate: start-up failed: {exc}"})
                     return
                 if self.banner:
                     print_banner(self.gateway)
@@ -157,8 +156,13 @@ def print_banner(gw: Gateway) -> None:
         f"  admin         {base}{s.admin_path}",
         f"  proxy         {base}/<provider>/v1/...   {base}/v1/... → {s.default_provider}",
         f"  store         {s.store_description}",
-        "  shared state  local (in-process limits)"
-        + (f", 1/{s.fleet_size} of each limit per instance" if s.fleet_size > 1 else ""),
+        "  shared state  "
+        + (
+            gw.shared.banner()
+            if gw.shared is not None
+            else "local (in-process limits)"
+            + (f", 1/{s.fleet_size} of each limit per instance" if s.fleet_size > 1 else "")
+        ),
         f"  flush         {'counters every ' + str(s.flush_interval_ms) + ' ms' if s.flush_interval_ms else 'off (KV_FLUSH_INTERVAL_MS=0: counters stay in memory)'}",
         "  providers",
     ]

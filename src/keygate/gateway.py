@@ -21,6 +21,7 @@ import aiohttp
 from keygate.control.admission import LocalAdmission
 from keygate.control.base import Limits
 from keygate.control.keypool import KeyEntry, LocalKeyPool
+from keygate.control.shared import SharedState
 from keygate.observe import ProviderStats, RequestRecord, log
 from keygate.probe import probe
 from keygate.settings import TUNABLE, ProviderConfig, Settings, coerce_field
@@ -36,11 +37,18 @@ class ProviderRuntime:
 
     __slots__ = ("admission", "anthropic", "cfg", "pool", "stats", "timeout")
 
-    def __init__(self, cfg: ProviderConfig, fleet_size: int = 1) -> None:
+    def __init__(
+        self, cfg: ProviderConfig, fleet_size: int = 1, shared: SharedState | None = None
+    ) -> None:
         self.cfg = cfg
         self.anthropic = cfg.key_style == "x-api-key"
-        self.admission = LocalAdmission(self.limits(fleet_size))
-        self.pool = LocalKeyPool(cfg)
+        # The form is chosen once: shared (Redis) when configured, its local fallback underneath.
+        if shared is None:
+            self.admission: LocalAdmission = LocalAdmission(self.limits(fleet_size))
+            self.pool: LocalKeyPool = LocalKeyPool(cfg)
+        else:
+            self.admission = shared.admission(self.limits(fleet_size), cfg)
+            self.pool = shared.pool(cfg)
         self.stats = ProviderStats()
         self.timeout = self._timeout()
 
@@ -98,9 +106,14 @@ class Gateway:
         self.settings = settings
         self.default_provider = settings.default_provider
         self.passwords = [p.encode() for p in settings.access_passwords]
+        self.shared = (
+            SharedState(settings.redis_url, settings.fleet_size) if settings.redis_url else None
+        )
         self.providers: dict[str, ProviderRuntime] = {
-            name: ProviderRuntime(cfg, settings.fleet_size) for name, cfg in settings.providers.items()
+            name: ProviderRuntime(cfg, settings.fleet_size, self.shared)
+            for name, cfg in settings.providers.items()
         }
+        self._poll_lock = asyncio.Lock()
         self.store: Store = store or create_store(settings.db_location, settings.secret_key)
         self.session: aiohttp.ClientSession | None = None
         self.recent: deque[RequestRecord] = deque(maxlen=settings.recent_requests)
@@ -122,6 +135,8 @@ class Gateway:
         for rec in await self.store.load_keys():
             self._load_key(rec)
         await self._init_admin()
+        if self.shared is not None:
+            await self.shared.start(self.poll_changes)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
             auto_decompress=False,
@@ -141,6 +156,8 @@ class Gateway:
             await self.flush()
         if self.session is not None:
             await self.session.close()
+        if self.shared is not None:
+            await self.shared.close()
         await self.store.close()
 
     def _spawn(self, *coros: Any) -> None:
@@ -188,6 +205,7 @@ class Gateway:
             status = "active"
         stored = (rec.use_count, rec.ok, rec.err_4xx, rec.err_5xx, rec.tokens_in, rec.tokens_out)
         entry = rt.pool.entries.get(rec.id)
+        limits = (entry.rpm, entry.max_conn) if entry is not None else None
         if entry is None:
             entry = KeyEntry(rec.id, rec.provider, rec.secret, source=rec.source, created_at=rec.created_at)
             unflushed = (0, 0, 0, 0, 0, 0)
@@ -204,6 +222,9 @@ class Gateway:
         entry.max_conn = rec.max_conn
         entry.last_error = rec.last_error
         known = rec.id in rt.pool.entries
+        if known and limits != (rec.rpm, rec.max_conn):
+            # per-key limits changed: the pool (and the shared state, if any) hears of it
+            rt.pool.add(entry)
         if known and from_feed and not _store_health_wins(entry.status, status, rec.until):
             return entry
         if entry.status != status or entry.until != rec.until or not known:
@@ -219,14 +240,22 @@ class Gateway:
                 return entry
         return None
 
-    def forget_key(self, key_id: int) -> None:
+    def forget_key(self, key_id: int, announce: bool = True) -> None:
+        if self.shared is not None and announce:
+            self.shared.announce("keys")
         for rt in self.providers.values():
             if rt.pool.remove(key_id) is not None:
                 return
 
     def adopt_key(self, rec: KeyRecord) -> KeyEntry | None:
         """A key written to the store by this process: usable by the very next request."""
+        if self.shared is not None:
+            self.shared.announce("keys")
         return self._load_key(rec)
+
+    def state_info(self) -> dict[str, Any]:
+        """Which form of the traffic-control state is live (for /healthz and the admin page)."""
+        return self.shared.info() if self.shared is not None else {"state": "local"}
 
     # --- provider settings -------------------------------------------------------------------
     async def _apply_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
@@ -253,6 +282,8 @@ class Gateway:
         for key, value in clean.items():
             setattr(rt.cfg, key, value)
         rt.reconfigure(self.settings.fleet_size)
+        if self.shared is not None:
+            self.shared.announce("provider")
         return rt.cfg
 
     # --- background ---------------------------------------------------------------------------
@@ -260,6 +291,11 @@ class Gateway:
         """Pick up writes made by the CLI or another instance (admin writes here apply at once)."""
         while True:
             await asyncio.sleep(CHANGE_POLL_S)
+            await self.poll_changes()
+
+    async def poll_changes(self) -> None:
+        """One pass of the change poll; also run at once when another instance announces one."""
+        async with self._poll_lock:
             try:
                 changes = await self.store.changes_since(self._seq)
                 self._seq = changes.seq
@@ -269,7 +305,7 @@ class Gateway:
                         for key_id in [k for k in rt.pool.entries if k not in present]:
                             rt.pool.remove(key_id)
                 for key_id in changes.deleted_ids:
-                    self.forget_key(key_id)
+                    self.forget_key(key_id, announce=False)
                 ids = changes.key_ids
                 for start in range(0, len(ids), 2000):  # big imports: let requests run between chunks
                     for rec in await self.store.get_keys(ids[start : start + 2000]):
@@ -299,10 +335,13 @@ class Gateway:
         key_deltas: list[tuple[int, int, int, int, int, int, int, float]] = []
         health: list[tuple[int, str, float, str]] = []
         marks: list[tuple[Any, tuple[int, ...]]] = []
+        taken: list[tuple[Any, set[int], set[int]]] = []
         provider_deltas: dict[str, tuple[int, int, int, int, int, int]] = {}
         for name, rt in self.providers.items():
             pool = rt.pool
-            touched, pool.touched = pool.touched, set()
+            touched, changed = pool.touched, pool.changed
+            pool.touched, pool.changed = set(), set()
+            taken.append((pool, touched, changed))
             for key_id in touched:
                 entry = pool.entries.get(key_id)
                 if entry is None:
@@ -311,7 +350,6 @@ class Gateway:
                 if now_c != old:
                     key_deltas.append((key_id, *(a - b for a, b in zip(now_c, old, strict=True)), entry.last_used))
                     marks.append((entry, now_c))
-            changed, pool.changed = pool.changed, set()
             for key_id in changed:
                 entry = pool.entries.get(key_id)
                 if entry is not None and entry.status != "disabled":
@@ -320,10 +358,17 @@ class Gateway:
             if now_p != rt.stats.flushed:
                 provider_deltas[name] = tuple(a - b for a, b in zip(now_p, rt.stats.flushed, strict=True))  # type: ignore[assignment]
                 marks.append((rt.stats, now_p))
-        if health:
-            await self.store.save_health(health)
-        if (key_deltas or provider_deltas) and self.settings.flush_interval_ms > 0:
-            await self.store.add_counters(key_deltas, provider_deltas)
+        try:
+            if health:
+                await self.store.save_health(health)
+            if (key_deltas or provider_deltas) and self.settings.flush_interval_ms > 0:
+                await self.store.add_counters(key_deltas, provider_deltas)
+        except BaseException:
+            # nothing was marked flushed: put the dirty sets back so the next flush retries
+            for pool, touched, changed in taken:
+                pool.touched |= touched
+                pool.changed |= changed
+            raise
         for obj, value in marks:
             obj.flushed = value
 

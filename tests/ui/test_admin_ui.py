@@ -328,8 +328,9 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             page.route("**/api/providers/cerebras", refuse)
             page.fill("#pf-rps", "2")
             page.click("#prov-save")
-            expect(dialog.locator(".form-msg-error")).to_have_text("rps: refused by the server")
+            # the server's 400 message shows at the field it names
             expect(page.locator("#pf-rps-err")).to_have_text("rps: refused by the server")
+            expect(page.locator("#pf-rps")).to_have_class(re.compile("is-invalid"))
             page.unroute("**/api/providers/cerebras")
             page.screenshot(path=str(SHOTS / "providers-edit-desktop.png"))
 

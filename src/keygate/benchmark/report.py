@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,26 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def busy_cpu_percent(window_s: float = 0.5) -> float | None:
+    """How busy the machine is before we start (100 = one whole CPU): other load skews figures."""
+
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(window_s)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    cpus = os.cpu_count() or 1
+    dt = total1 - total0
+    return 100.0 * cpus * (1 - (idle1 - idle0) / dt) if dt > 0 else None
 
 
 # ---- table ------------------------------------------------------------------------------------

@@ -413,6 +413,12 @@ class Bench:
             stack.callback(self._stop_all)  # runs before the directory is removed
             self.script = self.tmp / "post.lua"
             self.script.write_text(lua_script(CHAT_BODY, AUTH_HEADERS), encoding="utf-8")
+            busy = report.busy_cpu_percent()
+            self.machine["busy_cpu_percent_before"] = busy
+            if busy is not None and busy > 15:
+                note = f"the machine was already {busy:.0f}% busy (of one CPU) before the run"
+                self.notes.append(f"Warning: {note}: figures are noisy.")
+                log(f"warning: {note}; figures will be noisy")
             if self.pin.enabled:
                 log(f"pinning: servers on CPU {self.pin.server_cpu}, load on {self.pin.load_cpu}")
             else:

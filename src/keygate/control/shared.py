@@ -52,7 +52,7 @@ import orjson
 
 from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits, Rejected
-from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, LocalKeyPool, PoolSettings
+from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, LocalKeyPool
 from keygate.observe import log
 from keygate.settings import ProviderConfig
 
@@ -737,6 +737,7 @@ class SharedState:
         self._change_task: asyncio.Task[None] | None = None
         self._change_again = False
         self._down_logged = False
+        self._connected_once = False
 
     # --- factories (ProviderRuntime) ---------------------------------------------------------
     def admission(self, limits: Limits, cfg: ProviderConfig) -> SharedAdmission:
@@ -815,7 +816,7 @@ class SharedState:
             for pool in self.pools.values():
                 await pool.resync()
             for adm in self.admissions.values():
-                adm.relend()
+                adm.lease_local_slots()
             self.renew_now(force=True)
         except BaseException:
             if self._pipe is pipe:
@@ -841,7 +842,9 @@ class SharedState:
             log.info("shared state: Redis %s (slot leases %gs)", self.display_url, self.lease_s)
         for adm in self.admissions.values():
             adm.wake()
-        self._changed()  # catch up on admin changes announced while we were away
+        if self._connected_once:
+            self._changed()  # catch up on admin changes announced while we were away
+        self._connected_once = True
 
     def _lost(self, pipe: RespPipe, reason: str) -> None:
         if pipe is self._pipe:
@@ -1272,7 +1275,7 @@ class SharedAdmission(LocalAdmission):
         self._unleased.add(slot)
         return slot
 
-    def relend(self) -> None:
+    def lease_local_slots(self) -> None:
         """Redis is back: slots taken locally meanwhile get leases, so the fleet counts them."""
         unleased, self._unleased = self._unleased, set()
         if self._cfg.max_conn <= 0:
@@ -1327,6 +1330,7 @@ class SharedKeyPool(LocalKeyPool):
         self.leases: dict[int, list[str]] = {}  # key id -> per-key connection leases we hold
         self._last_429 = -math.inf  # monotonic; while recent, successes are written (guard)
         self._none: tuple[tuple[int, ...], float, float] | None = None
+        self._removed: set[int] = set()  # deleted here: a pick that names one deletes it there
 
     def conn_key(self, key_id: int) -> str:
         return f"{self._prefix}c:{key_id}"
@@ -1337,6 +1341,7 @@ class SharedKeyPool(LocalKeyPool):
         if not st.up:
             return self.pick(exclude)
         cfg = self.cfg
+        exclude = tuple(exclude)
         excl = [str(k) for k in exclude]
         for _ in range(3):
             lease = st.lease_id()
@@ -1365,10 +1370,13 @@ class SharedKeyPool(LocalKeyPool):
                 return None
             key_id = int(raw_id)
             entry = self.entries.get(key_id)
-            if entry is None:  # added by another instance, not loaded here yet
+            if entry is None:
                 if leased:
                     self._fire_release(key_id, "none", lease)
-                st._changed()
+                if key_id in self._removed:  # deleted while Redis was away
+                    st.fire(REMOVE, self._keys, ["", self._prefix, key_id])
+                else:  # added by another instance, not loaded here yet
+                    st._changed()
                 excl.append(raw_id.decode())
                 continue
             if leased:
@@ -1510,6 +1518,8 @@ class SharedKeyPool(LocalKeyPool):
         entry = super().remove(key_id)
         if entry is not None:
             self.leases.pop(key_id, None)
+            if len(self._removed) < 100_000:
+                self._removed.add(key_id)
             self._shared.fire(REMOVE, self._keys, ["", self._prefix, key_id])
         return entry
 
@@ -1528,6 +1538,9 @@ class SharedKeyPool(LocalKeyPool):
     async def resync(self) -> None:
         """(Re)register every key; Redis's health comes back into the mirror."""
         entries = [e for e in self.entries.values() if e.status != "deleted"]
+        removed = [k for k in self._removed if k not in self.entries]
+        for batch in _chunks(removed, SYNC_BATCH):
+            await self._shared.run(REMOVE, self._keys, ["", self._prefix, *batch], force=True)
         for batch in _chunks(entries, SYNC_BATCH):
             res = await self._shared.run(SYNC, self._keys, self._sync_args(batch), force=True)
             self._apply_sync(batch, res)
@@ -1610,13 +1623,3 @@ class SharedKeyPool(LocalKeyPool):
             if len(recent) >= (recent.maxlen or 0) and now - recent[0] < 60.0:
                 return 60.0 - (now - recent[0])
         return 0.0
-
-
-__all__ = [
-    "PoolSettings",
-    "RedisDown",
-    "SharedAdmission",
-    "SharedKeyPool",
-    "SharedSlot",
-    "SharedState",
-]

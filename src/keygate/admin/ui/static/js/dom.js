@@ -30,6 +30,12 @@ export function append(el, ...children) {
   return el;
 }
 
+// Replaces an element's children; null/false children are skipped (replaceChildren would print them).
+export function fill(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
+}
+
 export function h(tag, props, ...children) {
   const el = document.createElement(tag);
   setProps(el, props);
@@ -176,6 +182,15 @@ export function toast(message, kind = 'info') {
   const box = document.getElementById('toasts');
   const el = h('div', { class: `toast toast-${kind}`, role: kind === 'error' ? 'alert' : 'status' }, message);
   box.append(el);
+  // a popover sits in the top layer: re-showing it puts toasts above an open modal dialog
+  if (typeof box.showPopover === 'function') {
+    try {
+      if (box.matches(':popover-open')) box.hidePopover();
+      box.showPopover();
+    } catch {
+      /* not supported: toasts stay in the page */
+    }
+  }
   setTimeout(() => el.classList.add('toast-out'), kind === 'error' ? 6000 : 3500);
   setTimeout(() => el.remove(), kind === 'error' ? 6400 : 3900);
 }

@@ -8,6 +8,7 @@ import {
   confirmDialog,
   debounce,
   emptyState,
+  fill,
   fmtAgo,
   fmtDateTime,
   fmtDuration,
@@ -471,7 +472,7 @@ export function mount(root, params, ctx) {
     const results = res.results || [];
     const shown = results.slice(0, 500);
     const kind = { added: 'ok', duplicate: 'warn', invalid: 'bad' };
-    batchResult.replaceChildren(
+    fill(batchResult,
       h('p', { class: 'batch-summary', id: 'batch-summary' }, t('keys.batch.summary', { added: fmtInt(res.added || 0), duplicate: fmtInt(res.duplicate || 0), invalid: fmtInt(res.invalid || 0) })),
       h(
         'ol',

@@ -3,7 +3,7 @@
 // message when it disagrees. The gateway applies changes at once.
 
 import { api, enc } from '../api.js';
-import { badge, emptyState, fmtInt, fmtNum, h, openDialog, pageHeader, toast } from '../dom.js';
+import { badge, emptyState, fill, fmtInt, fmtNum, h, openDialog, pageHeader, toast } from '../dom.js';
 import { t } from '../i18n.js';
 import { stateChips } from './dashboard.js';
 
@@ -156,8 +156,6 @@ function editForm(p, close, onSaved) {
         close(null);
         return;
       }
-      formMsg.textContent = err.message;
-      formMsg.hidden = false;
       // the server names the field: "rps: must be ≥ 0"
       const m = /^\s*([a-z_]+):/.exec(err.message || '');
       const name = err.param || (m && m[1]);
@@ -170,6 +168,9 @@ function editForm(p, close, onSaved) {
         const adv = input.closest('details');
         if (adv) adv.open = true;
         input.focus();
+      } else {
+        formMsg.textContent = err.message;
+        formMsg.hidden = false;
       }
     } finally {
       saveBtn.disabled = false;
@@ -180,7 +181,7 @@ function editForm(p, close, onSaved) {
   return h(
     'form',
     { class: 'modal-body prov-form', novalidate: true, onsubmit: onSubmit },
-    h('div', { class: 'modal-head' }, h('h2', { class: 'modal-title' }, t('prov.edit_title', { name: p.name })), h('span', { class: 'muted' }, p.key_style || '')),
+    h('div', { class: 'modal-head' }, h('h2', { class: 'modal-title' }, t('prov.edit_title', { name: p.name })), h('code', { class: 'mono muted' }, p.base_url || '')),
     GROUPS.map(([title, names]) => h('fieldset', { class: 'fieldset' }, h('legend', null, t(title)), h('div', { class: `form-grid form-grid-${names.length > 2 ? 'multi' : 'single'}` }, names.map(field)))),
     h('details', { class: 'advanced' }, h('summary', null, t('prov.advanced')), h('div', { class: 'form-grid form-grid-multi' }, ADVANCED.filter((n) => n in p).map(field))),
     formMsg,
@@ -248,7 +249,7 @@ export function mount(root, params, ctx) {
         ),
       ),
     );
-    body.replaceChildren(
+    fill(body,
       h(
         'div',
         { class: 'table-wrap' },
