@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import mock_env
+from harness import mock_env
 from keygate.control.keypool import mask
 from keygate.providers import BUILTINS
 from keygate.store import create_store

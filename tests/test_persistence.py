@@ -31,7 +31,7 @@ import aiohttp
 import httpx
 import pytest
 
-from conftest import mock_env
+from harness import mock_env
 from keygate.control.keypool import mask
 from keygate.store import create_store
 from keygate.testing.mock_upstream import MockUpstream

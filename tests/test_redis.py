@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-from servers import RedisServer, redis_bin, start_redis
 
 from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits
@@ -33,6 +32,7 @@ from keygate.control.shared import (
     SharedState,
 )
 from keygate.settings import ProviderConfig
+from servers import RedisServer, redis_bin, start_redis
 
 pytestmark = [
     pytest.mark.redis,
@@ -64,7 +64,9 @@ def adm_keys(p: str = "t") -> list[str]:
     return [f"keygate:{{{p}}}:adm", f"keygate:{{{p}}}:leases"]
 
 
-def admit_args(now: float, rps: float, burst: int, max_conn: int, lease: str = "", ttl: float = 15) -> list[Any]:
+def admit_args(
+    now: float, rps: float, burst: int, max_conn: int, lease: str = "", ttl: float = 15
+) -> list[Any]:
     return [repr(now), rps, burst, max_conn, lease, ttl]
 
 
@@ -97,7 +99,9 @@ async def test_gate_leases_expire_renew_and_release(state: SharedState) -> None:
     keys = adm_keys()
 
     async def admit(now: float, lease: str) -> list[Any]:
-        return await state.run(ADMIT, keys, admit_args(now, rps=0, burst=1, max_conn=2, lease=lease, ttl=1.0))
+        return await state.run(
+            ADMIT, keys, admit_args(now, rps=0, burst=1, max_conn=2, lease=lease, ttl=1.0)
+        )
 
     assert (await admit(T0, "a"))[0] == 1 and (await admit(T0 + 0.5, "b"))[0] == 1
     full = await admit(T0 + 0.6, "c")
@@ -244,8 +248,12 @@ async def test_added_latency_per_decision_local_vs_redis(redis_server: RedisServ
 
     try:
         await per_request_us(shared_adm, shared_pool, 500)  # warm up
-        local = statistics.median([await per_request_us(local_adm, local_pool, 5000) for _ in range(3)])
-        shared = statistics.median([await per_request_us(shared_adm, shared_pool, 2000) for _ in range(3)])
+        local = statistics.median(
+            [await per_request_us(local_adm, local_pool, 5000) for _ in range(3)]
+        )
+        shared = statistics.median(
+            [await per_request_us(shared_adm, shared_pool, 2000) for _ in range(3)]
+        )
         shared_64 = await per_request_us(shared_adm, shared_pool, 6400, concurrency=64)
         print(
             f"\nper request (acquire + pick + release + release): local {local:.1f} µs, "
@@ -274,7 +282,9 @@ async def fire(gw: Any, n: int, stream: bool = False) -> list[int]:
     async with aiohttp.ClientSession() as s:
 
         async def one() -> int:
-            async with s.post(f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()) as r:
+            async with s.post(
+                f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()
+            ) as r:
                 await r.read()
                 return r.status
 
@@ -294,7 +304,9 @@ def wait_state(gws: list[Any], want: str, timeout: float = 6.0) -> None:
     raise AssertionError(f"state is not {want!r}: {[health(gw) for gw in gws]}")
 
 
-def two(gateway_factory: Any, tmp_path: Path, env: dict[str, str], config: dict[str, Any]) -> list[Any]:
+def two(
+    gateway_factory: Any, tmp_path: Path, env: dict[str, str], config: dict[str, Any]
+) -> list[Any]:
     shared_dir = tmp_path / "shared-data"
     return [gateway_factory(env=env, config=config, data_dir=shared_dir) for _ in range(2)]
 
@@ -316,11 +328,15 @@ async def test_two_instances_share_one_rate_and_one_gate(
     t0 = arrivals[0]
     for i, t in enumerate(arrivals, start=1):
         allowed = burst + rps * (t - t0)
-        assert i <= allowed + 0.5, f"request {i} at +{t - t0:.3f}s exceeds {allowed:.2f} (two instances)"
+        assert i <= allowed + 0.5, (
+            f"request {i} at +{t - t0:.3f}s exceeds {allowed:.2f} (two instances)"
+        )
     assert mock.peak_inflight <= max_conn, f"peak {mock.peak_inflight} > max_conn {max_conn}"
     elapsed = arrivals[-1] - t0
     assert elapsed > (n - burst) / rps * 0.9, "the instances did not each take the full rate"
-    print(f"{n} requests over 2 instances: {elapsed:.2f}s (ideal {(n - burst) / rps:.2f}s), peak {mock.peak_inflight}")
+    print(
+        f"{n} requests over 2 instances: {elapsed:.2f}s (ideal {(n - burst) / rps:.2f}s), peak {mock.peak_inflight}"
+    )
 
 
 async def test_a_key_condemned_by_one_instance_is_skipped_by_the_other(
@@ -357,7 +373,9 @@ async def test_slots_of_a_killed_instance_come_back_within_the_lease(
     async def stream(gw: Any) -> int:
         async with aiohttp.ClientSession() as s:
             body = {**CHAT, "stream": True}
-            async with s.post(f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()) as r:
+            async with s.post(
+                f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()
+            ) as r:
                 async for _ in r.content.iter_any():
                     pass
                 return r.status
@@ -372,9 +390,11 @@ async def test_slots_of_a_killed_instance_come_back_within_the_lease(
     killed = time.time()
     for task in held:
         task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    while mock.inflight and time.time() - killed < 1:  # the mock notices a's connections died
+        await asyncio.sleep(0.01)
+    mock.reset()  # forgets behaviours too
     mock.set_behavior(None, chunks=4, chunk_interval_s=0.2)
-    mock.reset()
-    mock.reset_peak()
     assert await asyncio.gather(*(stream(b) for _ in range(max_conn))) == [200] * max_conn
     starts = sorted(r.started - killed for r in mock.records())
     assert len(starts) == max_conn
@@ -415,7 +435,9 @@ async def test_redis_outage_local_limits_then_shared_again(
     await asyncio.sleep(1.0)
     stop.set()
     await asyncio.gather(*loaders)
-    assert statuses and set(statuses) == {200}, f"requests failed during the outage: {set(statuses)}"
+    assert statuses and set(statuses) == {200}, (
+        f"requests failed during the outage: {set(statuses)}"
+    )
     assert "SHARED STATE DOWN" in a.log() and a.log().count("SHARED STATE DOWN") == 1
     assert await peak_via_a() <= max_conn // 2, "local limits: 1/fleet_size of the gate"
 
@@ -424,7 +446,10 @@ async def test_redis_outage_local_limits_then_shared_again(
         await asyncio.to_thread(wait_state, [a, b], "redis")
         assert await peak_via_a() == max_conn, "shared limits are back, without a restart"
         mock.reset_peak()
-        assert await asyncio.gather(fire(a, 8, stream=True), fire(b, 8, stream=True)) == [[200] * 8] * 2
+        assert (
+            await asyncio.gather(fire(a, 8, stream=True), fire(b, 8, stream=True))
+            == [[200] * 8] * 2
+        )
         assert mock.peak_inflight <= max_conn, "and hold across both instances"
         assert "answers again" in a.log()
     finally:

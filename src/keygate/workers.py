@@ -96,7 +96,8 @@ def _banner(gateway: Any, settings: Settings, workers: int, user_fleet: int) -> 
     with contextlib.redirect_stderr(buf):
         print_banner(gateway)
     lines = buf.getvalue().rstrip("\n").split("\n")
-    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("  shared state")), None)
+    # After the shared-state line and its continuation lines (a Redis warning), if any.
+    at = next((i for i, ln in enumerate(lines) if ln.startswith("  flush")), None)
     if at is None:
         at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("  store")), len(lines))
     lines.insert(at, _split_line(settings, workers, user_fleet))

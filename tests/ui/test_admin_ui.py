@@ -24,7 +24,9 @@ from keygate.admin.ui import CSP, AdminUI, load_assets
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
+    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,13 +44,20 @@ DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 PAGES = ("dashboard", "keys", "providers", "requests", "connect")
 XSS = "<img src=x onerror=alert(1)>"
+DASH = "\u2013"  # ranges on the page read "1<en dash>50 of 100"
 TIMEOUT_MS = 10_000
 
 
 # --- the ASGI app in-process: headers, redirects, 404s, no traversal ---------------------------
 
 
-def call(app: AdminUI, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None, query: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+def call(
+    app: AdminUI,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    query: bytes = b"",
+) -> tuple[int, dict[str, str], bytes]:
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -57,7 +66,13 @@ def call(app: AdminUI, method: str, path: str, headers: list[tuple[bytes, bytes]
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": headers or []}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query,
+        "headers": headers or [],
+    }
     asyncio.run(app(scope, receive, send))
     start = sent[0]
     body = b"".join(m.get("body", b"") for m in sent[1:])
@@ -70,7 +85,16 @@ def fake_gateway(admin_path: str = "/admin/") -> Any:
 
 def test_assets_ship_with_the_package() -> None:
     assets = load_assets()
-    for name in ("index.html", "app.css", "favicon.svg", "js/app.js", "js/api.js", "js/dom.js", "js/i18n.js", "js/chart.js"):
+    for name in (
+        "index.html",
+        "app.css",
+        "favicon.svg",
+        "js/app.js",
+        "js/api.js",
+        "js/dom.js",
+        "js/i18n.js",
+        "js/chart.js",
+    ):
         assert name in assets, name
     html = assets["index.html"].body.decode()
     # every script is an external file (the CSP forbids inline script); no inline styles either
@@ -81,7 +105,9 @@ def test_assets_ship_with_the_package() -> None:
     for name, asset in assets.items():
         if name.endswith(".js"):
             text = asset.body.decode()
-            html_sinks = r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function"
+            html_sinks = (
+                r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function"
+            )
             assert not re.search(html_sinks, text), name
 
 
@@ -108,7 +134,9 @@ def test_headers_redirect_and_404() -> None:
     etag = headers["etag"]
     status, _, body = call(app, "GET", "/admin/favicon.svg", [(b"if-none-match", etag.encode())])
     assert status == 304 and body == b""
-    status, headers, body = call(app, "GET", "/admin/js/i18n.js", [(b"accept-encoding", b"gzip, br")])
+    status, headers, body = call(
+        app, "GET", "/admin/js/i18n.js", [(b"accept-encoding", b"gzip, br")]
+    )
     assert status == 200 and headers["content-encoding"] == "gzip" and body[:2] == b"\x1f\x8b"
     status, headers, body = call(app, "HEAD", "/admin/")
     assert status == 200 and body == b"" and int(headers["content-length"]) > 0
@@ -136,7 +164,9 @@ def test_headers_redirect_and_404() -> None:
     ):
         status, headers, body = call(app, "GET", path)
         assert status == 404, path
-        assert headers["x-content-type-options"] == "nosniff" and "content-security-policy" in headers
+        assert (
+            headers["x-content-type-options"] == "nosniff" and "content-security-policy" in headers
+        )
         assert b"import" not in body
 
 
@@ -224,7 +254,9 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             page_errors: list[str] = []
             page.on("pageerror", lambda e: page_errors.append(str(e)))
             console_errors: list[str] = []
-            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.on(
+                "console", lambda m: console_errors.append(m.text) if m.type == "error" else None
+            )
             page.add_init_script(
                 "window.__csp = [];"
                 "document.addEventListener('securitypolicyviolation',"
@@ -256,7 +288,9 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             # --- keys: empty state, add one with a hostile label -----------------------------
             goto_view(page, "keys")
             expect(page.locator("#keys-provider")).to_have_value("cerebras")
-            expect(page.locator(".empty-body")).to_have_text("No keys yet — add one or paste many into Batch import.")
+            expect(page.locator(".empty-body")).to_have_text(
+                "No keys yet — add one or paste many into Batch import."
+            )
             page.click("button:has-text('Add key')")
             page.fill("#add-key", secrets[0])
             page.fill("#add-label", XSS)
@@ -277,7 +311,7 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             expect(page.locator(".batch-item")).to_have_count(5)
             expect(page.locator('.batch-item[data-status="duplicate"]')).to_have_count(1)
             expect(page.locator('.batch-item[data-status="added"]')).to_have_count(4)
-            expect(page.locator("#keys-range")).to_have_text("1–5 of 5")
+            expect(page.locator("#keys-range")).to_have_text(f"1{DASH}5 of 5")
             page.screenshot(path=str(SHOTS / "keys-batch-desktop.png"), full_page=True)
             page.click("#batch-panel .icon-btn")
             ids = key_ids(gw)
@@ -289,7 +323,12 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             expect(rows["0002"]).to_have_attribute("data-status", "disabled")
             expect(rows["0002"].locator(".badge-state-disabled")).to_have_text("disabled")
             expect(rows["0002"].locator(".btn-toggle")).to_have_text("Enable")
-            assert gw.api("GET", "/api/keys", params={"provider": "cerebras", "status": "disabled"}).json()["total"] == 1
+            assert (
+                gw.api(
+                    "GET", "/api/keys", params={"provider": "cerebras", "status": "disabled"}
+                ).json()["total"]
+                == 1
+            )
 
             # --- test keys against the mock: one it refuses, one it accepts -----------------
             mock.set_behavior(secrets[2], status=401)
@@ -298,8 +337,30 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             expect(rows["0003"]).to_have_attribute("data-status", "invalid")
             expect(rows["0003"].locator(".badge-state-invalid")).to_be_visible()
             rows["0004"].locator(".btn-test").click()
-            expect(rows["0004"].locator(".test-result")).to_have_text(re.compile(r"^200 · [\d.]+ ms$"))
+            expect(rows["0004"].locator(".test-result")).to_have_text(
+                re.compile(r"^200 · [\d.]+ ms$")
+            )
             expect(rows["0004"].locator(".test-result")).to_have_class(re.compile("badge-ok"))
+
+            # --- search and the state filter (server-side) -----------------------------------
+            page.fill("#keys-search", "0003")
+            expect(page.locator(".keys-table tbody tr")).to_have_count(1)
+            expect(page.locator("#keys-range")).to_have_text(f"1{DASH}1 of 1")
+            page.fill("#keys-search", "")
+            expect(page.locator(".keys-table tbody tr")).to_have_count(5)
+            page.select_option("#keys-state", "disabled")
+            expect(page.locator(".keys-table tbody tr")).to_have_count(1)
+            expect(page.locator(".keys-table tbody tr")).to_have_attribute(
+                "data-id", str(ids["0002"])
+            )
+            page.select_option("#keys-state", "")
+            expect(page.locator(".keys-table tbody tr")).to_have_count(5)
+
+            # --- test all: every key but the disabled one ------------------------------------
+            page.click("button:has-text('Test all')")
+            expect(page.locator(".toast").last).to_have_text("Tested 4 keys: 3 passed, 1 failed.")
+            expect(rows["0005"].locator(".test-result")).to_contain_text("200")
+            expect(rows["0003"].locator(".test-result")).to_contain_text("401")
 
             # --- providers: validation, the server's 400, then a change the gateway obeys ----
             assert proxy_burst(gw, 3) < 1.0  # defaults (rps 4, burst 8): no waiting
@@ -313,7 +374,14 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             page.click("#prov-save")
             expect(page.locator("#pf-rps-err")).to_have_text("Enter a number, 0 or more.")
             expect(dialog).to_be_visible()
-            assert next(p for p in gw.api("GET", "/api/providers").json()["providers"] if p["name"] == "cerebras")["rps"] == 4
+            assert (
+                next(
+                    p
+                    for p in gw.api("GET", "/api/providers").json()["providers"]
+                    if p["name"] == "cerebras"
+                )["rps"]
+                == 4
+            )
 
             def refuse(route: Any) -> None:
                 if route.request.method == "PATCH":
@@ -340,7 +408,11 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             expect(dialog).to_have_count(0)
             expect(cerebras.locator('[data-field="rps"]')).to_have_text("1")
             expect(cerebras.locator('[data-field="burst"]')).to_have_text("1")
-            prov = next(p for p in gw.api("GET", "/api/providers").json()["providers"] if p["name"] == "cerebras")
+            prov = next(
+                p
+                for p in gw.api("GET", "/api/providers").json()["providers"]
+                if p["name"] == "cerebras"
+            )
             assert (prov["rps"], prov["burst"]) == (1, 1)
             # the running gateway obeys at once: 3 requests at 1/s with a bucket of 1 take ~2 s
             assert proxy_burst(gw, 3) >= 1.6
@@ -359,11 +431,28 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             expect(dialog).to_contain_text("sk-u…0005")
             dialog.locator("button.btn-danger").click()
             expect(rows["0005"]).to_have_count(0)
-            expect(page.locator("#keys-range")).to_have_text("1–4 of 4")
+            expect(page.locator("#keys-range")).to_have_text(f"1{DASH}4 of 4")
             assert gw.api("DELETE", f"/api/keys/{ids['0005']}").status_code == 404
 
+            # --- a rate-limited key cools down; the page counts its time down ---------------
+            mock.set_behavior(secrets[3], status=429, headers={"retry-after": "90"})
+            deadline = time.monotonic() + 10
+            while (
+                gw.api(
+                    "GET", "/api/keys", params={"provider": "cerebras", "status": "cooling"}
+                ).json()["total"]
+                == 0
+            ):
+                assert time.monotonic() < deadline, "no key went cooling"
+                proxy_burst(gw, 2)
+            countdown = rows["0004"].locator(".countdown")
+            expect(countdown).to_have_text(re.compile(r"^(1m \d\ds|\d+s) left$"), timeout=7000)
+            expect(rows["0004"].locator(".badge-state-cooling")).to_have_text("cooling")
+            first = countdown.text_content()
+            expect(countdown).not_to_have_text(first or "", timeout=3000)
+
             # --- traffic for the dashboard, requests and charts -----------------------------
-            mock.set_behavior(None, delay_s=0.03)
+            mock.set_behavior(secrets[0], delay_s=0.03)
             stop = threading.Event()
 
             def traffic() -> None:
@@ -372,7 +461,10 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
                         c.post(
                             f"{gw.url}/cerebras/v1/chat/completions",
                             headers=gw.auth(),
-                            json={"model": "llama-3.3-70b", "messages": [{"role": "user", "content": "hi"}]},
+                            json={
+                                "model": "llama-3.3-70b",
+                                "messages": [{"role": "user", "content": "hi"}],
+                            },
                         )
                         time.sleep(0.15)
 
@@ -400,21 +492,33 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
                 expect(card).to_be_visible()
                 expect(card.locator(".chart-svg")).to_have_count(2)
                 expect(card.locator("path.chart-line.s-rps")).not_to_have_count(0)
-                expect(card.locator(".chip-active")).to_contain_text("2 active")
+                expect(card.locator(".chip-active")).to_contain_text("1 active")
+                expect(card.locator(".chip-cooling")).to_contain_text("1 cooling")
                 expect(card.locator(".chip-disabled")).to_contain_text("1 disabled")
                 expect(card.locator(".chip-invalid")).to_contain_text("1 invalid")
 
                 # connect: snippets built from the page's own origin
                 goto_view(page, "connect")
                 settle(page, "connect")
-                expect(page.locator("#immersive-url")).to_have_text(f"{gw.url}/cerebras/v1/chat/completions")
-                expect(page.locator("#snippet-python")).to_contain_text(f'base_url="{gw.url}/cerebras/v1"')
-                expect(page.locator("#snippet-curl")).to_contain_text(f"curl {gw.url}/cerebras/v1/chat/completions")
+                expect(page.locator("#immersive-url")).to_have_text(
+                    f"{gw.url}/cerebras/v1/chat/completions"
+                )
+                expect(page.locator("#snippet-python")).to_contain_text(
+                    f'base_url="{gw.url}/cerebras/v1"'
+                )
+                expect(page.locator("#snippet-curl")).to_contain_text(
+                    f"curl {gw.url}/cerebras/v1/chat/completions"
+                )
 
                 # --- screenshots: every page, desktop and phone ------------------------------
                 page.wait_for_timeout(1500)  # a few seconds of chart
                 screenshots(page, "desktop")
-                phone = browser.new_context(viewport=PHONE, storage_state=ctx.storage_state(), is_mobile=True, has_touch=True)
+                phone = browser.new_context(
+                    viewport=PHONE,
+                    storage_state=ctx.storage_state(),
+                    is_mobile=True,
+                    has_touch=True,
+                )
                 phone.set_default_timeout(TIMEOUT_MS)
                 phone_page = phone.new_page()
                 phone_page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -438,7 +542,9 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             expect(page.locator('.nav-link[data-view="keys"]')).to_have_text("密钥")
             expect(page.locator(".page-title")).to_have_text("密钥")
             expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
-            expect(page.locator(f'tr[data-id="{ids["0002"]}"] .badge-state-disabled')).to_have_text("已禁用")
+            expect(page.locator(f'tr[data-id="{ids["0002"]}"] .badge-state-disabled')).to_have_text(
+                "已禁用"
+            )
             page.reload()
             expect(page.locator('.nav-link[data-view="dashboard"]')).to_have_text("仪表盘")
             settle(page, "keys")
@@ -457,7 +563,9 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             ctx.clear_cookies()
             goto_view(page, "providers")
             expect(page.locator("#login")).to_be_visible()
-            expect(page.locator("#login-message")).to_have_text("Your session has ended. Please sign in again.")
+            expect(page.locator("#login-message")).to_have_text(
+                "Your session has ended. Please sign in again."
+            )
 
             # --- sign in again, sign out; a reload stays signed out --------------------------
             page.fill("#login-password", gw.admin_password)
@@ -474,5 +582,43 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             # the only console errors are the refused API calls this test provoked on purpose
             unexpected = [m for m in console_errors if not re.search(r"status of (400|401)\b", m)]
             assert unexpected == []
+        finally:
+            browser.close()
+
+
+def test_keys_page_stays_fast_with_100k_keys(gateway_factory: Any) -> None:
+    gw = gateway_factory()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    n = 100_000
+    keys = "\n".join(f"sk-bulk-{i:06d}-{'q' * 20}" for i in range(n))
+    r = gw.api("POST", "/api/keys/batch", json={"provider": "openai", "input": keys}, timeout=120)
+    assert r.status_code == 200 and r.json()["added"] == n
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport=DESKTOP)
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(gw.url + "/admin/#/keys?provider=openai")
+            page.fill("#login-password", gw.admin_password)
+            page.click("#login-submit")
+            expect(page.locator("#keys-range")).to_have_text(f"1{DASH}50 of 100,000")
+            expect(page.locator("#keys-provider option:checked")).to_have_text("openai (100,000)")
+            expect(page.locator(".keys-table tbody tr")).to_have_count(50)
+            for button, text in (
+                ("Last", f"99,951{DASH}100,000 of 100,000"),
+                ("Previous", f"99,901{DASH}99,950 of 100,000"),
+                ("First", f"1{DASH}50 of 100,000"),
+            ):
+                start = time.monotonic()
+                page.click(f".pager button:has-text('{button}')")
+                expect(page.locator("#keys-range")).to_have_text(text)
+                assert time.monotonic() - start < 2.0, button
+            start = time.monotonic()
+            page.select_option("#keys-state", "active")
+            expect(page.locator(".keys-table tbody tr")).to_have_count(50)
+            expect(page.locator("#keys-range")).to_have_text(f"1{DASH}50 of 100,000")
+            assert time.monotonic() - start < 2.0
+            page.screenshot(path=str(SHOTS / "keys-100k-desktop.png"))
         finally:
             browser.close()

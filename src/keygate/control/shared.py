@@ -222,6 +222,24 @@ return #KEYS
 """
 )
 
+# KEYS: leases. ARGV: now, this instance's lease prefix, the leases it holds... Drops the
+# others of ours: grants whose answer was lost when the connection broke.
+CLEAN_LUA = (
+    _PRELUDE
+    + """
+local keep = {}
+for i = 3, #ARGV do keep[ARGV[i]] = true end
+local mine, n = ARGV[2], 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(m, 1, #mine) == mine and not keep[m] then
+    redis.call('ZREM', KEYS[1], m)
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
 # KEYS: adm. ARGV: now, until.
 PAUSE_LUA = (
     _PRELUDE
@@ -479,13 +497,14 @@ class Script:
 ADMIT = Script("admit", ADMIT_LUA)
 RELEASE_SLOT = Script("release_slot", RELEASE_SLOT_LUA)
 RENEW = Script("renew", RENEW_LUA)
+CLEAN = Script("clean", CLEAN_LUA)
 PAUSE = Script("pause", PAUSE_LUA)
 PICK = Script("pick", PICK_LUA)
 RELEASE_KEY = Script("release_key", RELEASE_KEY_LUA)
 SET = Script("set", SET_LUA)
 SYNC = Script("sync", SYNC_LUA)
 REMOVE = Script("remove", REMOVE_LUA)
-SCRIPTS = (ADMIT, RELEASE_SLOT, RENEW, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE)
+SCRIPTS = (ADMIT, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE)
 
 CODES = {"active": "a", "cooling": "c", "invalid": "i", "exhausted": "x", "disabled": "d"}
 NAMES = {v: k for k, v in CODES.items()}
@@ -816,6 +835,8 @@ class SharedState:
             for pool in self.pools.values():
                 await pool.resync()
             for adm in self.admissions.values():
+                mine = [f"{self.instance}:", *adm.held]
+                await self.run(CLEAN, [adm.leases_key], ["", *mine], force=True)
                 adm.lease_local_slots()
             self.renew_now(force=True)
         except BaseException:

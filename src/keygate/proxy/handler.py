@@ -119,15 +119,15 @@ async def send_preflight(send: Any, headers: list[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _watch_disconnect(
-    receive: Any, task: asyncio.Task[Any], state: list[bool]
-) -> asyncio.Task[Any]:
-    """Cancel the request's task the moment the client goes away."""
+def _watch_disconnect(receive: Any, task: asyncio.Task[Any], ex: Exchange) -> asyncio.Task[Any]:
+    """Cancel the request's task the moment the client goes away. The server also reports a
+    disconnect once the response is complete: ignored from the final send on, so releases
+    after it are never cut short."""
 
     async def watch() -> None:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            state[0] = True
+        if message["type"] == "http.disconnect" and not ex.finishing:
+            ex.disconnected = True
             task.cancel()
 
     return asyncio.ensure_future(watch())
@@ -136,9 +136,21 @@ def _watch_disconnect(
 class Exchange:
     """What the log line and the counters need to know about one request."""
 
-    __slots__ = ("entry", "error", "model", "retries", "status", "upstream_status", "usage")
+    __slots__ = (
+        "disconnected",
+        "entry",
+        "error",
+        "finishing",
+        "model",
+        "retries",
+        "status",
+        "upstream_status",
+        "usage",
+    )
 
     def __init__(self) -> None:
+        self.finishing = False  # the final send has begun
+        self.disconnected = False
         self.status = 0
         self.upstream_status = 0
         self.retries = 0
@@ -159,7 +171,6 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
     rt = gw.providers.get(name)
     anthropic = rt.anthropic if rt is not None else False
     ex = Exchange()
-    disconnected = [False]
     watcher: asyncio.Task[Any] | None = None
     try:
         if method == "OPTIONS":
@@ -182,19 +193,20 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         current = asyncio.current_task()
         assert current is not None
-        watcher = _watch_disconnect(receive, current, disconnected)
+        watcher = _watch_disconnect(receive, current, ex)
         query = strip_key_param(scope["query_string"])
         url = cfg.base_url + up_path + ("?" + query.decode("latin-1") if query else "")
         await forward(gw, rt, ex, send, method, url, headers, body or None, native)
     except GatewayError as err:
         ex.status = err.status
         ex.error = err.message
+        ex.finishing = True
         await send_error(send, err, anthropic)
     except ClientGone:
         ex.status = 499
         ex.error = "client disconnected"
     except asyncio.CancelledError:
-        if not disconnected[0]:
+        if not ex.disconnected:
             raise
         current = asyncio.current_task()
         if current is not None:
@@ -346,6 +358,7 @@ async def forward(
         ex.status = status
         ex.error = f"upstream answered {status}"
         await send({"type": "http.response.start", "status": status, "headers": resp_headers})
+        ex.finishing = True
         await send({"type": "http.response.body", "body": err_body})
         return
     if last_error is not None:
@@ -402,6 +415,7 @@ async def relay(
                     if b'"usage"' in chunk:
                         scan_usage(chunk, usage)
                     if content.at_eof():
+                        ex.finishing = True
                         await send({"type": "http.response.body", "body": chunk})
                         event = Event.OK
                         return
@@ -415,6 +429,7 @@ async def relay(
             ex.error = f"upstream broke mid-response: {type(exc).__name__}"
             event = Event.PROVIDER_ERROR
             return
+        ex.finishing = True
         await send({"type": "http.response.body", "body": b""})
         event = Event.OK
     finally:

@@ -13,7 +13,7 @@ const STRINGS = {
     'nav.main': 'Main',
     'lang.label': 'Language',
 
-    'login.title': 'Sign in to keygate',
+    'login.title': 'Admin sign-in',
     'login.hint': 'Enter the admin password (ADMIN_PASSWORD) or the admin token printed when keygate first started.',
     'login.password': 'Admin password or token',
     'login.submit': 'Sign in',
@@ -284,7 +284,7 @@ const STRINGS = {
     'nav.main': '主导航',
     'lang.label': '语言',
 
-    'login.title': '登录 keygate',
+    'login.title': '管理员登录',
     'login.hint': '输入管理员密码（ADMIN_PASSWORD），或 keygate 首次启动时打印的管理令牌。',
     'login.password': '管理员密码或令牌',
     'login.submit': '登录',
@@ -542,7 +542,7 @@ const STRINGS = {
     'conn.model_ph': '模型名称',
 
     'time.s': '{n} 秒',
-    'time.ms': '{n} 毫秒',
+    'time.ms': '{n} ms',
   },
 };
 

@@ -331,10 +331,13 @@ export function mount(root, params, ctx) {
     pager.hidden = false;
     const pages = Math.max(1, Math.ceil(total / limit));
     const page = Math.floor(offset / limit) + 1;
-    const go = (o) => {
+    const go = async (o) => {
       st.offset = Math.max(0, Math.min(o, (pages - 1) * limit));
       sync();
-      load();
+      await load();
+      // a new page starts at its first row, not where the pager was
+      const top = tableCard.getBoundingClientRect().top;
+      if (top < 0) window.scrollTo({ top: window.scrollY + top - 72 });
     };
     const from = Math.min(total, offset + 1);
     const to = Math.min(total, offset + limit);
