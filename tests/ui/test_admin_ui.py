@@ -362,6 +362,12 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
             expect(rows["0005"].locator(".test-result")).to_contain_text("200")
             expect(rows["0003"].locator(".test-result")).to_contain_text("401")
 
+            # --- edit a label in place --------------------------------------------------------
+            rows["0004"].locator(".label-cell .icon-btn").click()
+            page.fill("dialog.modal input", "team account")
+            page.click("dialog.modal button[type=submit]")
+            expect(rows["0004"].locator(".key-label")).to_have_text("team account")
+
             # --- providers: validation, the server's 400, then a change the gateway obeys ----
             assert proxy_burst(gw, 3) < 1.0  # defaults (rps 4, burst 8): no waiting
             goto_view(page, "providers")

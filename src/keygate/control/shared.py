@@ -488,10 +488,10 @@ return #ARGV - 2
 class Script:
     name: str
     src: str
+    sha: str = ""
 
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.src.encode()).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.src.encode()).hexdigest())
 
 
 ADMIT = Script("admit", ADMIT_LUA)
@@ -538,16 +538,10 @@ class _Incomplete(Exception):
 
 
 def pack(args: Sequence[Any]) -> bytes:
+    """One command in RESP; numbers as their shortest exact text (`repr` of a float)."""
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        if isinstance(a, bytes):
-            b = a
-        elif isinstance(a, str):
-            b = a.encode()
-        elif isinstance(a, float):
-            b = repr(a).encode()
-        else:
-            b = str(a).encode()
+        b = a if a.__class__ is bytes else str(a).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
 
@@ -598,6 +592,7 @@ class RespPipe(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._pending: deque[tuple[asyncio.Future[Any] | None, float, Callback | None]] = deque()
+        self._out: list[bytes] = []  # commands issued in this loop iteration: one write
         self._on_lost = on_lost
         self.closed = False
 
@@ -657,20 +652,27 @@ class RespPipe(asyncio.Protocol):
         del buf[:pos]
 
     # API
+    def _write(self, data: bytes) -> None:
+        if self._transport is None or self.closed:
+            raise RedisDown("not connected")
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._transport is not None and not self.closed and out:
+            self._transport.write(b"".join(out))
+
     def send(self, args: Sequence[Any], cb: Callback | None = None) -> None:
         """Fire and forget: `cb` gets the answer (or the exception) later."""
-        t = self._transport
-        if t is None or self.closed:
-            raise RedisDown("not connected")
-        t.write(pack(args))
+        self._write(pack(args))
         self._pending.append((None, self._loop.time(), cb))
 
     def call(self, args: Sequence[Any], orphan: Callback | None = None) -> asyncio.Future[Any]:
-        """Written at once; the future resolves with the answer (raises ReplyError/RedisDown)."""
-        t = self._transport
-        if t is None or self.closed:
-            raise RedisDown("not connected")
-        t.write(pack(args))
+        """Sent in order with every other command; the future resolves with the answer
+        (raises ReplyError/RedisDown)."""
+        self._write(pack(args))
         fut = self._loop.create_future()
         self._pending.append((fut, self._loop.time(), orphan))
         return fut
@@ -680,6 +682,7 @@ class RespPipe(asyncio.Protocol):
 
     def close(self, reason: str = "closed") -> None:
         if self._transport is not None and not self.closed:
+            self._flush()
             self._transport.close()  # buffered writes (releases) still go out
         self._shut(reason)
 
