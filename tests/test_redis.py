@@ -19,7 +19,7 @@ import pytest
 
 from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits
-from keygate.control.keypool import KeyEntry, LocalKeyPool
+from keygate.control.keypool import KeyEntry, LocalKeyPool, mask
 from keygate.control.shared import (
     ADMIT,
     EVENTS,
@@ -359,6 +359,47 @@ async def test_a_key_condemned_by_one_instance_is_skipped_by_the_other(
             break
         await asyncio.sleep(0.05)
     assert sorted(states.values()) == ["active", "active", "invalid"], states
+
+
+async def test_admin_changes_reach_the_other_instance_at_once(
+    gateway_factory: Any, mock: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = two(gateway_factory, tmp_path, shared_env(redis_server.url), cfg(rps=0, max_conn=5))
+
+    def within(check: Any, limit: float = 0.3) -> float:
+        """Seconds until `check()` holds on the other instance: well inside the 1 s store poll."""
+        t = time.monotonic()
+        while not check():
+            assert time.monotonic() - t < limit, "not there at once (the store poll is 1 s)"
+            time.sleep(0.005)
+        return time.monotonic() - t
+
+    def b_keys() -> dict[str, dict[str, Any]]:
+        keys = b.api("GET", "/api/keys", params={"provider": "cerebras"}).json()["keys"]
+        return {k["masked"]: k for k in keys}
+
+    r = a.api("PATCH", "/api/providers/cerebras", json={"max_conn": 7})
+    assert r.status_code == 200, r.text
+    within(lambda: health(b)["providers"]["cerebras"]["max_conn"] == 7)
+
+    victim = a.api("GET", "/api/keys", params={"provider": "cerebras"}).json()["keys"][0]
+    secret = next(k for k in KEYS if mask(k) == victim["masked"])
+    r = a.api("PATCH", f"/api/keys/{victim['id']}", json={"status": "disabled"})
+    assert r.status_code == 200, r.text
+    within(lambda: b_keys()[victim["masked"]]["status"] == "disabled")
+    mock.reset()
+    assert await fire(b, 6) == [200] * 6
+    used = {rec.key for rec in mock.records()}
+    assert secret not in used and len(used) == 2, f"b skips the key a disabled: {used}"
+
+    new_key = "sk-shared-dddd0004"
+    assert (
+        a.api("POST", "/api/keys", json={"provider": "cerebras", "key": new_key}).status_code == 201
+    )
+    within(lambda: mask(new_key) in b_keys())
+    mock.reset()
+    assert await fire(b, 9) == [200] * 9
+    assert mock.count(new_key) == 3, "b uses the key a added, in its turn"
 
 
 @pytest.mark.slow

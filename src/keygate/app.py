@@ -129,7 +129,12 @@ class App:
                 try:
                     await self.gateway.start()
                 except Exception as exc:  # uvicorn prints the message once and exits
-                    await send({"type": "lifespan.startup.failed", "message": f"keygate: start-up failed: {exc}"})
+                    await send(
+                        {
+                            "type": "lifespan.startup.failed",
+                            "message": f"keygate: start-up failed: {exc}",
+                        }
+                    )
                     return
                 if self.banner:
                     print_banner(self.gateway)
@@ -146,7 +151,12 @@ def _now() -> float:
     return time.time()
 
 
-def print_banner(gw: Gateway) -> None:
+def print_banner(gw: Gateway, workers_line: str = "") -> None:
+    print(banner(gw, workers_line), file=sys.stderr, flush=True)
+
+
+def banner(gw: Gateway, workers_line: str = "") -> str:
+    """The start-up banner of SPEC §1; `workers_line` comes from the multi-worker supervisor."""
     s = gw.settings
     host = f"[{s.host}]" if ":" in s.host else s.host
     base = f"http://{host}:{s.port}"
@@ -163,6 +173,7 @@ def print_banner(gw: Gateway) -> None:
             else "local (in-process limits)"
             + (f", 1/{s.fleet_size} of each limit per instance" if s.fleet_size > 1 else "")
         ),
+        *([workers_line] if workers_line else []),
         f"  flush         {'counters every ' + str(s.flush_interval_ms) + ' ms' if s.flush_interval_ms else 'off (KV_FLUSH_INTERVAL_MS=0: counters stay in memory)'}",
         "  providers",
     ]
@@ -195,7 +206,7 @@ def print_banner(gw: Gateway) -> None:
         lines.append("  admin auth    ADMIN_PASSWORD")
     else:
         lines.append("  admin auth    token generated at first start (stored hashed)")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    return "\n".join(lines)
 
 
 def create_app() -> App:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -88,22 +87,6 @@ def _split_line(settings: Settings, workers: int, user_fleet: int) -> str:
     )
 
 
-def _banner(gateway: Any, settings: Settings, workers: int, user_fleet: int) -> str:
-    """The gateway's banner with a line on the workers and how they split the limits."""
-    from keygate.app import print_banner
-
-    buf = io.StringIO()
-    with contextlib.redirect_stderr(buf):
-        print_banner(gateway)
-    lines = buf.getvalue().rstrip("\n").split("\n")
-    # After the shared-state line and its continuation lines (a Redis warning), if any.
-    at = next((i for i, ln in enumerate(lines) if ln.startswith("  flush")), None)
-    if at is None:
-        at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("  store")), len(lines))
-    lines.insert(at, _split_line(settings, workers, user_fleet))
-    return "\n".join(lines)
-
-
 async def prepare(settings: Settings, workers: int, user_fleet: int) -> str:
     """Initialise the store once (migrations, env keys, admin token); return the banner."""
     from keygate.gateway import Gateway
@@ -111,7 +94,9 @@ async def prepare(settings: Settings, workers: int, user_fleet: int) -> str:
     gateway = Gateway(settings)
     await gateway.start()
     try:
-        return _banner(gateway, settings, workers, user_fleet)
+        from keygate.app import banner
+
+        return banner(gateway, _split_line(settings, workers, user_fleet))
     finally:
         await gateway.stop()
 

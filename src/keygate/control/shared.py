@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import orjson
 
@@ -54,7 +54,7 @@ from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits, Rejected
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, LocalKeyPool
 from keygate.observe import log
-from keygate.settings import ProviderConfig
+from keygate.settings import ConfigError, ProviderConfig
 
 DEFAULT_LEASE_S = 15.0
 DEFAULT_TIMEOUT_S = 0.5
@@ -705,22 +705,29 @@ def parse_redis_url(url: str) -> tuple[str, dict[str, Any], float, float]:
     in the query string (`?lease_s=15&timeout_s=0.5`) so one variable says it all."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(
+        raise ConfigError(
             f"KEYGATE_REDIS_URL must start with redis://, rediss:// or unix://, got {url.split(':')[0]!r}"
         )
     query = parse_qs(parts.query)
-    lease_s = float(query.pop("lease_s", [DEFAULT_LEASE_S])[0])
-    timeout_s = float(query.pop("timeout_s", [DEFAULT_TIMEOUT_S])[0])
+    try:
+        lease_s = float(query.pop("lease_s", [DEFAULT_LEASE_S])[0])
+        timeout_s = float(query.pop("timeout_s", [DEFAULT_TIMEOUT_S])[0])
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"environment variable KEYGATE_REDIS_URL: {exc}") from None
     if not (lease_s > 0 and timeout_s > 0):
-        raise ValueError("KEYGATE_REDIS_URL: lease_s and timeout_s must be > 0")
-    clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        raise ConfigError(
+            "environment variable KEYGATE_REDIS_URL: lease_s and timeout_s must be > 0"
+        )
+    rest = urlencode(query, doseq=True)
+    clean = url.split("?")[0] + (f"?{rest}" if rest else "")
     db = (
         query.get("db", [""])[0] or (parts.path.strip("/") if parts.scheme != "unix" else "") or "0"
     )
     conn = {
         "path": parts.path if parts.scheme == "unix" else "",
         "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 6379,
+        "port": port or 6379,
         "ssl": parts.scheme == "rediss",
         "username": unquote(parts.username) if parts.username else "",
         "password": unquote(parts.password) if parts.password else "",
@@ -939,12 +946,21 @@ class SharedState:
 
     async def _watchdog(self) -> None:
         """One timer for every call: Redis that stops answering is declared down within
-        `timeout_s`, which fails the calls waiting on it (they are then served locally)."""
+        `timeout_s`, which fails the calls waiting on it (they are then served locally). An idle
+        connection is pinged every second, so /healthz tells the truth without traffic too."""
+        loop = asyncio.get_running_loop()
+        last_ping = loop.time()
         while True:
             await asyncio.sleep(min(0.1, self.timeout_s / 4))
             pipe = self._pipe
-            if pipe is not None and pipe.oldest_age() > self.timeout_s:
+            if pipe is None or not self.up:
+                continue
+            if pipe.oldest_age() > self.timeout_s:
                 self.fail(f"no answer within {self.timeout_s:g}s")
+            elif loop.time() - last_ping >= PROBE_S:
+                last_ping = loop.time()
+                with contextlib.suppress(RedisDown):
+                    pipe.send(["PING"])
 
     async def _renew_loop(self) -> None:
         while True:
@@ -1083,13 +1099,12 @@ class SharedState:
         }
 
     def banner(self) -> str:
-        text = f"redis {self.display_url} (limits and key health shared; slot leases {self.lease_s:g}s)"
-        if not self.up:
-            text += (
-                f"\n                !! Redis UNREACHABLE ({self.reason}): local limits, "
-                f"1/{self.fleet_size} of each, until it answers"
-            )
-        return text
+        if self.up:
+            return f"redis {self.display_url} (limits and key health shared; slot leases {self.lease_s:g}s)"
+        return (
+            f"redis {self.display_url} UNREACHABLE ({self.reason}): local limits, "
+            f"1/{self.fleet_size} of each, until it answers"
+        )
 
 
 def _evalsha(script: Script, keys: list[str], args: list[Any]) -> list[Any]:
@@ -1257,6 +1272,13 @@ class SharedAdmission(LocalAdmission):
         return slot
 
     async def _serve_queue(self, wait: float) -> None:
+        try:
+            await self._serve(wait)
+        except Exception as exc:  # never strand the waiters: they carry on locally
+            log.error("shared state: admission queue failed: %r", exc)
+            self._spill()
+
+    async def _serve(self, wait: float) -> None:
         """The head waiter asks Redis; after the wait Redis named, or at a release notice."""
         q = self._queue
         while True:

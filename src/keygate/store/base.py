@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,3 +246,61 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def current_seq(self) -> int:
         """The feed position now; pass it to changes_since later."""
+
+
+# --- validation shared by the store implementations ---------------------------------------
+
+TOMBSTONE_TTL_S = 7 * 86400  # a reader that has not polled for a week reloads everything
+MAX_ERROR_LEN = 1000
+
+
+def like_pattern(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def check_provider(provider: str) -> str:
+    if not isinstance(provider, str) or not provider.strip():
+        raise ValueError("provider name is empty")
+    return provider.strip()
+
+
+def check_source(source: str) -> str:
+    if source not in KEY_SOURCES:
+        raise ValueError(f"key source must be one of {', '.join(KEY_SOURCES)}, not {source!r}")
+    return source
+
+
+def check_status(status: Any) -> str:
+    if status not in KEY_STATUSES:
+        raise ValueError(f"key status must be one of {', '.join(KEY_STATUSES)}, not {status!r}")
+    return str(status)
+
+
+def check_number(name: str, value: Any, integer: bool) -> float | int:
+    ok_type = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        raise ValueError(f"{name} must be a {'whole ' if integer else ''}number, not {value!r}")
+    if value < 0 or (not integer and not math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Validated column values for update_key; unknown names are a programming error."""
+    unknown = sorted(set(fields) - UPDATABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"cannot update key field(s): {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "status":
+            out[name] = check_status(value)
+        elif name in ("label", "last_error"):
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be text, not {value!r}")
+            out[name] = value[:MAX_ERROR_LEN] if name == "last_error" else value
+        elif name == "until":
+            out[name] = check_number(name, value, integer=False)
+        else:  # rpm, max_conn
+            out[name] = check_number(name, value, integer=True)
+    return out

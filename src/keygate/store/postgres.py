@@ -30,6 +30,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 
 from keygate.store.base import (
+    MAX_ERROR_LEN,
+    TOMBSTONE_TTL_S,
     Changes,
     DuplicateKey,
     ImportResult,
@@ -37,7 +39,13 @@ from keygate.store.base import (
     KeyRecord,
     Store,
     StoreError,
+    check_fields,
+    check_number,
+    check_provider,
     check_secret,
+    check_source,
+    check_status,
+    like_pattern,
     mask,
 )
 from keygate.store.crypto import (
@@ -46,16 +54,6 @@ from keygate.store.crypto import (
     META_VERIFIER,
     Cipher,
     resolve_cipher,
-)
-from keygate.store.sqlite import (
-    MAX_ERROR_LEN,
-    TOMBSTONE_TTL_S,
-    _check_fields,
-    _check_number,
-    _check_provider,
-    _check_source,
-    _check_status,
-    _like_pattern,
 )
 
 T = TypeVar("T")
@@ -416,8 +414,8 @@ class PostgresStore(Store):
     async def add_key(
         self, provider: str, secret: str, label: str = "", source: str = "api"
     ) -> KeyRecord:
-        provider = _check_provider(provider)
-        _check_source(source)
+        provider = check_provider(provider)
+        check_source(source)
         if not isinstance(label, str):
             raise ValueError("label must be text")
         secret = secret.strip() if isinstance(secret, str) else ""
@@ -458,8 +456,8 @@ class PostgresStore(Store):
     async def add_keys(
         self, provider: str, secrets: list[str], source: str = "api"
     ) -> list[ImportResult]:
-        provider = _check_provider(provider)
-        _check_source(source)
+        provider = check_provider(provider)
+        check_source(source)
         secrets = list(secrets)
         cipher = self._cipher
 
@@ -597,7 +595,7 @@ class PostgresStore(Store):
         if q:
             # Label or masked form, case-insensitive; or the whole secret pasted in, matched
             # through its fingerprint so nothing is decrypted.
-            pattern = param(_like_pattern(q))
+            pattern = param(like_pattern(q))
             match = [f"k.label ILIKE {pattern}", f"k.masked ILIKE {pattern}"]
             if not check_secret(q):
                 match.append(f"k.fingerprint = {param(self._cipher.fingerprint(q))}")
@@ -619,7 +617,7 @@ class PostgresStore(Store):
         return await self._records(rows), total
 
     async def update_key(self, key_id: int, **fields: Any) -> KeyRecord | None:
-        values = _check_fields(fields)
+        values = check_fields(fields)
         key_id = int(key_id)
 
         async def tx(conn: asyncpg.Connection) -> KeyRecord | None:
@@ -674,8 +672,8 @@ class PostgresStore(Store):
         latest: dict[int, tuple[str, float, str]] = {}  # the last update of a key wins
         for key_id, status, until, last_error in updates:
             latest[int(key_id)] = (
-                _check_status(status),
-                float(_check_number("until", until, integer=False)),
+                check_status(status),
+                float(check_number("until", until, integer=False)),
                 str(last_error or "")[:MAX_ERROR_LEN],
             )
         if not latest:
@@ -787,7 +785,7 @@ class PostgresStore(Store):
         return out
 
     async def set_provider_override(self, name: str, fields: dict[str, Any]) -> None:
-        name = _check_provider(name)
+        name = check_provider(name)
         try:
             json.dumps(fields)
         except (TypeError, ValueError) as exc:

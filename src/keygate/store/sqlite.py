@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import re
 import sqlite3
@@ -26,9 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from keygate.store.base import (
-    KEY_SOURCES,
-    KEY_STATUSES,
-    UPDATABLE_FIELDS,
+    MAX_ERROR_LEN,
+    TOMBSTONE_TTL_S,
     Changes,
     DuplicateKey,
     ImportResult,
@@ -36,7 +34,13 @@ from keygate.store.base import (
     KeyRecord,
     Store,
     StoreError,
+    check_fields,
+    check_number,
+    check_provider,
     check_secret,
+    check_source,
+    check_status,
+    like_pattern,
     mask,
 )
 from keygate.store.crypto import (
@@ -50,8 +54,6 @@ from keygate.store.crypto import (
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
-TOMBSTONE_TTL_S = 7 * 86400  # a reader that has not polled for a week reloads everything
-MAX_ERROR_LEN = 1000
 _CHUNK = 900  # host parameters per IN (...) list, below SQLite's oldest limit of 999
 _MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -99,58 +101,6 @@ def _statements(script: str) -> Iterable[str]:
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _like_pattern(q: str) -> str:
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def _check_provider(provider: str) -> str:
-    if not isinstance(provider, str) or not provider.strip():
-        raise ValueError("provider name is empty")
-    return provider.strip()
-
-
-def _check_source(source: str) -> str:
-    if source not in KEY_SOURCES:
-        raise ValueError(f"key source must be one of {', '.join(KEY_SOURCES)}, not {source!r}")
-    return source
-
-
-def _check_status(status: Any) -> str:
-    if status not in KEY_STATUSES:
-        raise ValueError(f"key status must be one of {', '.join(KEY_STATUSES)}, not {status!r}")
-    return str(status)
-
-
-def _check_number(name: str, value: Any, integer: bool) -> float | int:
-    ok_type = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type):
-        raise ValueError(f"{name} must be a {'whole ' if integer else ''}number, not {value!r}")
-    if value < 0 or (not integer and not math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _check_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Validated column values for update_key; unknown names are a programming error."""
-    unknown = sorted(set(fields) - UPDATABLE_FIELDS)
-    if unknown:
-        raise ValueError(f"cannot update key field(s): {', '.join(unknown)}")
-    out: dict[str, Any] = {}
-    for name, value in fields.items():
-        if name == "status":
-            out[name] = _check_status(value)
-        elif name in ("label", "last_error"):
-            if not isinstance(value, str):
-                raise ValueError(f"{name} must be text, not {value!r}")
-            out[name] = value[:MAX_ERROR_LEN] if name == "last_error" else value
-        elif name == "until":
-            out[name] = _check_number(name, value, integer=False)
-        else:  # rpm, max_conn
-            out[name] = _check_number(name, value, integer=True)
-    return out
 
 
 class SqliteStore(Store):
@@ -405,8 +355,8 @@ class SqliteStore(Store):
     async def add_key(
         self, provider: str, secret: str, label: str = "", source: str = "api"
     ) -> KeyRecord:
-        provider = _check_provider(provider)
-        _check_source(source)
+        provider = check_provider(provider)
+        check_source(source)
         if not isinstance(label, str):
             raise ValueError("label must be text")
         secret = secret.strip() if isinstance(secret, str) else ""
@@ -451,8 +401,8 @@ class SqliteStore(Store):
     async def add_keys(
         self, provider: str, secrets: list[str], source: str = "api"
     ) -> list[ImportResult]:
-        provider = _check_provider(provider)
-        _check_source(source)
+        provider = check_provider(provider)
+        check_source(source)
         return await self._run(self._add_keys, provider, list(secrets), source)
 
     def _add_keys(
@@ -590,7 +540,7 @@ class SqliteStore(Store):
                     # in, matched through its fingerprint so nothing is decrypted. The covering
                     # index keeps the scan off the table rows and their long secrets.
                     source = "keys k INDEXED BY keys_search"
-                    pattern = _like_pattern(q)
+                    pattern = like_pattern(q)
                     match = ["k.label LIKE ? ESCAPE '\\'", "k.masked LIKE ? ESCAPE '\\'"]
                     args += [pattern, pattern]
                     exact = (
@@ -634,7 +584,7 @@ class SqliteStore(Store):
         return await self._run(fn)
 
     async def update_key(self, key_id: int, **fields: Any) -> KeyRecord | None:
-        values = _check_fields(fields)
+        values = check_fields(fields)
 
         def fn(conn: sqlite3.Connection) -> KeyRecord | None:
             def tx() -> KeyRecord | None:
@@ -687,8 +637,8 @@ class SqliteStore(Store):
         for key_id, status, until, last_error in updates:
             rows.append(
                 (
-                    _check_status(status),
-                    _check_number("until", until, integer=False),
+                    check_status(status),
+                    check_number("until", until, integer=False),
                     str(last_error or "")[:MAX_ERROR_LEN],
                     int(key_id),
                 )
@@ -796,7 +746,7 @@ class SqliteStore(Store):
         return await self._run(fn)
 
     async def set_provider_override(self, name: str, fields: dict[str, Any]) -> None:
-        name = _check_provider(name)
+        name = check_provider(name)
         try:
             json.dumps(fields)
         except (TypeError, ValueError) as exc:
