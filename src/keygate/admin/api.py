@@ -563,17 +563,10 @@ class AdminAPI:
             rec = updated
             log.info("admin: key %s#%d changed: %s", rec.masked, key_id, ", ".join(sorted(doc)))
         now = time.time()
-        if entry is None:
-            entry = self.gw.adopt_key(rec)
-        else:
-            if "label" in fields:
-                entry.label = fields["label"]
-            if "rpm" in fields:
-                entry.rpm = fields["rpm"]
-            if "max_conn" in fields:
-                entry.max_conn = fields["max_conn"]
-            if "status" in doc:
-                self.gw.providers[rec.provider].pool.set_status(key_id, doc["status"], 0.0)
+        # Applies label and per-key limits in place and tells the other instances at once.
+        entry = self.gw.adopt_key(rec)
+        if entry is not None and "status" in doc:
+            self.gw.providers[rec.provider].pool.set_status(key_id, doc["status"], 0.0)
         return Reply(200, _entry_view(entry, now) if entry else self._key_view(rec, now))
 
     async def delete_key(self, req: Request, key_id_s: str) -> Reply:

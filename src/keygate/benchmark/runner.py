@@ -1,8 +1,8 @@
 """The benchmark run: stand-ins up, each reference measured in turn, everything stopped.
 
-Order matters for fairness and for the clock: all non-streaming cases run against nginx first
-(direct, then each server freshly started, so start-up and idle memory are measured on a cold
-process), then the 100,000-key comparison interleaved with the 8-key instance, then the streams
+Order matters for fairness and for the clock: the servers are started cold one by one on nginx
+(start-up, idle memory), then every concurrency runs direct, bare and keygate back to back; then
+the 100,000-key instance is compared with the 8-key one, interleaved; last come the streams
 through the mock, whose servers are left idle afterwards to read their memory once load stops.
 """
 
@@ -167,23 +167,18 @@ class Bench:
                 r.sample = f"{type(exc).__name__}: {exc}"
         return r
 
-    def wrk_series(self, target: Target) -> dict[str, Any]:
-        """Every configured concurrency, after a short unrecorded warm-up for servers."""
-        if target.proc is not None and self.opts.warmup_s > 0:
-            self.wrk(target, 10, self.opts.warmup_s)
-        series: dict[str, Any] = {}
-        for c in self.opts.concurrency:
-            r = self.wrk(target, c, self.opts.duration_s)
-            series[str(c)] = r.to_json()
-            flag = f"  ERRORS {r.error_count} {r.error[:200]} {r.sample[:200]}" if r.flagged else ""
-            log(
-                f"{target.name:8} c={c:<4} {r.rps:10,.0f} req/s  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}{flag}"
-            )
-            if target.proc is not None and not target.proc.alive():
-                self.notes.append(f"{target.name} exited during the c={c} run")
-                log(f"{target.name} exited during the run:\n{target.proc.log_tail()}")
-                break
-        return series
+    def wrk_case(self, target: Target, concurrency: int) -> dict[str, Any]:
+        """One recorded wrk run, logged; notes it when the server died during it."""
+        r = self.wrk(target, concurrency, self.opts.duration_s)
+        flag = f"  ERRORS {r.error_count} {r.error[:200]} {r.sample[:200]}" if r.flagged else ""
+        log(
+            f"{target.name:8} c={concurrency:<4} {r.rps:10,.0f} req/s"
+            f"  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}{flag}"
+        )
+        if target.proc is not None and not target.proc.alive():
+            self.notes.append(f"{target.name} exited during the c={concurrency} run")
+            log(f"{target.name} exited during the run:\n{target.proc.log_tail()}")
+        return r.to_json()
 
     def idle_rss(self, target: Target) -> float | None:
         time.sleep(self.opts.settle_s)
@@ -192,18 +187,20 @@ class Bench:
     # ---- phases -------------------------------------------------------------------------------
 
     def run_nonstreaming(self, nginx_port: int) -> Target | None:
-        """direct, then each server on nginx; returns the live 8-key keygate for the 100k case."""
+        """direct and each server on nginx; returns the live 8-key keygate for the 100k case.
+
+        Servers are started one after the other (start-up and idle memory on a cold process) and
+        then left up together: for each concurrency, direct, bare and keygate run back to back,
+        so that a machine that drifts over the minutes of the suite skews them alike. An idle
+        server on the shared CPU costs the loaded one next to nothing.
+        """
         upstream = f"http://127.0.0.1:{nginx_port}"
         direct = Target("direct", nginx_port, "/v1/chat/completions")
         status, _ = http_request(nginx_port, "POST", direct.path, CHAT_BODY, AUTH_HEADERS)
         if status != 200:
             raise RuntimeError(f"nginx stand-in answered {status}")
-        d = self.refs.setdefault("direct", {})
-        if self.want("wrk"):
-            d["wrk"] = self.wrk_series(direct)
-            if self.pin.enabled and 1 in self.opts.concurrency:
-                self.calibrate_cross_cpu()
-        keep: Target | None = None
+        self.refs.setdefault("direct", {})
+        servers: list[Target] = []
         for ref in self.server_refs():
             try:
                 t = self.start(ref, upstream, probe=True)
@@ -217,10 +214,22 @@ class Bench:
             log(
                 f"{ref:8} started in {t.startup_s:.3f} s, idle RSS {_mb(entry['memory']['idle_mb'])}"
             )
-            if self.want("wrk"):
-                entry["wrk"] = self.wrk_series(t)
-                entry["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid) if t.proc else None
-            if ref == "keygate" and self.want("keys100k") and t.proc and t.proc.alive():
+            servers.append(t)
+        if self.want("wrk"):
+            for t in servers:  # unrecorded: first connections, lazy imports, caches
+                if self.opts.warmup_s > 0:
+                    self.wrk(t, 10, self.opts.warmup_s)
+            for c in self.opts.concurrency:
+                for t in [direct, *servers]:
+                    if t.proc is None or t.proc.alive():
+                        self.refs[t.name].setdefault("wrk", {})[str(c)] = self.wrk_case(t, c)
+            if self.pin.enabled and 1 in self.opts.concurrency:
+                self.calibrate_cross_cpu()
+        keep: Target | None = None
+        for t in servers:
+            if t.proc and t.proc.alive():
+                self.refs[t.name]["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid)
+            if t.name == "keygate" and self.want("keys100k") and t.proc and t.proc.alive():
                 keep = t
             else:
                 t.stop()

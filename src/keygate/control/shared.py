@@ -582,6 +582,14 @@ def parse(buf: bytearray, pos: int) -> tuple[Any, int]:
 Callback = Callable[[Any], None]
 
 
+def _safely(cb: Callback, value: Any) -> None:
+    """Run an answer's callback; its failure is logged, never taken out on the connection."""
+    try:
+        cb(value)
+    except Exception as exc:
+        log.error("shared state: callback failed: %r", exc)
+
+
 class RespPipe(asyncio.Protocol):
     """One pipelined Redis connection: each command is written when issued, answers are matched
     in order. A caller that gives up (cancelled) leaves its answer to an `orphan` callback, so a
@@ -634,10 +642,10 @@ class RespPipe(asyncio.Protocol):
                 fut, _, cb = pending.popleft()
                 if fut is None:
                     if cb is not None:
-                        cb(value)
+                        _safely(cb, value)
                 elif fut.cancelled():
                     if cb is not None and not isinstance(value, ReplyError):
-                        cb(value)
+                        _safely(cb, value)
                 elif isinstance(value, ReplyError):
                     fut.set_exception(value)
                 else:
@@ -805,6 +813,8 @@ class SharedState:
             self._tasks.append(loop.create_task(coro))
 
     async def close(self) -> None:
+        if self._change_task is not None:
+            self._tasks.append(self._change_task)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -922,6 +932,8 @@ class SharedState:
                     self._went_down(_describe(exc))
                     continue
             await self._listen()
+            if self.up:
+                self.fail("pub/sub listener stopped")
 
     async def _listen(self) -> None:
         ps = self._pubsub
@@ -953,11 +965,11 @@ class SharedState:
         while True:
             await asyncio.sleep(min(0.1, self.timeout_s / 4))
             pipe = self._pipe
-            if pipe is None or not self.up:
+            if pipe is None:
                 continue
-            if pipe.oldest_age() > self.timeout_s:
+            if pipe.oldest_age() > self.timeout_s:  # also bounds the resync of a reconnect
                 self.fail(f"no answer within {self.timeout_s:g}s")
-            elif loop.time() - last_ping >= PROBE_S:
+            elif self.up and loop.time() - last_ping >= PROBE_S:
                 last_ping = loop.time()
                 with contextlib.suppress(RedisDown):
                     pipe.send(["PING"])
