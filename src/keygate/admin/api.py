@@ -24,6 +24,7 @@ from keygate.admin.openapi import OPENAPI
 from keygate.control.keypool import KeyEntry, mask
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import log
+from keygate.proxy.errors import GatewayError
 from keygate.store.base import (
     KEY_STATUSES,
     DuplicateKey,
@@ -59,7 +60,7 @@ _JSON_HEADERS = [
 ]
 
 
-class ApiError(Exception):
+class ApiError(GatewayError):
     """An answer other than success; `param` names the offending field for the page's forms."""
 
     def __init__(
@@ -70,12 +71,8 @@ class ApiError(Exception):
         param: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
+        super().__init__(status, message, code, headers)
         self.param = param
-        self.headers = headers or []
 
 
 def bad(field: str, problem: str) -> ApiError:
