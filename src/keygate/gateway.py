@@ -22,7 +22,7 @@ from keygate.control.admission import LocalAdmission
 from keygate.control.base import Limits
 from keygate.control.keypool import KeyEntry, LocalKeyPool
 from keygate.control.shared import SharedState
-from keygate.observe import ProviderStats, RequestRecord, log
+from keygate.observe import ProviderStats, RequestRecord, access_log, log
 from keygate.probe import probe
 from keygate.settings import TUNABLE, ProviderConfig, Settings, coerce_field
 from keygate.store import create_store
@@ -64,7 +64,9 @@ class ProviderRuntime:
         )
 
     def _timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.cfg.timeout_connect_s, sock_read=None)
+        return aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=self.cfg.timeout_connect_s, sock_read=None
+        )
 
     def reconfigure(self, fleet_size: int = 1) -> None:
         self.admission.configure(self.limits(fleet_size))
@@ -154,6 +156,7 @@ class Gateway:
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.flush()
+        access_log.flush()
         if self.session is not None:
             await self.session.close()
         if self.shared is not None:
@@ -207,14 +210,21 @@ class Gateway:
         entry = rt.pool.entries.get(rec.id)
         limits = (entry.rpm, entry.max_conn) if entry is not None else None
         if entry is None:
-            entry = KeyEntry(rec.id, rec.provider, rec.secret, source=rec.source, created_at=rec.created_at)
+            entry = KeyEntry(
+                rec.id, rec.provider, rec.secret, source=rec.source, created_at=rec.created_at
+            )
             unflushed = (0, 0, 0, 0, 0, 0)
         else:
             # The store holds what every instance flushed; add what this one counted since.
             unflushed = tuple(a - b for a, b in zip(entry.counters(), entry.flushed, strict=True))
-        (entry.use_count, entry.ok, entry.err_4xx, entry.err_5xx, entry.tokens_in, entry.tokens_out) = (
-            a + b for a, b in zip(stored, unflushed, strict=True)
-        )
+        (
+            entry.use_count,
+            entry.ok,
+            entry.err_4xx,
+            entry.err_5xx,
+            entry.tokens_in,
+            entry.tokens_out,
+        ) = (a + b for a, b in zip(stored, unflushed, strict=True))
         entry.flushed = stored
         entry.last_used = max(entry.last_used, rec.last_used)
         entry.label = rec.label
@@ -307,7 +317,9 @@ class Gateway:
                 for key_id in changes.deleted_ids:
                     self.forget_key(key_id, announce=False)
                 ids = changes.key_ids
-                for start in range(0, len(ids), 2000):  # big imports: let requests run between chunks
+                for start in range(
+                    0, len(ids), 2000
+                ):  # big imports: let requests run between chunks
                     for rec in await self.store.get_keys(ids[start : start + 2000]):
                         self._load_key(rec, from_feed=True)
                     await asyncio.sleep(0)
@@ -348,7 +360,9 @@ class Gateway:
                     continue
                 now_c, old = entry.counters(), entry.flushed
                 if now_c != old:
-                    key_deltas.append((key_id, *(a - b for a, b in zip(now_c, old, strict=True)), entry.last_used))
+                    key_deltas.append(
+                        (key_id, *(a - b for a, b in zip(now_c, old, strict=True)), entry.last_used)
+                    )
                     marks.append((entry, now_c))
             for key_id in changed:
                 entry = pool.entries.get(key_id)
@@ -356,7 +370,9 @@ class Gateway:
                     health.append((key_id, entry.status, entry.until, entry.last_error))
             now_p = rt.stats.counters()
             if now_p != rt.stats.flushed:
-                provider_deltas[name] = tuple(a - b for a, b in zip(now_p, rt.stats.flushed, strict=True))  # type: ignore[assignment]
+                provider_deltas[name] = tuple(
+                    a - b for a, b in zip(now_p, rt.stats.flushed, strict=True)
+                )  # type: ignore[assignment]
                 marks.append((rt.stats, now_p))
         try:
             if health:
@@ -380,7 +396,9 @@ class Gateway:
                     status, _, error = await self.probe_key(entry)
                     if 200 <= status < 300:
                         rt.pool.set_status(entry.id, "active", error="")
-                        log.info("key %s#%d passed its re-check: active again", entry.masked, entry.id)
+                        log.info(
+                            "key %s#%d passed its re-check: active again", entry.masked, entry.id
+                        )
                     else:
                         entry.until = time.time() + rt.cfg.recheck_interval_s
                         entry.last_error = error or entry.last_error

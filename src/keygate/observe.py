@@ -4,13 +4,15 @@ flusher copies counters to the store in the background."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections import deque
 from typing import Any, NamedTuple
 
-access_log = logging.getLogger("keygate.access")
 log = logging.getLogger("keygate")
 
 SERIES_SECONDS = 300
@@ -113,6 +115,54 @@ class ProviderStats:
         return out
 
 
+class AccessLog:
+    """One line per request, without the `logging` machinery: formatting and writing through
+    `logging` cost a fifth of the proxy's throughput. Lines share a timestamp string per
+    second and go to stderr in batches, at most `FLUSH_S` late."""
+
+    FLUSH_S = 0.1
+    MAX_LINES = 256
+
+    def __init__(self, enabled: bool = True, fd: int = 2) -> None:
+        self.enabled = enabled
+        self._fd = fd
+        self._lines: list[str] = []
+        self._second = -1
+        self._stamp = ""
+        self._timer: Any = None
+
+    def stamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int((now - second) * 1000):03d}"
+
+    def write(self, now: float, text: str) -> None:
+        lines = self._lines
+        lines.append(f"{self.stamp(now)} INFO {text}\n")
+        if len(lines) >= self.MAX_LINES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            data = "".join(self._lines).encode("utf-8", "replace")
+            self._lines.clear()
+            with contextlib.suppress(OSError):
+                os.write(self._fd, data)
+
+
+access_log = AccessLog()
+
+
 def setup_logging(level: str = "info") -> None:
     """Plain lines on stderr; one handler, no colour, cheap to format."""
     root = logging.getLogger("keygate")
@@ -123,3 +173,4 @@ def setup_logging(level: str = "info") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO")
     root.propagate = False
+    access_log.enabled = root.isEnabledFor(logging.INFO)

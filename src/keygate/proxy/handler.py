@@ -480,16 +480,11 @@ def _account(
             ex.error,
         )
     )
-    if access_log.isEnabledFor(20):
-        access_log.info(
-            "%s %s %s key=%s status=%d upstream=%d ms=%.1f retries=%d%s",
-            name if rt is not None else "-",
-            method,
-            path,
-            f"{masked}#{key_id}" if entry is not None else "-",
-            ex.status,
-            ex.upstream_status,
-            latency_ms,
-            ex.retries,
-            f" error={ex.error!r}" if ex.error else "",
+    if access_log.enabled:
+        key = f"{masked}#{key_id}" if entry is not None else "-"
+        error = f" error={ex.error!r}" if ex.error else ""
+        access_log.write(
+            now,
+            f"{name if rt is not None else '-'} {method} {path} key={key} status={ex.status} "
+            f"upstream={ex.upstream_status} ms={latency_ms:.1f} retries={ex.retries}{error}",
         )
