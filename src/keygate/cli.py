@@ -44,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_level": "warning",
         "timeout_graceful_shutdown": 5,
         "server_header": False,
+        "proxy_headers": False,  # keygate is the edge; a middleware per request for nothing
         "date_header": False,
     }
     if settings.workers > 1:

@@ -18,10 +18,11 @@ from keygate.control.bucket import TokenBucket
 
 
 class LocalSlot:
-    __slots__ = ("_owner",)
+    __slots__ = ("_owner", "queued")
 
-    def __init__(self, owner: LocalAdmission) -> None:
+    def __init__(self, owner: LocalAdmission, queued: bool = False) -> None:
         self._owner: LocalAdmission | None = owner
+        self.queued = queued  # it waited in the queue (its client may have left meanwhile)
 
     async def release(self) -> None:
         owner, self._owner = self._owner, None
@@ -103,7 +104,7 @@ class LocalAdmission:
                     await fut
         except TimeoutError:
             if fut.done() and not fut.cancelled():
-                return LocalSlot(self)  # granted in the same instant: keep it
+                return LocalSlot(self, queued=True)  # granted in the same instant: keep it
             self.rejected += 1
             raise Rejected("queue timeout", self._estimate_wait()) from None
         except BaseException:
@@ -114,7 +115,7 @@ class LocalAdmission:
             raise
         finally:
             self._waiting -= 1
-        return LocalSlot(self)
+        return LocalSlot(self, queued=True)
 
     def _pump(self) -> None:
         self._timer = None

@@ -1144,11 +1144,12 @@ def _describe(exc: BaseException) -> str:
 
 
 class SharedSlot:
-    __slots__ = ("_owner", "lease")
+    __slots__ = ("_owner", "lease", "queued")
 
     def __init__(self, owner: SharedAdmission, lease: str | None) -> None:
         self._owner: SharedAdmission | None = owner
         self.lease = lease
+        self.queued = False  # it waited in the queue (its client may have left meanwhile)
 
     async def release(self) -> None:
         self.release_now()
@@ -1281,6 +1282,7 @@ class SharedAdmission(LocalAdmission):
             self._queued -= 1
         if slot is None:  # Redis went away while we waited: carry on in the local queue
             return await self._acquire_local()
+        slot.queued = True
         return slot
 
     async def _serve_queue(self, wait: float) -> None:
@@ -1328,8 +1330,9 @@ class SharedAdmission(LocalAdmission):
                 fut.set_result(None)
 
     async def _acquire_local(self) -> SharedSlot:
-        await LocalAdmission.acquire(self)  # counts the slot in _in_flight; we own it from here
+        local = await LocalAdmission.acquire(self)  # counts the slot in _in_flight; we own it
         slot = SharedSlot(self, None)
+        slot.queued = local.queued
         self._unleased.add(slot)
         return slot
 

@@ -14,6 +14,7 @@ import aiohttp
 from yarl import URL
 
 from keygate.providers import ANTHROPIC_VERSION
+from keygate.proxy.watchdog import Watchdog
 
 _HOP_BY_HOP = frozenset(
     {
@@ -117,21 +118,27 @@ async def open_upstream(
     headers: list[tuple[str, str]],
     body: bytes | None,
     timeout: aiohttp.ClientTimeout,
+    dog: Watchdog,
     first_byte_s: float,
 ) -> aiohttp.ClientResponse:
     """Send the request and wait for the response head; the caller must release the response."""
+    dog.watch(first_byte_s)
     try:
-        async with asyncio.timeout(first_byte_s):
-            return await session.request(
-                method,
-                URL(url, encoded=True),
-                headers=headers,
-                data=body,
-                timeout=timeout,
-                allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-            )
-    except TimeoutError:
+        return await session.request(
+            method,
+            URL(url, encoded=True),
+            headers=headers,
+            data=body,
+            timeout=timeout,
+            allow_redirects=False,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+        )
+    except asyncio.CancelledError:
+        if not dog.fired:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
         raise UpstreamTimeout(f"no response within {first_byte_s:g}s") from None
     except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout("connect timed out") from None

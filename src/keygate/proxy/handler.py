@@ -39,6 +39,7 @@ from keygate.proxy.route import (
     strip_key_param,
     upstream_path,
 )
+from keygate.proxy.watchdog import Watchdog
 
 ERROR_BODY_LIMIT = 1 << 20
 JSON_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
@@ -119,33 +120,28 @@ async def send_preflight(send: Any, headers: list[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _watch_disconnect(receive: Any, task: asyncio.Task[Any], ex: Exchange) -> asyncio.Task[Any]:
-    """Cancel the request's task the moment the client goes away. The server also reports a
-    disconnect once the response is complete: ignored from the final send on, so releases
-    after it are never cut short."""
-
-    async def watch() -> None:
-        message = await receive()
-        if message["type"] == "http.disconnect" and not ex.finishing:
-            ex.disconnected = True
-            task.cancel()
-
-    return asyncio.ensure_future(watch())
+WATCH_AFTER_S = 0.05  # quick exchanges finish before a disconnect watcher is worth a task
 
 
 class Exchange:
-    """What the log line and the counters need to know about one request."""
+    """One request's state: what the log line and counters need, and the two things that can
+    cut it short (the client leaving, the upstream going silent)."""
 
     __slots__ = (
         "disconnected",
+        "dog",
         "entry",
         "error",
         "finishing",
         "model",
+        "receive",
         "retries",
         "status",
+        "task",
         "upstream_status",
         "usage",
+        "watch_timer",
+        "watcher",
     )
 
     def __init__(self) -> None:
@@ -158,6 +154,45 @@ class Exchange:
         self.error = ""
         self.model = ""
         self.usage = [0, 0]
+        self.task: asyncio.Task[Any] | None = None
+        self.receive: Any = None
+        self.dog: Watchdog | None = None
+        self.watch_timer: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Task[Any] | None = None
+
+    def arm(self, receive: Any) -> Watchdog:
+        """Set up the watchdog, and a disconnect watcher that starts only if the exchange
+        lasts: most answers are back before a watcher task would have paid for itself."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.receive = receive
+        self.dog = Watchdog(loop, task)
+        self.watch_timer = loop.call_later(WATCH_AFTER_S, self.watch)
+        return self.dog
+
+    def watch(self) -> None:
+        """Cancel the request's task the moment the client goes away."""
+        if self.watcher is None and self.task is not None:
+            self.watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        message = await self.receive()
+        # The server also reports a disconnect once the response is complete: ignored from
+        # the final send on, so releases after it are never cut short.
+        if message["type"] == "http.disconnect" and not self.finishing:
+            self.disconnected = True
+            assert self.task is not None
+            self.task.cancel()
+
+    def disarm(self) -> None:
+        if self.watch_timer is not None:
+            self.watch_timer.cancel()
+        if self.watcher is not None and not self.watcher.done():
+            self.watcher.cancel()
+        if self.dog is not None:
+            self.dog.stop()
 
 
 async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -171,7 +206,6 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
     rt = gw.providers.get(name)
     anthropic = rt.anthropic if rt is not None else False
     ex = Exchange()
-    watcher: asyncio.Task[Any] | None = None
     try:
         if method == "OPTIONS":
             ex.status = 204
@@ -191,9 +225,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             ex.model = find_model(body)
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
-        current = asyncio.current_task()
-        assert current is not None
-        watcher = _watch_disconnect(receive, current, ex)
+        ex.arm(receive)
         query = strip_key_param(scope["query_string"])
         url = cfg.base_url + up_path + ("?" + query.decode("latin-1") if query else "")
         await forward(gw, rt, ex, send, method, url, headers, body or None, native)
@@ -214,8 +246,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.status = ex.status or 499
         ex.error = "client disconnected"
     finally:
-        if watcher is not None and not watcher.done():
-            watcher.cancel()
+        ex.disarm()
         _account(gw, rt, ex, name, method, path, started)
 
 
@@ -249,6 +280,10 @@ async def forward(
                 "rate_limited",
                 retry_after_headers(rej.retry_after_s),
             ) from None
+        if getattr(slot, "queued", True):
+            # It waited: if its client left meanwhile, find out before anything goes upstream.
+            ex.watch()
+            await asyncio.sleep(0)
         delay = 0.0
         held = None
         try:
@@ -266,6 +301,7 @@ async def forward(
                     request_headers(client_headers, cfg.key_style, entry.secret, native),
                     body,
                     rt.timeout,
+                    ex.dog,
                     cfg.timeout_first_byte_s,
                 )
             except (UpstreamTimeout, UpstreamUnreachable) as exc:
@@ -293,6 +329,7 @@ async def forward(
                     held = None  # relay owns the key from here
                     await relay(rt, ex, send, resp, entry)
                     return
+                ex.dog.stop()
                 try:
                     err_body = await read_limited(resp, ERROR_BODY_LIMIT, cfg.timeout_idle_s)
                 finally:
@@ -339,6 +376,7 @@ async def forward(
             tried.append(entry.id)
             ex.retries += 1
         finally:
+            ex.dog.stop()
             if held is not None:
                 await pool.release(held, Event.CANCELLED)
             await slot.release()
@@ -392,6 +430,9 @@ async def relay(
     byte (the caller releases the slot)."""
     pool = rt.pool
     event = Event.CANCELLED
+    dog = ex.dog
+    assert dog is not None
+    idle = rt.cfg.timeout_idle_s
     try:
         await send(
             {
@@ -402,26 +443,28 @@ async def relay(
         )
         ex.status = resp.status
         content = resp.content
-        idle = rt.cfg.timeout_idle_s
-        loop = asyncio.get_running_loop()
         usage = ex.usage
+        dog.watch(idle)
         try:
-            async with asyncio.timeout(idle) as deadline:
-                while True:
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
-                    deadline.reschedule(None)  # a slow client is not an idle upstream
-                    if b'"usage"' in chunk:
-                        scan_usage(chunk, usage)
-                    if content.at_eof():
-                        ex.finishing = True
-                        await send({"type": "http.response.body", "body": chunk})
-                        event = Event.OK
-                        return
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    deadline.reschedule(loop.time() + idle)
-        except TimeoutError:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                dog.pause()  # a slow client is not an idle upstream
+                if b'"usage"' in chunk:
+                    scan_usage(chunk, usage)
+                if content.at_eof():
+                    ex.finishing = True
+                    await send({"type": "http.response.body", "body": chunk})
+                    event = Event.OK
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                dog.touch()
+        except asyncio.CancelledError:
+            if not dog.fired or ex.disconnected:
+                raise
+            assert ex.task is not None
+            ex.task.uncancel()
             ex.error = f"upstream went silent for {idle:g}s mid-response"
             event = Event.PROVIDER_ERROR
             return  # the response is left incomplete: the server closes the connection
@@ -433,6 +476,7 @@ async def relay(
         await send({"type": "http.response.body", "body": b""})
         event = Event.OK
     finally:
+        dog.stop()
         if event is Event.OK:
             resp.release()
         else:
