@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import hmac
 import secrets
@@ -24,6 +25,7 @@ from keygate.control.keypool import KeyEntry, LocalKeyPool
 from keygate.control.shared import SharedState
 from keygate.observe import ProviderStats, RequestRecord, access_log, log
 from keygate.probe import probe
+from keygate.proxy.forward import SKIP_AUTO_HEADERS
 from keygate.settings import TUNABLE, ProviderConfig, Settings, coerce_field
 from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
@@ -136,6 +138,9 @@ class Gateway:
         self._seq = await self.store.current_seq()
         for rec in await self.store.load_keys():
             self._load_key(rec)
+        # The key objects live as long as the process: keep the collector from walking them.
+        gc.collect()
+        gc.freeze()
         await self._init_admin()
         if self.shared is not None:
             await self.shared.start(self.poll_changes)
@@ -143,6 +148,8 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
+            # set once here: passed per request, aiohttp rebuilds the set every time
+            skip_auto_headers=SKIP_AUTO_HEADERS,
         )
         self._spawn(self._poll_changes(), self._recheck_loop())
         self._spawn(self._flush_loop())
@@ -359,9 +366,20 @@ class Gateway:
                 if entry is None:
                     continue
                 now_c, old = entry.counters(), entry.flushed
-                if now_c != old:
+                if now_c != old:  # plain arithmetic: this runs for every key used in the interval
+                    u, ok, e4, e5, ti, to = now_c
+                    fu, fok, fe4, fe5, fti, fto = old
                     key_deltas.append(
-                        (key_id, *(a - b for a, b in zip(now_c, old, strict=True)), entry.last_used)
+                        (
+                            key_id,
+                            u - fu,
+                            ok - fok,
+                            e4 - fe4,
+                            e5 - fe5,
+                            ti - fti,
+                            to - fto,
+                            entry.last_used,
+                        )
                     )
                     marks.append((entry, now_c))
             for key_id in changed:

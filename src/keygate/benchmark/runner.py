@@ -286,8 +286,12 @@ class Bench:
             log(f"{n:,} keys: {exc}")
             return
         info["startup_s"] = t.startup_s
+        info["import_s"] = t.import_s
         info["idle_mb"] = self.idle_rss(t)
-        log(f"keygate with {n:,} keys started in {t.startup_s:.3f} s, idle {_mb(info['idle_mb'])}")
+        log(
+            f"keygate with {n:,} keys: imported in {t.import_s or 0:.2f} s, started in"
+            f" {t.startup_s:.3f} s, idle {_mb(info['idle_mb'])}"
+        )
         if self.opts.warmup_s > 0:
             self.wrk(t, 10, self.opts.warmup_s)
         half = max(1.0, self.opts.duration_s / 2)

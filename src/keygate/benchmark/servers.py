@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ class Target:
     proc: Proc | None = None
     startup_s: float | None = None
     command: list[str] = field(default_factory=list)
+    import_s: float | None = None  # `keygate keys import` of the extra keys, when there were any
 
     @property
     def url(self) -> str:
@@ -152,11 +154,8 @@ def start_bare(
 # ---- keygate ----------------------------------------------------------------------------------
 
 
-def write_keygate_config(path: Path, upstream: str, keys: list[str]) -> None:
-    """Provider settings with limits out of the way, plus `keys` (the one place keys are loaded).
-
-    Written by hand rather than with yaml.dump: 100,000 keys dump far faster this way.
-    """
+def write_keygate_config(path: Path, upstream: str) -> None:
+    """Provider settings with limits out of the way."""
     lines = [
         "providers:",
         "  cerebras:",
@@ -166,9 +165,6 @@ def write_keygate_config(path: Path, upstream: str, keys: list[str]) -> None:
         "    queue: 100000",
         "    retries: 0",
     ]
-    if keys:
-        lines.append("    keys:")
-        lines.extend(f'      - "{k}"' for k in keys)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -194,12 +190,13 @@ def start_keygate(
     probe: bool = True,
     label: str = "keygate",
 ) -> Target:
-    """Start `keygate serve` on `upstream` with auth on and 8 env keys (plus `keys` from YAML)."""
+    """Start `keygate serve` on `upstream` with auth on and 8 env keys, plus `keys` imported
+    into its store first with `keygate keys import`, the way a user loads many keys."""
     port = free_port()
     data_dir = work_dir / f"{label}-{port}"
     data_dir.mkdir(parents=True)
     cfg = data_dir / "keygate.yaml"
-    write_keygate_config(cfg, upstream, keys or [])
+    write_keygate_config(cfg, upstream)
     env = child_env(
         {
             "KEYGATE_DATA_DIR": str(data_dir),
@@ -209,6 +206,21 @@ def start_keygate(
             "CEREBRAS_API_KEYS": ",".join(FAKE_KEYS),
         }
     )
+    import_s = None
+    if keys:
+        key_file = data_dir / "keys.txt"
+        key_file.write_text("\n".join(keys) + "\n", encoding="utf-8")
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*keygate_command(), "keys", "import", "cerebras", str(key_file), "--config", str(cfg)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if done.returncode != 0:
+            raise StartError(f"keygate keys import failed: {done.stderr.strip()[-300:]}")
+        import_s = time.perf_counter() - started
     cmd = [*keygate_command(), "serve", "--host", HOST, "--port", str(port), "--config", str(cfg)]
     proc = spawn(f"{label}-{port}", pin.server(cmd), log_dir, env)
     path = "/cerebras/v1/chat/completions"
@@ -216,7 +228,7 @@ def start_keygate(
         startup = wait_proxied("keygate", proc, port, path, timeout_s)
     else:
         startup = wait_http("keygate", proc, port, "/healthz", timeout_s)
-    return Target("keygate", port, path, proc, startup, cmd)
+    return Target("keygate", port, path, proc, startup, cmd, import_s)
 
 
 # ---- LiteLLM (optional) -----------------------------------------------------------------------

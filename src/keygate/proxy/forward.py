@@ -131,7 +131,6 @@ async def open_upstream(
             data=body,
             timeout=timeout,
             allow_redirects=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
         )
     except asyncio.CancelledError:
         if not dog.fired:
@@ -168,9 +167,13 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int, idle_s: float) 
 
 
 def scan_usage(chunk: bytes, usage: list[int]) -> None:
-    """Keep the largest token counts the upstream reported (input, output) in `usage`."""
-    for name, value in _USAGE_RE.findall(chunk):
-        n = int(value)
-        slot = 0 if name in (b"prompt_tokens", b"input_tokens") else 1
-        if n > usage[slot]:
-            usage[slot] = n
+    """Keep the largest token counts the upstream reported (input, output) in `usage`.
+    Only the few hundred bytes after each `"usage"` are searched, not the whole answer."""
+    at = chunk.find(b'"usage"')
+    while at >= 0:
+        for name, value in _USAGE_RE.findall(chunk, at, at + 400):
+            n = int(value)
+            slot = 0 if name in (b"prompt_tokens", b"input_tokens") else 1
+            if n > usage[slot]:
+                usage[slot] = n
+        at = chunk.find(b'"usage"', at + 7)

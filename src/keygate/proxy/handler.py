@@ -451,8 +451,7 @@ async def relay(
                 if not chunk:
                     break
                 dog.pause()  # a slow client is not an idle upstream
-                if b'"usage"' in chunk:
-                    scan_usage(chunk, usage)
+                scan_usage(chunk, usage)
                 if content.at_eof():
                     ex.finishing = True
                     await send({"type": "http.response.body", "body": chunk})
