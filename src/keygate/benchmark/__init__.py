@@ -81,7 +81,7 @@ def _options(args: argparse.Namespace) -> Any:
     if unknown:
         raise SystemExit(f"keygate bench: unknown --skip {', '.join(sorted(unknown))}")
     if args.quick:
-        skip.add("keys100k")
+        skip.update({"keys100k", "redis"})
     try:
         concurrency = [int(c) for c in str(pick("concurrency")).split(",") if c.strip()]
     except ValueError:

@@ -161,6 +161,17 @@ def format_table(data: dict[str, Any]) -> str:
             cells = [label, *("-" for _ in refs), "-", "-"]
             cells[1 + refs.index("keygate")] = value
             rows.append(cells)
+    shared = data.get("redis") or {}
+    if shared.get("ratio") is not None and "keygate" in refs:
+        for label, value in (
+            ("Redis form: added p50 ms c=1", _fmt(shared.get("added_p50_ms"), 3)),
+            ("Redis form: added p99 ms c=1", _fmt(shared.get("added_p99_ms"), 3)),
+            ("Redis form: req/s c=50 (local)", _fmt(shared.get("rps_local"), 0)),
+            ("Redis form: req/s c=50 (redis)", _fmt(shared.get("rps_redis"), 0)),
+        ):
+            cells = [label, *("-" for _ in refs), "-", "-"]
+            cells[1 + refs.index("keygate")] = value
+            rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(

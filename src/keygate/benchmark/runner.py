@@ -45,11 +45,12 @@ from keygate.benchmark.servers import (
     start_keygate,
     start_litellm,
     start_mock,
+    start_redis,
 )
 from keygate.benchmark.wrk import WrkResult, lua_script, run_wrk, wrk_binary
 
 SERVER_REFS = ("bare", "keygate", "litellm")
-CASES = ("wrk", "stream", "memory", "keys100k")
+CASES = ("wrk", "stream", "memory", "keys100k", "redis")
 ALIASES = {"nonstream": "wrk", "streams": "stream", "100k": "keys100k", "many-keys": "keys100k"}
 MANY_KEYS_CONCURRENCY = 50
 
@@ -114,6 +115,7 @@ class Bench:
         self.failures: dict[str, str] = {}
         self.notes: list[str] = []
         self.keys100k: dict[str, Any] = {}
+        self.redis: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.calibration: dict[str, Any] = {}
         self.tmp = Path()
@@ -229,7 +231,8 @@ class Bench:
         for t in servers:
             if t.proc and t.proc.alive():
                 self.refs[t.name]["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid)
-            if t.name == "keygate" and self.want("keys100k") and t.proc and t.proc.alive():
+            keep_for = self.want("keys100k") or self.want("redis")
+            if t.name == "keygate" and keep_for and t.proc and t.proc.alive():
                 keep = t
             else:
                 t.stop()
@@ -309,6 +312,65 @@ class Bench:
         info["flagged"] = any(r["flagged"] for rs in runs.values() for r in rs)
         info["after_load_mb"] = rss_mb(t.proc.pid) if t.proc else None
         t.stop()
+
+    def run_redis(self, kg8: Target, nginx_port: int) -> None:
+        """The Redis form against the local form, interleaved: added latency at c=1, and
+        throughput at c=50 (issue 6: what sharing limits across instances costs)."""
+        info: dict[str, Any] = {}
+        self.redis = info
+        try:
+            redis_proc, url = start_redis(self.pin, self.tmp / "logs")
+        except StartError as exc:
+            info["error"] = str(exc)
+            log(f"redis case skipped: {exc}")
+            return
+        try:
+            t = self.start(
+                "keygate",
+                f"http://127.0.0.1:{nginx_port}",
+                probe=True,
+                label="keygate-redis",
+                extra_env={"KEYGATE_REDIS_URL": url},
+            )
+        except StartError as exc:
+            redis_proc.stop()
+            info["error"] = str(exc)
+            self.failures["keygate with Redis"] = str(exc)
+            log(f"keygate with Redis: {exc}")
+            return
+        try:
+            if self.opts.warmup_s > 0:
+                self.wrk(t, 10, self.opts.warmup_s)
+            half = max(1.0, self.opts.duration_s / 2)
+            for conc in (1, MANY_KEYS_CONCURRENCY):
+                runs: dict[str, list[WrkResult]] = {"local": [], "redis": []}
+                for _ in range(2):
+                    for label, target in (("local", kg8), ("redis", t)):
+                        r = self.wrk(target, conc, half)
+                        runs[label].append(r)
+                        log(
+                            f"keygate  c={conc:<3} {label:5} {r.rps:10,.0f} req/s  "
+                            f"p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}"
+                        )
+                info[str(conc)] = {k: [r.to_json() for r in v] for k, v in runs.items()}
+
+            def avg(conc: int, label: str, field: str) -> float | None:
+                vals = [x[field] for x in info[str(conc)][label] if x.get(field) is not None]
+                return sum(vals) / len(vals) if vals else None
+
+            info["added_p50_ms"] = _diff(avg(1, "redis", "p50_ms"), avg(1, "local", "p50_ms"))
+            info["added_p99_ms"] = _diff(avg(1, "redis", "p99_ms"), avg(1, "local", "p99_ms"))
+            local_rps = avg(MANY_KEYS_CONCURRENCY, "local", "rps")
+            redis_rps = avg(MANY_KEYS_CONCURRENCY, "redis", "rps")
+            info["rps_local"], info["rps_redis"] = local_rps, redis_rps
+            info["ratio"] = redis_rps / local_rps if local_rps and redis_rps else None
+            log(
+                f"redis form: added p50 {_ms(info['added_p50_ms'])} p99 {_ms(info['added_p99_ms'])}"
+                f" at c=1; c={MANY_KEYS_CONCURRENCY} {info['ratio'] or 0:.0%} of local"
+            )
+        finally:
+            t.stop()
+            redis_proc.stop()
 
     def stream_load(self, target: Target) -> dict[str, Any]:
         """Run the stream client process against `target` and summarise its figures."""
@@ -442,7 +504,10 @@ class Bench:
             kg8 = self.run_nonstreaming(nginx_port)
             if kg8 is not None:
                 try:
-                    self.run_many_keys(kg8, nginx_port)
+                    if self.want("keys100k"):
+                        self.run_many_keys(kg8, nginx_port)
+                    if self.want("redis"):
+                        self.run_redis(kg8, nginx_port)
                 finally:
                     kg8.stop()
             nginx.stop()
@@ -496,6 +561,7 @@ class Bench:
             },
             "references": {r: self.refs[r] for r in report.REFS if r in self.refs},
             "keys100k": self.keys100k or None,
+            "redis": self.redis or None,
             "calibration": self.calibration or None,
             "failures": self.failures,
             "flags": flags,

@@ -189,6 +189,7 @@ def start_keygate(
     keys: list[str] | None = None,
     probe: bool = True,
     label: str = "keygate",
+    extra_env: Mapping[str, str] | None = None,
 ) -> Target:
     """Start `keygate serve` on `upstream` with auth on and 8 env keys, plus `keys` imported
     into its store first with `keygate keys import`, the way a user loads many keys."""
@@ -204,6 +205,7 @@ def start_keygate(
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
             "KV_FLUSH_INTERVAL_MS": "5000",
             "CEREBRAS_API_KEYS": ",".join(FAKE_KEYS),
+            **(extra_env or {}),
         }
     )
     import_s = None
@@ -229,6 +231,23 @@ def start_keygate(
     else:
         startup = wait_http("keygate", proc, port, "/healthz", timeout_s)
     return Target("keygate", port, path, proc, startup, cmd, import_s)
+
+
+# ---- Redis (for the shared-state form) ---------------------------------------------------------
+
+
+def start_redis(pin: Pinning, log_dir: Path, timeout_s: float = 10.0) -> tuple[Proc, str]:
+    """A throwaway redis-server on the load CPU: no persistence, loopback only."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(binary, os.X_OK):
+        raise StartError("redis-server not found (Debian: apt-get install redis-server)")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    proc = spawn(f"redis-{port}", pin.load(cmd), log_dir)
+    if not wait_port(port, proc, timeout_s):
+        proc.stop()
+        raise StartError(f"redis-server failed to start: {proc.log_tail()}")
+    return proc, f"redis://{HOST}:{port}/0"
 
 
 # ---- LiteLLM (optional) -----------------------------------------------------------------------

@@ -111,6 +111,19 @@ def lower_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
     return {k.lower(): v for k, v in resp.headers.items()}
 
 
+_URLS: dict[str, URL] = {}
+
+
+def upstream_url(url: str) -> URL:
+    """Parsed once per distinct URL: a gateway sends the same few URLs again and again."""
+    parsed = _URLS.get(url)
+    if parsed is None:
+        if len(_URLS) >= 1024:
+            _URLS.clear()
+        parsed = _URLS[url] = URL(url, encoded=True)
+    return parsed
+
+
 async def open_upstream(
     session: aiohttp.ClientSession,
     method: str,
@@ -126,7 +139,7 @@ async def open_upstream(
     try:
         return await session.request(
             method,
-            URL(url, encoded=True),
+            upstream_url(url),
             headers=headers,
             data=body,
             timeout=timeout,

@@ -140,7 +140,6 @@ class Exchange:
         "task",
         "upstream_status",
         "usage",
-        "watch_timer",
         "watcher",
     )
 
@@ -157,7 +156,6 @@ class Exchange:
         self.task: asyncio.Task[Any] | None = None
         self.receive: Any = None
         self.dog: Watchdog | None = None
-        self.watch_timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[Any] | None = None
 
     def arm(self, receive: Any) -> Watchdog:
@@ -168,8 +166,7 @@ class Exchange:
         assert task is not None
         self.task = task
         self.receive = receive
-        self.dog = Watchdog(loop, task)
-        self.watch_timer = loop.call_later(WATCH_AFTER_S, self.watch)
+        self.dog = Watchdog(loop, task, wake=self.watch, wake_after_s=WATCH_AFTER_S)
         return self.dog
 
     def watch(self) -> None:
@@ -187,12 +184,10 @@ class Exchange:
             self.task.cancel()
 
     def disarm(self) -> None:
-        if self.watch_timer is not None:
-            self.watch_timer.cancel()
         if self.watcher is not None and not self.watcher.done():
             self.watcher.cancel()
         if self.dog is not None:
-            self.dog.stop()
+            self.dog.close()
 
 
 async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) -> None:

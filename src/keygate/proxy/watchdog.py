@@ -1,28 +1,59 @@
-"""One timer per request that cancels it when the upstream stays silent too long.
+"""The one timer a request owns: it cancels the request when the upstream stays silent too
+long, and it wakes the request's disconnect watcher once the exchange has lasted a moment.
 
 `asyncio.timeout` costs a timer and two coroutine calls per use, and a stream would re-arm it
-twice per chunk. Here a chunk only stamps the time; the single timer, when it fires, looks at
-the stamp and either re-arms for the remainder or cancels the request's task.
+twice per chunk. Here a chunk only stamps the time; the timer, when it fires, looks at the stamp
+and either re-arms for the remainder or cancels the request's task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Callable
 from typing import Any
 
 
 class Watchdog:
-    __slots__ = ("_due", "_handle", "_limit", "_loop", "_paused", "_task", "fired", "last")
+    __slots__ = (
+        "_due",
+        "_handle",
+        "_limit",
+        "_loop",
+        "_paused",
+        "_task",
+        "_wake",
+        "_wake_at",
+        "fired",
+        "last",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Task[Any],
+        wake: Callable[[], None] | None = None,
+        wake_after_s: float = 0.05,
+    ) -> None:
         self._loop = loop
         self._task = task
         self._handle: asyncio.TimerHandle | None = None
-        self._due = 0.0
-        self._limit = 0.0
+        self._due = math.inf
+        self._limit = math.inf  # no silence limit until `watch`
         self._paused = False
+        self._wake = wake
+        self._wake_at = loop.time() + wake_after_s if wake is not None else math.inf
         self.last = 0.0
         self.fired = False
+        if wake is not None:
+            self._arm(self._wake_at)
+
+    def _arm(self, due: float) -> None:
+        if due < self._due:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._due = due
+            self._handle = self._loop.call_at(due, self._check)
 
     def watch(self, seconds: float) -> None:
         """From now on, at most `seconds` of upstream silence."""
@@ -30,12 +61,8 @@ class Watchdog:
         self.last = now
         self._limit = seconds
         self._paused = False
-        due = now + seconds
-        if self._handle is None or due < self._due:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._due = due
-            self._handle = self._loop.call_at(due, self._check)
+        self.fired = False
+        self._arm(now + seconds)
 
     def touch(self) -> None:
         """The upstream spoke (or the client took its time): the silence starts again."""
@@ -47,17 +74,31 @@ class Watchdog:
         self._paused = True
 
     def stop(self) -> None:
+        """No silence limit until the next `watch` (between tries, after the last byte)."""
+        self._limit = math.inf
+
+    def close(self) -> None:
+        """The request is over: no more timer."""
+        self._limit = math.inf
+        self._wake = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._due = math.inf
 
     def _check(self) -> None:
         self._handle = None
+        self._due = math.inf
         now = self._loop.time()
-        due = (now if self._paused else self.last) + self._limit
-        if now < due:
-            self._due = due
-            self._handle = self._loop.call_at(due, self._check)
+        if self._wake is not None and now >= self._wake_at:
+            wake, self._wake = self._wake, None
+            wake()
+        silent_until = (now if self._paused else self.last) + self._limit
+        if now >= silent_until:
+            self.fired = True
+            self._limit = math.inf
+            self._task.cancel()
             return
-        self.fired = True
-        self._task.cancel()
+        due = min(silent_until, self._wake_at if self._wake is not None else math.inf)
+        if due != math.inf:
+            self._arm(due)
