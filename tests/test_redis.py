@@ -473,6 +473,10 @@ async def test_redis_outage_local_limits_then_shared_again(
     await asyncio.to_thread(wait_state, [a, b], "local-fallback")
     doc = health(a)
     assert "Redis unreachable" in doc["state_reason"], doc
+    stats = (await asyncio.to_thread(a.api, "GET", "/api/stats")).json()  # the admin page's feed
+    assert stats["state"]["state"] == "local-fallback", stats["state"]
+    config = (await asyncio.to_thread(a.api, "GET", "/api/config")).json()
+    assert config["shared_state"] == "local-fallback"
     await asyncio.sleep(1.0)
     stop.set()
     await asyncio.gather(*loaders)

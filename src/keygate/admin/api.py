@@ -653,6 +653,7 @@ class AdminAPI:
         doc = {
             "uptime_s": round(time.time() - gw.started_at, 1),
             "since": gw.started_at,
+            "state": gw.state_info(),
             "totals": totals,
             "providers": providers,
         }
@@ -666,7 +667,7 @@ class AdminAPI:
             "admin_path": s.admin_path,
             "proxy_auth": bool(self.gw.passwords),
             "store": s.store_description,
-            "shared_state": "redis" if s.redis_url else "local",
+            "shared_state": self.gw.state_info()["state"],
             "flush_interval_ms": s.flush_interval_ms,
             "providers": {
                 name: {"default_model": rt.cfg.default_model, "force_model": rt.cfg.force_model}

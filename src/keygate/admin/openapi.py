@@ -253,7 +253,7 @@ SCHEMAS: dict[str, Any] = {
             "admin_path": {"type": "string"},
             "proxy_auth": {"type": "boolean"},
             "store": {"type": "string"},
-            "shared_state": {"type": "string", "enum": ["local", "redis"]},
+            "shared_state": {"type": "string", "enum": ["local", "redis", "local-fallback"]},
             "flush_interval_ms": {"type": "integer"},
             "providers": {
                 "type": "object",

@@ -148,15 +148,25 @@ class ProviderCard {
 
 export function mount(root, _params, ctx) {
   const banner = h('p', { class: 'banner banner-warn', role: 'status', hidden: true });
+  const stateBanner = h('p', { class: 'banner banner-error', role: 'alert', hidden: true });
   const totals = h('section', { class: 'stat-grid', 'aria-label': t('dash.title') });
   const grid = h('section', { class: 'prov-grid' });
   const heading = h('h2', { class: 'section-title' }, t('dash.providers'));
   const empty = h('div', { hidden: true });
-  root.append(pageHeader(t('dash.title'), t('dash.subtitle')), banner, totals, heading, grid, empty);
+  root.append(pageHeader(t('dash.title'), t('dash.subtitle')), stateBanner, banner, totals, heading, grid, empty);
   const cards = new Map();
   let first = true;
 
   const render = (data) => {
+    const state = data.state || {};
+    stateBanner.hidden = state.state !== 'local-fallback';
+    if (!stateBanner.hidden) {
+      stateBanner.textContent = t('dash.state_fallback', {
+        since: state.state_since ? fmtTime(state.state_since) : '?',
+        n: state.fleet_size || 1,
+        reason: state.state_reason || '',
+      });
+    }
     const tot = data.totals || {};
     const errors = (tot.err_4xx || 0) + (tot.err_5xx || 0);
     const keyTotal = tot.keys ? (tot.keys.total ?? STATES.reduce((a, st) => a + (tot.keys[st] || 0), 0)) : 0;
