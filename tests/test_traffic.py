@@ -217,13 +217,16 @@ async def test_retry_respects_retry_after_on_the_only_key(gateway_factory: Any, 
 async def test_no_retry_after_streaming_began(gateway_factory: Any, mock: Any) -> None:
     gw = gateway_factory(env=keys_env(), config=cfg(rps=0, max_conn=0))
     mock.push(None, chunks=6, reset_after_chunks=2)
-    with pytest.raises(httpx.HTTPError), httpx.stream(
-        "POST",
-        f"{gw.url}/cerebras/v1/chat/completions",
-        json={**CHAT, "stream": True},
-        headers=gw.auth(),
-        timeout=10,
-    ) as r:
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream(
+            "POST",
+            f"{gw.url}/cerebras/v1/chat/completions",
+            json={**CHAT, "stream": True},
+            headers=gw.auth(),
+            timeout=10,
+        ) as r,
+    ):
         for _ in r.iter_raw():
             pass
     await asyncio.sleep(0.2)

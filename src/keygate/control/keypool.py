@@ -103,7 +103,14 @@ class KeyEntry:
         self.flushed: tuple[int, int, int, int, int, int] = (use_count, 0, 0, 0, 0, 0)
 
     def counters(self) -> tuple[int, int, int, int, int, int]:
-        return (self.use_count, self.ok, self.err_4xx, self.err_5xx, self.tokens_in, self.tokens_out)
+        return (
+            self.use_count,
+            self.ok,
+            self.err_4xx,
+            self.err_5xx,
+            self.tokens_in,
+            self.tokens_out,
+        )
 
     def public(self, now: float | None = None) -> dict[str, Any]:
         """The shape of SPEC §7; never the secret."""
@@ -117,7 +124,9 @@ class KeyEntry:
             "last_used": self.last_used or None,
             "created_at": self.created_at,
             "last_error": self.last_error or None,
-            "cooldown_until": self.until if self.status in ("cooling", "exhausted", "invalid") else None,
+            "cooldown_until": self.until
+            if self.status in ("cooling", "exhausted", "invalid")
+            else None,
             "source": self.source,
             "inflight": self.inflight,
             "ok": self.ok,
@@ -166,7 +175,9 @@ class LocalKeyPool:
             entry.status = "deleted"
         return entry
 
-    def set_status(self, key_id: int, status: str, until: float = 0.0, error: str | None = None) -> KeyEntry | None:
+    def set_status(
+        self, key_id: int, status: str, until: float = 0.0, error: str | None = None
+    ) -> KeyEntry | None:
         """Admin or sync from the store: put a key in a state directly."""
         entry = self.entries.get(key_id)
         if entry is None:
@@ -218,7 +229,9 @@ class LocalKeyPool:
     async def acquire(self, exclude: Iterable[int] = ()) -> KeyEntry | None:
         return self.pick(exclude)
 
-    async def release(self, entry: KeyEntry, event: Event, until: float | None = None, error: str = "") -> float | None:
+    async def release(
+        self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
+    ) -> float | None:
         return self.record(entry, event, until, error)
 
     def pick(self, exclude: Iterable[int] = ()) -> KeyEntry | None:
@@ -272,7 +285,9 @@ class LocalKeyPool:
         return best
 
     # --- outcomes ----------------------------------------------------------------------------
-    def record(self, entry: KeyEntry, event: Event, until: float | None = None, error: str = "") -> float | None:
+    def record(
+        self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
+    ) -> float | None:
         """Record how a try went; returns a wall-clock time to pause the provider until, when
         the pool-wide 429 guard fires."""
         if entry.inflight > 0:
@@ -332,7 +347,11 @@ class LocalKeyPool:
 
     def due_for_recheck(self) -> list[KeyEntry]:
         now = self.clock()
-        return [e for e in self.entries.values() if e.status in ("invalid", "exhausted") and e.until <= now]
+        return [
+            e
+            for e in self.entries.values()
+            if e.status in ("invalid", "exhausted") and e.until <= now
+        ]
 
     def counts(self) -> dict[str, int]:
         self._promote(self.clock())
