@@ -291,3 +291,35 @@ async def test_no_usable_key_answers_429_with_retry_after(gateway_factory: Any, 
     assert r.status_code == 429
     assert 15 <= int(r.headers["retry-after"]) <= 21
     assert mock.count() == 1
+
+
+async def test_clients_leaving_the_queue_early_never_leak_a_slot(
+    gateway_factory: Any, mock: Any
+) -> None:
+    """Clients that give up within the first tens of milliseconds, while queued behind a gate
+    that turns over fast: every slot must come back (a leaked slot would shrink max_conn)."""
+    gw = gateway_factory(
+        env=keys_env(), config=cfg(rps=0, max_conn=1, queue=500, queue_timeout_s=10, retries=0)
+    )
+    mock.set_behavior(None, delay_s=0.01)
+
+    async def leaver(s: aiohttp.ClientSession, after: float) -> None:
+        try:
+            async with s.post(
+                f"{gw.url}/cerebras/v1/chat/completions",
+                json=CHAT,
+                headers=gw.auth(),
+                timeout=aiohttp.ClientTimeout(total=after),
+            ) as r:
+                await r.read()
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+
+    async with aiohttp.ClientSession() as s:
+        for _ in range(4):
+            await asyncio.gather(*(leaver(s, 0.005 + 0.003 * (i % 12)) for i in range(60)))
+    await asyncio.sleep(1.0)
+    health = httpx.get(gw.url + "/healthz").json()["providers"]["cerebras"]
+    assert health["in_flight"] == 0 and health["queued"] == 0, health
+    mock.set_behavior(None)
+    assert await fire(gw, 3) == [200] * 3

@@ -275,13 +275,13 @@ async def forward(
                 "rate_limited",
                 retry_after_headers(rej.retry_after_s),
             ) from None
-        if getattr(slot, "queued", True):
-            # It waited: if its client left meanwhile, find out before anything goes upstream.
-            ex.watch()
-            await asyncio.sleep(0)
         delay = 0.0
         held = None
-        try:
+        try:  # from here the slot goes back on every path, cancellation included
+            if getattr(slot, "queued", True):
+                # It waited: if its client left meanwhile, find out before anything goes upstream.
+                ex.watch()
+                await asyncio.sleep(0)
             held = await pool.acquire(tried)
             if held is None and tried:
                 held = await pool.acquire(())  # the only usable key is one we tried: use it again
