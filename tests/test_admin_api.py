@@ -39,6 +39,7 @@ ADMIN_ROUTES = {
     ("PUT", "/api/config/default-model"),
     ("GET", "/api/requests"),
     ("GET", "/api/openapi.json"),
+    ("GET", "/metrics"),
 }
 
 
@@ -724,3 +725,27 @@ def test_import_100k_keys_through_the_api(kg: Kg) -> None:
         "POST", "/api/keys/batch", json={"provider": "cerebras", "input": "x" * (9 << 20)}
     )
     assert resp.status_code == 413
+
+
+def test_prometheus_metrics_need_admin_auth_and_count_traffic(
+    gateway_factory: Any, mock: MockUpstream
+) -> None:
+    gw = gateway_factory(env={"CEREBRAS_API_KEYS": "sk-metrics-aaaa1111,sk-metrics-bbbb2222"})
+    mock.push("sk-metrics-bbbb2222", status=401)
+    with gw.client() as c:
+        for _ in range(4):
+            assert (
+                c.post(
+                    "/cerebras/v1/chat/completions", json={"model": "m"}, headers=gw.auth()
+                ).status_code
+                == 200
+            )
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers=gw.auth()).status_code == 401  # the proxy password
+        r = c.get("/metrics", headers=gw.admin())
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'keygate_requests_total{outcome="ok",provider="cerebras"} 4.0' in text
+    assert 'keygate_keys{provider="cerebras",state="invalid"} 1.0' in text
+    assert 'keygate_shared_state{state="local"} 1.0' in text
+    assert "sk-metrics" not in text

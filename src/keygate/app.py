@@ -56,7 +56,7 @@ class App:
             path: str = scope["path"]
             if path == "/healthz":
                 await self._json(send, 200, self.health())
-            elif path.startswith("/api/") or path == "/api":
+            elif path.startswith("/api/") or path == "/api" or path == "/metrics":
                 await self._admin_api(scope, receive, send)
             elif path.startswith(self.admin_path) or path == self.admin_root:
                 await self._admin_ui(scope, receive, send)

@@ -83,8 +83,9 @@ def bad(field: str, problem: str) -> ApiError:
 @dataclass(slots=True)
 class Reply:
     status: int
-    doc: Any
+    doc: Any  # JSON-able, or bytes sent as they are with `content_type`
     headers: list[tuple[bytes, bytes]] | None = None
+    content_type: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -178,7 +179,9 @@ class AdminAPI:
             Route("PUT", r(r"/api/config/default-model"), self.put_default_model),
             Route("GET", r(r"/api/requests"), self.requests),
             Route("GET", r(r"/api/openapi\.json"), self.openapi),
+            Route("GET", r(r"/metrics"), self.metrics),
         ]
+        self._metrics: Any = None
 
     # --- ASGI ----------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -209,8 +212,13 @@ class AdminAPI:
         except Exception as exc:
             log.exception("admin API %s %s failed: %s", method, path, type(exc).__name__)
             reply = _error_reply(ApiError(500, "internal error; see the gateway log", "internal"))
-        body = orjson.dumps(reply.doc)
-        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if reply.content_type is not None:
+            body = reply.doc
+            headers = [(b"content-type", reply.content_type), (b"cache-control", b"no-store")]
+        else:
+            body = orjson.dumps(reply.doc)
+            headers = list(_JSON_HEADERS)
+        headers.append((b"content-length", str(len(body)).encode()))
         await send(
             {
                 "type": "http.response.start",
@@ -658,6 +666,14 @@ class AdminAPI:
             "providers": providers,
         }
         return Reply(200, doc)
+
+    async def metrics(self, req: Request) -> Reply:
+        """Prometheus text format; scrape with the admin password as a bearer token."""
+        from keygate import metrics
+
+        if self._metrics is None:
+            self._metrics = metrics.registry_for(self.gw)
+        return Reply(200, metrics.render(self._metrics), content_type=metrics.CONTENT_TYPE)
 
     async def config(self, req: Request) -> Reply:
         s = self.gw.settings

@@ -544,6 +544,17 @@ PATHS: dict[str, Any] = {
     "/api/openapi.json": {
         "get": _op("This document", _json({"type": "object"}, "OpenAPI 3.1"), tag=_STATUS),
     },
+    "/metrics": {
+        "get": _op(
+            "Prometheus metrics (text format): requests by outcome, tokens, keys by state, "
+            "in-flight, queued, rejected, shared-state form",
+            {
+                "description": "Prometheus text exposition format 0.0.4",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            tag=_STATUS,
+        ),
+    },
 }
 
 OPENAPI: dict[str, Any] = {

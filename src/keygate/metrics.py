@@ -1,0 +1,80 @@
+"""Prometheus metrics, read from the gateway's own counters when scraped.
+
+Nothing is added to the request path: a custom collector turns the per-provider counters, key
+states and admission snapshots that already exist into metric families at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from keygate.gateway import Gateway
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class GatewayCollector:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.gateway
+        requests = CounterMetricFamily(
+            "keygate_requests",
+            "Proxied requests since start, by provider and outcome class.",
+            labels=["provider", "outcome"],
+        )
+        tokens = CounterMetricFamily(
+            "keygate_tokens",
+            "Tokens the upstreams reported, by provider and direction.",
+            labels=["provider", "direction"],
+        )
+        keys = GaugeMetricFamily("keygate_keys", "Keys by state.", labels=["provider", "state"])
+        in_flight = GaugeMetricFamily(
+            "keygate_in_flight", "Requests holding a slot.", labels=["provider"]
+        )
+        max_conn = GaugeMetricFamily(
+            "keygate_max_conn", "Slot limit (0 = none).", labels=["provider"]
+        )
+        queued = GaugeMetricFamily("keygate_queued", "Requests waiting.", labels=["provider"])
+        rejected = CounterMetricFamily(
+            "keygate_rejected", "Requests refused by admission.", labels=["provider"]
+        )
+        for name, rt in gw.providers.items():
+            stats = rt.stats
+            if not rt.pool.entries and not stats.requests:
+                continue
+            requests.add_metric([name, "ok"], stats.ok)
+            requests.add_metric([name, "4xx"], stats.err_4xx)
+            requests.add_metric([name, "5xx"], stats.err_5xx)
+            tokens.add_metric([name, "in"], stats.tokens_in)
+            tokens.add_metric([name, "out"], stats.tokens_out)
+            for state, n in rt.pool.counts().items():
+                keys.add_metric([name, state], n)
+            snap: dict[str, Any] = rt.admission.snapshot()
+            in_flight.add_metric([name], snap.get("in_flight", 0))
+            max_conn.add_metric([name], snap.get("max_conn", 0))
+            queued.add_metric([name], snap.get("queued", 0))
+            rejected.add_metric([name], snap.get("rejected", 0))
+        state = GaugeMetricFamily(
+            "keygate_shared_state",
+            "1 for the form of traffic-control state in use (local, redis, local-fallback).",
+            labels=["state"],
+        )
+        state.add_metric([gw.state_info()["state"]], 1)
+        yield from (requests, tokens, keys, in_flight, max_conn, queued, rejected, state)
+
+
+def registry_for(gateway: Gateway) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway))  # type: ignore[arg-type]
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
