@@ -11,7 +11,10 @@ from __future__ import annotations
 import abc
 import json
 import math
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from keygate.control.keypool import mask
@@ -304,3 +307,95 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
         else:  # rpm, max_conn
             out[name] = check_number(name, value, integer=True)
     return out
+
+
+# --- what both implementations share ------------------------------------------------------
+
+MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+KEY_COLUMNS = """
+    k.id, k.provider, k.secret, k.masked, k.label, k.status, k.until, k.last_error, k.source,
+    k.created_at, COALESCE(s.use_count, 0), COALESCE(s.last_used, 0), COALESCE(s.ok, 0),
+    COALESCE(s.err_4xx, 0), COALESCE(s.err_5xx, 0), COALESCE(s.tokens_in, 0),
+    COALESCE(s.tokens_out, 0), k.rpm, k.max_conn
+"""
+KEY_SELECT = f"SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN key_stats s ON s.key_id = k.id"
+
+
+def record_from_row(row: Sequence[Any], unseal: Callable[[str], str]) -> KeyRecord:
+    """A `KEY_SELECT` row as a KeyRecord, the secret decrypted with `unseal`."""
+    return KeyRecord(
+        id=row[0],
+        provider=row[1],
+        secret=unseal(row[2]),
+        masked=row[3],
+        label=row[4],
+        status=row[5],
+        until=row[6],
+        last_error=row[7],
+        source=row[8],
+        created_at=row[9],
+        use_count=row[10],
+        last_used=row[11],
+        ok=row[12],
+        err_4xx=row[13],
+        err_5xx=row[14],
+        tokens_in=row[15],
+        tokens_out=row[16],
+        rpm=row[17],
+        max_conn=row[18],
+    )
+
+
+def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration for `dialect`, in order, numbered
+    0001.. without gaps."""
+    folder = resources.files("keygate.store").joinpath("migrations").joinpath(dialect)
+    found = []
+    for entry in folder.iterdir():
+        m = MIGRATION_RE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise StoreError(f"{dialect} migrations are not numbered 0001.. without gaps: {versions}")
+    return found
+
+
+@dataclass(slots=True)
+class ImportPlan:
+    """A batch import before it meets the database: one result per input token, and the
+    distinct valid keys by fingerprint (a repeat in the input points at its first copy)."""
+
+    results: list[ImportResult]
+    first: dict[str, int]  # fingerprint -> index of its first occurrence
+    repeats: list[tuple[int, str]]  # (index, fingerprint) of later occurrences
+    tokens: dict[str, str]  # fingerprint -> the key, first occurrences only
+
+    def finish(self, ids: dict[str, int]) -> list[ImportResult]:
+        """Fill in ids once the database said which fingerprints it holds (`ids`)."""
+        for fp, index in self.first.items():
+            self.results[index].id = ids.get(fp)
+        for index, fp in self.repeats:
+            self.results[index].id = ids.get(fp)
+            self.results[index].message = "repeated in this input"
+        return self.results
+
+
+def plan_import(secrets: Sequence[Any], fingerprint: Callable[[str], str]) -> ImportPlan:
+    """Check every token; every valid one starts as "duplicate" until the insert proves it new."""
+    plan = ImportPlan([], {}, [], {})
+    for i, raw in enumerate(secrets):
+        token = raw.strip() if isinstance(raw, str) else ""
+        why = check_secret(token)
+        if why:
+            plan.results.append(ImportResult(mask(token), "invalid", message=why))
+            continue
+        fp = fingerprint(token)
+        plan.results.append(ImportResult(mask(token), "duplicate"))
+        if fp in plan.first:
+            plan.repeats.append((i, fp))
+        else:
+            plan.first[fp] = i
+            plan.tokens[fp] = token
+    return plan

@@ -23,17 +23,18 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
 from keygate.store.base import (
+    KEY_SELECT,
     MAX_ERROR_LEN,
     TOMBSTONE_TTL_S,
     Changes,
     DuplicateKey,
+    ImportPlan,
     ImportResult,
     InvalidKey,
     KeyRecord,
@@ -46,7 +47,10 @@ from keygate.store.base import (
     check_source,
     check_status,
     like_pattern,
+    load_migrations,
     mask,
+    plan_import,
+    record_from_row,
 )
 from keygate.store.crypto import (
     CRYPTO_META,
@@ -63,35 +67,12 @@ POOL_MAX_SIZE = 10
 WRITE_ATTEMPTS = 5  # deadlocks / serialization failures are retried this many times in all
 ANALYZE_AFTER = 5000  # keys added by one import that warrant fresh planner statistics
 BIG_RESULT = 2000  # rows above which decoding (decryption) moves off the event loop
-_MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 # One advisory lock id for schema changes and the switch to encryption (per database).
 _LOCK_ID = int.from_bytes(hashlib.sha256(b"keygate.store.migrate").digest()[:8], "big", signed=True)
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
-_KEY_COLUMNS = """
-    k.id, k.provider, k.secret, k.masked, k.label, k.status, k.until, k.last_error, k.source,
-    k.created_at, COALESCE(s.use_count, 0), COALESCE(s.last_used, 0), COALESCE(s.ok, 0),
-    COALESCE(s.err_4xx, 0), COALESCE(s.err_5xx, 0), COALESCE(s.tokens_in, 0),
-    COALESCE(s.tokens_out, 0), k.rpm, k.max_conn
-"""
-_KEY_SELECT = f"SELECT {_KEY_COLUMNS} FROM keys k LEFT JOIN key_stats s ON s.key_id = k.id"
 _COUNTERS = ("use_count", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
 _PROVIDER_COUNTERS = ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
-
-
-def load_migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every bundled PostgreSQL migration, in order."""
-    folder = resources.files("keygate.store").joinpath("migrations").joinpath("postgres")
-    found = []
-    for entry in folder.iterdir():
-        m = _MIGRATION_RE.match(entry.name)
-        if m:
-            found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    if versions != list(range(1, len(versions) + 1)):
-        raise StoreError(f"PostgreSQL migrations are not numbered 0001.. without gaps: {versions}")
-    return found
 
 
 def describe_dsn(dsn: str) -> str:
@@ -190,27 +171,7 @@ class PostgresStore(Store):
         )
 
     def _record(self, row: Sequence[Any]) -> KeyRecord:
-        return KeyRecord(
-            id=row[0],
-            provider=row[1],
-            secret=self._cipher.unseal(row[2]),
-            masked=row[3],
-            label=row[4],
-            status=row[5],
-            until=row[6],
-            last_error=row[7],
-            source=row[8],
-            created_at=row[9],
-            use_count=row[10],
-            last_used=row[11],
-            ok=row[12],
-            err_4xx=row[13],
-            err_5xx=row[14],
-            tokens_in=row[15],
-            tokens_out=row[16],
-            rpm=row[17],
-            max_conn=row[18],
-        )
+        return record_from_row(row, self._cipher.unseal)
 
     async def _records(self, rows: list[Any]) -> list[KeyRecord]:
         if len(rows) > BIG_RESULT:  # decryption of many keys: keep the event loop free
@@ -232,7 +193,7 @@ class PostgresStore(Store):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        migrations = load_migrations()
+        migrations = load_migrations("postgres")
         pool = await self._create_pool()
         try:
             async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
@@ -448,7 +409,7 @@ class PostgresStore(Store):
                 time.time(),
                 seq,
             )
-            row = await conn.fetchrow(f"{_KEY_SELECT} WHERE k.id = $1", key_id)
+            row = await conn.fetchrow(f"{KEY_SELECT} WHERE k.id = $1", key_id)
             return self._record(row)
 
         return await self._write(tx)
@@ -461,34 +422,16 @@ class PostgresStore(Store):
         secrets = list(secrets)
         cipher = self._cipher
 
-        def prepare() -> tuple[
-            list[ImportResult], dict[str, int], list[tuple[int, str]], list[str], list[str]
-        ]:
-            results: list[ImportResult] = []
-            first: dict[str, int] = {}  # fingerprint -> index of its first occurrence
-            repeats: list[tuple[int, str]] = []  # (index, fingerprint) of later occurrences
-            sealed: list[str] = []  # in the order of `first`
-            masked: list[str] = []
-            for i, raw in enumerate(secrets):
-                token = raw.strip() if isinstance(raw, str) else ""
-                why = check_secret(token)
-                if why:
-                    results.append(ImportResult(mask(token), "invalid", message=why))
-                    continue
-                fp = cipher.fingerprint(token)
-                results.append(ImportResult(mask(token), "duplicate"))
-                if fp in first:
-                    repeats.append((i, fp))
-                else:
-                    first[fp] = i
-                    sealed.append(cipher.seal(token))
-                    masked.append(results[i].input)
-            return results, first, repeats, sealed, masked
+        def prepare() -> tuple[ImportPlan, list[str]]:
+            plan = plan_import(secrets, cipher.fingerprint)
+            return plan, [cipher.seal(token) for token in plan.tokens.values()]  # `first` order
 
         if len(secrets) > BIG_RESULT:  # hashing/encrypting many keys: keep the event loop free
-            results, first, repeats, sealed, masked = await asyncio.to_thread(prepare)
+            plan, sealed = await asyncio.to_thread(prepare)
         else:
-            results, first, repeats, sealed, masked = prepare()
+            plan, sealed = prepare()
+        results, first = plan.results, plan.first
+        masked = [results[index].input for index in first.values()]
 
         async def tx(conn: asyncpg.Connection) -> dict[str, int]:
             seq = await self._bump(conn)  # taken first: the duplicate check cannot go stale
@@ -545,20 +488,15 @@ class PostgresStore(Store):
             with contextlib.suppress(StoreError, asyncpg.PostgresError):
                 async with self._conn() as conn:
                     await conn.execute("ANALYZE keys")
-        for fp, index in first.items():
-            results[index].id = ids.get(fp)
-        for index, fp in repeats:
-            results[index].id = ids.get(fp)
-            results[index].message = "repeated in this input"
-        return results
+        return plan.finish(ids)
 
     async def load_keys(self, provider: str | None = None) -> list[KeyRecord]:
         async with self._conn() as conn:
             if provider is None:
-                rows = await conn.fetch(f"{_KEY_SELECT} ORDER BY k.id")
+                rows = await conn.fetch(f"{KEY_SELECT} ORDER BY k.id")
             else:
                 rows = await conn.fetch(
-                    f"{_KEY_SELECT} WHERE k.provider = $1 ORDER BY k.id", provider
+                    f"{KEY_SELECT} WHERE k.provider = $1 ORDER BY k.id", provider
                 )
         return await self._records(rows)
 
@@ -568,7 +506,7 @@ class PostgresStore(Store):
             return []
         async with self._conn() as conn:
             rows = await conn.fetch(
-                f"{_KEY_SELECT} WHERE k.id = ANY($1::bigint[]) ORDER BY k.id", wanted
+                f"{KEY_SELECT} WHERE k.id = ANY($1::bigint[]) ORDER BY k.id", wanted
             )
         return await self._records(rows)
 
@@ -607,7 +545,7 @@ class PostgresStore(Store):
             total = await conn.fetchval(f"SELECT COUNT(*) FROM keys k{clause}", *args[:-2])
             # The page's ids from the narrow indexes first, then only those rows in full.
             rows = await conn.fetch(
-                f"{_KEY_SELECT} WHERE k.id IN (SELECT k.id FROM keys k{clause}"
+                f"{KEY_SELECT} WHERE k.id IN (SELECT k.id FROM keys k{clause}"
                 f" ORDER BY k.id DESC LIMIT {limit_p} OFFSET {offset_p}) ORDER BY k.id DESC",
                 *args,
             )
@@ -632,7 +570,7 @@ class PostgresStore(Store):
                 )
                 if done is None:
                     raise _Rollback(None)
-            row = await conn.fetchrow(f"{_KEY_SELECT} WHERE k.id = $1", key_id)
+            row = await conn.fetchrow(f"{KEY_SELECT} WHERE k.id = $1", key_id)
             return None if row is None else self._record(row)
 
         return await self._write(tx)

@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from keygate.store.base import (
+    KEY_SELECT,
     MAX_ERROR_LEN,
     TOMBSTONE_TTL_S,
     Changes,
@@ -41,7 +40,10 @@ from keygate.store.base import (
     check_source,
     check_status,
     like_pattern,
+    load_migrations,
     mask,
+    plan_import,
+    record_from_row,
 )
 from keygate.store.crypto import (
     CRYPTO_META,
@@ -55,30 +57,6 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 _CHUNK = 900  # host parameters per IN (...) list, below SQLite's oldest limit of 999
-_MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
-
-_KEY_COLUMNS = """
-    k.id, k.provider, k.secret, k.masked, k.label, k.status, k.until, k.last_error, k.source,
-    k.created_at, COALESCE(s.use_count, 0), COALESCE(s.last_used, 0), COALESCE(s.ok, 0),
-    COALESCE(s.err_4xx, 0), COALESCE(s.err_5xx, 0), COALESCE(s.tokens_in, 0),
-    COALESCE(s.tokens_out, 0), k.rpm, k.max_conn
-"""
-_KEY_SELECT = f"SELECT {_KEY_COLUMNS} FROM keys k LEFT JOIN key_stats s ON s.key_id = k.id"
-
-
-def load_migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every bundled SQLite migration, in order."""
-    folder = resources.files("keygate.store").joinpath("migrations").joinpath("sqlite")
-    found = []
-    for entry in folder.iterdir():
-        m = _MIGRATION_RE.match(entry.name)
-        if m:
-            found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    if versions != list(range(1, len(versions) + 1)):
-        raise StoreError(f"SQLite migrations are not numbered 0001.. without gaps: {versions}")
-    return found
 
 
 def _statements(script: str) -> Iterable[str]:
@@ -172,27 +150,7 @@ class SqliteStore(Store):
         return int(rows[0][0])
 
     def _record(self, row: Sequence[Any]) -> KeyRecord:
-        return KeyRecord(
-            id=row[0],
-            provider=row[1],
-            secret=self._cipher.unseal(row[2]),
-            masked=row[3],
-            label=row[4],
-            status=row[5],
-            until=row[6],
-            last_error=row[7],
-            source=row[8],
-            created_at=row[9],
-            use_count=row[10],
-            last_used=row[11],
-            ok=row[12],
-            err_4xx=row[13],
-            err_5xx=row[14],
-            tokens_in=row[15],
-            tokens_out=row[16],
-            rpm=row[17],
-            max_conn=row[18],
-        )
+        return record_from_row(row, self._cipher.unseal)
 
     def _guard_plain_writes(self, conn: sqlite3.Connection) -> None:
         """Refuse to add plain secrets after another process switched the db to encryption."""
@@ -217,7 +175,7 @@ class SqliteStore(Store):
             raise
 
     def _open_sync(self) -> None:
-        migrations = load_migrations()
+        migrations = load_migrations("sqlite")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -393,7 +351,7 @@ class SqliteStore(Store):
                     seq,
                 ),
             )
-            row = conn.execute(f"{_KEY_SELECT} WHERE k.id = ?", (cur.lastrowid,)).fetchone()
+            row = conn.execute(f"{KEY_SELECT} WHERE k.id = ?", (cur.lastrowid,)).fetchone()
             return self._record(row)
 
         return self._write(conn, tx)
@@ -409,23 +367,8 @@ class SqliteStore(Store):
         self, conn: sqlite3.Connection, provider: str, secrets: list[str], source: str
     ) -> list[ImportResult]:
         cipher = self._cipher
-        results: list[ImportResult] = []
-        first: dict[str, int] = {}  # fingerprint -> index of its first occurrence
-        repeats: list[tuple[int, str]] = []  # (index, fingerprint) of later occurrences
-        plain: dict[str, str] = {}
-        for i, raw in enumerate(secrets):
-            token = raw.strip() if isinstance(raw, str) else ""
-            why = check_secret(token)
-            if why:
-                results.append(ImportResult(mask(token), "invalid", message=why))
-                continue
-            fp = cipher.fingerprint(token)
-            results.append(ImportResult(mask(token), "duplicate"))
-            if fp in first:
-                repeats.append((i, fp))
-            else:
-                first[fp] = i
-                plain[fp] = token
+        plan = plan_import(secrets, cipher.fingerprint)
+        results, first, plain = plan.results, plan.first, plan.tokens
 
         def tx() -> dict[str, int]:
             if first:
@@ -473,21 +416,15 @@ class SqliteStore(Store):
                 result.status, result.message = "added", ""
             return ids
 
-        ids = self._write(conn, tx) if first else {}
-        for fp, index in first.items():
-            results[index].id = ids.get(fp)
-        for index, fp in repeats:
-            results[index].id = ids.get(fp)
-            results[index].message = "repeated in this input"
-        return results
+        return plan.finish(self._write(conn, tx) if first else {})
 
     async def load_keys(self, provider: str | None = None) -> list[KeyRecord]:
         def fn(conn: sqlite3.Connection) -> list[KeyRecord]:
             if provider is None:
-                rows = conn.execute(f"{_KEY_SELECT} ORDER BY k.id").fetchall()
+                rows = conn.execute(f"{KEY_SELECT} ORDER BY k.id").fetchall()
             else:
                 rows = conn.execute(
-                    f"{_KEY_SELECT} WHERE k.provider = ? ORDER BY k.id", (provider,)
+                    f"{KEY_SELECT} WHERE k.provider = ? ORDER BY k.id", (provider,)
                 ).fetchall()
             return [self._record(r) for r in rows]
 
@@ -503,7 +440,7 @@ class SqliteStore(Store):
             for chunk in _chunks(wanted):
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(
-                    f"{_KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id", chunk
+                    f"{KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id", chunk
                 ).fetchall()
                 out.extend(self._record(r) for r in rows)
             return out
@@ -560,7 +497,7 @@ class SqliteStore(Store):
                 total = conn.execute(f"SELECT COUNT(*) FROM {source}{clause}", args).fetchone()[0]
                 if not q:
                     rows = conn.execute(
-                        f"{_KEY_SELECT}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
+                        f"{KEY_SELECT}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
                         (*args, limit, offset),
                     ).fetchall()
                     return [self._record(r) for r in rows], int(total)
@@ -575,7 +512,7 @@ class SqliteStore(Store):
                     return [], int(total)
                 marks = ",".join("?" * len(ids))
                 rows = conn.execute(
-                    f"{_KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id DESC", ids
+                    f"{KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id DESC", ids
                 ).fetchall()
                 return [self._record(r) for r in rows], int(total)
 
@@ -597,7 +534,7 @@ class SqliteStore(Store):
                         f"UPDATE keys SET {sets}, updated_seq = ? WHERE id = ?",
                         (*values.values(), seq, key_id),
                     )
-                row = conn.execute(f"{_KEY_SELECT} WHERE k.id = ?", (key_id,)).fetchone()
+                row = conn.execute(f"{KEY_SELECT} WHERE k.id = ?", (key_id,)).fetchone()
                 return self._record(row)
 
             return self._write(conn, tx)
