@@ -134,7 +134,14 @@ class Gateway:
         await self._apply_overrides(await self.store.get_provider_overrides())
         for name, rt in self.providers.items():
             if rt.cfg.keys:
-                await self.store.add_keys(name, rt.cfg.keys, source="env")
+                for result in await self.store.add_keys(name, rt.cfg.keys, source="env"):
+                    if result.status == "invalid":
+                        log.warning(
+                            "ignored a %s key from the environment/config: %s (%s)",
+                            name,
+                            result.input,
+                            result.message,
+                        )
         self._seq = await self.store.current_seq()
         for rec in await self.store.load_keys():
             self._load_key(rec)
