@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -102,7 +103,7 @@ class App:
             "status": "ok",
             "version": __version__,
             "pid": os.getpid(),
-            "uptime_s": round(_now() - gw.started_at, 1),
+            "uptime_s": round(time.time() - gw.started_at, 1),
             "store": self.settings.store_kind,
             **gw.state_info(),
             "providers": {
@@ -143,12 +144,6 @@ class App:
                 await self.gateway.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def print_banner(gw: Gateway, workers_line: str = "") -> None:

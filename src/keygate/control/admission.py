@@ -146,6 +146,7 @@ class LocalAdmission:
 
     def snapshot(self) -> dict[str, float]:
         now = self._clock()
+        self._bucket.peek(now)  # refill up to now, so an idle provider shows a full bucket
         return {
             "in_flight": self._in_flight,
             "max_conn": self._limits.max_conn,
