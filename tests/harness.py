@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import yaml
 
 from keygate.providers import BUILTINS, env_prefix
 from keygate.testing.mock_upstream import MockUpstream
@@ -83,6 +88,84 @@ def wait_healthy(gw: Gateway, timeout: float = 15) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"keygate did not become healthy:\n{gw.log()}")
+
+
+def start_gateway(
+    work_dir: Path,
+    mock: MockUpstream,
+    *,
+    env: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
+    password: str | None = PASSWORD,
+    admin_password: str | None = ADMIN_PASSWORD,
+    port: int | None = None,
+    args: list[str] | None = None,
+    wait: bool = True,
+    name: str = "keygate",
+) -> Gateway:
+    """`keygate serve` as a subprocess on loopback, every provider pointed at `mock`; its
+    config, log and (by default) data dir live in `work_dir` under `name`."""
+    port = port or free_port()
+    data_dir = data_dir or work_dir / f"{name}-data"
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEYS")
+        and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_", "ADMIN_"))
+    }
+    full_env.update(mock_env(mock))
+    full_env.update(
+        {
+            "KEYGATE_DATA_DIR": str(data_dir),
+            "KEYGATE_HOST": "127.0.0.1",
+            "KEYGATE_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if password:
+        full_env["ACCESS_PASSWORD"] = password
+    if admin_password:
+        full_env["ADMIN_PASSWORD"] = admin_password
+    full_env.update(env or {})
+    argv = [sys.executable, "-m", "keygate", "serve", *(args or [])]
+    if config is not None:
+        cfg_path = work_dir / f"{name}-config.yaml"
+        cfg_path.write_text(yaml.safe_dump(config))
+        argv += ["--config", str(cfg_path)]
+    log_path = work_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    gw = Gateway(
+        proc, port, data_dir, log_path, full_env, argv, password or "", admin_password or ""
+    )
+    if wait:
+        try:
+            wait_healthy(gw)
+        except BaseException:
+            gw.stop()
+            raise
+    return gw
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def fire(gw: Gateway, n: int, stream: bool = False) -> list[int]:
+    """`n` chat completions at once through `gw`'s cerebras prefix; their statuses."""
+    body = {**CHAT, "stream": True} if stream else CHAT
+    async with aiohttp.ClientSession() as s:
+
+        async def one() -> int:
+            async with s.post(
+                f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()
+            ) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 def mock_env(mock: MockUpstream) -> dict[str, str]:

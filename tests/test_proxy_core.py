@@ -9,26 +9,20 @@ password, disguise) start their own gateway with `gateway_factory`.
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import yaml
 
-from keygate.providers import BUILTINS, env_prefix
+from harness import PASSWORD, Gateway, free_port, start_gateway
 from keygate.testing.mock_upstream import MockUpstream, Recorded
 
-PASSWORD = "gw-test-password"
 SECOND_PASSWORD = "second-pass"
 ALIAS_PASSWORD = "third pass"  # via AUTH_PASSWORD; the space is part of it
 PASSWORDS = (PASSWORD, SECOND_PASSWORD, ALIAS_PASSWORD)
@@ -47,80 +41,6 @@ ALL_KEYS = [k for keys in KEYS.values() for k in keys]
 FAST = {"rps": 0, "max_conn": 0, "retries": 0, "timeout_first_byte_s": 1, "timeout_idle_s": 1}
 BODY_LIMIT = int(0.001 * 1024 * 1024)  # groq's max_body_mb below
 CHAT = "/v1/chat/completions"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gateway:
-    """A `keygate serve` subprocess for the whole module, started the way conftest's
-    gateway_factory starts one per test (that one is not importable: `conftest` is ambiguous
-    once tests/store/conftest.py is collected too). Every provider's base is the mock."""
-
-    def __init__(self, tmp: Path, mock: MockUpstream, env: dict[str, str], config: Any) -> None:
-        self.port = free_port()
-        self.password = PASSWORD
-        self.log_path = tmp / "keygate.log"
-        full_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.endswith("_API_KEYS") and not k.startswith(("KEYGATE_", "ACCESS_", "AUTH_"))
-        }
-        full_env.update({f"{env_prefix(name)}_BASE_URL": mock.url for name in BUILTINS})
-        full_env.update(
-            {
-                "KEYGATE_DATA_DIR": str(tmp / "data"),
-                "KEYGATE_HOST": "127.0.0.1",
-                "KEYGATE_PORT": str(self.port),
-                "ADMIN_PASSWORD": "admin-test-password",
-                "PYTHONUNBUFFERED": "1",
-                **env,
-            }
-        )
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config))
-        argv = [sys.executable, "-m", "keygate", "serve", "--config", str(tmp / "config.yaml")]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.password}"}
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def _wait_healthy(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"keygate exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"keygate did not become healthy:\n{self.log()}")
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +64,13 @@ def core(
     env = {f"{name.upper()}_API_KEYS": ",".join(keys) for name, keys in KEYS.items()}
     env["ACCESS_PASSWORD"] = f"{PASSWORD}, {SECOND_PASSWORD}"
     env["AUTH_PASSWORD"] = ALIAS_PASSWORD
-    gw = Gateway(tmp_path_factory.mktemp("core"), mock_session, env, {"providers": providers})
+    gw = start_gateway(
+        tmp_path_factory.mktemp("core"),
+        mock_session,
+        env=env,
+        config={"providers": providers},
+        password=PASSWORD,  # ACCESS_PASSWORD in `env` adds the second one
+    )
     yield gw
     gw.stop()
 

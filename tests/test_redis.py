@@ -17,6 +17,7 @@ import aiohttp
 import httpx
 import pytest
 
+from harness import CHAT, fire
 from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits
 from keygate.control.keypool import KeyEntry, LocalKeyPool, mask
@@ -40,7 +41,6 @@ pytestmark = [
 ]
 
 KEYS = ["sk-shared-aaaa0001", "sk-shared-bbbb0002", "sk-shared-cccc0003"]
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 T0 = 1_000_000.0  # scripts take "now" from ARGV when given: exact arithmetic
 
 
@@ -275,20 +275,6 @@ def cfg(**cerebras: Any) -> dict[str, Any]:
 
 def shared_env(url: str, **extra: str) -> dict[str, str]:
     return {"CEREBRAS_API_KEYS": ",".join(KEYS), "KEYGATE_REDIS_URL": url, **extra}
-
-
-async def fire(gw: Any, n: int, stream: bool = False) -> list[int]:
-    body = {**CHAT, "stream": True} if stream else CHAT
-    async with aiohttp.ClientSession() as s:
-
-        async def one() -> int:
-            async with s.post(
-                f"{gw.url}/cerebras/v1/chat/completions", json=body, headers=gw.auth()
-            ) as r:
-                await r.read()
-                return r.status
-
-        return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 def health(gw: Any) -> dict[str, Any]:

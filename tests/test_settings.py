@@ -4,7 +4,6 @@ mistake (`load_settings`, `keygate config check`, and `keygate serve` as a subpr
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness import free_port
 from keygate.cli import main as cli_main
 from keygate.providers import BUILTINS
 from keygate.settings import ConfigError, load_settings
@@ -33,12 +33,6 @@ SPEC_PROVIDERS = {
     "xai": ("https://api.x.ai", "bearer", 2, 5, 3),
     "pollinations": ("https://gen.pollinations.ai", "bearer", 5, 10, 5),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:

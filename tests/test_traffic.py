@@ -12,8 +12,9 @@ import aiohttp
 import httpx
 import pytest
 
+from harness import CHAT, fire
+
 KEYS = ["sk-traffic-aaaa0001", "sk-traffic-bbbb0002", "sk-traffic-cccc0003"]
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def cfg(**cerebras: Any) -> dict[str, Any]:
@@ -22,19 +23,6 @@ def cfg(**cerebras: Any) -> dict[str, Any]:
 
 def keys_env(keys: list[str] = KEYS) -> dict[str, str]:
     return {"CEREBRAS_API_KEYS": ",".join(keys)}
-
-
-async def fire(gw: Any, n: int, body: dict[str, Any] | None = None, **kw: Any) -> list[int]:
-    async with aiohttp.ClientSession() as s:
-
-        async def one() -> int:
-            async with s.post(
-                f"{gw.url}/cerebras/v1/chat/completions", json=body or CHAT, headers=gw.auth(), **kw
-            ) as r:
-                await r.read()
-                return r.status
-
-        return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 def post(gw: Any, body: dict[str, Any] | None = None, timeout: float = 30) -> httpx.Response:

@@ -3,23 +3,21 @@ Redis, one banner and one admin token, counters that add up, and a clean stop.""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import time
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 
+from harness import fire
 from keygate.settings import load_settings
 from keygate.store import create_store
 from keygate.workers import worker_env
 
 KEYS = ["sk-workers-aaaa0001", "sk-workers-bbbb0002"]
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def cfg(**cerebras: Any) -> dict[str, Any]:
@@ -61,19 +59,6 @@ def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
             return []
         time.sleep(0.1)
     return [p for p in pids if alive(p)]
-
-
-async def fire(gw: Any, n: int) -> list[int]:
-    async with aiohttp.ClientSession() as s:
-
-        async def one() -> int:
-            async with s.post(
-                f"{gw.url}/cerebras/v1/chat/completions", json=CHAT, headers=gw.auth()
-            ) as r:
-                await r.read()
-                return r.status
-
-        return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 @pytest.mark.slow
