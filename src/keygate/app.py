@@ -10,10 +10,11 @@ from typing import Any
 
 import orjson
 
-from keygate import __version__
+from keygate import __version__, lifecycle
 from keygate.gateway import Gateway
-from keygate.observe import setup_logging
+from keygate.observe import print_block, setup_logging
 from keygate.proxy import handler
+from keygate.proxy.errors import GatewayError
 from keygate.settings import ConfigError, Settings, load_settings
 
 NGINX_WELCOME = b"""<!DOCTYPE html>
@@ -51,11 +52,14 @@ class App:
         self.admin_root = settings.admin_path.rstrip("/")
         self.admin_api: Any = None
         self.admin_ui: Any = None
+        self.life = lifecycle.state
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path == "/healthz":
+            if self.life.draining:
+                await self._draining(scope, send)
+            elif path == "/healthz":
                 await self._json(send, 200, self.health())
             elif path.startswith("/api/") or path == "/api" or path == "/metrics":
                 await self._admin_api(scope, receive, send)
@@ -67,6 +71,22 @@ class App:
                 await handler.handle(self.gateway, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _draining(self, scope: dict[str, Any], send: Any) -> None:
+        """A request that arrives during the drain: not served here, the connection closes."""
+        close = [(b"connection", b"close"), (b"retry-after", b"1")]
+        if scope["path"] == "/healthz":
+            await self._json(send, 503, {**self.health(), "status": "draining"}, close)
+            return
+        name = scope["path"].lstrip("/").split("/", 1)[0]
+        rt = self.gateway.providers.get(name)
+        err = GatewayError(
+            503, "keygate is shutting down; retry the request", "draining", list(close)
+        )
+        await handler.send_error(send, err, rt.anthropic if rt is not None else False)
+
+    async def reload(self) -> None:
+        await lifecycle.reload_app(self)
 
     async def _admin_api(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.admin_api is None:
@@ -113,15 +133,17 @@ class App:
             },
         }
 
-    async def _json(self, send: Any, status: int, doc: Any) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": orjson.dumps(doc)})
+    async def _json(
+        self, send: Any, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        body = orjson.dumps(doc)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(extra or ()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -139,6 +161,7 @@ class App:
                     return
                 if self.banner:
                     print_banner(self.gateway)
+                self.life.ready(self.reload)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.stop()
@@ -147,7 +170,10 @@ class App:
 
 
 def print_banner(gw: Gateway, workers_line: str = "") -> None:
-    print(banner(gw, workers_line), file=sys.stderr, flush=True)
+    s = gw.settings
+    print_block(
+        banner(gw, workers_line), "start", version=__version__, port=s.port, pid=os.getpid()
+    )
 
 
 def banner(gw: Gateway, workers_line: str = "") -> str:
@@ -211,5 +237,5 @@ def create_app() -> App:
     except ConfigError as exc:
         print(f"keygate: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return App(settings, banner=os.environ.get("KEYGATE_WORKER_BANNER", "1") == "1")

@@ -27,7 +27,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from keygate.observe import setup_logging, uvicorn_log_config
 
     settings = _settings(args)
     settings.data_dir.mkdir(
@@ -42,21 +42,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "access_log": False,
         "log_level": "warning",
-        "timeout_graceful_shutdown": 5,
+        "timeout_graceful_shutdown": settings.drain_s,  # KEYGATE_DRAIN_S, see lifecycle.py
         "server_header": False,
         "proxy_headers": False,  # keygate is the edge; a middleware per request for nothing
         "date_header": False,
+        **uvicorn_log_config(settings.log_format),
     }
     if settings.workers > 1:
         from keygate.workers import run_workers
 
         return run_workers(settings, args, common)
     from keygate.app import App
-    from keygate.observe import setup_logging
+    from keygate.lifecycle import serve
 
-    setup_logging(settings.log_level)
-    uvicorn.run(App(settings), **common)
-    return 0
+    setup_logging(settings.log_level, settings.log_format)
+    return serve(App(settings), common, settings.data_dir)
 
 
 def _check_store(settings: Settings) -> None:
@@ -234,6 +234,19 @@ async def _providers(ctx: Any) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Signal the server that uses this data dir (KEYGATE_DATA_DIR) to re-read its config."""
+    from keygate.lifecycle import send_reload
+
+    env = {k: v for k, v in os.environ.items() if k != "KEYGATE_CONFIG"}  # not ours to read
+    code, message = send_reload(load_settings(env).data_dir)
+    print(
+        message if code == 0 else f"keygate: {message}",
+        file=sys.stdout if code == 0 else sys.stderr,
+    )
+    return code
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = load_settings(os.environ, args.file)
     with_keys = sum(1 for p in settings.providers.values() if p.keys)
@@ -258,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="worker processes on one port (or KEYGATE_WORKERS)"
     )
     serve.set_defaults(func=cmd_serve)
+
+    reload = sub.add_parser(
+        "reload",
+        help="make the running server (found by KEYGATE_DATA_DIR) re-read its config file",
+    )
+    reload.set_defaults(func=cmd_reload)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--config", help="YAML config file (or KEYGATE_CONFIG)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import hmac
@@ -31,6 +32,31 @@ from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
 
 CHANGE_POLL_S = 1.0
+# Settings a reload leaves alone: they come from the environment or the command line, which a
+# running process cannot re-read, or they shape what was built at start.
+RESTART_ONLY = frozenset(
+    {
+        "host",
+        "port",
+        "workers",
+        "data_dir",
+        "config_path",
+        "access_passwords",
+        "admin_password",
+        "admin_path",
+        "disguise",
+        "redis_url",
+        "db_url",
+        "secret_key",
+        "flush_interval_ms",
+        "recent_requests",
+        "fleet_size",
+        "log_level",
+        "log_format",
+        "drain_s",
+        "providers",
+    }
+)
 RECHECK_POLL_S = 5.0
 
 
@@ -309,6 +335,81 @@ class Gateway:
         if self.shared is not None:
             self.shared.announce("provider")
         return rt.cfg
+
+    # --- reload ------------------------------------------------------------------------------
+    async def reload(self, new: Settings) -> list[str]:
+        """Apply re-read settings to the running gateway, the way a restart would set it up;
+        one line per changed field.
+
+        Provider limits, timeouts, bases and styles change in place (requests in flight keep
+        the slots they hold; the next ones see the new limits). A provider new in the file
+        starts at once; a custom one gone from it stops taking requests (its keys stay in the
+        store). Keys new in the file are imported; keys no longer listed stay in the store, as
+        after a restart: deleting is left to the admin API/CLI. Settings changed at run time
+        from the admin API win over the file, as they do at start. Listen address, store,
+        Redis and other environment settings need a restart.
+        """
+        changes: list[str] = []
+        fleet = self.settings.fleet_size
+        overrides = await self.store.get_provider_overrides()
+        for name, ncfg in new.providers.items():
+            for key, value in overrides.get(name, {}).items():
+                if key in TUNABLE:
+                    with contextlib.suppress(ValueError):
+                        setattr(ncfg, key, coerce_field(key, value))
+            rt = self.providers.get(name)
+            if rt is None:
+                rt = ProviderRuntime(ncfg, fleet, self.shared)
+                self.providers[name] = rt
+                changes.append(f"providers.{name}: added ({ncfg.base_url})")
+            else:
+                cfg, changed = rt.cfg, False
+                for key in (*TUNABLE, "key_style"):
+                    before, after = getattr(cfg, key), getattr(ncfg, key)
+                    if before != after:
+                        setattr(cfg, key, after)
+                        changes.append(f"providers.{name}.{key}: {before!r} -> {after!r}")
+                        changed = True
+                if changed:
+                    rt.reconfigure(fleet)
+            changes += await self._reload_keys(rt, ncfg.keys)
+        for name in [n for n in self.providers if n not in new.providers]:
+            del self.providers[name]
+            changes.append(f"providers.{name}: removed (its keys stay in the store)")
+        for f in dataclasses.fields(new):
+            if f.name in RESTART_ONLY:
+                continue
+            before, after = getattr(self.settings, f.name), getattr(new, f.name)
+            if before != after:
+                setattr(self.settings, f.name, after)
+                changes.append(f"{f.name}: {before!r} -> {after!r}")
+        self.default_provider = self.settings.default_provider
+        if self.shared is not None and changes:
+            self.shared.announce("provider")
+        return changes
+
+    async def _reload_keys(self, rt: ProviderRuntime, listed: list[str]) -> list[str]:
+        cfg = rt.cfg
+        added = [k for k in listed if k not in cfg.keys]
+        dropped = [k for k in cfg.keys if k not in listed]
+        cfg.keys = list(listed)
+        lines = []
+        if added:
+            results = await self.store.add_keys(cfg.name, added, source="env")
+            ids = [r.id for r in results if r.status == "added" and r.id is not None]
+            for rec in await self.store.get_keys(ids):
+                self.adopt_key(rec)
+            for r in results:
+                if r.status != "added":
+                    lines.append(f"providers.{cfg.name}.keys: {r.input} not added ({r.status})")
+            if ids:
+                lines.append(f"providers.{cfg.name}.keys: {len(ids)} key(s) added")
+        if dropped:
+            lines.append(
+                f"providers.{cfg.name}.keys: {len(dropped)} key(s) no longer listed; they stay "
+                "in the store (delete them with `keygate keys rm` or the admin API)"
+            )
+        return lines
 
     # --- background ---------------------------------------------------------------------------
     async def _poll_changes(self) -> None:

@@ -13,6 +13,8 @@ import time
 from collections import deque
 from typing import Any, NamedTuple
 
+import orjson
+
 log = logging.getLogger("keygate")
 
 SERIES_SECONDS = 300
@@ -118,17 +120,21 @@ class ProviderStats:
 class AccessLog:
     """One line per request, without the `logging` machinery: formatting and writing through
     `logging` cost a fifth of the proxy's throughput. Lines share a timestamp string per
-    second and go to stderr in batches, at most `FLUSH_S` late."""
+    second and go to stderr in batches, at most `FLUSH_S` late. In JSON mode (KEYGATE_LOG_FORMAT)
+    a line is one orjson-encoded object, batched the same way."""
 
     FLUSH_S = 0.1
     MAX_LINES = 256
 
     def __init__(self, enabled: bool = True, fd: int = 2) -> None:
         self.enabled = enabled
+        self.json = False
         self._fd = fd
         self._lines: list[str] = []
         self._second = -1
         self._stamp = ""
+        self._iso_second = -1
+        self._iso = ""
         self._timer: Any = None
 
     def stamp(self, now: float) -> str:
@@ -138,9 +144,68 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return f"{self._stamp},{int((now - second) * 1000):03d}"
 
+    def iso(self, now: float) -> str:
+        """UTC, millisecond precision, as log collectors expect it."""
+        second = int(now)
+        if second != self._iso_second:
+            self._iso_second = second
+            self._iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._iso}.{int((now - second) * 1000):03d}Z"
+
+    def request(
+        self,
+        now: float,
+        provider: str,
+        method: str,
+        route: str,
+        key_id: int | None,
+        masked: str,
+        status: int,
+        upstream_status: int,
+        latency_ms: float,
+        retries: int,
+        error: str,
+        client: str = "",
+    ) -> None:
+        """The access line of one request, in the configured format."""
+        if self.json:
+            self._append(
+                orjson.dumps(
+                    {
+                        "time": self.iso(now),
+                        "level": "info",
+                        "event": "request",
+                        "provider": provider or None,
+                        "method": method,
+                        "route": route,
+                        "key_id": key_id,
+                        "key": masked or None,
+                        "client": client or None,
+                        "status": status,
+                        "upstream_status": upstream_status,
+                        "latency_ms": round(latency_ms, 1),
+                        "retries": retries,
+                        "error": error or None,
+                    }
+                ).decode()
+                + "\n"
+            )
+            return
+        key = f"{masked}#{key_id}" if key_id is not None else "-"
+        self.write(
+            now,
+            f"{provider or '-'} {method} {route} key={key} status={status} "
+            f"upstream={upstream_status} ms={latency_ms:.1f} retries={retries}"
+            + (f" client={client}" if client else "")
+            + (f" error={error!r}" if error else ""),
+        )
+
     def write(self, now: float, text: str) -> None:
+        self._append(f"{self.stamp(now)} INFO {text}\n")
+
+    def _append(self, line: str) -> None:
         lines = self._lines
-        lines.append(f"{self.stamp(now)} INFO {text}\n")
+        lines.append(line)
         if len(lines) >= self.MAX_LINES:
             self.flush()
         elif self._timer is None:
@@ -162,14 +227,83 @@ class AccessLog:
 
 access_log = AccessLog()
 
+# LogRecord attributes that are not extra fields given by the caller
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
-def setup_logging(level: str = "info") -> None:
-    """Plain lines on stderr; one handler, no colour, cheap to format."""
+
+class JsonFormatter(logging.Formatter):
+    """An event as one JSON object: time, level, event (a caller's `extra={"event": ...}`, else
+    "log"), logger, message, and any other `extra` fields (provider, key_id, key, error...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": access_log.iso(record.created),
+            "level": record.levelname.lower(),
+            "event": "log",
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRS:
+                doc[name] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def uvicorn_log_config(log_format: str) -> dict[str, Any]:
+    """uvicorn's `log_config` for JSON mode (its own messages as JSON lines too); {} for text."""
+    if log_format != "json":
+        return {}
+    return {
+        "log_config": {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {"()": "keygate.observe.JsonFormatter"}},
+            "handlers": {
+                "default": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "json",
+                    "stream": "ext://sys.stderr",
+                }
+            },
+            "loggers": {
+                name: {"handlers": ["default"], "level": "INFO", "propagate": False}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
+        }
+    }
+
+
+def print_block(text: str, event: str, **fields: Any) -> None:
+    """A multi-line message (the banner): as it is in text mode, one JSON object in JSON mode."""
+    if access_log.json:
+        access_log.flush()
+        doc = {"time": access_log.iso(time.time()), "level": "info", "event": event}
+        line = orjson.dumps({**doc, **fields, "message": text}).decode()
+        print(line, file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def setup_logging(level: str = "info", log_format: str = "text") -> None:
+    """Plain lines on stderr (or JSON objects); one handler, no colour, cheap to format."""
     root = logging.getLogger("keygate")
+    access_log.json = log_format == "json"
     if root.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if access_log.json:
+        handler.setFormatter(JsonFormatter())
+        top = logging.getLogger()
+        if not top.handlers:  # other libraries' warnings (asyncio, aiohttp) as JSON too
+            top.addHandler(handler)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO")
     root.propagate = False

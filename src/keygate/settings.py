@@ -155,6 +155,8 @@ class Settings:
     recent_requests: int = 1000
     fleet_size: int = 1
     log_level: str = "info"
+    log_format: str = "text"  # text | json (KEYGATE_LOG_FORMAT)
+    drain_s: float = 30.0  # SIGTERM: how long running requests may take to finish
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
 
     @property
@@ -191,6 +193,19 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) 
         ) from None
     if value < minimum:
         raise ConfigError(f"environment variable {name}: must be ≥ {minimum}, got {value}")
+    return value
+
+
+def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}: must be a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"environment variable {name}: must be a number ≥ 0, got {raw!r}")
     return value
 
 
@@ -301,6 +316,12 @@ def load_settings(
     if s.admin_path == "//" or s.admin_path.strip("/").split("/")[0] in RESERVED_NAMES - {"admin"}:
         raise ConfigError(f"environment variable KEYGATE_ADMIN_PATH: cannot be {admin_path!r}")
     s.log_level = (env.get("KEYGATE_LOG_LEVEL") or "info").lower()
+    s.log_format = (env.get("KEYGATE_LOG_FORMAT") or "text").strip().lower()
+    if s.log_format not in ("text", "json"):
+        raise ConfigError(
+            f"environment variable KEYGATE_LOG_FORMAT: must be 'text' or 'json', got {s.log_format!r}"
+        )
+    s.drain_s = _env_seconds(env, "KEYGATE_DRAIN_S", s.drain_s)
 
     providers = {
         name: ProviderConfig(

@@ -39,6 +39,8 @@ from typing import Any
 
 from uvicorn.config import STARTUP_FAILURE
 
+from keygate import lifecycle
+from keygate.observe import log, print_block
 from keygate.settings import Settings
 
 SUPERVISOR_ENV = "KEYGATE_SUPERVISOR_PID"
@@ -155,7 +157,7 @@ def run_workers(settings: Settings, args: argparse.Namespace, common: dict[str, 
     """Serve with `settings.workers` processes until SIGTERM/SIGINT; the exit status."""
     from keygate.observe import setup_logging
 
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     workers = settings.workers
     user_fleet = settings.fleet_size
     try:
@@ -171,9 +173,10 @@ def run_workers(settings: Settings, args: argparse.Namespace, common: dict[str, 
         os.environ.update(worker_env(settings, args))
         settings.fleet_size = worker_fleet_size(workers, user_fleet)  # as the workers see it
         banner = asyncio.run(prepare(settings, workers, user_fleet))
-        print(banner, file=sys.stderr, flush=True)
+        print_block(banner, "start", port=settings.port, pid=os.getpid(), workers=workers)
         uvicorn_kwargs = {**common, "port": settings.port}
-        return Supervisor(workers, sockets, uvicorn_kwargs).run()
+        with lifecycle.pid_file(settings.data_dir):  # `keygate reload` signals the supervisor
+            return Supervisor(workers, sockets, uvicorn_kwargs).run()
     finally:
         for sock in sockets:
             sock.close()
@@ -185,7 +188,7 @@ def _worker_main(uvicorn_kwargs: dict[str, Any], sock: socket.socket, index: int
 
     os.environ["KEYGATE_WORKER_INDEX"] = str(index)
     config = uvicorn.Config("keygate.workers:create_worker_app", factory=True, **uvicorn_kwargs)
-    server = uvicorn.Server(config)
+    server = lifecycle.DrainingServer(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     if not server.started:
@@ -197,7 +200,8 @@ class Supervisor:
 
     A worker that dies is replaced on the same socket (after a growing pause if it keeps dying
     young); one that fails at start-up stops the whole server, since every replacement would fail
-    the same way. The count is fixed: the limits were split N ways.
+    the same way. The count is fixed: the limits were split N ways. SIGHUP: the config file is
+    checked here once (a bad one is refused with one line), then every worker re-reads it.
     """
 
     def __init__(
@@ -212,6 +216,7 @@ class Supervisor:
         self.restart_at = [0.0] * count
         self.quick_deaths = [0] * count
         self.stopping = threading.Event()
+        self.reload_asked = threading.Event()
         self.failed = False
         self._ctx = multiprocessing.get_context("spawn")
 
@@ -222,14 +227,47 @@ class Supervisor:
             args=(self.uvicorn_kwargs, sock, index),
             name=f"keygate-worker-{index}",
         )
-        proc.start()
+        # A SIGHUP before the worker has its handler would end it: it starts with SIGHUP ignored
+        # (the disposition survives exec) until its server takes the signal over.
+        old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            proc.start()
+        finally:
+            signal.signal(signal.SIGHUP, old)
         self.procs[index] = proc
         self.started_at[index] = time.monotonic()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stopping.set()
 
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reload_asked.set()
+
+    def _reload(self) -> None:
+        self.reload_asked.clear()
+        from keygate.settings import ConfigError, load_settings
+
+        try:
+            load_settings(os.environ)  # the workers' environment: same file, same env
+        except ConfigError as exc:
+            log.error(
+                "reload refused, the running config stays: %s",
+                exc,
+                extra={"event": "reload_refused", "error": str(exc)},
+            )
+            return
+        live = [p for p in self.procs if p is not None and p.is_alive()]
+        log.info(
+            "reload: config file checked; asking %d worker(s) to re-read it",
+            len(live),
+            extra={"event": "reload_forward", "workers": len(live)},
+        )
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGHUP)
+
     def run(self) -> int:
+        signal.signal(signal.SIGHUP, self._on_sighup)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         for index in range(self.count):
@@ -240,6 +278,8 @@ class Supervisor:
             )
             if not self.stopping.is_set():
                 self._replace_dead()
+            if self.reload_asked.is_set() and not self.stopping.is_set():
+                self._reload()
         self._stop_all()
         return 1 if self.failed else 0
 
@@ -254,22 +294,19 @@ class Supervisor:
                 continue
             proc.join()
             if proc.exitcode == STARTUP_FAILURE:
-                print(
-                    f"keygate: worker {index} failed to start; stopping the server",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log.error("worker %d failed to start; stopping the server", index)
                 self.failed = True
                 self.stopping.set()
                 return
             young = now - self.started_at[index] < YOUNG_DEATH_S
             self.quick_deaths[index] = self.quick_deaths[index] + 1 if young else 0
             pause = min(MAX_RESTART_PAUSE_S, 0.5 * 2 ** self.quick_deaths[index]) if young else 0
-            print(
-                f"keygate: worker {index} (pid {proc.pid}) exited with {proc.exitcode}; "
-                f"restarting it{f' in {pause:g} s' if pause else ''}",
-                file=sys.stderr,
-                flush=True,
+            log.warning(
+                "worker %d (pid %s) exited with %s; restarting it%s",
+                index,
+                proc.pid,
+                proc.exitcode,
+                f" in {pause:g} s" if pause else "",
             )
             self.procs[index] = None
             self.restart_at[index] = now + pause
@@ -277,6 +314,10 @@ class Supervisor:
                 self._spawn(index)
 
     def _stop_all(self) -> None:
+        # Close our copies of the listening sockets first: while one stays open the kernel
+        # keeps completing handshakes into its queue after the workers have stopped accepting.
+        for sock in self.sockets:
+            sock.close()
         live = [p for p in self.procs if p is not None and p.is_alive()]
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
@@ -286,11 +327,7 @@ class Supervisor:
             proc.join(max(0.0, deadline - time.monotonic()))
         for proc in live:
             if proc.is_alive():
-                print(
-                    f"keygate: worker pid {proc.pid} did not stop in {self.grace_s:g} s; killed",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log.error("worker pid %s did not stop in %g s; killed", proc.pid, self.grace_s)
                 proc.kill()
                 proc.join(5)
 

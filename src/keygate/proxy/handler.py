@@ -242,7 +242,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.error = "client disconnected"
     finally:
         ex.disarm()
-        _account(gw, rt, ex, name, method, path, started)
+        _account(gw, rt, ex, name, method, path, started, scope)
 
 
 async def forward(
@@ -492,6 +492,7 @@ def _account(
     method: str,
     path: str,
     started: float,
+    scope: dict[str, Any],
 ) -> None:
     latency_ms = (time.perf_counter() - started) * 1000
     entry = ex.entry
@@ -519,10 +520,18 @@ def _account(
         )
     )
     if access_log.enabled:
-        key = f"{masked}#{key_id}" if entry is not None else "-"
-        error = f" error={ex.error!r}" if ex.error else ""
-        access_log.write(
+        client = scope.get("client")
+        access_log.request(
             now,
-            f"{name if rt is not None else '-'} {method} {path} key={key} status={ex.status} "
-            f"upstream={ex.upstream_status} ms={latency_ms:.1f} retries={ex.retries}{error}",
+            name if rt is not None else "",
+            method,
+            path,
+            key_id,
+            masked,
+            ex.status,
+            ex.upstream_status,
+            latency_ms,
+            ex.retries,
+            ex.error,
+            client[0] if client else "",
         )
