@@ -261,13 +261,17 @@ def test_reload_applies_new_limits_and_refuses_a_bad_file(
     assert after.returncode == 1 and "no running keygate" in after.stderr
 
 
-def test_json_logs_one_object_per_line_and_no_whole_key(gateway_factory, mock) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers-2"])
+def test_json_logs_one_object_per_line_and_no_whole_key(
+    gateway_factory, mock, workers: int
+) -> None:
     bad_key = "sk-ops-invalid-abcdefghijklmnop0000"
     mock.set_behavior(bad_key, status=401)
     mock.push(KEY, status=500)
     gw = gateway_factory(
         config={"providers": {"cerebras": {"rps": 0, "max_conn": 0, "keys": [KEY, bad_key]}}},
         env={"KEYGATE_LOG_FORMAT": "json", "KEYGATE_DRAIN_S": "5"},
+        args=["--workers", str(workers)] if workers > 1 else [],
     )
     sent = 0
     with gw.client() as c:
@@ -288,6 +292,8 @@ def test_json_logs_one_object_per_line_and_no_whole_key(gateway_factory, mock) -
         assert c.get("/api/keys", headers=gw.admin()).status_code == 200
     gw.proc.send_signal(signal.SIGHUP)
     wait_log(gw, '"event":"reload"', 0)
+    if workers > 1:  # every worker has reloaded before the file changes again
+        wait_log(gw, r'(?s)("event":"reload".*){2}', 0)
     Path(gw.argv[-1]).write_text("providers: [")  # a broken file: an error event
     gw.proc.send_signal(signal.SIGHUP)
     wait_log(gw, '"event":"reload_refused"', 0)

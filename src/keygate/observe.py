@@ -245,6 +245,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "event": "log",
             "logger": record.name,
+            "pid": record.process,  # which worker, with --workers
             "message": record.getMessage(),
         }
         for name, value in record.__dict__.items():
