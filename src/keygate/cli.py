@@ -1,4 +1,4 @@
-"""Command line: serve, keys, providers, config check, bench.
+"""Command line: serve, reload, keys, providers, config check, bench.
 
 Key and provider commands work on the same store as the server (SQLite's WAL or PostgreSQL make
 that safe while it runs); a running server picks their changes up within a second.
