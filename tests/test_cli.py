@@ -34,6 +34,7 @@ from keygate.store import create_store
 from keygate.testing.mock_upstream import MockUpstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+NOTE_PREFIXES = ("keygate: using ", "keygate: note: ")
 SUMMARY_RE = re.compile(r"^(?P<provider>\S+): (?P<counts>.+) \(\d+\.\d\ds\)$")
 
 
@@ -63,6 +64,7 @@ class Cli:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.secrets: set[str] = set()
+        self.notes: list[str] = []  # the last run's "using store …" and "note: …" lines
 
     def key(self, tag: str) -> str:
         secret = make_key(tag)
@@ -82,6 +84,10 @@ class Cli:
         for secret in self.secrets:
             assert secret not in out, f"`keygate {' '.join(args)}` printed a whole key"
         assert "Traceback" not in out, out
+        # which store and config a command used, and notes, go to stderr ahead of the rest
+        lines = proc.stderr.splitlines(keepends=True)
+        self.notes = [x.strip() for x in lines if x.startswith(NOTE_PREFIXES)]
+        proc.stderr = "".join(x for x in lines if not x.startswith(NOTE_PREFIXES))
         return proc
 
     def ok(self, *args: str, input: str | None = None) -> str:
@@ -122,11 +128,17 @@ def summary(out: str) -> tuple[str, dict[str, int]]:
 
 
 def status_lines(out: str) -> list[tuple[str, str, str]]:
-    """Per-line import results `status  masked  message` (every line but the summary)."""
+    """Per-line import results `status  line N  masked  message` (every line but the summary),
+    without the line numbers (see import_rows)."""
+    return [row[:1] + row[2:] for row in import_rows(out)]
+
+
+def import_rows(out: str) -> list[tuple[str, int, str, str]]:
     rows = []
     for line in out.strip().splitlines()[:-1]:
-        status, masked, *rest = line.split(None, 2)
-        rows.append((status, masked, rest[0] if rest else ""))
+        status, word, number, masked, *rest = line.split(None, 4)
+        assert word == "line", line
+        rows.append((status, int(number), masked, rest[0] if rest else ""))
     return rows
 
 
