@@ -78,7 +78,10 @@ def _record_location(settings: Settings) -> None:
     """Tell later CLI commands (through the data dir) which config and store this server uses."""
     from keygate.locate import write_record
 
-    write_record(settings, os.environ)
+    try:
+        write_record(settings, os.environ)
+    except OSError as exc:  # the server runs anyway; only the CLI's defaults are lost
+        print(f"keygate: warning: cannot record the config location: {exc}", file=sys.stderr)
 
 
 def _run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace, read: bool) -> int:
