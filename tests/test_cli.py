@@ -34,6 +34,7 @@ from keygate.store import create_store
 from keygate.testing.mock_upstream import MockUpstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+NOTE_PREFIXES = ("keygate: using ", "keygate: note: ")
 SUMMARY_RE = re.compile(r"^(?P<provider>\S+): (?P<counts>.+) \(\d+\.\d\ds\)$")
 
 
@@ -63,6 +64,7 @@ class Cli:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.secrets: set[str] = set()
+        self.notes: list[str] = []  # the last run's "using store …" and "note: …" lines
 
     def key(self, tag: str) -> str:
         secret = make_key(tag)
@@ -82,6 +84,10 @@ class Cli:
         for secret in self.secrets:
             assert secret not in out, f"`keygate {' '.join(args)}` printed a whole key"
         assert "Traceback" not in out, out
+        # which store and config a command used, and notes, go to stderr ahead of the rest
+        lines = proc.stderr.splitlines(keepends=True)
+        self.notes = [x.strip() for x in lines if x.startswith(NOTE_PREFIXES)]
+        proc.stderr = "".join(x for x in lines if not x.startswith(NOTE_PREFIXES))
         return proc
 
     def ok(self, *args: str, input: str | None = None) -> str:
@@ -122,11 +128,17 @@ def summary(out: str) -> tuple[str, dict[str, int]]:
 
 
 def status_lines(out: str) -> list[tuple[str, str, str]]:
-    """Per-line import results `status  masked  message` (every line but the summary)."""
+    """Per-line import results `status  line N  masked  message` (every line but the summary),
+    without the line numbers (see import_rows)."""
+    return [row[:1] + row[2:] for row in import_rows(out)]
+
+
+def import_rows(out: str) -> list[tuple[str, int, str, str]]:
     rows = []
     for line in out.strip().splitlines()[:-1]:
-        status, masked, *rest = line.split(None, 2)
-        rows.append((status, masked, rest[0] if rest else ""))
+        status, word, number, masked, *rest = line.split(None, 4)
+        assert word == "line", line
+        rows.append((status, int(number), masked, rest[0] if rest else ""))
     return rows
 
 
@@ -591,3 +603,248 @@ def test_cli_import_reaches_a_running_gateway(gateway_factory: Any, mock: MockUp
             else:
                 time.sleep(0.05)  # no keys yet: the gateway has not polled the store
     assert seen == set(keys), "keys imported with the CLI were not all used within 3 s"
+
+
+# --- the CLI finds the server's config and store ----------------------------------------------
+
+
+def test_cli_uses_the_servers_recorded_config_and_store(
+    gateway_factory: Any, mock: MockUpstream, tmp_path: Path
+) -> None:
+    # a custom provider that exists only in the server's config file, upstream = the mock
+    gw = gateway_factory(
+        config={"providers": {"acme": {"base_url": mock.url, "key_style": "bearer", "rps": 0}}}
+    )
+    record_path = gw.data_dir / "server.json"
+    assert record_path.stat().st_mode & 0o777 == 0o600
+    record = json.loads(record_path.read_text())
+    config_path = gw.argv[gw.argv.index("--config") + 1]
+    assert record["config"] == str(Path(config_path).resolve())
+    text = record_path.read_text()
+    assert gw.password not in text and gw.admin_password not in text
+
+    # no --config, no KEYGATE_CONFIG, no *_BASE_URL: only KEYGATE_DATA_DIR, from elsewhere
+    cli = Cli(clean_env(gw.data_dir))
+    secret = cli.key("acme")
+    key_id = cli.add("acme", secret)  # the provider comes from the recorded config
+    using = [n for n in cli.notes if n.startswith("keygate: using ")]
+    assert using == [
+        f"keygate: using store sqlite {(gw.data_dir / 'keygate.db').resolve()}; "
+        f"config {Path(config_path).resolve()} (from the server's record)"
+    ]
+    assert any("CEREBRAS_BASE_URL" in n for n in cli.notes), cli.notes
+
+    out = cli.ok("keys", "test", str(key_id))
+    assert out.split()[:5] == [str(key_id), "acme", mask(secret), "ok", "200"]
+    probe = mock.records()[-1]
+    assert (probe.method, probe.path, probe.key) == ("GET", "/v1/models", secret)
+
+    # a failing test is recorded, and the running server stops using the key
+    mock.set_behavior(secret, status=401)
+    proc = cli.run("keys", "test", str(key_id))
+    assert proc.returncode == 1 and "now invalid" in proc.stdout
+    deadline = time.monotonic() + 5
+    status = None
+    while time.monotonic() < deadline:
+        keys = gw.api("GET", "/api/keys", params={"provider": "acme"}).json()["keys"]
+        status = keys[0]["status"]
+        if status == "invalid":
+            break
+        time.sleep(0.05)
+    assert status == "invalid", "the server did not pick up the CLI's test result"
+
+
+def test_read_commands_refuse_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    nowhere = tmp_path / "not-the-data-dir"
+    cli = Cli(clean_env(nowhere))
+    for args in (
+        ("keys", "list"),
+        ("keys", "list", "--json"),
+        ("keys", "test", "1"),
+        ("keys", "test", "--provider", "cerebras"),
+        ("keys", "rm", "1"),
+        ("providers",),
+    ):
+        proc = cli.run(*args)
+        assert proc.returncode == 1, args
+        assert proc.stdout == "", args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, lines)
+        assert lines[0].startswith(f"keygate: no store at {(nowhere / 'keygate.db').resolve()}")
+        assert "KEYGATE_DATA_DIR" in lines[0]
+        assert any(n.startswith("keygate: using store sqlite ") for n in cli.notes), args
+    assert not nowhere.exists(), "a read command created a store"
+
+    # a write command creates it, and says so
+    cli.add("cerebras", cli.key("first"))
+    assert any("creating a new store" in n for n in cli.notes)
+    assert cli.keys()["total"] == 1
+
+
+def test_server_record_never_holds_a_database_password(tmp_path: Path) -> None:
+    from keygate.locate import locate, write_record
+    from keygate.settings import ConfigError, load_settings
+
+    data_dir = tmp_path / "pg-data"
+    url = "postgresql://kg:s3cret-pw@127.0.0.1:5999/keygate"
+    env = {"KEYGATE_DATA_DIR": str(data_dir), "KEYGATE_DB": url, "KEYGATE_SECRET_KEY": "k" * 32}
+    path = write_record(load_settings(env), env)
+    text = path.read_text()
+    assert "s3cret-pw" not in text and "k" * 32 not in text
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(text)["store"]["url"] == "postgresql://kg:***@127.0.0.1:5999/keygate"
+
+    # the CLI without KEYGATE_DB: told which variable to set, never handed a masked URL
+    with pytest.raises(ConfigError, match="set KEYGATE_DB"):
+        locate({"KEYGATE_DATA_DIR": str(data_dir)})
+    located = locate({"KEYGATE_DATA_DIR": str(data_dir), "KEYGATE_DB": url})
+    assert located.settings.db_url == url and located.store_from == "KEYGATE_DB"
+    assert any("KEYGATE_SECRET_KEY" in n for n in located.notes)
+
+    # a URL without a password is recorded whole and used as it is
+    plain = "postgresql://127.0.0.1:5999/keygate"
+    write_record(load_settings({**env, "KEYGATE_DB": plain}), env)
+    located = locate({"KEYGATE_DATA_DIR": str(data_dir)})
+    assert located.settings.db_url == plain and located.store_from == "the server's record"
+
+
+# --- keys test records what it proved ---------------------------------------------------------
+
+
+def test_keys_test_records_health_in_the_store(cli: Cli, mock: MockUpstream) -> None:
+    good, bad, limited, broke = (cli.key(t) for t in ("h-good", "h-bad", "h-429", "h-quota"))
+    ids = {s: cli.add("cerebras", s) for s in (good, bad, limited, broke)}
+    mock.set_behavior(bad, status=401)
+    mock.set_behavior(limited, status=429, headers={"retry-after": "120"})
+    mock.set_behavior(
+        broke, status=429, body={"error": {"message": "quota", "code": "insufficient_quota"}}
+    )
+    started = time.time()
+    proc = cli.run("keys", "test", "--provider", "cerebras")
+    assert proc.returncode == 1
+    by_id = {k["id"]: k for k in cli.keys()["keys"]}
+    assert by_id[ids[good]]["status"] == "active"
+    assert by_id[ids[bad]]["status"] == "invalid"
+    assert by_id[ids[bad]]["last_error"] == "401 invalid key"
+    assert by_id[ids[limited]]["status"] == "cooling"
+    assert started + 115 <= by_id[ids[limited]]["until"] <= time.time() + 125
+    assert by_id[ids[broke]]["status"] == "exhausted"
+    rows = {line.split()[0]: line for line in proc.stdout.strip().splitlines()}
+    assert rows[str(ids[bad])].endswith("now invalid")
+    assert "now" not in rows[str(ids[good])]
+
+    # the upstream takes the key again: a passing test brings it back
+    mock.set_behavior(bad)
+    cli.ok("keys", "test", str(ids[bad]))
+    after = {k["id"]: k for k in cli.keys()["keys"]}[ids[bad]]
+    assert (after["status"], after["last_error"]) == ("active", "")
+
+
+# --- import: JSON arrays per line, line numbers -----------------------------------------------
+
+
+def test_import_json_array_per_line_and_line_numbers(cli: Cli, tmp_path: Path) -> None:
+    k = [cli.key(f"line{i}") for i in range(6)]
+    text = (
+        f'["{k[0]}"]\n'  # a JSON array on one line
+        f"{k[1]}\n"
+        f'["{k[2]}", "{k[3]}"]\n'
+        "\n"
+        "short\n"  # line 5
+        f"[{k[4]}, '{k[5]}']\n"  # array-looking, not JSON: no bracket or quote is kept
+        f"{k[1]}\n"  # line 7: repeated
+    )
+    path = tmp_path / "lines.txt"
+    path.write_text(text, encoding="utf-8")
+    out = cli.ok("keys", "import", "groq", str(path))
+    assert summary(out) == ("groq", {"added": 6, "duplicate": 1, "invalid": 1})
+    assert import_rows(out) == [
+        ("invalid", 5, mask("short"), "shorter than 8 characters: not an API key"),
+        ("duplicate", 7, mask(k[1]), "repeated in this input"),
+    ]
+    assert {x["masked"] for x in cli.keys("--provider", "groq")["keys"]} == {mask(s) for s in k}
+
+    # a whole-text JSON array over several lines keeps each item's own line
+    more = [cli.key(f"multi{i}") for i in range(2)]
+    doc = json.dumps([more[0], "tiny", more[1]], indent=2)
+    out = cli.ok("keys", "import", "groq", "-v", input=doc)
+    assert import_rows(out) == [
+        ("added", 2, mask(more[0]), ""),
+        ("invalid", 3, mask("tiny"), "shorter than 8 characters: not an API key"),
+        ("added", 4, mask(more[1]), ""),
+    ]
+
+
+def test_parse_key_entries() -> None:
+    from keygate.store.base import parse_key_entries, parse_key_input
+
+    assert parse_key_entries('["csk-aaaaaaaa"]') == [(1, "csk-aaaaaaaa")]
+    assert parse_key_entries('x-11111111\n["csk-a", "csk-b"]\r\n') == [
+        (1, "x-11111111"),
+        (2, "csk-a"),
+        (2, "csk-b"),
+    ]
+    assert parse_key_entries('["csk-a",\n "csk-b"\n') == [(1, "csk-a"), (2, "csk-b")]
+    assert parse_key_input('[\n "a-1",\n "b-2"\n]') == ["a-1", "b-2"]
+    assert parse_key_input('`k-1`, "k-2";') == ["k-1", 'k-2";']
+
+
+# --- keys list: lag note, unknown provider; config check: every error -------------------------
+
+
+def test_keys_list_says_it_may_lag_and_refuses_unknown_providers(cli: Cli) -> None:
+    cli.add("cerebras", cli.key("lag"))
+    cli.keys()
+    assert any("may lag" in n and "5 s" in n for n in cli.notes), cli.notes
+    proc = cli.run("keys", "list", "--provider", "nosuch")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("keygate: no provider named 'nosuch' (known: ")
+
+
+def test_keys_list_knows_providers_that_only_the_store_has(cli: Cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "acme.yaml"
+    cfg.write_text(yaml.safe_dump({"providers": {"acme": {"base_url": "http://127.0.0.1:9"}}}))
+    cli.ok("keys", "add", "acme", cli.key("gone"), "--config", str(cfg))
+    # the provider left the config: its keys are still listed, not refused
+    assert cli.keys("--provider", "acme")["total"] == 1
+
+
+def test_config_check_reports_every_error_and_refused_keys(cli: Cli, tmp_path: Path) -> None:
+    good_key = cli.key("cfg-good")
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "colour": "blue",
+                "providers": {
+                    "cerebras": {"rps": "fast", "max_conn": -1, "keys": [good_key, "short"]},
+                    "acme": {"rps": 1},
+                    "groq": {"keys": f"{good_key}, spaced-key-one spaced-key-two, sk-{'x' * 600}"},
+                },
+            }
+        )
+    )
+    cli.env["XAI_API_KEYS"] = "tiny"
+    proc = cli.run("config", "check", str(path))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    expected = [
+        ("unknown field colour",),
+        ("providers.cerebras.rps", "must be a number"),
+        ("providers.cerebras.max_conn", "≥ 0"),
+        ("providers.cerebras.keys[1]", mask("short"), "shorter than 8"),
+        ("providers.acme.base_url", "required"),
+        ("providers.groq.keys[3]", "longer than 512"),
+        ("environment variable XAI_API_KEYS", "key[0]", "shorter than 8"),
+    ]
+    assert len(lines) == len(expected), lines
+    for words in expected:  # in the file's order (safe_dump sorts it): match, not zip
+        matching = [line for line in lines if all(word in line for word in words)]
+        assert len(matching) == 1, (words, lines)
+        assert "environment" in words[0] or str(path) in matching[0], matching
+    # a key list in one string splits on whitespace too: two keys, not one refused
+    assert not any("spaced" in line or good_key in line for line in lines)

@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parents=True, exist_ok=True
     ) if settings.store_kind == "sqlite" else None
     _check_store(settings)
+    _record_location(settings)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -73,19 +74,52 @@ def _check_store(settings: Settings) -> None:
     asyncio.run(go())
 
 
-def _run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def _record_location(settings: Settings) -> None:
+    """Tell later CLI commands (through the data dir) which config and store this server uses."""
+    from keygate.locate import write_record
+
+    try:
+        write_record(settings, os.environ)
+    except OSError as exc:  # the server runs anyway; only the CLI's defaults are lost
+        print(f"keygate: warning: cannot record the config location: {exc}", file=sys.stderr)
+
+
+def _run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace, read: bool) -> int:
+    """Run a store command on the server's store and config (see keygate.locate); a read
+    command refuses a store that does not exist rather than creating an empty one."""
+    from keygate.locate import locate, require_existing_store
     from keygate.store import create_store
+
+    located = locate(os.environ, getattr(args, "config", None))
+    print(f"keygate: {located.describe()}", file=sys.stderr)
+    for note in located.notes:
+        print(f"keygate: note: {note}", file=sys.stderr)
+    if read:
+        require_existing_store(located)
+    elif located.sqlite_path is not None and not located.sqlite_path.exists():
+        print(f"keygate: note: creating a new store at {located.sqlite_path}", file=sys.stderr)
+    settings = located.settings
 
     async def go() -> int:
         store = create_store(settings.db_location, settings.secret_key)
         await store.open()
         try:
-            return await coro_fn((store, settings, args))
+            return await coro_fn((store, settings, args, located))
         finally:
             await store.close()
 
     return asyncio.run(go())
+
+
+def _apply_overrides(settings: Settings, overrides: dict[str, dict[str, Any]]) -> None:
+    """Run-time provider settings from the store win over config and env, as in the server."""
+    for name, fields in overrides.items():
+        cfg = settings.providers.get(name)
+        if cfg is None:
+            continue
+        for key, value in fields.items():
+            if hasattr(cfg, key):
+                setattr(cfg, key, value)
 
 
 def _check_provider(settings: Settings, name: str) -> None:
@@ -94,7 +128,7 @@ def _check_provider(settings: Settings, name: str) -> None:
 
 
 async def _keys_add(ctx: Any) -> int:
-    store, settings, args = ctx
+    store, settings, args, *_ = ctx
     from keygate.store.base import DuplicateKey
 
     _check_provider(settings, args.provider)
@@ -109,8 +143,8 @@ async def _keys_add(ctx: Any) -> int:
 
 
 async def _keys_import(ctx: Any) -> int:
-    store, settings, args = ctx
-    from keygate.store.base import parse_key_input
+    store, settings, args, *_ = ctx
+    from keygate.store.base import parse_key_entries
 
     _check_provider(settings, args.provider)
     text = (
@@ -119,13 +153,15 @@ async def _keys_import(ctx: Any) -> int:
         else Path(args.file).read_text(encoding="utf-8")
     )
     started = time.perf_counter()
-    results = await store.add_keys(args.provider, parse_key_input(text), source="cli")
+    entries = parse_key_entries(text)
+    results = await store.add_keys(args.provider, [tok for _, tok in entries], source="cli")
     took = time.perf_counter() - started
     counts: dict[str, int] = {}
-    for r in results:
+    for (line, _), r in zip(entries, results, strict=True):
         counts[r.status] = counts.get(r.status, 0) + 1
         if args.verbose or r.status != "added":
-            print(f"{r.status:<9} {r.input}{'  ' + r.message if r.message else ''}")
+            where = f"line {line}"
+            print(f"{r.status:<9} {where:<10} {r.input}{'  ' + r.message if r.message else ''}")
     summary = (
         ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to import"
     )
@@ -134,7 +170,15 @@ async def _keys_import(ctx: Any) -> int:
 
 
 async def _keys_list(ctx: Any) -> int:
-    store, _, args = ctx
+    store, settings, args, located = ctx
+    from keygate.locate import flush_note
+
+    if args.provider and args.provider not in settings.providers:
+        stored = await store.key_counts()
+        if args.provider not in stored:
+            known = sorted(set(settings.providers) | set(stored))
+            raise ConfigError(f"no provider named {args.provider!r} (known: {', '.join(known)})")
+    print(f"keygate: note: {flush_note(located)}", file=sys.stderr)
     keys, total = await store.list_keys(args.provider, args.status, args.q, args.limit, args.offset)
     if args.json:
         fields = (
@@ -166,7 +210,7 @@ async def _keys_list(ctx: Any) -> int:
 
 
 async def _keys_rm(ctx: Any) -> int:
-    store, _, args = ctx
+    store, _, args, *_ = ctx
     missing = 0
     for key_id in args.ids:
         if await store.delete_key(key_id):
@@ -178,10 +222,12 @@ async def _keys_rm(ctx: Any) -> int:
 
 
 async def _keys_test(ctx: Any) -> int:
-    store, settings, args = ctx
+    """Test keys against their configured upstream and record what the test proved, like the
+    admin page's test (keygate.probe.run_key_test); a running server picks it up."""
+    store, settings, args, *_ = ctx
     import aiohttp
 
-    from keygate.probe import probe
+    from keygate.probe import run_key_test
 
     if args.provider:
         _check_provider(settings, args.provider)
@@ -197,30 +243,36 @@ async def _keys_test(ctx: Any) -> int:
         elif args.provider:
             print(f"{args.provider} has no keys", file=sys.stderr)
         return 1
+    _apply_overrides(settings, await store.get_provider_overrides())
     bad = len(missing)
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         for rec in recs:
             cfg = settings.providers.get(rec.provider)
             if cfg is None:
+                print(
+                    f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} skipped: provider not configured",
+                    file=sys.stderr,
+                )
+                bad += 1
                 continue
-            status, ms, error = await probe(session, cfg, rec.secret)
-            ok = 200 <= status < 300
-            bad += not ok
+            result = await run_key_test(session, store, cfg, rec.id, rec.secret, rec.status)
+            bad += not result.ok
+            change = f"  now {result.health[0]}" if result.health else ""
+            if result.save_error:
+                change += f" (not saved: {result.save_error})"
             print(
-                f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {'ok' if ok else 'FAIL':<5} {status or '-':>4} {ms:7.1f} ms  {error}"
+                f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {'ok' if result.ok else 'FAIL':<5}"
+                f" {result.status or '-':>4} {result.latency_ms:7.1f} ms  {result.error}{change}"
             )
     return 1 if bad else 0
 
 
 async def _providers(ctx: Any) -> int:
-    store, settings, args = ctx
-    overrides = await store.get_provider_overrides()
+    store, settings, args, *_ = ctx
+    _apply_overrides(settings, await store.get_provider_overrides())
     counts = await store.key_counts()
     rows = []
     for name, cfg in settings.providers.items():
-        for key, value in overrides.get(name, {}).items():
-            if hasattr(cfg, key):
-                setattr(cfg, key, value)
         rows.append({**cfg.public(), "key_counts": counts.get(name, {})})
     if args.json:
         print(orjson.dumps(rows).decode())
@@ -248,6 +300,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """Every problem of the file and the environment, one line each; exit 2 if there is any."""
+    from keygate.configcheck import check_config
+
+    errors = check_config(args.file, os.environ)
+    for line in errors:
+        print(f"keygate: {line}", file=sys.stderr)
+    if errors:
+        return 2
     settings = load_settings(os.environ, args.file)
     with_keys = sum(1 for p in settings.providers.values() if p.keys)
     print(
@@ -290,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "key", help="the key, or - to read it from stdin (keeps it out of shell history)"
     )
     add.add_argument("--label")
-    add.set_defaults(func=lambda a: _run(_keys_add, a))
+    add.set_defaults(func=lambda a: _run(_keys_add, a, read=False))
     imp = with_config(
         ksub.add_parser(
             "import", help="import many keys (newlines, commas, whitespace or a JSON array)"
@@ -299,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("provider")
     imp.add_argument("file", nargs="?", help="file to read, or - / nothing for stdin")
     imp.add_argument("-v", "--verbose", action="store_true", help="print every line's result")
-    imp.set_defaults(func=lambda a: _run(_keys_import, a))
+    imp.set_defaults(func=lambda a: _run(_keys_import, a, read=False))
     lst = with_config(ksub.add_parser("list", help="list keys (masked)"))
     lst.add_argument("--provider")
     lst.add_argument("--status", choices=["active", "cooling", "invalid", "exhausted", "disabled"])
@@ -307,20 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--offset", type=int, default=0)
     lst.add_argument("--json", action="store_true")
-    lst.set_defaults(func=lambda a: _run(_keys_list, a))
+    lst.set_defaults(func=lambda a: _run(_keys_list, a, read=True))
     rm = with_config(ksub.add_parser("rm", help="delete keys by id"))
     rm.add_argument("ids", nargs="+", type=int)
-    rm.set_defaults(func=lambda a: _run(_keys_rm, a))
+    rm.set_defaults(func=lambda a: _run(_keys_rm, a, read=True))
     test = with_config(
         ksub.add_parser("test", help="test keys against their upstream (model list)")
     )
     test.add_argument("ids", nargs="*", type=int)
     test.add_argument("--provider", help="test every key of this provider")
-    test.set_defaults(func=lambda a: _run(_keys_test, a))
+    test.set_defaults(func=lambda a: _run(_keys_test, a, read=True))
 
     prov = with_config(sub.add_parser("providers", help="list providers, limits and key counts"))
     prov.add_argument("--json", action="store_true")
-    prov.set_defaults(func=lambda a: _run(_providers, a))
+    prov.set_defaults(func=lambda a: _run(_providers, a, read=True))
 
     config = sub.add_parser("config", help="configuration tools")
     csub = config.add_subparsers(dest="config_command", required=True)

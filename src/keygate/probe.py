@@ -1,20 +1,48 @@
-"""A cheap authenticated request (the model list) that tells whether a key works."""
+"""A cheap authenticated request (the model list) that tells whether a key works, and the one
+operation that tests a key and records what the test proved (admin API and CLI alike)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import aiohttp
 
+from keygate.control.base import Event
 from keygate.providers import ANTHROPIC_VERSION
+from keygate.proxy.classify import classify
 from keygate.settings import ProviderConfig
+from keygate.store.base import Store, StoreError
+
+_BODY_LIMIT = 4096  # enough for classify() to find "API key not valid" or a quota message
 
 
-async def probe(
+@dataclass(slots=True)
+class ProbeAnswer:
+    status: int  # 0 when the upstream could not be reached
+    latency_ms: float
+    error: str  # short, never contains the key
+    headers: dict[str, str]  # lower-case names
+    body: bytes  # the first few KB
+
+
+@dataclass(slots=True)
+class KeyTest:
+    """A test's outcome; `health` is (status, until, last_error) when the test changed it."""
+
+    id: int
+    ok: bool
+    status: int
+    latency_ms: float
+    error: str
+    health: tuple[str, float, str] | None
+    save_error: str = ""  # why the new health could not be stored
+
+
+async def probe_answer(
     session: aiohttp.ClientSession, cfg: ProviderConfig, secret: str
-) -> tuple[int, float, str]:
-    """(status, latency ms, error text); status 0 when the upstream could not be reached."""
+) -> ProbeAnswer:
     if cfg.key_style == "gemini":
         url, headers = cfg.base_url + "/v1beta/models", {"x-goog-api-key": secret}
     elif cfg.key_style == "x-api-key":
@@ -31,11 +59,66 @@ async def probe(
             async with session.get(
                 url, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                await resp.read()
+                body = await resp.content.read(_BODY_LIMIT)
                 status = resp.status
+                got = {k.lower(): v for k, v in resp.headers.items()}
     except TimeoutError:
-        return 0, (time.perf_counter() - started) * 1000, "timed out"
+        return ProbeAnswer(0, (time.perf_counter() - started) * 1000, "timed out", {}, b"")
     except (aiohttp.ClientError, OSError) as exc:
-        return 0, (time.perf_counter() - started) * 1000, f"unreachable: {type(exc).__name__}"
+        ms = (time.perf_counter() - started) * 1000
+        return ProbeAnswer(0, ms, f"unreachable: {type(exc).__name__}", {}, b"")
     ms = (time.perf_counter() - started) * 1000
-    return status, ms, "" if status < 400 else f"{status} from upstream"
+    return ProbeAnswer(status, ms, "" if status < 400 else f"{status} from upstream", got, body)
+
+
+async def probe(
+    session: aiohttp.ClientSession, cfg: ProviderConfig, secret: str
+) -> tuple[int, float, str]:
+    """(status, latency ms, error text); status 0 when the upstream could not be reached."""
+    answer = await probe_answer(session, cfg, secret)
+    return answer.status, answer.latency_ms, answer.error
+
+
+def health_after_test(
+    current: str, answer: ProbeAnswer, cfg: ProviderConfig, now: float
+) -> tuple[str, float, str] | None:
+    """What a test proves about a key, judged like live traffic (classify): a pass makes it
+    active, a refusal invalid, a quota error exhausted, a 429 cooling. Provider faults and
+    unreachable upstreams prove nothing about the key; a disabled key stays disabled (that was
+    an admin's choice)."""
+    if current in ("disabled", "deleted"):
+        return None
+    if 200 <= answer.status < 300:
+        return None if current == "active" else ("active", 0.0, "")
+    if answer.status == 0:
+        return None
+    verdict = classify(answer.status, answer.headers, answer.body, now)
+    if verdict.event is Event.INVALID:
+        return "invalid", now + cfg.recheck_interval_s, verdict.message
+    if verdict.event is Event.EXHAUSTED:
+        return "exhausted", verdict.until or now + cfg.exhausted_cooldown_s, verdict.message
+    if verdict.event is Event.RATE_LIMITED:
+        return "cooling", verdict.until or now + cfg.cooldown_s, verdict.message
+    return None
+
+
+async def run_key_test(
+    session: aiohttp.ClientSession,
+    store: Store,
+    cfg: ProviderConfig,
+    key_id: int,
+    secret: str,
+    current_status: str,
+) -> KeyTest:
+    """Probe the key and write the health the answer proves to the store, where a running
+    gateway (or every instance sharing the store) picks it up."""
+    answer = await probe_answer(session, cfg, secret)
+    health = health_after_test(current_status, answer, cfg, time.time())
+    save_error = ""
+    if health is not None:
+        try:
+            await store.update_key(key_id, status=health[0], until=health[1], last_error=health[2])
+        except StoreError as exc:
+            save_error = str(exc)
+    ok = 200 <= answer.status < 300
+    return KeyTest(key_id, ok, answer.status, answer.latency_ms, answer.error, health, save_error)

@@ -24,13 +24,13 @@ from keygate.admin.openapi import OPENAPI
 from keygate.control.keypool import KeyEntry, mask
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import log
+from keygate.probe import run_key_test
 from keygate.proxy.errors import GatewayError
 from keygate.store.base import (
     KEY_STATUSES,
     DuplicateKey,
     InvalidKey,
     KeyRecord,
-    StoreError,
     parse_key_input,
 )
 
@@ -596,24 +596,24 @@ class AdminAPI:
         return Reply(200, await self._test_entry(self.gw.providers[entry.provider], entry))
 
     async def _test_entry(self, rt: ProviderRuntime, entry: KeyEntry) -> dict[str, Any]:
-        """Probe the upstream with the key; a pass revives an invalid/exhausted key, a 401/403
-        condemns it (a disabled key stays disabled: that was the admin's choice)."""
-        status, latency_ms, error = await self.gw.probe_key(entry)
-        ok = 200 <= status < 300
-        new: tuple[str, float, str] | None = None
-        if ok and entry.status in ("invalid", "exhausted"):
-            new = ("active", 0.0, "")
-        elif status in (401, 403) and entry.status not in ("disabled", "deleted"):
-            new = ("invalid", time.time() + rt.cfg.recheck_interval_s, error)
-        if new is not None:
-            log.info("admin: key %s#%d tested %s: now %s", entry.masked, entry.id, status, new[0])
-            rt.pool.set_status(entry.id, *new)
-            try:
-                await self.gw.store.update_key(
-                    entry.id, status=new[0], until=new[1], last_error=new[2]
-                )
-            except StoreError as exc:
-                log.warning("key #%d: could not save its test result: %s", entry.id, exc)
+        """Probe the upstream with the key and apply what it proved (the same operation as
+        `keygate keys test`), in the store and at once in this gateway's pool."""
+        assert self.gw.session is not None
+        result = await run_key_test(
+            self.gw.session, self.gw.store, rt.cfg, entry.id, entry.secret, entry.status
+        )
+        status, latency_ms, error, ok = result.status, result.latency_ms, result.error, result.ok
+        if result.health is not None:
+            log.info(
+                "admin: key %s#%d tested %s: now %s",
+                entry.masked,
+                entry.id,
+                status,
+                result.health[0],
+            )
+            rt.pool.set_status(entry.id, *result.health)
+        if result.save_error:
+            log.warning("key #%d: could not save its test result: %s", entry.id, result.save_error)
         return {
             "id": entry.id,
             "ok": ok,

@@ -1,8 +1,14 @@
-"""Errors keygate makes itself, in the caller's dialect (OpenAI's shape, Anthropic's on claude)."""
+"""Errors keygate makes itself, in the caller's dialect: OpenAI's shape, Anthropic's on claude,
+Google's on native Gemini paths (the SDKs parse only their own shape into a useful exception)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
+
+from keygate.proxy.route import upstream_path
+from keygate.settings import ProviderConfig
 
 # status → (openai type, anthropic type)
 _TYPES: dict[int, tuple[str, str]] = {
@@ -17,6 +23,26 @@ _TYPES: dict[int, tuple[str, str]] = {
     502: ("upstream_error", "api_error"),
     503: ("service_unavailable", "overloaded_error"),
     504: ("timeout_error", "timeout_error"),
+}
+
+# status → google.rpc.Code name, as the Gemini API reports it in error.status
+_GOOGLE_STATUS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    431: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 
 
@@ -37,9 +63,34 @@ class GatewayError(Exception):
         self.headers = headers or []
 
 
-def error_body(status: int, message: str, code: str | None, anthropic: bool) -> bytes:
+def error_dialect(
+    cfg: ProviderConfig | None, rest: str, headers: Sequence[tuple[bytes, bytes]]
+) -> str:
+    """The error shape the caller's SDK understands: "anthropic", "gemini" or "openai".
+    Decided only when there is an error to send, so the request path pays nothing for it."""
+    if cfg is None:
+        return "openai"
+    if cfg.key_style == "x-api-key":
+        return "anthropic"
+    if cfg.key_style == "gemini" and upstream_path(cfg, rest, headers)[1]:
+        return "gemini"
+    return "openai"
+
+
+def error_body(status: int, message: str, code: str | None, dialect: bool | str) -> bytes:
+    """`dialect` is "openai", "anthropic" or "gemini"; a bool still means anthropic or not."""
     openai_type, anthropic_type = _TYPES.get(status, ("api_error", "api_error"))
-    if anthropic:
+    if dialect == "gemini":
+        return orjson.dumps(
+            {
+                "error": {
+                    "code": status,
+                    "message": message,
+                    "status": _GOOGLE_STATUS.get(status, "UNKNOWN"),
+                }
+            }
+        )
+    if dialect is True or dialect == "anthropic":
         return orjson.dumps(
             {"type": "error", "error": {"type": anthropic_type, "message": message}}
         )

@@ -21,7 +21,7 @@ from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import RequestRecord, access_log
 from keygate.proxy.auth import password_ok, presented_credential
 from keygate.proxy.classify import classify
-from keygate.proxy.errors import GatewayError, error_body, retry_after_headers
+from keygate.proxy.errors import GatewayError, error_body, error_dialect, retry_after_headers
 from keygate.proxy.forward import (
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -91,7 +91,7 @@ async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int
             return b"".join(parts)
 
 
-async def send_error(send: Any, err: GatewayError, anthropic: bool) -> None:
+async def send_error(send: Any, err: GatewayError, anthropic: bool | str) -> None:
     await send(
         {"type": "http.response.start", "status": err.status, "headers": JSON_HEADERS + err.headers}
     )
@@ -213,7 +213,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
         cfg = rt.cfg
-        up_path, native = upstream_path(cfg, rest)
+        up_path, native = upstream_path(cfg, rest, headers)
         body = await read_body(receive, headers, cfg.max_body_bytes)
         if body and method == "POST":
             body = apply_model(body, cfg, up_path)
@@ -228,7 +228,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.status = err.status
         ex.error = err.message
         ex.finishing = True
-        await send_error(send, err, anthropic)
+        dialect = anthropic or error_dialect(rt.cfg if rt is not None else None, rest, headers)
+        await send_error(send, err, dialect)
     except ClientGone:
         ex.status = 499
         ex.error = "client disconnected"

@@ -34,6 +34,7 @@ __all__ = [
     "StoreError",
     "check_secret",
     "mask",
+    "parse_key_entries",
     "parse_key_input",
 ]
 
@@ -119,28 +120,61 @@ def check_secret(secret: str) -> str:
     return ""
 
 
+_DEBRIS = _QUOTES + "[]"  # never part of a key: left over from pasted lists and JSON arrays
+_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def _unquote(token: str) -> str:
-    token = token.strip()
-    while len(token) >= 2 and token[0] in _QUOTES and token[-1] in _QUOTES:
-        token = token[1:-1].strip()
-    return token
+    return token.strip().strip(_DEBRIS).strip()
 
 
-def parse_key_input(text: str) -> list[str]:
-    """Tokens from pasted text: a JSON array of strings, or anything split on commas/whitespace.
+def _json_strings(text: str) -> list[str] | None:
+    """The items of a JSON array of strings, or None when `text` is not one."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(data, list) and all(isinstance(item, str) for item in data):
+        return data
+    return None
+
+
+def parse_key_entries(text: str) -> list[tuple[int, str]]:
+    """(line number, token) from pasted text: the whole text as one JSON array of strings, or
+    per line a JSON array of strings or anything split on commas/whitespace. The line number
+    lets an import report point at the entry it refuses.
 
     Repeats are kept so a batch import can report them as duplicates.
     """
     stripped = text.strip()
     if stripped.startswith("["):
-        try:
-            data = json.loads(stripped)
-        except ValueError:
-            data = None
-        if isinstance(data, list) and all(isinstance(item, str) for item in data):
-            return [tok for tok in (_unquote(item) for item in data) if tok]
-    tokens = stripped.replace(",", " ").split()
-    return [tok for tok in (_unquote(t) for t in tokens) if tok]
+        items = _json_strings(stripped)
+        if items is not None:
+            lines = _string_lines(text, items)
+            return [(n, tok) for n, tok in zip(lines, map(_unquote, items), strict=True) if tok]
+    out: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        items = _json_strings(line) if line.startswith("[") else None
+        tokens = items if items is not None else line.replace(",", " ").split()
+        out.extend((number, tok) for tok in map(_unquote, tokens) if tok)
+    return out
+
+
+def _string_lines(text: str, items: list[str]) -> list[int]:
+    """The line each item of a JSON array starts on (1 for all when they cannot be matched)."""
+    found = [
+        (text.count("\n", 0, m.start()) + 1, json.loads(m.group()))
+        for m in _JSON_STRING_RE.finditer(text)
+    ]
+    if [value for _, value in found] != items:
+        return [1] * len(items)
+    return [line for line, _ in found]
+
+
+def parse_key_input(text: str) -> list[str]:
+    """Tokens from pasted text (see parse_key_entries), without their line numbers."""
+    return [token for _, token in parse_key_entries(text)]
 
 
 class Store(abc.ABC):

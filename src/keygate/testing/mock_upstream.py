@@ -1,4 +1,4 @@
-"""Local mock of LLM provider APIs (OpenAI- and Anthropic-shaped) used as the upstream.
+"""Local mock of LLM provider APIs (OpenAI-, Anthropic- and Gemini-shaped) used as the upstream.
 
 Tests script it per API key (status codes, delays, hangs, broken streams, gzip) and inspect
 what the gateway actually sent; the benchmark runs it as a separate process
@@ -572,6 +572,8 @@ class MockUpstream:
                     return await self._stream(request, status, events, 3, beh, state)
                 out = self._anthropic_message(model, body, beh["text"])
             return await self._send(request, status, out, beh, state)
+        if method == "POST" and path.endswith((":generateContent", ":streamGenerateContent")):
+            return await self._gemini(request, path, body, beh, state)
         if method == "GET" and path.endswith("/models"):
             return await self._send(request, status, _MODELS_BODY, beh, state)
         if method == "POST" and path.endswith("/embeddings"):
@@ -696,6 +698,46 @@ class MockUpstream:
             events.append(head + b'"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n")
         events.append(_DONE)
         return events
+
+    async def _gemini(
+        self,
+        request: web.BaseRequest,
+        path: str,
+        body: bytes,
+        beh: dict[str, Any],
+        state: dict[str, Any],
+    ) -> web.StreamResponse:
+        """Gemini's native generateContent, and streamGenerateContent as SSE (`alt=sse`) or as
+        one JSON array, the two forms the Google SDKs and REST callers use."""
+        model = path.rpartition("/models/")[2].partition(":")[0] or "mock-model"
+        text: str = beh["text"]
+        pt, ct = _tokens(len(body)), _tokens(len(text))
+
+        def chunk(piece: str, last: bool) -> dict[str, Any]:
+            candidate: dict[str, Any] = {
+                "content": {"parts": [{"text": piece}], "role": "model"},
+                "index": 0,
+            }
+            out: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
+            if last:
+                candidate["finishReason"] = "STOP"
+                out["usageMetadata"] = {
+                    "promptTokenCount": pt,
+                    "candidatesTokenCount": ct,
+                    "totalTokenCount": pt + ct,
+                }
+            return out
+
+        if path.endswith(":generateContent"):
+            return await self._send(
+                request, beh["status"], orjson.dumps(chunk(text, True)), beh, state
+            )
+        pieces = _split_text(text, beh["chunks"])
+        docs = [chunk(piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
+        if request.query.get("alt") != "sse":
+            return await self._send(request, beh["status"], orjson.dumps(docs), beh, state)
+        events = [b"data: " + orjson.dumps(doc) + b"\r\n\r\n" for doc in docs]
+        return await self._stream(request, beh["status"], events, 0, beh, state)
 
     def _anthropic_message(self, model: str, body: bytes, text: str) -> bytes:
         return orjson.dumps(

@@ -1,0 +1,125 @@
+"""`keygate config check`: every problem of a config file (and the environment), not just the
+first, one line each naming the file (or variable) and the field or key.
+
+Loading stops at the first error by design (a server must not start half-configured), so the
+check validates each top-level field, each provider field and each key on its own with the same
+functions `load_settings` and the store use, then loads the whole file once more for what only
+shows in context (default_provider, the admin path, environment variables).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from keygate.control.keypool import mask
+from keygate.providers import BUILTINS, env_prefix
+from keygate.settings import (
+    ConfigError,
+    ProviderConfig,
+    _apply_provider_yaml,
+    _load_yaml,
+    load_settings,
+    split_keys,
+)
+from keygate.store.base import check_secret
+
+_PLACEHOLDER_BASE = "http://127.0.0.1"  # lets a custom provider's other fields be checked alone
+
+
+def _builtins() -> dict[str, ProviderConfig]:
+    return {
+        name: ProviderConfig(name=name, base_url=b.base_url, key_style=b.key_style)
+        for name, b in BUILTINS.items()
+    }
+
+
+def _try(errors: list[str], fn: Any, *args: Any) -> bool:
+    try:
+        fn(*args)
+    except ConfigError as exc:
+        if str(exc) not in errors:
+            errors.append(str(exc))
+        return False
+    return True
+
+
+def _key_errors(where: str, keys: list[str]) -> list[str]:
+    """The keys the store would refuse at start-up (it ignores them with a warning)."""
+    out = []
+    for i, raw in enumerate(keys):
+        token = raw.strip()
+        if not token:
+            continue
+        why = check_secret(token)
+        if why:
+            out.append(f"{where}[{i}] ({mask(token)}): {why}")
+    return out
+
+
+def _check_provider(path: Path, name: str, raw: Any, errors: list[str]) -> None:
+    where = f"config file {path}: providers.{name}"
+    if not isinstance(raw, dict):
+        _try(errors, _apply_provider_yaml, path, name, raw, _builtins())
+        return
+    custom = name not in BUILTINS
+    # the name and (for a custom provider) base_url first, then every field on its own
+    base = {"base_url": raw["base_url"]} if "base_url" in raw else {}
+    if not _try(errors, _apply_provider_yaml, path, name, base, _builtins()) and not _try(
+        errors, _apply_provider_yaml, path, name, {"base_url": _PLACEHOLDER_BASE}, _builtins()
+    ):
+        return  # the name itself is refused: nothing else can be checked
+    for field, value in raw.items():
+        if field == "base_url":
+            continue
+        one = {"base_url": _PLACEHOLDER_BASE, field: value} if custom else {field: value}
+        if not _try(errors, _apply_provider_yaml, path, name, one, _builtins()):
+            continue
+        if field == "keys":
+            keys = split_keys(value) if isinstance(value, str) else value
+            errors.extend(_key_errors(f"{where}.keys", keys))
+
+
+def check_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> list[str]:
+    """Every error as one line; an empty list means the server would start with this file."""
+    path = Path(path)
+    errors: list[str] = []
+    try:
+        data = _load_yaml(path)
+    except ConfigError as exc:
+        return [str(exc)]
+    unknown = sorted(map(str, set(data) - {"default_provider", "providers"}))
+    for field in unknown:
+        errors.append(f"config file {path}: unknown field {field}")
+    provs = data.get("providers") or {}
+    if not isinstance(provs, dict):
+        errors.append(
+            f"config file {path}: providers: must be a mapping of provider name to settings"
+        )
+        provs = {}
+    for name, raw in provs.items():
+        _check_provider(path, str(name), raw or {}, errors)
+    for name in sorted(set(BUILTINS) | {str(n) for n in provs}):
+        var = f"{env_prefix(name)}_API_KEYS"
+        if env.get(var):
+            errors.extend(_key_errors(f"environment variable {var}: key", split_keys(env[var])))
+    if not errors:
+        # what only shows with the whole file loaded: default_provider, env, the admin path
+        _try(errors, load_settings, env, path)
+        return errors
+    default = data.get("default_provider")
+    names = set(BUILTINS) | {str(n) for n in provs}
+    if (
+        default is not None
+        and not env.get("KEYGATE_DEFAULT_PROVIDER")
+        and str(default) not in names
+    ):
+        errors.append(f"config file {path}: default_provider: no provider named {str(default)!r}")
+    # the environment on its own (the file's errors are listed already)
+    alone = {k: v for k, v in env.items() if k != "KEYGATE_CONFIG"}
+    if alone.get("KEYGATE_DEFAULT_PROVIDER") in names - set(BUILTINS):
+        del alone["KEYGATE_DEFAULT_PROVIDER"]
+    _try(errors, load_settings, alone, None)
+    return errors
