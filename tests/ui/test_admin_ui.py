@@ -801,6 +801,13 @@ def test_provider_without_usable_keys_is_never_green(
         assert len(set(labels)) == len(labels), labels
         page.screenshot(path=str(SHOTS / "dashboard-keyless-desktop.png"), full_page=True)
 
+        # the invalid key's last error, on the keys page, opens whole too
+        page.goto(f"{gw.url}/admin/#/keys?provider=openai")
+        last = page.locator(".keys-table .col-last_error .err-toggle")
+        expect(last).to_have_text(re.compile(r"\S"))
+        last.click()
+        expect(last).to_have_attribute("aria-expanded", "true")
+
         page.goto(f"{gw.url}/admin/#/providers?all=1")
         row = page.locator('tr[data-provider="groq"]')
         expect(row.locator(".chip")).to_have_text("no keys")
@@ -850,11 +857,12 @@ def test_server_errors_read_in_chinese(gateway_factory: Any, chromium: Browser) 
     gw = gateway_factory()
     SHOTS.mkdir(parents=True, exist_ok=True)
     secret = "sk-ui-dup-xxxxxxxxxxxxx0001"
-    ctx = chromium.new_context(viewport=DESKTOP, locale="zh-CN")
+    ctx = chromium.new_context(viewport=DESKTOP)
     try:
         ctx.set_default_timeout(TIMEOUT_MS)
         page = ctx.new_page()
         page.goto(gw.url + "/admin/")
+        page.locator('#login [data-lang="zh"]').click()
         # login: a wrong password, then the gateway's throttle (429 with Retry-After)
         page.fill("#login-password", "not-the-password")
         page.click("#login-submit")
