@@ -993,10 +993,9 @@ def test_phone_widths_never_overflow(gateway_factory: Any, chromium: Browser) ->
                     assert m["page"] <= m["inner"], (where, m)
                     # every navigation link is whole on screen: no hidden, scrolled-off tab
                     assert m["nav"] <= 0 and m["cut"] == 0, (where, m)
-                if width == 360:
-                    page.screenshot(
-                        path=str(SHOTS / f"requests-phone360-{lang}.png"), full_page=True
-                    )
+                    if width == 360:
+                        shot = SHOTS / f"{view}-phone360{'' if lang == 'en' else '-zh'}.png"
+                        page.screenshot(path=str(shot), full_page=True)
 
 
 def test_connect_shows_a_native_gemini_snippet(
