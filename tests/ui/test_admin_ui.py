@@ -8,16 +8,21 @@ phone widths into artifacts/screenshots/ (CI keeps that folder as build artifact
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from keygate.admin.ui import CSP, AdminUI, load_assets
 
@@ -628,3 +633,411 @@ def test_keys_page_stays_fast_with_100k_keys(gateway_factory: Any) -> None:
             page.screenshot(path=str(SHOTS / "keys-100k-desktop.png"))
         finally:
             browser.close()
+
+
+# --- details a person meets: long errors, key-less providers, language, phone widths ----------
+
+LONG_ERROR = (
+    "upstream said: "
+    + XSS
+    + " <b>bold</b> "
+    + " ".join(f"detail-{i:03d}" for i in range(80))
+    + " END-OF-ERROR"
+)
+ENGLISH_WORD = re.compile(r"\b(?!API\b)[A-Za-z]{4,}\b")  # a sentence left in English
+
+
+@pytest.fixture
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def signed_in(browser: Browser, gw: Any, view: str = "dashboard", **ctx_kw: Any) -> Iterator[Page]:
+    """A fresh browser context signed in to `gw`, showing `view`; page errors fail the test."""
+    ctx = browser.new_context(**{"viewport": DESKTOP, **ctx_kw})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    page = ctx.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    try:
+        page.goto(f"{gw.url}/admin/#/{view}")
+        page.fill("#login-password", gw.admin_password)
+        page.click("#login-submit")
+        expect(page.locator("#shell")).to_be_visible()
+        yield page
+        assert problems == []
+    finally:
+        ctx.close()
+
+
+def dot_colours(scope: Any) -> list[str]:
+    return scope.locator(".chip .dot").evaluate_all(
+        "els => els.map(e => getComputedStyle(e).backgroundColor)"
+    )
+
+
+def test_long_request_error_opens_whole_as_text(gateway_factory: Any, chromium: Browser) -> None:
+    gw = gateway_factory()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    entry = {
+        "provider": "cerebras",
+        "method": "POST",
+        "path": "/cerebras/v1/chat/completions",
+        "model": "m",
+        "key_id": 1,
+        "key": "sk-a…0001",
+        "latency_ms": 12.5,
+        "retries": 0,
+    }
+    listing = [
+        {**entry, "ts": now, "status": 502, "error": LONG_ERROR},
+        {**entry, "ts": now - 1, "status": 200, "error": ""},
+    ]
+    served: list[int] = []
+
+    def requests_api(route: Any) -> None:
+        served.append(1)
+        route.fulfill(
+            status=200, content_type="application/json", body=json.dumps({"requests": listing})
+        )
+
+    for viewport, name in ((DESKTOP, "desktop"), (PHONE, "phone")):
+        with signed_in(chromium, gw, "dashboard", viewport=viewport) as page:
+            page.route("**/api/requests*", requests_api)
+            goto_view(page, "requests")
+            err = page.locator(".req-table .col-error .err-toggle")
+            expect(err).to_have_count(1)
+            # cut to one line at first, and only ever text: the markup in it never became HTML
+            assert err.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+            assert err.text_content() == LONG_ERROR
+            assert page.locator(".req-table img, .req-table b").count() == 0
+            # the keyboard opens it: it is a button, Enter toggles it
+            err.focus()
+            page.keyboard.press("Enter")
+            expect(err).to_have_attribute("aria-expanded", "true")
+            assert err.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+            assert err.evaluate("e => e.scrollHeight <= e.clientHeight + 1")
+            assert err.evaluate("e => e.getBoundingClientRect().height") > 60  # many lines
+            # the whole text is on screen: the end of it lies inside the viewport's width
+            assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+            # the live refresh keeps it open and keeps the focus on it
+            seen = len(served)
+            deadline = time.monotonic() + 10
+            while len(served) < seen + 1:
+                assert time.monotonic() < deadline, "the requests view did not refresh"
+                page.wait_for_timeout(100)
+            page.wait_for_timeout(200)
+            expect(err).to_have_attribute("aria-expanded", "true")
+            assert err.evaluate("e => document.activeElement === e")
+            page.screenshot(path=str(SHOTS / f"requests-error-{name}.png"), full_page=True)
+            page.keyboard.press("Space")
+            expect(err).to_have_attribute("aria-expanded", "false")
+            assert err.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+
+
+def test_provider_without_usable_keys_is_never_green(
+    gateway_factory: Any, mock: Any, chromium: Browser
+) -> None:
+    gw = gateway_factory()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    good, bad = "sk-ui-good-xxxxxxxxxxxx0001", "sk-ui-bad-xxxxxxxxxxxxx0002"
+    assert (
+        gw.api("POST", "/api/keys", json={"provider": "cerebras", "key": good}).status_code == 201
+    )
+    r = gw.api("POST", "/api/keys", json={"provider": "openai", "key": bad})
+    assert r.status_code == 201
+    mock.set_behavior(bad, status=401)
+    assert gw.api("POST", f"/api/keys/{r.json()['id']}/test").json()["ok"] is False
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30) as c:
+        assert (
+            c.post(
+                f"{gw.url}/cerebras/v1/chat/completions", headers=gw.auth(), json=chat
+            ).status_code
+            == 200
+        )
+        # groq has no key at all, but traffic, so it gets a card
+        assert (
+            c.post(f"{gw.url}/groq/v1/chat/completions", headers=gw.auth(), json=chat).status_code
+            == 503
+        )
+
+    with signed_in(chromium, gw, "dashboard") as page:
+        cards = {
+            n: page.locator(f'.prov-card[data-provider="{n}"]')
+            for n in ("cerebras", "openai", "groq")
+        }
+        for card in cards.values():
+            expect(card).to_be_visible()
+        expect(cards["openai"].locator(".chip-invalid")).to_contain_text("1 invalid")
+        green = (
+            cards["cerebras"]
+            .locator(".chip-active .dot")
+            .evaluate("e => getComputedStyle(e).backgroundColor")
+        )
+        red = (
+            cards["openai"]
+            .locator(".chip-invalid .dot")
+            .evaluate("e => getComputedStyle(e).backgroundColor")
+        )
+        assert green != red
+        # no keys: one neutral chip saying so, no green anywhere on the card
+        expect(cards["groq"].locator(".chip")).to_have_count(1)
+        expect(cards["groq"].locator(".chip")).to_have_text("no keys")
+        assert green not in dot_colours(cards["groq"])
+        # keys, but none usable: red for the invalid one, no green either
+        assert red in dot_colours(cards["openai"]) and green not in dot_colours(cards["openai"])
+        assert dot_colours(cards["cerebras"]).count(green) == 1
+        # a sub-millisecond latency scale reads as distinct steps, not "1 ms, 0 ms, 0 ms"
+        labels = cards["groq"].locator(".chart").nth(1).locator(".chart-label").all_text_contents()
+        assert len(set(labels)) == len(labels), labels
+        page.screenshot(path=str(SHOTS / "dashboard-keyless-desktop.png"), full_page=True)
+
+        # the invalid key's last error, on the keys page, opens whole too
+        page.goto(f"{gw.url}/admin/#/keys?provider=openai")
+        last = page.locator(".keys-table .col-last_error .err-toggle")
+        expect(last).to_have_text(re.compile(r"\S"))
+        last.click()
+        expect(last).to_have_attribute("aria-expanded", "true")
+
+        page.goto(f"{gw.url}/admin/#/providers?all=1")
+        row = page.locator('tr[data-provider="groq"]')
+        expect(row.locator(".chip")).to_have_text("no keys")
+        assert green not in dot_colours(row)
+        assert green in dot_colours(page.locator('tr[data-provider="cerebras"]'))
+        assert green not in dot_colours(page.locator('tr[data-provider="openai"]'))
+
+
+def test_language_follows_the_browser_until_chosen(gateway_factory: Any, chromium: Browser) -> None:
+    gw = gateway_factory()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    ctx = chromium.new_context(viewport=DESKTOP, locale="zh-CN")
+    try:
+        ctx.set_default_timeout(TIMEOUT_MS)
+        page = ctx.new_page()
+        page.goto(gw.url + "/admin/")
+        # no saved choice: a zh-CN browser gets 中文 from the first screen on
+        expect(page.locator(".login-title")).to_have_text("管理员登录")
+        expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+        page.screenshot(path=str(SHOTS / "login-desktop-zh.png"))
+        page.fill("#login-password", gw.admin_password)
+        page.click("#login-submit")
+        expect(page.locator('.nav-link[data-view="dashboard"]')).to_have_text("仪表盘")
+        # a choice made on the page is kept and wins over the browser's language
+        page.locator('.topbar [data-lang="en"]').click()
+        expect(page.locator('.nav-link[data-view="dashboard"]')).to_have_text("Dashboard")
+        page.reload()
+        expect(page.locator('.nav-link[data-view="dashboard"]')).to_have_text("Dashboard")
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+    finally:
+        ctx.close()
+    for locale, title in (
+        ("en-US", "Admin sign-in"),
+        ("de-DE", "Admin sign-in"),
+        ("zh-TW", "管理员登录"),
+    ):
+        ctx = chromium.new_context(viewport=DESKTOP, locale=locale)
+        try:
+            page = ctx.new_page()
+            page.goto(gw.url + "/admin/")
+            expect(page.locator(".login-title")).to_have_text(title, timeout=TIMEOUT_MS)
+        finally:
+            ctx.close()
+
+
+def test_server_errors_read_in_chinese(gateway_factory: Any, chromium: Browser) -> None:
+    gw = gateway_factory()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    secret = "sk-ui-dup-xxxxxxxxxxxxx0001"
+    ctx = chromium.new_context(viewport=DESKTOP)
+    try:
+        ctx.set_default_timeout(TIMEOUT_MS)
+        page = ctx.new_page()
+        page.goto(gw.url + "/admin/")
+        page.locator('#login [data-lang="zh"]').click()
+        # login: a wrong password, then the gateway's throttle (429 with Retry-After)
+        page.fill("#login-password", "not-the-password")
+        page.click("#login-submit")
+        expect(page.locator("#login-message")).to_have_text("密码或令牌错误。")
+
+        def throttled(route: Any) -> None:
+            route.fulfill(
+                status=429,
+                headers={"retry-after": "30"},
+                content_type="application/json",
+                body='{"error": {"message": "too many failed attempts; retry in 30 s", "type": "rate_limit_error", "code": "too_many_attempts", "param": null}}',
+            )
+
+        page.route("**/api/session", throttled)
+        page.fill("#login-password", "not-the-password")
+        page.click("#login-submit")
+        expect(page.locator("#login-message")).to_have_text("失败的尝试太多，请 30 秒后再试。")  # noqa: RUF001
+        page.unroute("**/api/session")
+        page.fill("#login-password", gw.admin_password)
+        page.click("#login-submit")
+        expect(page.locator("#shell")).to_be_visible()
+
+        # keys: a duplicate (409), then an invalid key (400), both from the real server
+        goto_view(page, "keys")
+        page.locator("#keys-provider").select_option("cerebras")
+        page.locator(".toolbar-actions .btn-primary").click()
+        page.fill("#add-key", secret)
+        page.click("#add-panel button[type=submit]")
+        expect(page.locator(".keys-table tbody tr")).to_have_count(1)
+        page.fill("#add-key", secret)
+        page.click("#add-panel button[type=submit]")
+        msg = page.locator("#add-panel .form-msg")
+        expect(msg).to_have_text("cerebras 已经有这个密钥 sk-u…0001（编号 1）。")  # noqa: RUF001
+        page.fill("#add-key", "short")
+        page.click("#add-panel button[type=submit]")
+        expect(msg).to_have_text(
+            re.compile(r"^密钥无效：少于 \d+ 个字符，不是 API 密钥。$")  # noqa: RUF001
+        )
+        page.screenshot(path=str(SHOTS / "keys-error-desktop-zh.png"))
+
+        # batch import: the per-key messages too
+        page.locator(".toolbar-actions .btn").nth(1).click()
+        page.fill(
+            "#batch-input",
+            f"tiny\n{secret}\nsk-ui-new-xxxxxxxxxxxxx0002\nsk-ui-new-xxxxxxxxxxxxx0002",
+        )
+        page.click("#batch-panel button[type=submit]")
+        expect(page.locator(".batch-item")).to_have_count(4)
+        for text in page.locator(".batch-msg").all_text_contents():
+            assert not ENGLISH_WORD.search(text), text
+        expect(page.locator('.batch-item[data-status="invalid"] .batch-msg')).to_have_text(
+            re.compile(r"^少于 \d+ 个字符，不是 API 密钥。$")  # noqa: RUF001
+        )
+        page.click("#batch-panel .icon-btn")
+
+        # not found: the key went away behind the page's back
+        ids = key_ids(gw)
+        row = page.locator(f'tr[data-id="{ids["0001"]}"]')
+        assert gw.api("DELETE", f"/api/keys/{ids['0001']}").status_code == 200
+        row.locator(".btn-toggle").click()
+        expect(page.locator(".toast-error").last).to_have_text(
+            f"没有编号为 {ids['0001']} 的密钥，它可能已被删除。"  # noqa: RUF001
+        )
+
+        # a provider field the server refuses, named by param; an unknown code keeps its text
+        goto_view(page, "providers")
+        page.locator('tr[data-provider="cerebras"] .btn-edit').click()
+        answers = iter(
+            [
+                '{"error": {"message": "rps: must be ≥ 0, got -1", "type": "invalid_request_error", "code": "invalid_value", "param": "rps"}}',
+                '{"error": {"message": "something new went wrong", "type": "invalid_request_error", "code": "brand_new_code", "param": null}}',
+            ]
+        )
+
+        def refuse(route: Any) -> None:
+            if route.request.method != "PATCH":
+                route.continue_()
+                return
+            route.fulfill(status=400, content_type="application/json", body=next(answers))
+
+        page.route("**/api/providers/cerebras", refuse)
+        page.fill("#pf-rps", "2")
+        page.click("#prov-save")
+        expect(page.locator("#pf-rps-err")).to_have_text("每秒请求数（RPS）：必须 ≥ 0。")  # noqa: RUF001
+        page.click("#prov-save")
+        expect(page.locator("dialog .form-msg")).to_have_text(
+            "网关返回 400：something new went wrong"  # noqa: RUF001
+        )
+    finally:
+        ctx.close()
+
+
+def test_phone_widths_never_overflow(gateway_factory: Any, chromium: Browser) -> None:
+    gw = gateway_factory()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    gw.api("POST", "/api/keys", json={"provider": "cerebras", "key": "sk-ui-phone-xxxxxxxxxx0001"})
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30) as c:
+        c.post(f"{gw.url}/cerebras/v1/chat/completions", headers=gw.auth(), json=chat)
+        c.post(f"{gw.url}/groq/v1/chat/completions", headers=gw.auth(), json=chat)
+    measure = """() => {
+        const nav = document.querySelector('.nav');
+        const links = [...nav.querySelectorAll('.nav-link')].map(a => a.getBoundingClientRect());
+        return {
+            page: document.documentElement.scrollWidth,
+            inner: innerWidth,
+            nav: nav.scrollWidth - nav.clientWidth,
+            cut: links.filter(r => r.left < -0.5 || r.right > innerWidth + 0.5).length,
+        };
+    }"""
+    for lang in ("en", "zh"):
+        for width in (360, 390):
+            viewport = {"width": width, "height": 780}
+            with signed_in(
+                chromium,
+                gw,
+                "dashboard",
+                viewport=viewport,
+                is_mobile=True,
+                has_touch=True,
+                locale="zh-CN" if lang == "zh" else "en-US",
+            ) as page:
+                for view in PAGES:
+                    goto_view(page, view)
+                    settle(page, view)
+                    m = page.evaluate(measure)
+                    where = f"{view} at {width} px ({lang})"
+                    assert m["page"] <= m["inner"], (where, m)
+                    # every navigation link is whole on screen: no hidden, scrolled-off tab
+                    assert m["nav"] <= 0 and m["cut"] == 0, (where, m)
+                    if width == 360:
+                        shot = SHOTS / f"{view}-phone360{'' if lang == 'en' else '-zh'}.png"
+                        page.screenshot(path=str(shot), full_page=True)
+
+
+def test_connect_shows_a_native_gemini_snippet(
+    gateway_factory: Any, mock: Any, chromium: Browser
+) -> None:
+    gw = gateway_factory()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    gemini_key = "AIza-ui-test-xxxxxxxxxxxx0001"
+    assert (
+        gw.api("POST", "/api/keys", json={"provider": "gemini", "key": gemini_key}).status_code
+        == 201
+    )
+    with signed_in(chromium, gw, "connect?provider=gemini") as page:
+        snippet = page.locator("#snippet-genai")
+        expect(snippet).to_contain_text("from google import genai")
+        text = snippet.text_content() or ""
+        assert 'api_key="YOUR_GATEWAY_PASSWORD"' in text
+        assert f'http_options={{"base_url": "{gw.url}/gemini"}}' in text
+        assert "client.models.generate_content(" in text
+        expect(page.locator(".snippet-title").first).to_have_text(re.compile("google-genai"))
+        # beside the OpenAI-compatible ones, which stay
+        expect(page.locator("#snippet-python")).to_contain_text(f'base_url="{gw.url}/gemini/v1"')
+        page.screenshot(path=str(SHOTS / "connect-gemini-desktop.png"), full_page=True)
+        # other providers do not get it
+        page.select_option("#conn-provider", "cerebras")
+        expect(page.locator("#snippet-genai")).to_have_count(0)
+        page.select_option("#conn-provider", "gemini")
+        page.locator('.topbar [data-lang="zh"]').click()
+        expect(page.locator(".snippet-title").first).to_have_text(re.compile("Gemini 原生接口"))
+        expect(page.locator("#snippet-genai")).to_contain_text('api_key="你的网关密码"')
+        page.screenshot(path=str(SHOTS / "connect-gemini-desktop-zh.png"), full_page=True)
+        page.locator('.topbar [data-lang="en"]').click()
+        expect(page.locator("#snippet-genai")).to_contain_text("YOUR_GATEWAY_PASSWORD")
+
+    # the snippet as shown runs: google-genai reaches the gateway, which injects the pool key
+    code = text.replace("YOUR_GATEWAY_PASSWORD", gw.password).replace(
+        "your-model-name", "gemini-ui"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    calls = [r for r in mock.records() if "generateContent" in r.path]
+    assert calls, (done.stdout, done.stderr[-2000:])
+    assert calls[-1].path.endswith("/models/gemini-ui:generateContent"), calls[-1].path
+    assert calls[-1].key == gemini_key

@@ -3,6 +3,7 @@
 
 import { t } from './i18n.js';
 import { noteServerDate } from './dom.js';
+import { localizeError } from './errors.js';
 
 export class ApiError extends Error {
   constructor(status, message, code, param) {
@@ -47,11 +48,16 @@ export async function api(method, path, body, { quiet401 = false } = {}) {
     throw new ApiError(401, t('login.expired'), 'unauthorized');
   }
   if (!res.ok) {
-    const err = data && typeof data === 'object' ? data.error : null;
+    const err = data && typeof data === 'object' && data.error && typeof data.error === 'object' ? data.error : null;
+    const code = err && typeof err.code === 'string' ? err.code : '';
+    const param = err && typeof err.param === 'string' ? err.param : '';
     let message = err && typeof err.message === 'string' ? err.message : '';
+    if (message || code || res.status === 429) {
+      message = localizeError({ status: res.status, code, param, message, retryAfter: res.headers.get('retry-after') || '' });
+    }
     if (res.status === 403 && !message) message = t('err.csrf');
     if (!message) message = t('err.server', { status: res.status, message: res.statusText || '' });
-    throw new ApiError(res.status, message, err && err.code, err && err.param);
+    throw new ApiError(res.status, message, code, param);
   }
   return data;
 }

@@ -167,6 +167,18 @@ export function stateBadge(status) {
   return badge(t(`state.${status}`), `state-${status}`);
 }
 
+// An error cut to one line by CSS; a click, Enter or Space (it is a real button) shows the whole
+// text wrapped, and again cuts it. The text goes in as a text node, never as HTML.
+export function errorText(text) {
+  const el = h('button', { type: 'button', class: 'last-error err-toggle', 'aria-expanded': 'false', title: t('common.show_whole') }, String(text));
+  el.addEventListener('click', () => {
+    const open = el.getAttribute('aria-expanded') !== 'true';
+    el.setAttribute('aria-expanded', String(open));
+    el.title = open ? t('common.show_less') : t('common.show_whole');
+  });
+  return el;
+}
+
 export function emptyState(title, body, ...actions) {
   return h(
     'div',

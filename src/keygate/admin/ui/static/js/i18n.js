@@ -43,6 +43,8 @@ const STRINGS = {
     'common.next': 'Next',
     'common.last': 'Last',
     'common.ok': 'OK',
+    'common.show_whole': 'Show the whole text',
+    'common.show_less': 'Show one line',
 
     'state.active': 'active',
     'state.cooling': 'cooling',
@@ -50,10 +52,12 @@ const STRINGS = {
     'state.exhausted': 'exhausted',
     'state.disabled': 'disabled',
     'state.total': 'total',
+    'state.none': 'no keys',
 
     'err.network': 'Cannot reach the gateway. Is it running?',
     'err.server': 'The gateway answered {status}: {message}',
     'err.csrf': 'The request was refused (403). Reload the page and try again.',
+    // srv.*: the admin API's errors in other languages (errors.js); English shows the server's text
 
     'dash.title': 'Dashboard',
     'dash.subtitle': 'Live traffic, refreshed every 2 seconds.',
@@ -262,6 +266,8 @@ const STRINGS = {
     'conn.password': 'YOUR_GATEWAY_PASSWORD',
     'conn.python': 'OpenAI Python SDK',
     'conn.anthropic': 'Anthropic Python SDK',
+    'conn.genai': 'Google Gen AI Python SDK (google-genai, native Gemini API)',
+    'conn.genai_hint': 'Native Gemini requests (models/…:generateContent and :streamGenerateContent) pass to Gemini as they are. The OpenAI SDK below uses Gemini’s OpenAI-compatible endpoint instead.',
     'conn.curl': 'curl',
     'conn.env': 'Environment variables (most OpenAI-compatible tools)',
     'conn.immersive': 'Immersive Translate',
@@ -315,6 +321,8 @@ const STRINGS = {
     'common.next': '下一页',
     'common.last': '末页',
     'common.ok': '确定',
+    'common.show_whole': '显示全文',
+    'common.show_less': '只显示一行',
 
     'state.active': '可用',
     'state.cooling': '冷却中',
@@ -322,10 +330,66 @@ const STRINGS = {
     'state.exhausted': '额度耗尽',
     'state.disabled': '已禁用',
     'state.total': '总计',
+    'state.none': '没有密钥',
 
     'err.network': '无法连接网关，请确认它正在运行。',
     'err.server': '网关返回 {status}：{message}',
     'err.csrf': '请求被拒绝（403），请刷新页面后重试。',
+    'srv.unauthorized': '需要管理员身份验证，请重新登录。',
+    'srv.throttled': '失败的尝试太多，请稍后再试。',
+    'srv.throttled_s': '失败的尝试太多，请 {s} 秒后再试。',
+    'srv.duplicate': '这个服务商已经有这个密钥了。',
+    'srv.duplicate_key': '{provider} 已经有这个密钥 {key}。',
+    'srv.duplicate_id': '{provider} 已经有这个密钥 {key}（编号 {id}）。',
+    'srv.no_key': '没有编号为 {id} 的密钥，它可能已被删除。',
+    'srv.no_provider': '没有名为 {name} 的服务商。',
+    'srv.no_route': '没有这个管理接口：{path}',
+    'srv.not_found': '找不到请求的对象（{message}）。',
+    'srv.unknown_provider': '服务商 {name} 没有在这个实例上配置。',
+    'srv.method': '这个接口不支持该请求方法。',
+    'srv.bad_request': '请求格式不正确。',
+    'srv.client_gone': '请求在完成前中断了，请重试。',
+    'srv.internal': '网关内部错误，请查看网关日志。',
+    'srv.invalid': '输入无效（{message}）',
+    'srv.field': '{field}：{problem}',
+    'srv.p.unknown': '取值无效（{message}）',
+    'srv.p.required': '必填。',
+    'srv.p.max_chars': '最多 {n} 个字符。',
+    'srv.p.active_disabled': '只能是“可用”或“已禁用”。',
+    'srv.p.one_of': '必须是以下之一：{list}。',
+    'srv.p.whole': '请输入不小于 0 的整数。',
+    'srv.p.number': '请输入数字。',
+    'srv.p.range': '必须在 {lo} 到 {hi} 之间。',
+    'srv.p.min': '必须 ≥ {lo}。',
+    'srv.p.bool': '只能是 true 或 false。',
+    'srv.p.string': '必须是文本。',
+    'srv.p.text_or_list': '必须是文本或字符串数组。',
+    'srv.p.status_filter': '必须是状态码（如 429）、状态类别（2xx、4xx、5xx）或 error。',
+    'srv.p.unknown_field': '不认识的字段（可用：{list}）。',
+    'srv.p.no_provider': '没有名为 {name} 的服务商。',
+    'srv.p.json': '不是有效的 JSON。',
+    'srv.p.json_object': '必须是 JSON 对象。',
+    'srv.p.too_large': '超过 {n} 字节的上限。',
+    'srv.p.key_invalid': '密钥无效：{why}',
+    'srv.p.empty': '为空。',
+    'srv.p.short': '少于 {n} 个字符，不是 API 密钥。',
+    'srv.p.long': '超过 {n} 个字符。',
+    'srv.p.whitespace': '含有空白或控制字符。',
+    'srv.p.repeated': '在本次输入中重复出现。',
+    'srv.p.stored': '已在密钥池中。',
+    'srv.f.key': 'API 密钥',
+    'srv.f.label': '备注',
+    'srv.f.provider': '服务商',
+    'srv.f.status': '状态',
+    'srv.f.password': '密码',
+    'srv.f.input': '要导入的密钥',
+    'srv.f.body': '请求体',
+    'srv.f.model': '模型',
+    'srv.f.force': '强制使用默认模型',
+    'srv.f.rpm': '每分钟请求数',
+    'srv.f.limit': '显示条数',
+    'srv.f.offset': '偏移量',
+    'srv.f.q': '搜索',
 
     'dash.title': '仪表盘',
     'dash.subtitle': '实时流量，每 2 秒刷新。',
@@ -534,6 +598,8 @@ const STRINGS = {
     'conn.password': '你的网关密码',
     'conn.python': 'OpenAI Python SDK',
     'conn.anthropic': 'Anthropic Python SDK',
+    'conn.genai': 'Google Gen AI Python SDK（google-genai，Gemini 原生接口）',
+    'conn.genai_hint': 'Gemini 原生请求（models/…:generateContent 与 :streamGenerateContent）原样转发给 Gemini。下面的 OpenAI SDK 则使用 Gemini 的 OpenAI 兼容接口。',
     'conn.curl': 'curl',
     'conn.env': '环境变量（适用于大多数 OpenAI 兼容工具）',
     'conn.immersive': '沉浸式翻译',
@@ -549,13 +615,30 @@ const STRINGS = {
 };
 
 const LANG_KEY = 'keygate.lang';
-let lang = 'en';
-try {
-  const saved = localStorage.getItem(LANG_KEY);
-  if (saved && STRINGS[saved]) lang = saved;
-} catch {
-  /* storage may be unavailable */
+
+// The browser's preferred languages, best first: any Chinese variant (zh, zh-CN, zh-TW, zh-Hans…)
+// picks 中文, the first other language picks English.
+export function browserLang(langs = navigator.languages || [navigator.language]) {
+  for (const tag of langs || []) {
+    const base = String(tag || '').toLowerCase().split(/[-_]/)[0];
+    if (!base) continue;
+    return base === 'zh' ? 'zh' : 'en';
+  }
+  return 'en';
 }
+
+// A choice made with the language switch is remembered and wins over the browser's preference.
+function initialLang() {
+  try {
+    const saved = localStorage.getItem(LANG_KEY);
+    if (saved && STRINGS[saved]) return saved;
+  } catch {
+    /* storage may be unavailable */
+  }
+  return browserLang();
+}
+
+let lang = initialLang();
 
 const listeners = new Set();
 
@@ -581,6 +664,11 @@ export function setLang(next) {
 
 export function onLangChange(fn) {
   listeners.add(fn);
+}
+
+// Whether the page's language (or English) has a string for `key`.
+export function has(key) {
+  return key in STRINGS[lang] || key in STRINGS.en;
 }
 
 export function t(key, vars) {

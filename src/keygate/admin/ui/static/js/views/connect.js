@@ -51,6 +51,7 @@ export function mount(root, params, ctx) {
     const proxyAuth = config ? Boolean(config.proxy_auth) && config.proxy_auth !== 'off' : true;
     const byName = new Map(providers.map((p) => [p.name, p]));
     const isAnthropic = (name) => (byName.get(name) || {}).key_style === 'x-api-key';
+    const isGemini = (name) => (byName.get(name) || {}).key_style === 'gemini';
     const chatPath = (name) => (isAnthropic(name) ? '/v1/messages' : '/v1/chat/completions');
     const withKeys = providers.filter((p) => p.keys && p.keys.total > 0).map((p) => p.name);
     const listed = withKeys.length ? withKeys : [def];
@@ -132,6 +133,17 @@ export function mount(root, params, ctx) {
           ),
         );
       } else {
+        if (isGemini(name)) {
+          // google-genai speaks Gemini's native API (models/…:generateContent) to the base URL
+          blocks.push(
+            codeBlock(
+              t('conn.genai'),
+              `from google import genai\n\nclient = genai.Client(\n    api_key="${key}",\n    http_options={"base_url": "${base}"},\n)\nresp = client.models.generate_content(\n    model="${model}",\n    contents="Hello",\n)\nprint(resp.text)`,
+              'snippet-genai',
+            ),
+            h('p', { class: 'muted snippet-note' }, t('conn.genai_hint')),
+          );
+        }
         blocks.push(
           codeBlock(
             t('conn.python'),

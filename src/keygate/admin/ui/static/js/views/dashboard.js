@@ -49,12 +49,18 @@ function stat(label, value, sub, extraClass = '') {
   );
 }
 
+// One chip per key state. A state's colour shows only when some key is in it: a provider without
+// keys gets a single neutral "no keys" chip, and "0 active" (nothing usable) is neutral, never green.
 export function stateChips(keys, { all = false } = {}) {
+  const count = (st) => Number((keys && keys[st]) || 0);
+  const total = keys && keys.total != null ? Number(keys.total) : STATES.reduce((a, st) => a + count(st), 0);
+  const dot = () => h('span', { class: 'dot', 'aria-hidden': 'true' });
+  if (!total && !all) return h('div', { class: 'chips' }, h('span', { class: 'chip chip-none chip-zero' }, dot(), t('state.none')));
   const chips = [];
   for (const st of STATES) {
-    const n = (keys && keys[st]) || 0;
+    const n = count(st);
     if (!all && !n && st !== 'active') continue;
-    chips.push(h('span', { class: `chip chip-${st}${n ? '' : ' chip-zero'}` }, h('span', { class: 'dot', 'aria-hidden': 'true' }), `${fmtInt(n)} ${t(`state.${st}`)}`));
+    chips.push(h('span', { class: `chip chip-${st}${n ? '' : ' chip-zero'}` }, dot(), `${fmtInt(n)} ${t(`state.${st}`)}`));
   }
   return h('div', { class: 'chips' }, chips);
 }
@@ -98,7 +104,8 @@ class ProviderCard {
         { key: 'p95', label: 'p95', cls: 's-p95' },
       ],
       fmt: fmtMs,
-      axisFmt: (v) => (v >= 1000 ? `${fmtNum(v / 1000, 1)} s` : `${fmtNum(v, 0)} ms`),
+      // sub-10 ms scales keep a decimal, or a 1 ms axis would read "1 ms, 0 ms, 0 ms"
+      axisFmt: (v) => (v >= 1000 ? `${fmtNum(v / 1000, 1)} s` : `${fmtNum(v, v > 0 && v < 10 ? 1 : 0)} ms`),
       window: WINDOW_S,
       emptyMax: 100,
       gap: 15, // latency exists only in seconds with traffic: join short gaps

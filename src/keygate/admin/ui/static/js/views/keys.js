@@ -8,6 +8,7 @@ import {
   confirmDialog,
   debounce,
   emptyState,
+  errorText,
   fill,
   fmtAgo,
   fmtDateTime,
@@ -24,6 +25,7 @@ import {
   stateBadge,
   toast,
 } from '../dom.js';
+import { localizeProblem } from '../errors.js';
 import { t } from '../i18n.js';
 
 const STATES = ['active', 'cooling', 'invalid', 'exhausted', 'disabled'];
@@ -214,8 +216,9 @@ export function mount(root, params, ctx) {
     r.state = h('span', { class: 'state-cell' });
     r.uses = td('uses');
     r.lastUsed = h('span');
-    r.lastError = h('span', { class: 'last-error' });
-    r.lastErrorCell = td('last_error', r.lastError);
+    r.lastError = errorText('');
+    r.noError = h('span', { class: 'last-error is-empty' }, t('common.none'));
+    r.lastErrorCell = td('last_error', r.lastError, r.noError);
     r.test = td('test');
     r.testBtn = h('button', { type: 'button', class: 'btn btn-sm btn-test', onclick: () => testKey(r) }, t('keys.test'));
     r.toggleBtn = h('button', { type: 'button', class: 'btn btn-sm btn-toggle', onclick: () => toggleKey(r) });
@@ -250,9 +253,9 @@ export function mount(root, params, ctx) {
     r.uses.textContent = fmtInt(k.use_count || 0);
     r.lastUsed.textContent = fmtAgo(k.last_used);
     r.lastUsed.title = k.last_used ? fmtDateTime(k.last_used) : '';
-    r.lastError.textContent = k.last_error || t('common.none');
-    r.lastError.title = k.last_error || '';
-    r.lastError.classList.toggle('is-empty', !k.last_error);
+    if (r.lastError.textContent !== (k.last_error || '')) r.lastError.textContent = k.last_error || '';
+    r.lastError.hidden = !k.last_error;
+    r.noError.hidden = !!k.last_error;
     r.lastErrorCell.classList.toggle('is-blank', !k.last_error);
     const tested = testBadge(testResults.get(k.id));
     r.test.replaceChildren(tested || h('span', { class: 'muted' }, t('common.none')));
@@ -486,7 +489,7 @@ export function mount(root, params, ctx) {
             { class: 'batch-item', dataset: { status: r.status || '' } },
             h('code', { class: 'mono' }, r.input || ''),
             badge(t(`keys.result.${r.status}`), kind[r.status] || 'neutral'),
-            r.message ? h('span', { class: 'batch-msg' }, r.message) : null,
+            r.message ? h('span', { class: 'batch-msg' }, localizeProblem(r.message)) : null,
           ),
         ),
       ),

@@ -1,8 +1,9 @@
 // Recent requests (newest first) with provider and status filters; refreshes every 3 s while
-// "Live" is on.
+// "Live" is on. A logged request never changes, so a refresh keeps the rows it already shows
+// (an opened error stays open, keyboard focus stays put) and only adds and drops rows.
 
 import { api, qs } from '../api.js';
-import { badge, emptyState, fmtDateTime, fmtInt, fmtMs, fmtTime, h, pageHeader, poller, select } from '../dom.js';
+import { badge, emptyState, errorText, fmtDateTime, fmtInt, fmtMs, fmtTime, h, pageHeader, poller, select } from '../dom.js';
 import { t } from '../i18n.js';
 
 const STATUSES = ['', '2xx', '4xx', '5xx', 'error', '429', '401'];
@@ -81,6 +82,7 @@ export function mount(root, params, ctx) {
 
   const cols = ['time', 'provider', 'model', 'key', 'status', 'latency', 'retries', 'path', 'error'];
   const tbody = h('tbody');
+  const rowCache = new Map(); // identity of a logged request → its <tr>
   const wrap = h(
     'div',
     { class: 'table-wrap' },
@@ -95,28 +97,47 @@ export function mount(root, params, ctx) {
       );
       return;
     }
+    const seen = new Map();
+    const rows = list.map((r) => {
+      const base = JSON.stringify(r);
+      const n = (seen.get(base) || 0) + 1;
+      seen.set(base, n);
+      const id = `${base}#${n}`;
+      let tr = rowCache.get(id);
+      if (!tr) {
+        tr = row(r);
+        rowCache.set(id, tr);
+      }
+      return [id, tr];
+    });
+    const keep = new Set(rows.map(([id]) => id));
+    for (const id of rowCache.keys()) if (!keep.has(id)) rowCache.delete(id);
+    rows.forEach(([, tr], i) => {
+      if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    });
+    while (tbody.children.length > rows.length) tbody.lastChild.remove();
+    if (body.firstChild !== wrap || body.childNodes.length !== 1) body.replaceChildren(wrap);
+  }
+
+  function row(r) {
     const td = (col, ...kids) => h('td', { class: `col-${col}`, dataset: { label: t(`req.col.${col}`) } }, kids);
     const blank = (el, yes) => {
       if (yes) el.classList.add('is-blank');
       return el;
     };
-    const rows = list.map((r) =>
-      h(
-        'tr',
-        null,
-        td('time', h('time', { title: fmtDateTime(r.ts) }, fmtTime(r.ts))),
-        td('provider', r.provider || ''),
-        td('model', r.model ? h('code', { class: 'mono' }, r.model) : h('span', { class: 'muted' }, t('common.none'))),
-        td('key', r.key ? h('code', { class: 'mono' }, r.key) : h('span', { class: 'muted' }, t('common.none'))),
-        td('status', badge(r.status ? String(r.status) : t('keys.unreachable'), statusKind(r.status))),
-        td('latency', h('span', { class: 'num' }, fmtMs(r.latency_ms))),
-        blank(td('retries', h('span', { class: `num${r.retries ? ' is-retry' : ''}` }, fmtInt(r.retries || 0))), !r.retries),
-        td('path', h('code', { class: 'mono path' }, `${r.method || ''} ${r.path || ''}`.trim())),
-        blank(td('error', r.error ? h('span', { class: 'last-error', title: r.error }, r.error) : h('span', { class: 'muted' }, t('common.none'))), !r.error),
-      ),
+    return h(
+      'tr',
+      null,
+      td('time', h('time', { title: fmtDateTime(r.ts) }, fmtTime(r.ts))),
+      td('provider', r.provider || ''),
+      td('model', r.model ? h('code', { class: 'mono' }, r.model) : h('span', { class: 'muted' }, t('common.none'))),
+      td('key', r.key ? h('code', { class: 'mono' }, r.key) : h('span', { class: 'muted' }, t('common.none'))),
+      td('status', badge(r.status ? String(r.status) : t('keys.unreachable'), statusKind(r.status))),
+      td('latency', h('span', { class: 'num' }, fmtMs(r.latency_ms))),
+      blank(td('retries', h('span', { class: `num${r.retries ? ' is-retry' : ''}` }, fmtInt(r.retries || 0))), !r.retries),
+      td('path', h('code', { class: 'mono path' }, `${r.method || ''} ${r.path || ''}`.trim())),
+      blank(td('error', r.error ? errorText(r.error) : h('span', { class: 'muted' }, t('common.none'))), !r.error),
     );
-    tbody.replaceChildren(...rows);
-    if (body.firstChild !== wrap || body.childNodes.length !== 1) body.replaceChildren(wrap);
   }
 
   let first = true;
