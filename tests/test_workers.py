@@ -32,7 +32,7 @@ def health_by_pid(gw: Any, want: int = 2, tries: int = 400) -> dict[int, dict[st
     """/healthz of each worker: a new connection per request, until `want` pids answered."""
     seen: dict[int, dict[str, Any]] = {}
     for _ in range(tries):
-        doc = httpx.get(gw.url + "/healthz", timeout=5).json()
+        doc = httpx.get(gw.url + "/healthz", headers=gw.admin(), timeout=5).json()
         seen[doc["pid"]] = doc
         if len(seen) >= want:
             break

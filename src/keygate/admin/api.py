@@ -180,6 +180,7 @@ class AdminAPI:
             Route("GET", r(r"/api/requests"), self.requests),
             Route("GET", r(r"/api/openapi\.json"), self.openapi),
             Route("GET", r(r"/metrics"), self.metrics),
+            Route("GET", r(r"/healthz"), self.health),
         ]
         self._metrics: Any = None
 
@@ -674,6 +675,12 @@ class AdminAPI:
         if self._metrics is None:
             self._metrics = metrics.registry_for(self.gw)
         return Reply(200, metrics.render(self._metrics), content_type=metrics.CONTENT_TYPE)
+
+    async def health(self, req: Request) -> Reply:
+        """`/healthz` with admin credentials: the details (without them app.py answers)."""
+        from keygate import health
+
+        return Reply(200, health.details(self.gw))
 
     async def config(self, req: Request) -> Reply:
         s = self.gw.settings
