@@ -253,7 +253,10 @@ async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_up
     assert all(b'"queued"' not in rec.body for rec in mock.records()), (
         "a request cancelled while queued reached the upstream"
     )
-    assert httpx.get(gw.url + "/healthz", headers=gw.admin()).json()["providers"]["cerebras"]["queued"] == 0
+    assert (
+        httpx.get(gw.url + "/healthz", headers=gw.admin()).json()["providers"]["cerebras"]["queued"]
+        == 0
+    )
 
 
 async def test_pool_wide_429_guard_keeps_keys_active(gateway_factory: Any, mock: Any) -> None:

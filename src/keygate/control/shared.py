@@ -757,7 +757,7 @@ class SharedState:
 
     def __init__(self, url: str, fleet_size: int = 1) -> None:
         self.url, self._conn, self.lease_s, self.timeout_s = parse_redis_url(url)
-        self.display_url = mask_url(url)
+        self.display_url = mask_url(url).partition("?")[0]  # keygate's options are noise here
         self.fleet_size = max(1, fleet_size)
         self.instance = secrets.token_hex(6)
         self.up = False
