@@ -17,7 +17,7 @@ import aiohttp
 import httpx
 import yaml
 
-from keygate.providers import BUILTINS, env_prefix
+from keygate.providers import BUILTINS, env_names
 from keygate.testing.mock_upstream import MockUpstream
 
 PASSWORD = "gw-test-password"
@@ -169,4 +169,4 @@ async def fire(gw: Gateway, n: int, stream: bool = False) -> list[int]:
 
 
 def mock_env(mock: MockUpstream) -> dict[str, str]:
-    return {f"{env_prefix(name)}_BASE_URL": mock.url for name in BUILTINS}
+    return {env_names(name, "BASE_URL")[0]: mock.url for name in BUILTINS}

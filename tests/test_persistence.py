@@ -419,7 +419,7 @@ def test_startup_with_100k_keys(gateway_factory: Any, mock: MockUpstream, tmp_pa
     t0 = time.perf_counter()
     gw = gateway_factory(config=UNLIMITED, data_dir=data_dir)
     start_s = time.perf_counter() - t0
-    health = httpx.get(gw.url + "/healthz").json()
+    health = httpx.get(gw.url + "/healthz", headers=gw.admin()).json()
     assert health["providers"]["cerebras"]["keys"] == n
 
     def timed(params: dict[str, Any]) -> tuple[float, dict[str, Any]]:

@@ -278,7 +278,7 @@ def shared_env(url: str, **extra: str) -> dict[str, str]:
 
 
 def health(gw: Any) -> dict[str, Any]:
-    return httpx.get(gw.url + "/healthz", timeout=5).json()
+    return httpx.get(gw.url + "/healthz", headers=gw.admin(), timeout=5).json()
 
 
 def wait_state(gws: list[Any], want: str, timeout: float = 6.0) -> None:

@@ -347,7 +347,7 @@ def test_console_script_config_check(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert (
         proc.stderr.strip()
-        == f"keygate: config file {bad}: providers.cerebras.rps: must be ≥ 0, got -2"
+        == f"keygate: config file {bad}: providers.cerebras.rps: must be ≥ 0 and ≤ 100000, got -2"
     )
 
 
@@ -484,5 +484,5 @@ def test_yaml_timeouts_and_limits_take_effect(gateway_factory: Any, mock: MockUp
     assert len(mock.records()) == 1  # retries: 0
     r = httpx.post(f"{gw.url}/groq/v1/chat/completions", content=b"x" * 600, headers=gw.auth())
     assert r.status_code == 413
-    health = httpx.get(f"{gw.url}/healthz").json()
+    health = httpx.get(f"{gw.url}/healthz", headers=gw.admin()).json()
     assert health["providers"]["groq"]["max_conn"] == 2

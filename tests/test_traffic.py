@@ -116,7 +116,7 @@ async def test_max_conn_holds_with_long_streams_disconnects_and_failures(
     await asyncio.gather(fire(gw, 10), *(impatient() for _ in range(6)))
     await asyncio.sleep(1.5)
     assert mock.peak_inflight <= max_conn
-    health = httpx.get(gw.url + "/healthz").json()["providers"]["cerebras"]
+    health = httpx.get(gw.url + "/healthz", headers=gw.admin()).json()["providers"]["cerebras"]
     assert health["in_flight"] == 0 and health["queued"] == 0, health
     mock.set_behavior(None)
     assert await fire(gw, max_conn * 2) == [200] * (max_conn * 2), "every slot came back"
@@ -253,7 +253,10 @@ async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_up
     assert all(b'"queued"' not in rec.body for rec in mock.records()), (
         "a request cancelled while queued reached the upstream"
     )
-    assert httpx.get(gw.url + "/healthz").json()["providers"]["cerebras"]["queued"] == 0
+    assert (
+        httpx.get(gw.url + "/healthz", headers=gw.admin()).json()["providers"]["cerebras"]["queued"]
+        == 0
+    )
 
 
 async def test_pool_wide_429_guard_keeps_keys_active(gateway_factory: Any, mock: Any) -> None:
@@ -307,7 +310,7 @@ async def test_clients_leaving_the_queue_early_never_leak_a_slot(
         for _ in range(4):
             await asyncio.gather(*(leaver(s, 0.005 + 0.003 * (i % 12)) for i in range(60)))
     await asyncio.sleep(1.0)
-    health = httpx.get(gw.url + "/healthz").json()["providers"]["cerebras"]
+    health = httpx.get(gw.url + "/healthz", headers=gw.admin()).json()["providers"]["cerebras"]
     assert health["in_flight"] == 0 and health["queued"] == 0, health
     mock.set_behavior(None)
     assert await fire(gw, 3) == [200] * 3

@@ -28,11 +28,25 @@ def keys_env() -> dict[str, str]:
     return {"CEREBRAS_API_KEYS": ",".join(KEYS)}
 
 
-def health_by_pid(gw: Any, want: int = 2, tries: int = 400) -> dict[int, dict[str, Any]]:
-    """/healthz of each worker: a new connection per request, until `want` pids answered."""
+def admin_token(gw: Any) -> str:
+    """The first-start admin token from the banner (printed once the workers are up)."""
+    for _ in range(200):
+        found = re.findall(r"admin token\s+(kg-admin-\S+)", gw.log())
+        if found:
+            return str(found[0])
+        time.sleep(0.05)
+    raise AssertionError(f"no admin token in the banner:\n{gw.log()}")
+
+
+def health_by_pid(
+    gw: Any, token: str, want: int = 2, tries: int = 400
+) -> dict[int, dict[str, Any]]:
+    """/healthz details of each worker: a new connection per request, until `want` pids
+    answered."""
     seen: dict[int, dict[str, Any]] = {}
+    auth = {"Authorization": f"Bearer {token}"}
     for _ in range(tries):
-        doc = httpx.get(gw.url + "/healthz", timeout=5).json()
+        doc = httpx.get(gw.url + "/healthz", headers=auth, timeout=5).json()
         seen[doc["pid"]] = doc
         if len(seen) >= want:
             break
@@ -74,7 +88,7 @@ async def test_two_workers_one_port_split_limits_and_sigterm_stops_all(
     )
 
     # Both processes answer on the one port, neither is the supervisor.
-    workers = health_by_pid(gw)
+    workers = health_by_pid(gw, admin_token(gw))
     assert len(workers) == 2, workers.keys()
     assert gw.proc.pid not in workers
     for doc in workers.values():  # each worker holds half the burst
@@ -102,7 +116,8 @@ async def test_two_workers_one_port_split_limits_and_sigterm_stops_all(
         allowed = burst + rps * (t - t0)
         assert i <= allowed + 0.5, f"request {i} at +{t - t0:.3f}s exceeds {allowed:.2f}"
     admitted = {
-        pid: doc["providers"]["cerebras"]["admitted"] for pid, doc in health_by_pid(gw).items()
+        pid: doc["providers"]["cerebras"]["admitted"]
+        for pid, doc in health_by_pid(gw, tokens[0]).items()
     }
     print(f"{n} requests over 2 workers in {arrivals[-1] - t0:.2f}s, admitted per pid {admitted}")
     assert sum(admitted.values()) == n and all(admitted.values()), admitted
@@ -124,7 +139,7 @@ async def test_two_workers_one_port_split_limits_and_sigterm_stops_all(
 @pytest.mark.slow
 def test_workers_stop_when_the_supervisor_is_killed(gateway_factory: Any) -> None:
     gw = gateway_factory(args=["--workers", "2"], env=keys_env())
-    pids = list(health_by_pid(gw))
+    pids = list(health_by_pid(gw, gw.admin_password))
     assert len(pids) == 2
     gw.kill9()
     try:

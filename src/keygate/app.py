@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any
 
 import orjson
 
-from keygate import __version__, lifecycle
+from keygate import __version__, health, lifecycle
 from keygate.gateway import Gateway
 from keygate.observe import print_block, setup_logging
 from keygate.proxy import handler
@@ -59,9 +58,9 @@ class App:
             path: str = scope["path"]
             if self.life.draining:
                 await self._draining(scope, send)
-            elif path == "/healthz":
-                await self._json(send, 200, self.health())
-            elif path.startswith("/api/") or path == "/api" or path == "/metrics":
+            elif path == "/healthz" and not health.wants_details(scope["headers"]):
+                await self._json(send, 200, health.public())
+            elif path.startswith("/api/") or path in ("/api", "/metrics", "/healthz"):
                 await self._admin_api(scope, receive, send)
             elif path.startswith(self.admin_path) or path == self.admin_root:
                 await self._admin_ui(scope, receive, send)
@@ -76,7 +75,7 @@ class App:
         """A request that arrives during the drain: not served here, the connection closes."""
         close = [(b"connection", b"close"), (b"retry-after", b"1")]
         if scope["path"] == "/healthz":
-            await self._json(send, 503, {**self.health(), "status": "draining"}, close)
+            await self._json(send, 503, {**health.public(), "status": "draining"}, close)
             return
         name = scope["path"].lstrip("/").split("/", 1)[0]
         rt = self.gateway.providers.get(name)
@@ -116,22 +115,6 @@ class App:
             }
         )
         await send({"type": "http.response.body", "body": b""})
-
-    def health(self) -> dict[str, Any]:
-        gw = self.gateway
-        return {
-            "status": "ok",
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - gw.started_at, 1),
-            "store": self.settings.store_kind,
-            **gw.state_info(),
-            "providers": {
-                name: {"keys": len(rt.pool.entries), **rt.admission.snapshot()}
-                for name, rt in gw.providers.items()
-                if rt.pool.entries
-            },
-        }
 
     async def _json(
         self, send: Any, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None
@@ -187,6 +170,11 @@ def banner(gw: Gateway, workers_line: str = "") -> str:
         f"  admin         {base}{s.admin_path}",
         f"  proxy         {base}/<provider>/v1/...   {base}/v1/... → {s.default_provider}",
         f"  store         {s.store_description}",
+        *(
+            []
+            if s.secret_key
+            else ["  secrets       in plain text: set KEYGATE_SECRET_KEY to encrypt keys at rest"]
+        ),
         "  shared state  "
         + (
             gw.shared.banner()

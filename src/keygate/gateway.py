@@ -303,6 +303,11 @@ class Gateway:
             self.shared.announce("keys")
         return self._load_key(rec)
 
+    @property
+    def _private_ok(self) -> bool:
+        """Whether admin-set upstreams may be link-local or metadata addresses."""
+        return self.settings.allow_private_upstreams
+
     def state_info(self) -> dict[str, Any]:
         """Which form of the traffic-control state is live (for /healthz and the admin page)."""
         return self.shared.info() if self.shared is not None else {"state": "local"}
@@ -316,7 +321,7 @@ class Gateway:
             for key, value in fields.items():
                 if key in TUNABLE:
                     with contextlib.suppress(ValueError):
-                        setattr(rt.cfg, key, coerce_field(key, value))
+                        setattr(rt.cfg, key, coerce_field(key, value, self._private_ok))
             rt.reconfigure(self.settings.fleet_size)
 
     async def update_provider(self, name: str, fields: dict[str, Any]) -> ProviderConfig:
@@ -325,7 +330,7 @@ class Gateway:
         clean: dict[str, Any] = {}
         for key, value in fields.items():
             try:
-                clean[key] = coerce_field(key, value)
+                clean[key] = coerce_field(key, value, self._private_ok)
             except ValueError as exc:
                 raise ValueError(f"{key}: {exc}") from None
         await self.store.set_provider_override(name, clean)

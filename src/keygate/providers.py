@@ -46,6 +46,14 @@ def env_prefix(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).upper()
 
 
+def env_names(name: str, suffix: str) -> tuple[str, str]:
+    """A provider's variables for `suffix` (`BASE_URL`, `API_KEYS`), preferred first:
+    `KEYGATE_OPENAI_BASE_URL`, then `OPENAI_BASE_URL` — the older form, which the provider's
+    own SDK also reads, so a client started in the same shell would bypass keygate."""
+    prefix = env_prefix(name)
+    return f"KEYGATE_{prefix}_{suffix}", f"{prefix}_{suffix}"
+
+
 def chat_path(key_style: str) -> str:
     """The path `/{provider}` and `/{provider}/` stand for."""
     return "/v1/messages" if key_style == "x-api-key" else "/v1/chat/completions"

@@ -7,6 +7,7 @@ Everything downstream takes a `Settings`; nothing else looks at `os.environ`. A 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from keygate.providers import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_prefix
+from keygate.providers import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
+from keygate.urls import check_upstream, mask_url
 
 
 class ConfigError(Exception):
@@ -88,12 +90,36 @@ TUNABLE: dict[str, type] = {
     "force_model": bool,
 }
 _POSITIVE = {"timeout_connect_s", "timeout_first_byte_s", "timeout_idle_s", "max_body_mb"}
+# Upper bound of every numeric field (lower bound 0; > 0 for _POSITIVE). Far above any real
+# setting, low enough that arithmetic on them (bytes, seconds, leases) stays finite and the
+# store's 64-bit integers hold them (README "Limits of the settings").
+BOUNDS: dict[str, float] = {
+    "rps": 100_000,
+    "burst": 1_000_000,
+    "max_conn": 100_000,
+    "queue": 1_000_000,
+    "queue_timeout_s": 3600,
+    "retries": 10,
+    "backoff_base_s": 60,
+    "retry_after_max_s": 3600,
+    "cooldown_s": 86_400,
+    "exhausted_cooldown_s": 30 * 86_400,
+    "recheck_interval_s": 30 * 86_400,
+    "key_rpm": 1_000_000,
+    "key_max_conn": 100_000,
+    "timeout_connect_s": 600,
+    "timeout_first_byte_s": 3600,
+    "timeout_idle_s": 3600,
+    "max_body_mb": 1024,
+}
+MODEL_NAME_MAX = 200
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
-def coerce_field(key: str, value: Any) -> Any:
-    """Validate one tunable value; raises ValueError with the problem (without the key name)."""
+def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
+    """Validate one tunable value; raises ValueError with the problem (without the key name).
+    `allow_private` lets `base_url` reach link-local and metadata addresses."""
     kind = TUNABLE.get(key)
     if kind is None:
         raise ValueError("unknown field")
@@ -107,9 +133,9 @@ def coerce_field(key: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"must be a string, got {value!r}")
         if key == "base_url":
-            value = value.rstrip("/")
-            if not re.match(r"^https?://[^/\s]+", value):
-                raise ValueError(f"must be an http(s) URL, got {value!r}")
+            return check_upstream(value, allow_private)
+        if len(value) > MODEL_NAME_MAX or re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError(f"must be at most {MODEL_NAME_MAX} characters, no control characters")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"must be a number, got {value!r}")
@@ -119,11 +145,16 @@ def coerce_field(key: str, value: Any) -> Any:
         raise ValueError(
             f"must be {'a number' if kind is float else 'a whole number'}, got {value!r}"
         ) from None
-    if number != number or number < 0:  # NaN or negative
-        raise ValueError(f"must be ≥ 0, got {value!r}")
-    if key in _POSITIVE and number == 0:
-        raise ValueError("must be > 0")
+    high = BOUNDS[key]
+    low = "> 0" if key in _POSITIVE else "≥ 0"
+    if not math.isfinite(number) or not 0 <= number <= high or (key in _POSITIVE and number == 0):
+        raise ValueError(f"must be {low} and ≤ {high:g}, got {_short(value)}")
     return number
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def split_keys(text: str) -> list[str]:
@@ -151,6 +182,7 @@ class Settings:
     redis_url: str = ""
     db_url: str = ""
     secret_key: str = ""
+    allow_private_upstreams: bool = False
     flush_interval_ms: int = 5000
     recent_requests: int = 1000
     fleet_size: int = 1
@@ -169,19 +201,16 @@ class Settings:
 
     @property
     def store_description(self) -> str:
-        """Where the store lives, with any password in the URL masked."""
+        """Where the store lives, with any credentials in the URL masked."""
+        encrypted = " (secrets encrypted)" if self.secret_key else ""
         if self.store_kind == "sqlite":
-            return f"sqlite {self.db_location.removeprefix('sqlite:///')}" + (
-                " (secrets encrypted)" if self.secret_key else ""
-            )
-        return (
-            "postgresql "
-            + re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.db_url)
-            + (" (secrets encrypted)" if self.secret_key else "")
-        )
+            return f"sqlite {self.db_location.removeprefix('sqlite:///')}{encrypted}"
+        return f"postgresql {mask_url(self.db_url)}{encrypted}"
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _env_int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 1 << 31
+) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -191,8 +220,10 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) 
         raise ConfigError(
             f"environment variable {name}: must be a whole number, got {raw!r}"
         ) from None
-    if value < minimum:
-        raise ConfigError(f"environment variable {name}: must be ≥ {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(
+            f"environment variable {name}: must be ≥ {minimum} and ≤ {maximum}, got {_short(value)}"
+        )
     return value
 
 
@@ -207,6 +238,15 @@ def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"environment variable {name}: must be a number ≥ 0, got {raw!r}")
     return value
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"environment variable {name}: must be 1/true/yes or 0/false/no, got {raw!r}")
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -233,7 +273,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def _apply_provider_yaml(
-    path: Path, name: str, raw: Any, providers: dict[str, ProviderConfig]
+    path: Path, name: str, raw: Any, providers: dict[str, ProviderConfig], allow_private: bool
 ) -> None:
     where = f"config file {path}: providers.{name}"
     if not isinstance(raw, dict):
@@ -267,7 +307,7 @@ def _apply_provider_yaml(
             cfg.key_style = value
         else:
             try:
-                setattr(cfg, key, coerce_field(key, value))
+                setattr(cfg, key, coerce_field(key, value, allow_private))
             except ValueError as exc:
                 raise ConfigError(f"{where}.{key}: {exc}") from None
 
@@ -287,7 +327,7 @@ def load_settings(
         raise ConfigError(
             f"environment variable {port_var}: must be a port number (0-65535), got {s.port}"
         )
-    s.workers = _env_int(env, "KEYGATE_WORKERS", 1, minimum=1)
+    s.workers = _env_int(env, "KEYGATE_WORKERS", 1, minimum=1, maximum=1024)
     s.data_dir = Path(env.get("KEYGATE_DATA_DIR") or "keygate-data")
     # comma separated only: a space or quote inside a password is part of it (split_keys would
     # turn "correct horse" into two weak passwords)
@@ -303,9 +343,10 @@ def load_settings(
             f"environment variable KEYGATE_DB: must start with postgresql:// or sqlite:///, got {s.db_url.split(':')[0]!r}"
         )
     s.secret_key = env.get("KEYGATE_SECRET_KEY", "")
-    s.flush_interval_ms = _env_int(env, "KV_FLUSH_INTERVAL_MS", 5000)
-    s.recent_requests = _env_int(env, "KEYGATE_RECENT_REQUESTS", 1000, minimum=1)
-    s.fleet_size = _env_int(env, "KEYGATE_FLEET_SIZE", 1, minimum=1)
+    s.allow_private_upstreams = _env_bool(env, "KEYGATE_ALLOW_PRIVATE_UPSTREAMS")
+    s.flush_interval_ms = _env_int(env, "KV_FLUSH_INTERVAL_MS", 5000, maximum=3_600_000)
+    s.recent_requests = _env_int(env, "KEYGATE_RECENT_REQUESTS", 1000, minimum=1, maximum=1_000_000)
+    s.fleet_size = _env_int(env, "KEYGATE_FLEET_SIZE", 1, minimum=1, maximum=10_000)
     s.disguise = env.get("KEYGATE_DISGUISE", "").strip().lower()
     if s.disguise not in ("", "nginx"):
         raise ConfigError(
@@ -349,7 +390,9 @@ def load_settings(
                 f"config file {path}: providers: must be a mapping of provider name to settings"
             )
         for name, raw in provs.items():
-            _apply_provider_yaml(s.config_path, str(name), raw or {}, providers)
+            _apply_provider_yaml(
+                s.config_path, str(name), raw or {}, providers, s.allow_private_upstreams
+            )
         if "default_provider" in data and not default_provider:
             default_provider = str(data["default_provider"])
             if default_provider not in providers:
@@ -357,17 +400,20 @@ def load_settings(
                     f"config file {path}: default_provider: no provider named {default_provider!r}"
                 )
 
-    # Environment wins over the file for bases and adds keys (SPEC §2).
+    # Environment wins over the file for bases and adds keys (SPEC §2). KEYGATE_<NAME>_BASE_URL
+    # wins over <NAME>_BASE_URL, the older form that the provider SDKs read as well.
     for name, cfg in providers.items():
-        prefix = env_prefix(name)
-        base = env.get(f"{prefix}_BASE_URL")
-        if base:
+        base_vars = [v for v in env_names(name, "BASE_URL") if env.get(v)]
+        if base_vars:
             try:
-                cfg.base_url = coerce_field("base_url", base)
+                cfg.base_url = coerce_field(
+                    "base_url", env[base_vars[0]], s.allow_private_upstreams
+                )
             except ValueError as exc:
-                raise ConfigError(f"environment variable {prefix}_BASE_URL: {exc}") from None
-        extra = split_keys(env.get(f"{prefix}_API_KEYS", ""))
-        cfg.keys.extend(k for k in extra if k not in cfg.keys)
+                raise ConfigError(f"environment variable {base_vars[0]}: {exc}") from None
+        for var in env_names(name, "API_KEYS"):
+            extra = split_keys(env.get(var, ""))
+            cfg.keys.extend(k for k in extra if k not in cfg.keys)
 
     s.default_provider = default_provider or "cerebras"
     if s.default_provider not in providers:

@@ -26,6 +26,7 @@ from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import log
 from keygate.probe import run_key_test
 from keygate.proxy.errors import GatewayError
+from keygate.settings import BOUNDS
 from keygate.store.base import (
     KEY_STATUSES,
     DuplicateKey,
@@ -38,6 +39,9 @@ BODY_LIMIT = 1 << 20  # ordinary requests: a key, a few settings
 BATCH_BODY_LIMIT = 8 << 20  # a batch import of 100,000 keys fits
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
+LIST_OFFSET_MAX = 10_000_000  # far past any real key count; SQL needs a 64-bit integer
+# Per-key limits share the bounds of their provider-wide defaults (key_rpm, key_max_conn).
+KEY_LIMIT_MAX = {"rpm": int(BOUNDS["key_rpm"]), "max_conn": int(BOUNDS["key_max_conn"])}
 REQUESTS_LIMIT_DEFAULT = 100
 PROVIDER_TEST_MAX = 200  # keys tested by one POST /api/providers/{name}/test
 PROVIDER_TEST_PARALLEL = 10
@@ -180,6 +184,7 @@ class AdminAPI:
             Route("GET", r(r"/api/requests"), self.requests),
             Route("GET", r(r"/api/openapi\.json"), self.openapi),
             Route("GET", r(r"/metrics"), self.metrics),
+            Route("GET", r(r"/healthz"), self.health),
         ]
         self._metrics: Any = None
 
@@ -402,7 +407,7 @@ class AdminAPI:
         search = (q.get("q") or "").strip() or None
         limit = _int_param(q, "limit", LIST_LIMIT_DEFAULT, 0, None)
         limit = min(limit, LIST_LIMIT_MAX)
-        offset = _int_param(q, "offset", 0, 0, None)
+        offset = _int_param(q, "offset", 0, 0, LIST_OFFSET_MAX)
         if status is not None and status not in KEY_STATUSES:
             raise bad("status", f"must be one of {', '.join(KEY_STATUSES)}")
         now = time.time()
@@ -545,8 +550,10 @@ class AdminAPI:
                 if value not in ("active", "disabled"):
                     raise bad("status", "must be 'active' or 'disabled'")
             elif name in ("rpm", "max_conn"):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise bad(name, f"must be a whole number ≥ 0, got {value!r}")
+                high = KEY_LIMIT_MAX[name]
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                    raise bad(name, f"must be a whole number ≥ 0 and ≤ {high}, got {shown}")
             else:
                 raise bad(name, "unknown field (label, status, rpm, max_conn)")
             fields[name] = value
@@ -674,6 +681,12 @@ class AdminAPI:
         if self._metrics is None:
             self._metrics = metrics.registry_for(self.gw)
         return Reply(200, metrics.render(self._metrics), content_type=metrics.CONTENT_TYPE)
+
+    async def health(self, req: Request) -> Reply:
+        """`/healthz` with admin credentials: the details (without them app.py answers)."""
+        from keygate import health
+
+        return Reply(200, health.details(self.gw))
 
     async def config(self, req: Request) -> Reply:
         s = self.gw.settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from keygate import __version__
+from keygate.settings import BOUNDS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -116,6 +117,8 @@ _TUNABLE_PROPS: dict[str, Any] = {
     "default_model": {"type": "string"},
     "force_model": {"type": "boolean"},
 }
+for _name, _high in BOUNDS.items():  # the same bounds the server enforces
+    _TUNABLE_PROPS[_name]["maximum"] = _high
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -383,7 +386,11 @@ PATHS: dict[str, Any] = {
                     {"type": "integer", "minimum": 0, "maximum": 500, "default": 50},
                     "page size",
                 ),
-                _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "skip this many"),
+                _query(
+                    "offset",
+                    {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0},
+                    "skip this many",
+                ),
             ],
             errors=("400",),
             tag=_KEYS,
@@ -456,8 +463,12 @@ PATHS: dict[str, Any] = {
                     "properties": {
                         "label": {"type": "string", "maxLength": 200},
                         "status": {"type": "string", "enum": ["active", "disabled"]},
-                        "rpm": {"type": "integer", "minimum": 0},
-                        "max_conn": {"type": "integer", "minimum": 0},
+                        "rpm": {"type": "integer", "minimum": 0, "maximum": BOUNDS["key_rpm"]},
+                        "max_conn": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": BOUNDS["key_max_conn"],
+                        },
                     },
                 }
             ),

@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import itertools
 import math
-import re
 import secrets
 import ssl
 import time
@@ -55,6 +54,7 @@ from keygate.control.base import Event, Limits, Rejected
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, LocalKeyPool
 from keygate.observe import log
 from keygate.settings import ConfigError, ProviderConfig
+from keygate.urls import mask_url
 
 DEFAULT_LEASE_S = 15.0
 DEFAULT_TIMEOUT_S = 0.5
@@ -757,7 +757,7 @@ class SharedState:
 
     def __init__(self, url: str, fleet_size: int = 1) -> None:
         self.url, self._conn, self.lease_s, self.timeout_s = parse_redis_url(url)
-        self.display_url = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url.split("?")[0])
+        self.display_url = mask_url(url).partition("?")[0]  # keygate's options are noise here
         self.fleet_size = max(1, fleet_size)
         self.instance = secrets.token_hex(6)
         self.up = False

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -59,6 +58,7 @@ from keygate.store.crypto import (
     Cipher,
     resolve_cipher,
 )
+from keygate.urls import mask_url
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ _PROVIDER_COUNTERS = ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "toke
 
 def describe_dsn(dsn: str) -> str:
     """The DSN with any password masked, for messages."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", dsn)
+    return mask_url(dsn)
 
 
 class _Rollback(Exception):

@@ -52,6 +52,7 @@ from keygate.store.crypto import (
     Cipher,
     resolve_cipher,
 )
+from keygate.store.files import DATA_FILE_NAME, create_private, private_dir, private_file
 
 T = TypeVar("T")
 
@@ -177,9 +178,9 @@ class SqliteStore(Store):
     def _open_sync(self) -> None:
         migrations = load_migrations("sqlite")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._private_files()
         except OSError as exc:
-            raise StoreError(f"cannot create data directory {self.path.parent}: {exc}") from exc
+            raise StoreError(f"cannot prepare the SQLite store {self.path}: {exc}") from exc
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         except sqlite3.Error as exc:
@@ -203,6 +204,22 @@ class SqliteStore(Store):
             conn.close()
             raise
         self._conn = conn
+
+    def _private_files(self) -> None:
+        """Owner-only modes before SQLite opens anything: the folder (when keygate made it, or it
+        is the data directory), the database, and its -wal/-shm/-journal files, which SQLite
+        creates with the database's own mode."""
+        folder = self.path.parent
+        data_dir = self.path.name == DATA_FILE_NAME or not folder.exists()
+        if data_dir:
+            private_dir(folder)
+        create_private(self.path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            private_file(self.path.with_name(self.path.name + suffix))
+        if data_dir:  # whatever else keygate wrote there
+            for entry in folder.iterdir():
+                if entry.is_file() and not entry.is_symlink():
+                    private_file(entry)
 
     def _migrate(self, conn: sqlite3.Connection, migrations: list[tuple[int, str, str]]) -> None:
         newest = migrations[-1][0] if migrations else 0
