@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from keygate.control.keypool import mask
-from keygate.providers import BUILTINS, env_prefix
+from keygate.providers import BUILTINS, env_names
 from keygate.settings import (
     ConfigError,
     ProviderConfig,
     _apply_provider_yaml,
+    _env_bool,
     _load_yaml,
     load_settings,
     split_keys,
@@ -59,23 +60,27 @@ def _key_errors(where: str, keys: list[str]) -> list[str]:
     return out
 
 
-def _check_provider(path: Path, name: str, raw: Any, errors: list[str]) -> None:
+def _check_provider(
+    path: Path, name: str, raw: Any, errors: list[str], allow_private: bool
+) -> None:
     where = f"config file {path}: providers.{name}"
+
+    def apply(doc: Any) -> bool:
+        return _try(errors, _apply_provider_yaml, path, name, doc, _builtins(), allow_private)
+
     if not isinstance(raw, dict):
-        _try(errors, _apply_provider_yaml, path, name, raw, _builtins())
+        apply(raw)
         return
     custom = name not in BUILTINS
     # the name and (for a custom provider) base_url first, then every field on its own
     base = {"base_url": raw["base_url"]} if "base_url" in raw else {}
-    if not _try(errors, _apply_provider_yaml, path, name, base, _builtins()) and not _try(
-        errors, _apply_provider_yaml, path, name, {"base_url": _PLACEHOLDER_BASE}, _builtins()
-    ):
+    if not apply(base) and not apply({"base_url": _PLACEHOLDER_BASE}):
         return  # the name itself is refused: nothing else can be checked
     for field, value in raw.items():
         if field == "base_url":
             continue
         one = {"base_url": _PLACEHOLDER_BASE, field: value} if custom else {field: value}
-        if not _try(errors, _apply_provider_yaml, path, name, one, _builtins()):
+        if not apply(one):
             continue
         if field == "keys":
             keys = split_keys(value) if isinstance(value, str) else value
@@ -99,12 +104,17 @@ def check_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> list[s
             f"config file {path}: providers: must be a mapping of provider name to settings"
         )
         provs = {}
+    try:
+        allow_private = _env_bool(env, "KEYGATE_ALLOW_PRIVATE_UPSTREAMS")
+    except ConfigError as exc:
+        errors.append(str(exc))
+        allow_private = False
     for name, raw in provs.items():
-        _check_provider(path, str(name), raw or {}, errors)
+        _check_provider(path, str(name), raw or {}, errors, allow_private)
     for name in sorted(set(BUILTINS) | {str(n) for n in provs}):
-        var = f"{env_prefix(name)}_API_KEYS"
-        if env.get(var):
-            errors.extend(_key_errors(f"environment variable {var}: key", split_keys(env[var])))
+        for var in env_names(name, "API_KEYS"):
+            if env.get(var):
+                errors.extend(_key_errors(f"environment variable {var}: key", split_keys(env[var])))
     if not errors:
         # what only shows with the whole file loaded: default_provider, env, the admin path
         _try(errors, load_settings, env, path)
