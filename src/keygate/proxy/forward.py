@@ -105,7 +105,10 @@ def request_headers(
     return out
 
 
-def response_headers(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+def response_headers(
+    resp: aiohttp.ClientResponse, secret: bytes = b"\0", masked: bytes = b""
+) -> list[tuple[bytes, bytes]]:
+    """The headers to relay, with `secret` (the key this try injected) masked in values."""
     out = []
     cors = expose = False
     for name, value in resp.raw_headers:
@@ -116,6 +119,8 @@ def response_headers(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
             cors = True
         elif lname == b"access-control-expose-headers":
             expose = True
+        if secret in value:
+            value = value.replace(secret, masked)
         out.append((lname, value))
     if not cors:
         out.append((b"access-control-allow-origin", b"*"))

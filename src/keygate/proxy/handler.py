@@ -33,7 +33,7 @@ from keygate.proxy.forward import (
     response_headers,
     scan_usage,
 )
-from keygate.proxy.redact import StreamScrubber, redactor_for, scrub_headers_one
+from keygate.proxy.redact import StreamScrubber, redactor_for
 from keygate.proxy.route import (
     apply_model,
     find_model,
@@ -455,7 +455,7 @@ async def relay(
     idle = rt.cfg.timeout_idle_s
     secret = entry.secret.encode()
     masked = entry.masked.encode()
-    headers = scrub_headers_one(response_headers(resp), secret, masked)
+    headers = response_headers(resp, secret, masked)
     length = resp.content_length
     try:
         dog.watch(idle)

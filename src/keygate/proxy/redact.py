@@ -126,20 +126,6 @@ def _replace_run(run: bytes, by_secret: dict[bytes, bytes], lengths: list[int]) 
     return run
 
 
-def scrub_one(data: bytes, secret: bytes, masked: bytes) -> bytes:
-    """The hot-path check: C-speed search for the injected secret."""
-    return data.replace(secret, masked) if secret in data else data
-
-
-def scrub_headers_one(
-    headers: list[tuple[bytes, bytes]], secret: bytes, masked: bytes
-) -> list[tuple[bytes, bytes]]:
-    for i, (name, value) in enumerate(headers):
-        if secret in value:
-            headers[i] = (name, value.replace(secret, masked))
-    return headers
-
-
 class StreamScrubber:
     """Replaces one secret in a byte stream, also when it is split across chunks: a chunk's
     tail that could be the start of the secret waits for the next chunk, nothing else does."""
