@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
+
+_KEY_PARAM = b"key"
 
 
-def presented_credential(headers: list[tuple[bytes, bytes]], query: bytes) -> bytes | None:
-    """The secret the client sent: Bearer, x-api-key, x-goog-api-key, or ?key=."""
+def split_key_param(query: bytes) -> tuple[bytes | None, bytes]:
+    """(the first `key` parameter's value, the query without any `key` parameter).
+
+    Parameter names are decoded once (`%6Bey` is `key`), and the same decoded names decide both
+    what counts as the credential and what is kept from the upstream, so nothing that can
+    authenticate is ever forwarded. Every other parameter keeps the bytes the client sent."""
+    if not query or (b"ey" not in query and b"%" not in query):
+        return None, query
+    credential: bytes | None = None
+    kept: list[bytes] = []
+    stripped = False
+    for part in query.split(b"&"):
+        raw_name, _, raw_value = part.partition(b"=")
+        if _decode(raw_name) == _KEY_PARAM:
+            if credential is None:
+                credential = _decode(raw_value)
+            stripped = True
+        else:
+            kept.append(part)
+    return credential, b"&".join(kept) if stripped else query
+
+
+def _decode(component: bytes) -> bytes:
+    """Form decoding, to bytes: never fails, whatever the client sent (`%ff` stays a byte)."""
+    if b"%" not in component and b"+" not in component:
+        return component
+    return unquote_to_bytes(component.replace(b"+", b" "))
+
+
+def presented_credential(
+    headers: list[tuple[bytes, bytes]], query_key: bytes | None
+) -> bytes | None:
+    """The secret the client sent: Bearer, x-api-key, x-goog-api-key, or ?key= (`query_key`,
+    from `split_key_param`)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
@@ -15,11 +49,7 @@ def presented_credential(headers: list[tuple[bytes, bytes]], query: bytes) -> by
                 return token.strip()
         elif name == b"x-api-key" or name == b"x-goog-api-key":
             return value.strip()
-    if query and b"key=" in query:
-        for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if k == "key":
-                return v.encode("latin-1")
-    return None
+    return query_key
 
 
 def password_ok(candidate: bytes | None, passwords: list[bytes]) -> bool:

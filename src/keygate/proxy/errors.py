@@ -46,8 +46,16 @@ _GOOGLE_STATUS: dict[int, str] = {
 }
 
 
+# Statuses of keygate's own answers that a later try may not get again. keygate's 503s all say
+# that no key can serve the provider, which no retry in the next seconds changes.
+RETRY_MAY_HELP = frozenset({408, 409, 429, 500, 502, 504})
+
+
 class GatewayError(Exception):
-    """An answer keygate gives on its own behalf; raised anywhere on the request path."""
+    """An answer keygate gives on its own behalf; raised anywhere on the request path.
+
+    `retry` False sends `x-should-retry: false`, which the OpenAI and Anthropic SDKs obey
+    instead of retrying by status."""
 
     def __init__(
         self,
@@ -55,12 +63,14 @@ class GatewayError(Exception):
         message: str,
         code: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        retry: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or []
+        self.retry = status in RETRY_MAY_HELP if retry is None else retry
 
 
 def error_dialect(

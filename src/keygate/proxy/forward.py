@@ -39,6 +39,7 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-api-key",
     b"x-goog-api-key",
     b"cookie",
+    b"cookie2",
     b"accept-encoding",
     b"forwarded",
     b"x-forwarded-for",
@@ -46,9 +47,17 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-real-ip",
     b"expect",  # we hold the whole body already; 100-continue would only add a round trip
+    # a browser page's identity: some providers refuse browser-origin requests outright
+    b"origin",
+    b"referer",
 }
+_BROWSER_PREFIX = b"sec-"  # Sec-Fetch-*, Sec-CH-UA*, Sec-WebSocket-*: the browser's, not ours
 # Not relayed back: hop-by-hop, and cookies the provider sets for its own domain.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"set-cookie"}
+# Answers are CORS-open (`Access-Control-Allow-Origin: *`, never with credentials), and for such
+# requests `*` exposes every header: retry-after, x-ratelimit-*, x-request-id, whatever a
+# provider adds, without a list to keep up to date. Set-Cookie is never exposable anyway.
+EXPOSE_HEADERS = (b"access-control-expose-headers", b"*")
 SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Content-Type"})
 _USAGE_RE = re.compile(
     rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
@@ -76,10 +85,14 @@ def request_headers(
 ) -> list[tuple[str, str]]:
     drop = _DROP_REQUEST
     for name, value in client_headers:
-        if name == b"connection" and value not in (b"keep-alive", b"close"):
-            # headers the client marked hop-by-hop stay with this hop
+        if name == b"connection":
+            # headers the client marked hop-by-hop stay with this hop (RFC 9110 §7.6.1)
             drop = drop | {t.strip().lower() for t in value.split(b",")}
-    out = [(n.decode("latin-1"), _text(v)) for n, v in client_headers if n not in drop]
+    out = [
+        (n.decode("latin-1"), _text(v))
+        for n, v in client_headers
+        if n not in drop and not n.startswith(_BROWSER_PREFIX)
+    ]
     out.append(("accept-encoding", "identity"))
     if key_style == "x-api-key":
         out.append(("x-api-key", secret))
@@ -92,18 +105,27 @@ def request_headers(
     return out
 
 
-def response_headers(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+def response_headers(
+    resp: aiohttp.ClientResponse, secret: bytes = b"\0", masked: bytes = b""
+) -> list[tuple[bytes, bytes]]:
+    """The headers to relay, with `secret` (the key this try injected) masked in values."""
     out = []
-    cors = False
+    cors = expose = False
     for name, value in resp.raw_headers:
         lname = name.lower()
         if lname in _DROP_RESPONSE:
             continue
         if lname == b"access-control-allow-origin":
             cors = True
+        elif lname == b"access-control-expose-headers":
+            expose = True
+        if secret in value:
+            value = value.replace(secret, masked)
         out.append((lname, value))
     if not cors:
         out.append((b"access-control-allow-origin", b"*"))
+    if not expose:
+        out.append(EXPOSE_HEADERS)
     return out
 
 

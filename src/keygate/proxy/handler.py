@@ -19,10 +19,11 @@ import aiohttp
 from keygate.control.base import Event, Rejected
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import RequestRecord, access_log
-from keygate.proxy.auth import password_ok, presented_credential
+from keygate.proxy.auth import password_ok, presented_credential, split_key_param
 from keygate.proxy.classify import classify
 from keygate.proxy.errors import GatewayError, error_body, error_dialect, retry_after_headers
 from keygate.proxy.forward import (
+    EXPOSE_HEADERS,
     UpstreamTimeout,
     UpstreamUnreachable,
     lower_headers,
@@ -32,17 +33,23 @@ from keygate.proxy.forward import (
     response_headers,
     scan_usage,
 )
+from keygate.proxy.redact import StreamScrubber, redactor_for
 from keygate.proxy.route import (
     apply_model,
     find_model,
+    resolve_dots,
     split_prefix,
-    strip_key_param,
     upstream_path,
 )
 from keygate.proxy.watchdog import Watchdog
 
 ERROR_BODY_LIMIT = 1 << 20
-JSON_HEADERS = [(b"content-type", b"application/json"), (b"access-control-allow-origin", b"*")]
+WHOLE_BODY_LIMIT = 1 << 20  # a 2xx body up to this length is read whole before it is relayed
+JSON_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"access-control-allow-origin", b"*"),
+    EXPOSE_HEADERS,
+]
 _NO_RETRY = (b"x-should-retry", b"false")
 
 
@@ -92,9 +99,10 @@ async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int
 
 
 async def send_error(send: Any, err: GatewayError, anthropic: bool | str) -> None:
-    await send(
-        {"type": "http.response.start", "status": err.status, "headers": JSON_HEADERS + err.headers}
-    )
+    headers = JSON_HEADERS + err.headers
+    if not err.retry and not any(h[0] == b"x-should-retry" for h in err.headers):
+        headers.append(_NO_RETRY)  # the SDKs would otherwise retry what cannot change
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send(
         {
             "type": "http.response.body",
@@ -206,13 +214,19 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             ex.status = 204
             await send_preflight(send, headers)
             return
-        if gw.passwords and not password_ok(
-            presented_credential(headers, scope["query_string"]), gw.passwords
-        ):
+        # one decoding of the query decides both the credential and what goes upstream
+        query_key, query = split_key_param(scope["query_string"])
+        if gw.passwords and not password_ok(presented_credential(headers, query_key), gw.passwords):
             raise GatewayError(401, "invalid or missing gateway password", "invalid_api_key")
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
         cfg = rt.cfg
+        try:
+            rest = resolve_dots(rest)
+        except ValueError:
+            raise GatewayError(
+                400, f"path leaves the base of provider '{name}'", "invalid_path"
+            ) from None
         up_path, native = upstream_path(cfg, rest, headers)
         body = await read_body(receive, headers, cfg.max_body_bytes)
         if body and method == "POST":
@@ -221,7 +235,6 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
-        query = strip_key_param(scope["query_string"])
         url = cfg.base_url + up_path + ("?" + query.decode("latin-1") if query else "")
         await forward(gw, rt, ex, send, method, url, headers, body or None, native)
     except GatewayError as err:
@@ -264,7 +277,8 @@ async def forward(
     assert session is not None
     tried: list[int] = []
     retries_used = key_retries = 0
-    last: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # last upstream error answer
+    # the last upstream error answer, and the key it was given
+    last: tuple[int, list[tuple[bytes, bytes]], bytes, bytes] | None = None
     last_error: GatewayError | None = None  # or keygate's own 502/504
     while True:
         try:
@@ -323,7 +337,7 @@ async def forward(
                 ex.upstream_status = resp.status
                 if resp.status < 400:
                     held = None  # relay owns the key from here
-                    await relay(rt, ex, send, resp, entry)
+                    await relay(rt, ex, send, resp, entry, method == "HEAD")
                     return
                 ex.dog.stop()
                 try:
@@ -338,7 +352,8 @@ async def forward(
                     verdict.key_fault,
                     verdict.message,
                 )
-                last, last_error = (resp.status, response_headers(resp), err_body), None
+                last = (resp.status, response_headers(resp), err_body, entry.secret.encode())
+                last_error = None
                 if resp.status < 500:
                     entry.err_4xx += 1
                 else:
@@ -382,7 +397,11 @@ async def forward(
     # Out of tries, or no key to try with.
     retried = ex.retries > 0
     if last is not None:
-        status, resp_headers, err_body = last
+        status, resp_headers, err_body, injected = last
+        # cold path: every key of the pool, not only the one this try injected
+        redactor = redactor_for(cfg.name)
+        err_body = redactor.scrub(err_body, pool.entries, injected)
+        resp_headers = redactor.scrub_headers(resp_headers, pool.entries, injected)
         if retried or status in (401, 403):
             resp_headers = [h for h in resp_headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
         # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
@@ -397,7 +416,7 @@ async def forward(
         return
     if last_error is not None:
         if retried:
-            last_error.headers.append(_NO_RETRY)
+            last_error.retry = False  # keygate already retried on another try
         raise last_error
     ready = await pool.ready_in(())
     if ready is None:
@@ -420,56 +439,37 @@ def _backoff(base: float, n: int) -> float:
 
 
 async def relay(
-    rt: ProviderRuntime, ex: Exchange, send: Any, resp: aiohttp.ClientResponse, entry: Any
+    rt: ProviderRuntime,
+    ex: Exchange,
+    send: Any,
+    resp: aiohttp.ClientResponse,
+    entry: Any,
+    head: bool,
 ) -> None:
-    """Stream the upstream answer to the client as it arrives; release the key after the last
-    byte (the caller releases the slot)."""
+    """Relay the upstream answer with the injected key masked; release the key after the last
+    byte (the caller releases the slot). A body of known, modest length is read whole first,
+    so its Content-Length can follow a replacement; anything else streams as it arrives."""
     pool = rt.pool
     event = Event.CANCELLED
     dog = ex.dog
     assert dog is not None
     idle = rt.cfg.timeout_idle_s
+    secret = entry.secret.encode()
+    masked = entry.masked.encode()
+    headers = response_headers(resp, secret, masked)
+    length = resp.content_length
     try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": resp.status,
-                "headers": response_headers(resp),
-            }
-        )
-        ex.status = resp.status
-        content = resp.content
-        usage = ex.usage
         dog.watch(idle)
-        try:
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    break
-                dog.pause()  # a slow client is not an idle upstream
-                scan_usage(chunk, usage)
-                if content.at_eof():
-                    ex.finishing = True
-                    await send({"type": "http.response.body", "body": chunk})
-                    event = Event.OK
-                    return
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                dog.touch()
-        except asyncio.CancelledError:
-            if not dog.fired or ex.disconnected:
-                raise
-            assert ex.task is not None
-            ex.task.uncancel()
-            ex.error = f"upstream went silent for {idle:g}s mid-response"
-            event = Event.PROVIDER_ERROR
-            return  # the response is left incomplete: the server closes the connection
-        except (aiohttp.ClientError, OSError) as exc:
-            ex.error = f"upstream broke mid-response: {type(exc).__name__}"
-            event = Event.PROVIDER_ERROR
+        if length is not None and 0 < length <= WHOLE_BODY_LIMIT and not head:
+            event = await _relay_whole(ex, send, resp, headers, secret, masked, idle)
             return
-        ex.finishing = True
-        await send({"type": "http.response.body", "body": b""})
-        event = Event.OK
+        if length is not None and not head:
+            # too big to hold: a replacement would change the length, so stream it unframed
+            headers = [h for h in headers if h[0] != b"content-length"]
+        event = await _relay_stream(ex, send, resp, headers, StreamScrubber(secret, masked), idle)
+    except GatewayError:
+        event = Event.PROVIDER_ERROR
+        raise
     finally:
         dog.stop()
         if event is Event.OK:
@@ -483,6 +483,100 @@ async def relay(
             entry.err_5xx += 1
         entry.tokens_in += ex.usage[0]
         entry.tokens_out += ex.usage[1]
+
+
+async def _relay_whole(
+    ex: Exchange,
+    send: Any,
+    resp: aiohttp.ClientResponse,
+    headers: list[tuple[bytes, bytes]],
+    secret: bytes,
+    masked: bytes,
+    idle: float,
+) -> Event:
+    """Nothing is sent before the whole body is here: a broken upstream becomes a clean 502."""
+    dog = ex.dog
+    assert dog is not None
+    content = resp.content
+    chunks: list[bytes] = []
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            chunks.append(chunk)
+            dog.touch()
+            if content.at_eof():
+                break
+    except asyncio.CancelledError:
+        if not dog.fired or ex.disconnected:
+            raise
+        assert ex.task is not None
+        ex.task.uncancel()
+        raise GatewayError(
+            504, f"upstream went silent for {idle:g}s mid-response", "upstream_timeout"
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise GatewayError(
+            502, f"upstream broke mid-response: {type(exc).__name__}", "upstream_unreachable"
+        ) from None
+    dog.stop()
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    scan_usage(body, ex.usage)
+    if secret in body:
+        body = body.replace(secret, masked)
+        headers = [h for h in headers if h[0] != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    ex.status = resp.status
+    ex.finishing = True
+    await send({"type": "http.response.body", "body": body})
+    return Event.OK
+
+
+async def _relay_stream(
+    ex: Exchange,
+    send: Any,
+    resp: aiohttp.ClientResponse,
+    headers: list[tuple[bytes, bytes]],
+    scrubber: StreamScrubber,
+    idle: float,
+) -> Event:
+    """Chunks go on as they arrive; only a tail that may begin the key waits for the next."""
+    dog = ex.dog
+    assert dog is not None
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    ex.status = resp.status
+    content = resp.content
+    usage = ex.usage
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            dog.pause()  # a slow client is not an idle upstream
+            scan_usage(chunk, usage)
+            chunk = scrubber.feed(chunk)
+            if content.at_eof():
+                ex.finishing = True
+                await send({"type": "http.response.body", "body": chunk + scrubber.flush()})
+                return Event.OK
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            dog.touch()
+    except asyncio.CancelledError:
+        if not dog.fired or ex.disconnected:
+            raise
+        assert ex.task is not None
+        ex.task.uncancel()
+        ex.error = f"upstream went silent for {idle:g}s mid-response"
+        return Event.PROVIDER_ERROR  # the response is left incomplete: the server closes it
+    except (aiohttp.ClientError, OSError) as exc:
+        ex.error = f"upstream broke mid-response: {type(exc).__name__}"
+        return Event.PROVIDER_ERROR
+    ex.finishing = True
+    await send({"type": "http.response.body", "body": scrubber.flush()})
+    return Event.OK
 
 
 def _account(
@@ -505,6 +599,11 @@ def _account(
         stats.tokens_out += ex.usage[1]
     key_id = entry.id if entry is not None else None
     masked = entry.masked if entry is not None else ""
+    if ex.error and rt is not None:
+        # what goes to the log and the ring never carries a key, whoever wrote the text
+        ex.error = redactor_for(name).scrub_text(
+            ex.error, rt.pool.entries, entry.secret.encode() if entry is not None else b""
+        )
     gw.recent.append(
         RequestRecord(
             now,

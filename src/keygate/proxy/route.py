@@ -79,12 +79,31 @@ def upstream_path(
     return rest, False
 
 
-def strip_key_param(query: bytes) -> bytes:
-    """Drop `key=…` (the gateway password in Gemini style) and keep every other byte as sent."""
-    if b"key" not in query:
-        return query
-    parts = [p for p in query.split(b"&") if not (p == b"key" or p.startswith(b"key="))]
-    return b"&".join(parts)
+def resolve_dots(rest: str) -> str:
+    """Remove `.` and `..` segments (`%2e` spelt too) from the path after the provider prefix,
+    as RFC 3986 §5.2.4 does, so the upstream URL cannot climb out of the provider's base. Other
+    segments keep the client's encoding (`%2F`, `%20`). A path that climbs above the base is
+    refused (ValueError)."""
+    if "." not in rest and "%2" not in rest:
+        return rest  # nothing that could be a dot segment: the usual case
+    segments = rest.split("/")
+    out: list[str] = []
+    trailing = False
+    for segment in segments[1:]:  # rest starts with "/"
+        dots = segment.replace("%2e", ".").replace("%2E", ".")
+        trailing = dots in (".", "..")
+        if dots == ".":
+            continue
+        if dots == "..":
+            if not out:
+                raise ValueError("path leaves the provider's base")
+            out.pop()
+            continue
+        out.append(segment)
+    path = "/" + "/".join(out)
+    if trailing and out:
+        path += "/"  # `/a/b/..` is the folder `/a/`
+    return path
 
 
 def apply_model(body: bytes, cfg: ProviderConfig, path: str) -> bytes:

@@ -51,6 +51,9 @@ _DEFAULTS: dict[str, Any] = {
     "reset_after_chunks": None,
     "content_encoding": None,
     "text": "Hello from mock",
+    # like real providers: the key it was sent comes back in error messages, in an
+    # `x-echo-key` header, in 2xx text, and in a stream event split across two writes
+    "echo_key": False,
 }
 
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024  # gateways may forward large bodies; aiohttp's default is 1 MiB
@@ -84,6 +87,7 @@ class Recorded:
     completed: bool = False
     disconnected: bool = False
     status: int = 0  # 0 until a status line was decided (stays 0 for hang)
+    raw_path: str = ""  # the path as it came on the request line, still percent-encoded
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (body decoded leniently) for the control endpoint."""
@@ -123,7 +127,7 @@ def _normalize_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
             value = None if value is None else max(0, int(value))
         elif name in ("delay_s", "chunk_interval_s"):
             value = max(0.0, float(value))
-        elif name == "hang":
+        elif name in ("hang", "echo_key"):
             value = bool(value)
         elif name == "text":
             value = str(value)
@@ -243,6 +247,25 @@ def _anthropic_static(text: str, chunks: int) -> tuple[tuple[bytes, ...], tuple[
         _sse("message_stop", {"type": "message_stop"}),
     )
     return tuple(head), tail
+
+
+def _echo_event(key: str, anthropic: bool) -> bytes:
+    """A content event that quotes the key (as a chatty model or provider might)."""
+    text = f"key in use: {key}"
+    if anthropic:
+        return _sse(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            },
+        )
+    return (
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":'
+        + orjson.dumps(text)
+        + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+    )
 
 
 def _check_loopback(host: str) -> None:
@@ -509,6 +532,7 @@ class MockUpstream:
                     body=body,
                     key=key,
                     started=started,
+                    raw_path=request.raw_path.partition("?")[0],
                 )
             with self._lock:
                 self._count += 1
@@ -542,10 +566,16 @@ class MockUpstream:
     ) -> web.StreamResponse:
         status: int = beh["status"]
         anthropic = path.endswith("/messages") or "anthropic-version" in request.headers
+        if beh["echo_key"]:
+            echo = _extract_key(request) or ""
+            beh = {**beh, "echo": echo, "text": f"{beh['text']} (your key: {echo})"}
+            beh["headers"] = {**(beh["headers"] or {}), "X-Echo-Key": f"Bearer {echo}"}
         if beh["body"] is not None:
             return await self._send(request, status, beh["body"], beh, state)
         if not 200 <= status < 300:
-            return await self._send(request, status, _error_body(status, anthropic), beh, state)
+            message = f"Incorrect API key provided: {beh['echo']}." if beh["echo_key"] else None
+            err = _error_body(status, anthropic, message)
+            return await self._send(request, status, err, beh, state)
 
         method = request.method
         if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/messages")):
@@ -633,6 +663,15 @@ class MockUpstream:
         await resp.prepare(request)
         interval: float = beh["chunk_interval_s"]
         reset_after = beh["reset_after_chunks"]
+        echo_at = -1
+        if beh["echo_key"]:
+            echo_at = first_content  # before the first content event
+            events = [
+                *events[:echo_at],
+                _echo_event(beh["echo"], first_content == 3),
+                *events[echo_at:],
+            ]
+            first_content += 1
         # index of the last event to write before aborting (after N content chunks)
         abort_at = (
             -1 if reset_after is None else first_content - 1 + min(reset_after, beh["chunks"])
@@ -640,6 +679,12 @@ class MockUpstream:
         for i, ev in enumerate(events):
             if i and interval:
                 await asyncio.sleep(interval)
+            if i == echo_at:
+                # the key split across two writes, apart in time: two chunks for the reader
+                cut = ev.index(beh["echo"].encode()) + len(beh["echo"]) // 2
+                await resp.write(ev[:cut])
+                await asyncio.sleep(max(interval, 0.05))
+                ev = ev[cut:]
             await resp.write(ev)
             if i == abort_at:
                 # Not a client disconnect: completed and disconnected both stay False.
