@@ -299,7 +299,8 @@ def test_config_check_ok(
         if k.startswith("KEYGATE_") or k.endswith("_API_KEYS"):
             monkeypatch.delenv(k)
     path = write(
-        tmp_path, "providers:\n  mylocal:\n    base_url: http://127.0.0.1:1\n    keys: [a]\n"
+        tmp_path,
+        "providers:\n  mylocal:\n    base_url: http://127.0.0.1:1\n    keys: [sk-local-key-0001]\n",
     )
     assert cli_main(["config", "check", str(path)]) == 0
     out = capsys.readouterr().out
