@@ -755,7 +755,10 @@ def _chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
 class SharedState:
     """The Redis connection, its health, and the background work of the shared forms."""
 
-    def __init__(self, url: str, fleet_size: int = 1) -> None:
+    def __init__(
+        self, url: str, fleet_size: int = 1, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.clock = clock  # tests: a fake wall clock, passed to the scripts as "now"
         self.url, self._conn, self.lease_s, self.timeout_s = parse_redis_url(url)
         self.display_url = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url.split("?")[0])
         self.fleet_size = max(1, fleet_size)
@@ -786,6 +789,10 @@ class SharedState:
         pool = SharedKeyPool(cfg, self)
         self.pools[cfg.name] = pool
         return pool
+
+    def now(self) -> str:
+        """ARGV[1] of every script: empty means Redis TIME."""
+        return "" if self.clock is None else repr(self.clock())
 
     def lease_id(self) -> str:
         return f"{self.instance}:{next(self._seq)}"
@@ -1382,7 +1389,7 @@ class SharedKeyPool(LocalKeyPool):
     in process (the admin page reads the mirror, the local fallback runs on it)."""
 
     def __init__(self, cfg: ProviderConfig, shared: SharedState) -> None:
-        super().__init__(cfg)
+        super().__init__(cfg, shared.clock or time.time)
         self.name = cfg.name
         self._shared = shared
         self._prefix = prefix = f"keygate:{{{cfg.name}}}:"
@@ -1411,7 +1418,7 @@ class SharedKeyPool(LocalKeyPool):
                     PICK,
                     self._keys,
                     [
-                        "",
+                        st.now(),
                         self._prefix,
                         "pick",
                         cfg.key_rpm,
@@ -1481,7 +1488,7 @@ class SharedKeyPool(LocalKeyPool):
                     PICK,
                     self._keys,
                     [
-                        "",
+                        st.now(),
                         self._prefix,
                         "ready",
                         cfg.key_rpm,
@@ -1512,12 +1519,12 @@ class SharedKeyPool(LocalKeyPool):
             # Health does not change: no answer to wait for (and often nothing to write).
             if lease is not None or (
                 code == "ok"
-                and (entry.strikes or time.monotonic() - self._last_429 < POOL_GUARD_WINDOW_S)
+                and (entry.strikes or self.clock() - self._last_429 < POOL_GUARD_WINDOW_S)
             ):
                 self._fire_release(entry.id, code, lease or "")
             return self.record(entry, event, until, error)
         if code == "rl":
-            self._last_429 = time.monotonic()
+            self._last_429 = self.clock()
         try:
             res = await st.run(
                 RELEASE_KEY,
@@ -1544,7 +1551,7 @@ class SharedKeyPool(LocalKeyPool):
     ) -> list[Any]:
         cfg = self.cfg
         return [
-            "",
+            self._shared.now(),
             self._prefix,
             key_id,
             code,
@@ -1592,7 +1599,15 @@ class SharedKeyPool(LocalKeyPool):
             self._shared.fire(
                 SET,
                 self._keys,
-                ["", key_id, CODES.get(status, "a"), until, EVENTS, self.name, error or ""],
+                [
+                    self._shared.now(),
+                    key_id,
+                    CODES.get(status, "a"),
+                    until,
+                    EVENTS,
+                    self.name,
+                    error or "",
+                ],
             )
         return entry
 
@@ -1607,7 +1622,7 @@ class SharedKeyPool(LocalKeyPool):
             self._apply_sync(batch, res)
 
     def _sync_args(self, entries: Sequence[KeyEntry]) -> list[Any]:
-        args: list[Any] = ["", EVENTS, self.name]
+        args: list[Any] = [self._shared.now(), EVENTS, self.name]
         for e in entries:
             args += [e.id, CODES.get(e.status, "a"), e.until, e.rpm, e.max_conn]
         return args
@@ -1634,9 +1649,9 @@ class SharedKeyPool(LocalKeyPool):
         if error:
             entry.last_error = error
         if strikes is not None:
+            # Redis's count, kept as is: a key back from cooling still has its strikes until a
+            # success is written, so that success must reach Redis (see release)
             entry.strikes = strikes
-        elif status == "active":
-            entry.strikes = 0
         self._place(entry)
 
     def on_health(self, msg: dict[str, Any]) -> None:
@@ -1645,16 +1660,17 @@ class SharedKeyPool(LocalKeyPool):
             return
         status = msg.get("s", "active")
         if status == "cooling":
-            self._last_429 = time.monotonic()
-        self._mirror(entry, status, float(msg.get("u") or 0.0), msg.get("e"), msg.get("k"))
+            self._last_429 = self.clock()
+        strikes = msg.get("k", 0 if status == "active" else None)  # an admin's "active" resets
+        self._mirror(entry, status, float(msg.get("u") or 0.0), msg.get("e"), strikes)
 
     def on_guard(self, msg: dict[str, Any]) -> None:
-        self._last_429 = time.monotonic()
+        self._last_429 = self.clock()
         ids = msg.get("ids") or ()
         self._restore(int(k) for k in (ids if isinstance(ids, list) else ()))
 
     def note_429(self) -> None:
-        self._last_429 = time.monotonic()
+        self._last_429 = self.clock()
 
     def _restore(self, ids: Iterable[int]) -> None:
         for key_id in ids:
