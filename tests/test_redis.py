@@ -18,20 +18,12 @@ import httpx
 import pytest
 
 from harness import CHAT, fire
-from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits
-from keygate.control.keypool import KeyEntry, LocalKeyPool, mask
-from keygate.control.shared import (
-    ADMIT,
-    EVENTS,
-    PICK,
-    RELEASE_KEY,
-    RELEASE_SLOT,
-    RENEW,
-    SYNC,
-    SharedKeyPool,
-    SharedState,
-)
+from keygate.control.keypool import KeyEntry, mask
+from keygate.control.local import LocalAdmission, LocalKeyPool
+from keygate.control.redis import SharedKeyPool, SharedState
+from keygate.control.redis.scripts import ADMIT, PICK, RELEASE_KEY, RELEASE_SLOT, RENEW, SYNC
+from keygate.control.redis.state import EVENTS
 from keygate.settings import ProviderConfig
 from servers import RedisServer, redis_bin, start_redis
 
@@ -125,13 +117,13 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
     pool.set_status(5, "invalid", time.time() + 300)
     picks = []
     for _ in range(6):
-        entry = await pool.acquire()
+        entry = (await pool.acquire()).entry
         assert entry is not None
         picks.append(entry.id)
         await pool.release(entry, Event.OK)
     assert picks == [1, 2, 3, 1, 2, 3], picks
-    assert (await pool.acquire([1, 2])).id == 3, "exclusions are skipped"  # type: ignore[union-attr]
-    assert await pool.acquire([1, 2, 3]) is None
+    assert (await pool.acquire([1, 2])).entry.id == 3, "tried keys are avoided"  # type: ignore[union-attr]
+    assert (await pool.acquire([1, 2, 3])).entry.id == 1, "unless only they are left"  # type: ignore[union-attr]
     assert await pool.ready_in([1, 2, 3]) is None, "only disabled and invalid keys left"
 
     # cooling until a time (exact: now passed in), back by itself
@@ -159,7 +151,7 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
     t = T0 + 10
     firsts = [(await state.run(PICK, keys, pick(t, 1)))[0] for _ in range(4)]
     assert firsts.count(b"2") == 2 and firsts.count(b"3") == 1, firsts  # 3 holds its one lease
-    assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"", "both at their own limits"
+    assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"1", "both at their limits: 1 it is"
     await state.run(RELEASE_KEY, keys, [*rel(3, "ok", t)[:5], "L", *rel(3, "ok", t)[6:]])
     assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"3", "lease released: 3 usable again"
     assert (await state.run(PICK, keys, pick(t + 60, 1, 3)))[0] == b"2", "the rpm window moved on"
@@ -167,7 +159,7 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
 
 async def test_pool_wide_429_guard_pauses_the_provider_and_keeps_keys(state: SharedState) -> None:
     pool = pool_of(state, n=3, cooldown_s=30)
-    entries = [await pool.acquire() for _ in range(3)]
+    entries = [(await pool.acquire()).entry for _ in range(3)]
     pauses = [await pool.release(e, Event.RATE_LIMITED, None, "429") for e in entries if e]
     assert pauses[:2] == [None, None] and pauses[2] is not None
     assert 4 < pauses[2] - time.time() <= 5.01, "a provider cooldown, not the keys' fault"
@@ -189,7 +181,7 @@ async def test_redis_that_hangs_or_dies_never_blocks_a_request(redis_server: Red
         os.kill(redis_server.proc.pid, signal.SIGSTOP)  # Redis stops answering
         t = time.perf_counter()
         slot = await adm.acquire()
-        entry = await pool.acquire()
+        entry = (await pool.acquire()).entry
         took = time.perf_counter() - t
         assert entry is not None and took < 0.6, f"served locally after the timeout ({took:.3f}s)"
         assert st.info()["state"] == "local-fallback" and "0.3" in st.info()["state_reason"]
@@ -233,7 +225,7 @@ async def test_added_latency_per_decision_local_vs_redis(redis_server: RedisServ
 
     async def one(adm: Any, pool: Any) -> None:
         slot = await adm.acquire()
-        entry = await pool.acquire(())
+        entry = (await pool.acquire(())).entry
         await pool.release(entry, Event.OK)
         await slot.release()
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import redis
 
-from keygate.control.admission import LocalAdmission
 from keygate.control.base import Limits
-from keygate.control.keypool import KeyEntry, LocalKeyPool
-from keygate.control.shared import SharedState
+from keygate.control.keypool import KeyEntry
+from keygate.control.local import LocalAdmission, LocalKeyPool
+from keygate.control.redis import SharedState
 from keygate.settings import ProviderConfig
 from servers import RedisServer, redis_bin, start_redis
 

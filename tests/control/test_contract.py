@@ -28,15 +28,14 @@ RECHECK = 300.0  # recheck_interval_s
 
 async def take(pool: Any, tried: tuple[int, ...] = ()) -> Any:
     """A key as the retry loop asks for one: not one already tried, unless only those are left."""
-    entry = await pool.acquire(tried)
-    if entry is None and tried:
-        entry = await pool.acquire(())
-    return entry
+    return (await pool.acquire(tried)).entry
 
 
 async def wait_of(pool: Any) -> float | None:
     """When no key is usable: seconds until one is; None when none will be by itself."""
-    return await pool.ready_in(())
+    pick = await pool.acquire(())
+    assert pick.entry is None
+    return pick.wait
 
 
 async def one_round(pool: Any, n: int) -> list[int]:
@@ -317,3 +316,20 @@ async def test_pause_holds_admissions(form: Form) -> None:
     slot = await adm.acquire()
     assert time.monotonic() - t >= 0.12
     await slot.release()
+
+
+async def test_a_key_cooled_again_reports_its_new_return_time(form: Form) -> None:
+    """Let out of cooling early (the guard), then cooled again for longer: the wait is the new
+    time, not the one it left behind."""
+    pool = await form.pool(2, cooldown_s=COOL)
+    now = form.clock()
+    a = await take(pool)
+    await pool.release(a, Event.RATE_LIMITED, now + 5, "429")
+    b = await take(pool)
+    assert await pool.release(b, Event.RATE_LIMITED, now + 5, "429") is not None, "the guard"
+    assert status(pool, a.id)[0] == "active"
+    pool.set_status(b.id, "disabled")
+    a = await take(pool)
+    await pool.release(a, Event.RATE_LIMITED, now + 50, "429")
+    assert status(pool, a.id) == ("cooling", pytest.approx(now + 50))
+    assert await wait_of(pool) == pytest.approx(50)
