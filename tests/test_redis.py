@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import statistics
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from keygate.control.redis import SharedKeyPool, SharedState
 from keygate.control.redis.scripts import ADMIT, PICK, RELEASE_KEY, RELEASE_SLOT, RENEW, SYNC
 from keygate.control.redis.state import EVENTS
 from keygate.settings import ProviderConfig
-from servers import RedisServer, redis_bin, start_redis
+from servers import RedisServer, free_port, redis_bin, start_redis
 
 pytestmark = [
     pytest.mark.redis,
@@ -166,6 +167,123 @@ async def test_pool_wide_429_guard_pauses_the_provider_and_keeps_keys(state: Sha
     assert [e.status for e in pool.entries.values()] == ["active"] * 3
     res = await state.run(ADMIT, adm_keys("t"), ["", 1, 1, 0, "", 15])
     assert res[0] == 0 and 4 < float(res[1]) <= 5.01, "every instance's admission waits"
+
+
+# --- TLS: rediss:// with a private CA --------------------------------------------------------
+
+
+def _tls_files(out: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1: (ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keygate test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "ca.pem", out / "server.pem", out / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """redis-server on a TLS port only, its certificate signed by a private CA: (port, ca)."""
+    ca, cert, key = _tls_files(tmp_path / "tls")
+    port = free_port()
+    log_path = tmp_path / "redis-tls.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(redis_bin()),
+                *("--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+                *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+                *("--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"),
+                *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and "Ready to accept" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.02)
+        assert proc.poll() is None, f"redis-server without TLS support? {log_path.read_text()}"
+        yield port, ca
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_rediss_with_a_private_ca_for_pipeline_and_pubsub(
+    tls_redis: tuple[int, Path],
+) -> None:
+    """One URL parse for both connections: the pipelined one (every decision) and pub/sub."""
+    port, ca = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}&timeout_s=2"
+    heard = asyncio.Event()
+
+    async def on_change() -> None:
+        heard.set()
+
+    a, b = SharedState(url), SharedState(url)
+    cfg = ProviderConfig(name="tls", base_url="http://x", rps=1, burst=2, max_conn=0)
+    adm = a.admission(Limits(1, 2, 0, 10, 5), cfg)
+    try:
+        await a.start(on_change)
+        await b.start()
+        assert a.up and b.up, (a.reason, b.reason)
+        for _ in range(2):
+            await (await adm.acquire()).release()
+        assert a.up, a.reason
+        refused = await b.run(ADMIT, adm_keys("tls"), ["", 1, 2, 0, "", 15])
+        assert refused[0] == 0, "both tokens were taken in Redis, over TLS"
+        b.announce("keys")  # an admin change made through the other instance
+        async with asyncio.timeout(5):
+            await heard.wait()
+    finally:
+        await a.close()
+        await b.close()
 
 
 # --- the fallback ---------------------------------------------------------------------------
