@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from keygate.control.keypool import KeyEntry
@@ -46,12 +46,12 @@ class Limits:
     queue_timeout_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class Pick:
+class Pick(NamedTuple):
     """A key pool's answer: a key to use now, or how long until one is usable.
 
     `wait` is seconds when `entry` is None (0 never: then there is a key); None means no key
-    becomes usable by itself (all invalid or disabled: an admin or a re-check must act)."""
+    becomes usable by itself (all invalid or disabled: an admin or a re-check must act).
+    A tuple: made on every request, so as cheap as Python makes an object."""
 
     entry: KeyEntry | None
     wait: float | None = 0.0

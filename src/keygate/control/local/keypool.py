@@ -88,7 +88,7 @@ class LocalKeyPool:
     def _share(self, limit: int) -> int:
         return max(1, limit // self.share) if limit else 0
 
-    def _window(self, entry: KeyEntry) -> deque[float] | None:
+    def window(self, entry: KeyEntry) -> deque[float] | None:
         """The key's recent pick times, sized to its rpm (None: no rpm limit)."""
         rpm = self._share(entry.rpm or self.cfg.key_rpm)
         if not rpm:
@@ -103,7 +103,7 @@ class LocalKeyPool:
         max_conn = self._share(entry.max_conn or self.cfg.key_max_conn)
         if max_conn and entry.inflight >= max_conn:
             return 1.0
-        recent = self._window(entry)
+        recent = self.window(entry)
         if recent is not None and len(recent) >= (recent.maxlen or 0) and now - recent[0] < 60.0:
             return 60.0 - (now - recent[0])
         return 0.0
@@ -160,9 +160,8 @@ class LocalKeyPool:
         entry.use_count += 1
         entry.last_used = now
         self.touched.add(entry.id)
-        recent = self._window(entry)
-        if recent is not None:
-            recent.append(now)
+        if entry.recent is not None:  # sized by the limit check (or `window`) before the pick
+            entry.recent.append(now)
 
     async def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
         return self.ready_in_now(exclude)

@@ -130,6 +130,8 @@ class SharedKeyPool:
                 self.leases.setdefault(key_id, []).append(lease)
             if entry.status != "active":  # Redis let it out of cooling (or an admin did)
                 self._mirror(entry, "active", 0.0)
+            if entry.rpm or cfg.key_rpm:
+                self.local.window(entry)  # the fallback's rpm window counts Redis's picks too
             self.local.count_use(entry, self.clock())
             return Pick(entry)
         return Pick(None, 1.0)
