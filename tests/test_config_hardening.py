@@ -221,7 +221,7 @@ def test_store_description_masks_userinfo_wholly(url: str, secrets: list[str]) -
         shown = s.store_description
         assert "***" in shown
     else:
-        from keygate.control.shared import SharedState
+        from keygate.control.redis.state import SharedState
 
         shown = SharedState(url).display_url
     for secret in secrets:

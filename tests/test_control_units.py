@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits, Rejected
-from keygate.control.bucket import TokenBucket
-from keygate.control.keypool import KeyEntry, LocalKeyPool, mask
+from keygate.control.keypool import KeyEntry, mask
+from keygate.control.local import LocalAdmission, LocalKeyPool, TokenBucket
 from keygate.proxy.classify import classify, parse_duration, reset_hint
 from keygate.settings import ProviderConfig
 
@@ -110,7 +109,13 @@ async def test_full_queue_rejects_at_once_and_timeout_rejects() -> None:
             await task
         assert late.value.reason == "queue timeout"
     await slot.release()
-    assert adm.snapshot() | {} == adm.snapshot() and adm.snapshot()["in_flight"] == 0
+    snap = adm.snapshot()
+    assert (snap["in_flight"], snap["queued"], snap["admitted"], snap["rejected"]) == (
+        0,
+        0,
+        1,
+        3,
+    ), "one admitted; one refused at once and two timed out, none left waiting"
 
 
 async def test_cancelled_waiter_never_gets_a_slot_and_leaks_nothing() -> None:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import statistics
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,22 +19,14 @@ import httpx
 import pytest
 
 from harness import CHAT, fire
-from keygate.control.admission import LocalAdmission
 from keygate.control.base import Event, Limits
-from keygate.control.keypool import KeyEntry, LocalKeyPool, mask
-from keygate.control.shared import (
-    ADMIT,
-    EVENTS,
-    PICK,
-    RELEASE_KEY,
-    RELEASE_SLOT,
-    RENEW,
-    SYNC,
-    SharedKeyPool,
-    SharedState,
-)
+from keygate.control.keypool import KeyEntry, mask
+from keygate.control.local import LocalAdmission, LocalKeyPool
+from keygate.control.redis import SharedKeyPool, SharedState
+from keygate.control.redis.scripts import ADMIT, PICK, RELEASE_KEY, RELEASE_SLOT, RENEW, SYNC
+from keygate.control.redis.state import EVENTS
 from keygate.settings import ProviderConfig
-from servers import RedisServer, redis_bin, start_redis
+from servers import RedisServer, free_port, redis_bin, start_redis
 
 pytestmark = [
     pytest.mark.redis,
@@ -125,13 +118,13 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
     pool.set_status(5, "invalid", time.time() + 300)
     picks = []
     for _ in range(6):
-        entry = await pool.acquire()
+        entry = (await pool.acquire()).entry
         assert entry is not None
         picks.append(entry.id)
         await pool.release(entry, Event.OK)
     assert picks == [1, 2, 3, 1, 2, 3], picks
-    assert (await pool.acquire([1, 2])).id == 3, "exclusions are skipped"  # type: ignore[union-attr]
-    assert await pool.acquire([1, 2, 3]) is None
+    assert (await pool.acquire([1, 2])).entry.id == 3, "tried keys are avoided"  # type: ignore[union-attr]
+    assert (await pool.acquire([1, 2, 3])).entry.id == 1, "unless only they are left"  # type: ignore[union-attr]
     assert await pool.ready_in([1, 2, 3]) is None, "only disabled and invalid keys left"
 
     # cooling until a time (exact: now passed in), back by itself
@@ -159,7 +152,7 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
     t = T0 + 10
     firsts = [(await state.run(PICK, keys, pick(t, 1)))[0] for _ in range(4)]
     assert firsts.count(b"2") == 2 and firsts.count(b"3") == 1, firsts  # 3 holds its one lease
-    assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"", "both at their own limits"
+    assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"1", "both at their limits: 1 it is"
     await state.run(RELEASE_KEY, keys, [*rel(3, "ok", t)[:5], "L", *rel(3, "ok", t)[6:]])
     assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"3", "lease released: 3 usable again"
     assert (await state.run(PICK, keys, pick(t + 60, 1, 3)))[0] == b"2", "the rpm window moved on"
@@ -167,13 +160,130 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
 
 async def test_pool_wide_429_guard_pauses_the_provider_and_keeps_keys(state: SharedState) -> None:
     pool = pool_of(state, n=3, cooldown_s=30)
-    entries = [await pool.acquire() for _ in range(3)]
+    entries = [(await pool.acquire()).entry for _ in range(3)]
     pauses = [await pool.release(e, Event.RATE_LIMITED, None, "429") for e in entries if e]
     assert pauses[:2] == [None, None] and pauses[2] is not None
     assert 4 < pauses[2] - time.time() <= 5.01, "a provider cooldown, not the keys' fault"
     assert [e.status for e in pool.entries.values()] == ["active"] * 3
     res = await state.run(ADMIT, adm_keys("t"), ["", 1, 1, 0, "", 15])
     assert res[0] == 0 and 4 < float(res[1]) <= 5.01, "every instance's admission waits"
+
+
+# --- TLS: rediss:// with a private CA --------------------------------------------------------
+
+
+def _tls_files(out: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1: (ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keygate test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "ca.pem", out / "server.pem", out / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """redis-server on a TLS port only, its certificate signed by a private CA: (port, ca)."""
+    ca, cert, key = _tls_files(tmp_path / "tls")
+    port = free_port()
+    log_path = tmp_path / "redis-tls.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(redis_bin()),
+                *("--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+                *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+                *("--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"),
+                *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and "Ready to accept" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.02)
+        assert proc.poll() is None, f"redis-server without TLS support? {log_path.read_text()}"
+        yield port, ca
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_rediss_with_a_private_ca_for_pipeline_and_pubsub(
+    tls_redis: tuple[int, Path],
+) -> None:
+    """One URL parse for both connections: the pipelined one (every decision) and pub/sub."""
+    port, ca = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}&timeout_s=2"
+    heard = asyncio.Event()
+
+    async def on_change() -> None:
+        heard.set()
+
+    a, b = SharedState(url), SharedState(url)
+    cfg = ProviderConfig(name="tls", base_url="http://x", rps=1, burst=2, max_conn=0)
+    adm = a.admission(Limits(1, 2, 0, 10, 5), cfg)
+    try:
+        await a.start(on_change)
+        await b.start()
+        assert a.up and b.up, (a.reason, b.reason)
+        for _ in range(2):
+            await (await adm.acquire()).release()
+        assert a.up, a.reason
+        refused = await b.run(ADMIT, adm_keys("tls"), ["", 1, 2, 0, "", 15])
+        assert refused[0] == 0, "both tokens were taken in Redis, over TLS"
+        b.announce("keys")  # an admin change made through the other instance
+        async with asyncio.timeout(5):
+            await heard.wait()
+    finally:
+        await a.close()
+        await b.close()
 
 
 # --- the fallback ---------------------------------------------------------------------------
@@ -189,7 +299,7 @@ async def test_redis_that_hangs_or_dies_never_blocks_a_request(redis_server: Red
         os.kill(redis_server.proc.pid, signal.SIGSTOP)  # Redis stops answering
         t = time.perf_counter()
         slot = await adm.acquire()
-        entry = await pool.acquire()
+        entry = (await pool.acquire()).entry
         took = time.perf_counter() - t
         assert entry is not None and took < 0.6, f"served locally after the timeout ({took:.3f}s)"
         assert st.info()["state"] == "local-fallback" and "0.3" in st.info()["state_reason"]
@@ -233,7 +343,7 @@ async def test_added_latency_per_decision_local_vs_redis(redis_server: RedisServ
 
     async def one(adm: Any, pool: Any) -> None:
         slot = await adm.acquire()
-        entry = await pool.acquire(())
+        entry = (await pool.acquire(())).entry
         await pool.release(entry, Event.OK)
         await slot.release()
 

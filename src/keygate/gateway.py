@@ -20,10 +20,10 @@ from typing import Any
 
 import aiohttp
 
-from keygate.control.admission import LocalAdmission
-from keygate.control.base import Limits
-from keygate.control.keypool import KeyEntry, LocalKeyPool
-from keygate.control.shared import SharedState
+from keygate.control.base import Admission, KeyPool, Limits
+from keygate.control.keypool import KeyEntry
+from keygate.control.local import LocalAdmission, LocalKeyPool
+from keygate.control.redis import SharedState
 from keygate.observe import ProviderStats, RequestRecord, access_log, log
 from keygate.probe import probe
 from keygate.proxy.forward import SKIP_AUTO_HEADERS
@@ -72,8 +72,8 @@ class ProviderRuntime:
         self.anthropic = cfg.key_style == "x-api-key"
         # The form is chosen once: shared (Redis) when configured, its local fallback underneath.
         if shared is None:
-            self.admission: LocalAdmission = LocalAdmission(self.limits(fleet_size))
-            self.pool: LocalKeyPool = LocalKeyPool(cfg)
+            self.admission: Admission = LocalAdmission(self.limits(fleet_size))
+            self.pool: KeyPool = LocalKeyPool(cfg)
         else:
             self.admission = shared.admission(self.limits(fleet_size), cfg)
             self.pool = shared.pool(cfg)

@@ -1,15 +1,19 @@
-"""The state interface: what the request path asks of traffic control, in local or shared form.
+"""The traffic-control interface: what the request path asks of admission and of a key pool.
 
 The request path sees only these shapes. `control.local` implements them in process memory;
-`control.shared` (Redis) implements the same so many instances share one set of limits. The
-form is picked once at start-up.
+`control.redis` implements the same on Redis, so many instances share one set of limits and key
+health, and holds a local form as its fallback. The form is picked once at start-up.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from keygate.control.keypool import KeyEntry
 
 
 class Rejected(Exception):
@@ -33,9 +37,6 @@ class Event(enum.Enum):
     CANCELLED = "cancelled"  # client left: no judgement
 
 
-KEY_STATES = ("active", "cooling", "invalid", "exhausted", "disabled")
-
-
 @dataclass(frozen=True, slots=True)
 class Limits:
     rps: float
@@ -45,7 +46,20 @@ class Limits:
     queue_timeout_s: float
 
 
+class Pick(NamedTuple):
+    """A key pool's answer: a key to use now, or how long until one is usable.
+
+    `wait` is seconds when `entry` is None (0 never: then there is a key); None means no key
+    becomes usable by itself (all invalid or disabled: an admin or a re-check must act).
+    A tuple: made on every request, so as cheap as Python makes an object."""
+
+    entry: KeyEntry | None
+    wait: float | None = 0.0
+
+
 class Slot(Protocol):
+    queued: bool  # it waited in the queue (its client may have left meanwhile)
+
     async def release(self) -> None:
         """Give the slot back; idempotent, called on every exit path."""
 
@@ -62,3 +76,37 @@ class Admission(Protocol):
         """Hold every admission until wall-clock `until` (the pool-wide 429 guard)."""
 
     def snapshot(self) -> dict[str, float]: ...
+
+
+class KeyPool(Protocol):
+    """The keys of one provider: round-robin pick, per-key limits, health from each try."""
+
+    entries: dict[int, KeyEntry]
+    touched: set[int]  # keys used since the last counter flush
+    changed: set[int]  # keys whose health changed since the last flush
+
+    async def acquire(self, avoid: Iterable[int] = ()) -> Pick:
+        """The next usable key, one not in `avoid` if any is usable, else one of those; when
+        none is usable, how long until one is. One decision (one Redis round trip)."""
+
+    async def release(
+        self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
+    ) -> float | None:
+        """Record how a try went; a wall-clock time to pause the provider until when the
+        pool-wide 429 guard fires."""
+
+    async def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
+        """Seconds until a key not in `exclude` is usable (0: now), without taking one."""
+
+    def add(self, entry: KeyEntry) -> None: ...
+
+    def remove(self, key_id: int) -> KeyEntry | None: ...
+
+    def set_status(
+        self, key_id: int, status: str, until: float = 0.0, error: str | None = None
+    ) -> KeyEntry | None:
+        """Admin or store sync: put a key in a state directly."""
+
+    def due_for_recheck(self) -> list[KeyEntry]: ...
+
+    def counts(self) -> dict[str, int]: ...

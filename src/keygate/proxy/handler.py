@@ -297,9 +297,9 @@ async def forward(
                 # It waited: if its client left meanwhile, find out before anything goes upstream.
                 ex.watch()
                 await asyncio.sleep(0)
-            held = await pool.acquire(tried)
-            if held is None and tried:
-                held = await pool.acquire(())  # the only usable key is one we tried: use it again
+            # one pick: a key not tried yet, else one we tried, else how long until one is usable
+            pick = await pool.acquire(tried)
+            held = pick.entry
             if held is None:
                 break
             entry = ex.entry = held
@@ -418,7 +418,7 @@ async def forward(
         if retried:
             last_error.retry = False  # keygate already retried on another try
         raise last_error
-    ready = await pool.ready_in(())
+    ready = pick.wait
     if ready is None:
         raise GatewayError(
             503,

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from keygate.control.base import Limits, Rejected
-from keygate.control.bucket import TokenBucket
+from keygate.control.local.bucket import TokenBucket
 
 
 class LocalSlot:
@@ -25,11 +25,6 @@ class LocalSlot:
         self.queued = queued  # it waited in the queue (its client may have left meanwhile)
 
     async def release(self) -> None:
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner._release()
-
-    def release_now(self) -> None:
         owner, self._owner = self._owner, None
         if owner is not None:
             owner._release()
@@ -140,9 +135,33 @@ class LocalAdmission:
         if self._waiters:
             self._pump()
 
+    # --- a holder's view (the Redis form counts its grants here too) ----------------------
+    def count_in(self) -> None:
+        """A slot granted elsewhere (by Redis) that this process holds."""
+        self._in_flight += 1
+        self.admitted += 1
+
+    def count_out(self) -> None:
+        """That slot given back; local waiters (in fallback) may go."""
+        self._release()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - self._clock())
+
+    def estimate_wait(self, waiting: int, rps: float) -> float:
+        """Retry-After for a rejection with `waiting` ahead, at `rps`."""
+        return max(1.0, (waiting + 1) / rps) if rps > 0 else 1.0
+
     def _estimate_wait(self) -> float:
-        rps = self._limits.rps
-        return max(1.0, (self._waiting + 1) / rps) if rps > 0 else 1.0
+        return self.estimate_wait(self._waiting, self._limits.rps)
 
     def snapshot(self) -> dict[str, float]:
         now = self._clock()

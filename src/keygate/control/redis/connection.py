@@ -1,0 +1,235 @@
+"""The Redis connection: one URL parse for every socket, and the pipelined hot-path connection.
+
+`RedisTarget.parse` reads `KEYGATE_REDIS_URL` with redis-py's own parser, so the pipelined
+connection and the pub/sub client (redis-py) connect with the same host, credentials, database
+and TLS settings (`rediss://…?ssl_ca_certs=…` included); keygate's own options ride in the same
+query string (`?lease_s=15&timeout_s=0.5`).
+
+`RespPipe` is one pipelined connection: a command is written the moment it is issued (one write
+per loop iteration) and answers, parsed by hiredis, come back in order, so concurrent decisions
+share one socket and a release is always applied before any later admission of this instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+
+from keygate.observe import log
+from keygate.settings import ConfigError
+from keygate.urls import mask_url
+
+DEFAULT_LEASE_S = 15.0
+DEFAULT_TIMEOUT_S = 0.5
+
+
+class RedisDown(Exception):
+    """Redis did not answer (in time): the caller serves this decision locally."""
+
+
+class ReplyError(Exception):
+    """An error reply from Redis (`-ERR ...`)."""
+
+
+Callback = Callable[[Any], None]
+_NOT_YET = object()  # hiredis: no whole reply buffered yet
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is and how to reach it, parsed once."""
+
+    display_url: str  # password masked
+    kwargs: dict[str, Any]  # redis-py connection arguments, `connection_class` included
+    lease_s: float
+    timeout_s: float
+
+    @classmethod
+    def parse(cls, url: str) -> RedisTarget:
+        from redis.asyncio.connection import parse_url
+
+        scheme = url.split(":", 1)[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"KEYGATE_REDIS_URL must start with redis://, rediss:// or unix://, got {scheme!r}"
+            )
+        try:
+            kwargs = parse_url(url)
+            lease_s = float(kwargs.pop("lease_s", DEFAULT_LEASE_S))
+            timeout_s = float(kwargs.pop("timeout_s", DEFAULT_TIMEOUT_S))
+        except ValueError as exc:
+            raise ConfigError(f"environment variable KEYGATE_REDIS_URL: {exc}") from None
+        if not (lease_s > 0 and timeout_s > 0):
+            raise ConfigError(
+                "environment variable KEYGATE_REDIS_URL: lease_s and timeout_s must be > 0"
+            )
+        display = mask_url(url).partition("?")[0]  # keygate's options are noise here
+        target = cls(display, kwargs, lease_s, timeout_s)
+        try:
+            target.connection()
+        except TypeError as exc:  # an option redis-py does not know
+            raise ConfigError(f"environment variable KEYGATE_REDIS_URL: {exc}") from None
+        return target
+
+    def connection(self) -> Any:
+        """redis-py's connection object for this URL (never connected here): its fields and
+        its TLS context are what our pipelined connection uses too."""
+        kwargs = dict(self.kwargs)
+        connection_class = kwargs.pop("connection_class", None)
+        if connection_class is None:
+            from redis.asyncio.connection import Connection as connection_class
+        return connection_class(**kwargs)
+
+    def client(self) -> Any:
+        """A redis-py client (pub/sub) on the same settings."""
+        from redis.asyncio import ConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        pool = ConnectionPool(
+            **self.kwargs,
+            socket_connect_timeout=self.timeout_s,
+            socket_timeout=self.timeout_s,
+        )
+        return Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+def pack(args: Sequence[Any]) -> bytes:
+    """One command in RESP; numbers as their shortest exact text (`repr` of a float)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if a.__class__ is bytes else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _safely(cb: Callback, value: Any) -> None:
+    """Run an answer's callback; its failure is logged, never taken out on the connection."""
+    try:
+        cb(value)
+    except Exception as exc:
+        log.error("shared state: callback failed: %r", exc)
+
+
+class RespPipe(asyncio.Protocol):
+    """One pipelined Redis connection: each command is written when issued, answers are matched
+    in order. A caller that gives up (cancelled) leaves its answer to an `orphan` callback, so a
+    grant nobody takes is handed back instead of leaking until its lease expires."""
+
+    def __init__(self, on_lost: Callable[[RespPipe, str], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_NOT_YET)
+        self._pending: deque[tuple[asyncio.Future[Any] | None, float, Callback | None]] = deque()
+        self._out: list[bytes] = []  # commands issued in this loop iteration: one write
+        self._on_lost = on_lost
+        self.closed = False
+
+    async def open(self, target: RedisTarget) -> None:
+        conn = target.connection()
+        path = getattr(conn, "path", "")
+        if path:
+            await self._loop.create_unix_connection(lambda: self, path)
+        else:
+            ctx: ssl.SSLContext | None = None
+            if getattr(conn, "ssl_context", None) is not None:
+                ctx = conn.ssl_context.get()  # redis-py's context: ssl_ca_certs and the rest
+            await self._loop.create_connection(lambda: self, conn.host, conn.port, ssl=ctx)
+        if conn.password:
+            auth = (
+                ["AUTH", conn.username, conn.password] if conn.username else ["AUTH", conn.password]
+            )
+            await self.call(auth)
+        if conn.db:
+            await self.call(["SELECT", conn.db])
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"connection lost ({exc})" if exc else "connection closed by Redis"
+        already = self.closed
+        self._shut(reason)
+        if not already:
+            self._on_lost(self, reason)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        pending = self._pending
+        try:
+            reader.feed(data)
+            while True:
+                value = reader.gets()
+                if value is _NOT_YET:
+                    break
+                fut, _, cb = pending.popleft()
+                if fut is None:
+                    if cb is not None:
+                        _safely(cb, value)
+                elif fut.cancelled():
+                    if cb is not None and not isinstance(value, ReplyError):
+                        _safely(cb, value)
+                elif isinstance(value, ReplyError):
+                    fut.set_exception(value)
+                else:
+                    fut.set_result(value)
+        except Exception as exc:  # a protocol error (or our bug): never trust this socket again
+            log.error("shared state: bad reply from Redis (%s: %s)", type(exc).__name__, exc)
+            self.close(f"bad reply: {exc}")
+            self._on_lost(self, f"bad reply: {exc}")
+
+    # API
+    def _write(self, data: bytes) -> None:
+        if self._transport is None or self.closed:
+            raise RedisDown("not connected")
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._transport is not None and not self.closed and out:
+            self._transport.write(b"".join(out))
+
+    def send(self, args: Sequence[Any], cb: Callback | None = None) -> None:
+        """Fire and forget: `cb` gets the answer (or the exception) later."""
+        self._write(pack(args))
+        self._pending.append((None, self._loop.time(), cb))
+
+    def call(self, args: Sequence[Any], orphan: Callback | None = None) -> asyncio.Future[Any]:
+        """Sent in order with every other command; the future resolves with the answer
+        (raises ReplyError/RedisDown)."""
+        self._write(pack(args))
+        fut = self._loop.create_future()
+        self._pending.append((fut, self._loop.time(), orphan))
+        return fut
+
+    def oldest_age(self) -> float:
+        return self._loop.time() - self._pending[0][1] if self._pending else 0.0
+
+    def close(self, reason: str = "closed") -> None:
+        if self._transport is not None and not self.closed:
+            self._flush()
+            self._transport.close()  # buffered writes (releases) still go out
+        self._shut(reason)
+
+    def _shut(self, reason: str) -> None:
+        self.closed = True
+        pending, self._pending = self._pending, deque()
+        err = RedisDown(reason)
+        for fut, _, cb in pending:
+            if fut is None:
+                if cb is not None:
+                    with contextlib.suppress(Exception):
+                        cb(err)
+            elif not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # retrieved: callers may be gone

@@ -1,0 +1,42 @@
+"""The Lua scripts of the Redis form, as `.lua` files next to this loader.
+
+Each script is sent as the prelude (the clock), then the pool helpers for the key-pool scripts,
+then its own file; its SHA1 is what EVALSHA names."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib.resources import files
+
+
+def _text(name: str) -> str:
+    return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    src: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.src.encode()).hexdigest())
+
+
+def load(name: str, pool: bool = False) -> Script:
+    parts = ["prelude", "pool", name] if pool else ["prelude", name]
+    return Script(name, "\n".join(_text(p) for p in parts))
+
+
+ADMIT = load("admit")
+RELEASE_SLOT = load("release_slot")
+RENEW = load("renew")
+CLEAN = load("clean")
+PAUSE = load("pause")
+PICK = load("pick", pool=True)
+RELEASE_KEY = load("release_key", pool=True)
+SET = load("set", pool=True)
+SYNC = load("sync", pool=True)
+REMOVE = load("remove", pool=True)
+SCRIPTS = (ADMIT, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE)

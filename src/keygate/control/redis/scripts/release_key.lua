@@ -1,0 +1,71 @@
+-- KEYS: pool keys. ARGV: now, prefix, id, event (ok|rl|inv|exh|none), until, lease id,
+-- cooldown_s, exhausted_cooldown_s, recheck_interval_s, channel, provider, error, window.
+-- -> {''} | {'state', status, until, strikes} | {'guard', pause, '', restored ids...}
+local now = now_s()
+local prefix, id, ev = ARGV[2], ARGV[3], ARGV[4]
+local untl = tonumber(ARGV[5])
+if ARGV[6] ~= '' then redis.call('ZREM', prefix .. 'c:' .. id, ARGV[6]) end
+if ev == 'ok' then
+  redis.call('HDEL', STRIKES, id)
+  redis.call('HSET', GUARD, 'ok', now)
+  redis.call('PEXPIRE', GUARD, 3600000)
+  return {''}
+end
+local channel, provider, err = ARGV[10], ARGV[11], ARGV[12]
+if ev == 'rl' then
+  local window = tonumber(ARGV[13])
+  redis.call('ZADD', G429, now, id)
+  local last_ok = tonumber(redis.call('HGET', GUARD, 'ok') or '0') or 0
+  redis.call('ZREMRANGEBYSCORE', G429, '-inf', '(' .. fmt(math.max(now - window, last_ok)))
+  redis.call('PEXPIRE', G429, math.ceil(window * 1000) + 1000)
+  local eligible = redis.call('HLEN', ST)
+  if eligible >= 2 and redis.call('ZCARD', G429) >= math.min(3, eligible) then
+    -- every recent try across several keys was refused: the provider is saturated, not
+    -- these keys. Pause the provider for the whole fleet; keep the keys active.
+    local ids = redis.call('ZRANGE', G429, 0, -1)
+    redis.call('DEL', G429)
+    local out = {'guard', '', ''}
+    for _, k in ipairs(ids) do
+      local v = redis.call('HGET', ST, k)
+      if v and code_of(v) == 'c' then
+        place(k, 'a', 0)
+        table.insert(out, k)
+      end
+    end
+    local pause = now + math.min(tonumber(ARGV[7]), 5)
+    if untl and untl > now then pause = untl end
+    local cur = tonumber(redis.call('HGET', ADM, 'pause') or '0') or 0
+    if pause > cur then
+      redis.call('HSET', ADM, 'pause', pause)
+      redis.call('PEXPIRE', ADM, 3600000)
+    end
+    out[2] = fmt(pause)
+    local restored = {}
+    for i = 4, #out do restored[#restored + 1] = tonumber(out[i]) end
+    redis.call('PUBLISH', channel, cjson.encode({t = 'guard', p = provider, pause = fmt(pause),
+      ids = restored}))
+    return out
+  end
+  if redis.call('HGET', ST, id) ~= 'a' then
+    redis.call('PUBLISH', channel, cjson.encode({t = '429', p = provider}))
+    return {''}
+  end
+  local strikes = redis.call('HINCRBY', STRIKES, id, 1)
+  if not untl or untl <= now then
+    untl = now + tonumber(ARGV[7]) * 2 ^ math.min(strikes - 1, 4)
+  end
+  place(id, 'c', untl)
+  announce(channel, provider, id, 'c', untl, err, strikes)
+  return {'state', 'cooling', fmt(untl), tostring(strikes)}
+end
+if ev == 'inv' or ev == 'exh' then
+  local v = redis.call('HGET', ST, id)
+  if not v or v == 'd' then return {''} end
+  local code, hold = 'i', tonumber(ARGV[9])
+  if ev == 'exh' then code, hold = 'x', tonumber(ARGV[8]) end
+  untl = now + hold
+  place(id, code, untl)
+  announce(channel, provider, id, code, untl, err, nil)
+  return {'state', NAMES[code], fmt(untl), '0'}
+end
+return {''}

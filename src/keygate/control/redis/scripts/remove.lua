@@ -1,0 +1,12 @@
+-- KEYS: pool keys. ARGV: now, prefix, ids... (the ring drops them lazily)
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  redis.call('HDEL', ST, id)
+  redis.call('HDEL', LIM, id)
+  redis.call('HDEL', STRIKES, id)
+  redis.call('ZREM', COOL, id)
+  redis.call('ZREM', HOLD, id)
+  redis.call('ZREM', G429, id)
+  redis.call('DEL', ARGV[2] .. 'c:' .. id, ARGV[2] .. 'r:' .. id)
+end
+return #ARGV - 2

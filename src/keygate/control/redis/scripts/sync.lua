@@ -1,0 +1,32 @@
+-- KEYS: pool keys. ARGV: now, channel, provider, then (id, code, until, rpm, max_conn)...
+-- Registers keys; Redis's health wins (it is fresher than the store), except that `disabled`
+-- is the admin's: the store's word on it wins both ways. -> the state of each key after.
+local now = now_s()
+local out = {}
+for i = 4, #ARGV, 5 do
+  local id, code, untl = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0
+  local rpm, mc = tonumber(ARGV[i + 3]) or 0, tonumber(ARGV[i + 4]) or 0
+  if code == 'c' and untl <= now then code = 'a' end
+  local cur = redis.call('HGET', ST, id)
+  local target = nil
+  if not cur then
+    target = code
+  elseif code == 'd' and cur ~= 'd' then
+    target = 'd'
+  elseif cur == 'd' and code ~= 'd' then
+    target = code
+  end
+  if target then
+    place(id, target, untl)
+    if cur then announce(ARGV[2], ARGV[3], id, target, untl, '', nil) end
+  elseif cur == 'a' and redis.call('SADD', INRING, id) == 1 then
+    redis.call('RPUSH', RING, id)
+  end
+  if rpm > 0 or mc > 0 then
+    redis.call('HSET', LIM, id, rpm .. ':' .. mc)
+  else
+    redis.call('HDEL', LIM, id)
+  end
+  out[#out + 1] = redis.call('HGET', ST, id)
+end
+return out

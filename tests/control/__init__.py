@@ -1,0 +1,1 @@
+"""Traffic-control contract tests (a package, so its conftest does not shadow tests/conftest.py)."""
