@@ -408,3 +408,15 @@ def test_login_refreshes_nothing_for_bearer_and_logout_clears(gateway_factory: A
         assert r.status_code == 200 and r.headers.get_list("set-cookie") == [
             "keygate_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
         ]
+
+
+def test_trusted_proxies_setting() -> None:
+    from keygate.settings import ConfigError, load_settings
+
+    s = load_settings({"KEYGATE_TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.0/8 ,::1,fd00::/8"})
+    assert s.trusted_proxies == ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]
+    assert load_settings({}).trusted_proxies == []
+    with pytest.raises(ConfigError, match=r"KEYGATE_TRUSTED_PROXIES.*'nginx'"):
+        load_settings({"KEYGATE_TRUSTED_PROXIES": "127.0.0.1,nginx"})
+    with pytest.raises(ConfigError, match="KEYGATE_SESSION_IDLE_S"):
+        load_settings({"KEYGATE_SESSION_IDLE_S": "0"})

@@ -91,9 +91,14 @@ class FailureThrottle:
         `X-Forwarded-For` hop that is not itself trusted (everything left of it is whatever the
         client chose to write)."""
         client = scope.get("client")
-        peer = parse_address(str(client[0])) if client else None
+        if not client:
+            return "?"
+        host = str(client[0])
+        if not self.trusted and ":" not in host:
+            return host  # the common case: an IPv4 peer, as the server wrote it
+        peer = parse_address(host)
         if peer is None:
-            return str(client[0]) if client else "?"
+            return host
         if not self._is_trusted(peer):
             return bucket_name(peer)
         hops: list[str] = []
