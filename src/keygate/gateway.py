@@ -30,6 +30,7 @@ from keygate.proxy.forward import SKIP_AUTO_HEADERS
 from keygate.settings import TUNABLE, ProviderConfig, Settings, coerce_field
 from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
+from keygate.throttle import FailureThrottle
 
 CHANGE_POLL_S = 1.0
 # Settings a reload leaves alone: they come from the environment or the command line, which a
@@ -54,6 +55,10 @@ RESTART_ONLY = frozenset(
         "log_level",
         "log_format",
         "drain_s",
+        "auth_failures_per_min",
+        "auth_failures_global_per_min",
+        "trusted_proxies",
+        "session_idle_s",
         "providers",
     }
 )
@@ -136,6 +141,7 @@ class Gateway:
         self.settings = settings
         self.default_provider = settings.default_provider
         self.passwords = [p.encode() for p in settings.access_passwords]
+        self.throttle = FailureThrottle.from_settings(settings)  # wrong passwords, proxy and admin
         self.shared = (
             SharedState(settings.redis_url, settings.fleet_size) if settings.redis_url else None
         )

@@ -418,6 +418,40 @@ async def test_meta(store: Store) -> None:
     assert await store.get_meta("default_model") == ""
 
 
+# admin sessions
+
+
+async def test_session_revocations_are_shared_and_pruned(
+    open_store: OpenStore, db_location: str
+) -> None:
+    server = await open_store()
+    other = await open_store()  # a second instance on the same database
+    now = time.time()
+    assert not await server.session_revoked("s-1")
+    await server.revoke_session("s-1", now + 3600)
+    await server.revoke_session("s-1", now + 60)  # revoking again never shortens it
+    assert await server.session_revoked("s-1")
+    assert await other.session_revoked("s-1")
+    assert not await other.session_revoked("s-2")
+    # One that has expired counts as not revoked (the session itself is dead by then), and the
+    # next revocation prunes it.
+    await other.revoke_session("s-old", now - 1)
+    assert not await server.session_revoked("s-old")
+    await other.revoke_session("s-2", now + 3600)
+    await server.close()
+    reopened = await open_store()
+    assert await reopened.session_revoked("s-1") and await reopened.session_revoked("s-2")
+    for bad in ("", "x" * 65):
+        with pytest.raises(ValueError):
+            await reopened.revoke_session(bad, now + 60)
+    with pytest.raises(ValueError):
+        await reopened.revoke_session("s-3", float("inf"))
+    if sqlite_path(db_location):
+        with sqlite3.connect(sqlite_file(db_location)) as conn:
+            ids = {r[0] for r in conn.execute("SELECT session_id FROM revoked_sessions")}
+        assert ids == {"s-1", "s-2"}
+
+
 # change feed
 
 

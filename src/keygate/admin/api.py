@@ -9,6 +9,7 @@ Secrets only ever come in: every answer shows keys masked, error messages includ
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,13 +20,20 @@ from urllib.parse import parse_qsl
 import orjson
 
 from keygate import __version__
-from keygate.admin.auth import CSRF_HEADER, SESSION_COOKIE, SESSION_TTL_S, AdminAuth, read_cookie
+from keygate.admin.auth import (
+    CSRF_HEADER,
+    SCOPE_COOKIE,
+    SESSION_COOKIE,
+    AdminAuth,
+    read_cookie,
+    session_cookie,
+)
 from keygate.admin.openapi import OPENAPI
 from keygate.control.keypool import KeyEntry, mask
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import log
 from keygate.probe import run_key_test
-from keygate.proxy.errors import GatewayError
+from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.settings import BOUNDS
 from keygate.store.base import (
     KEY_STATUSES,
@@ -55,6 +63,7 @@ _ERROR_TYPES = {
     405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
     500: "server_error",
 }
 _JSON_HEADERS = [
@@ -224,6 +233,8 @@ class AdminAPI:
             body = orjson.dumps(reply.doc)
             headers = list(_JSON_HEADERS)
         headers.append((b"content-length", str(len(body)).encode()))
+        if SCOPE_COOKIE in scope:  # the session cookie slid forward (admin/auth.py)
+            headers.append((b"set-cookie", session_cookie(*scope[SCOPE_COOKIE], _is_https(scope))))
         await send(
             {
                 "type": "http.response.start",
@@ -245,8 +256,8 @@ class AdminAPI:
         return None, (), allowed
 
     async def _authorize(self, scope: dict[str, Any]) -> None:
-        """Bearer (slowed down after failures from one address, like the login form) or the
-        session cookie; a valid cookie without the CSRF header on a write is 403, not 401."""
+        """Bearer (a wrong one is charged to the failed-attempt throttle, like the login form) or
+        the session cookie; a valid cookie without the CSRF header on a write is 403, not 401."""
         bearer = False
         cookie: str | None = None
         csrf = False
@@ -258,14 +269,9 @@ class AdminAPI:
             elif name == CSRF_HEADER:
                 csrf = True
         if bearer:
-            client = _client(scope)
-            await self.auth.penalty(client)  # before the check, so aborting early gains nothing
-            ok = await self.auth.check(scope)
-            self.auth.note(client, ok)
-            if ok:
+            if await self.auth.check(scope):
                 return
-            log.warning("admin API: wrong admin credentials from %s", client)
-            raise _unauthorized("invalid admin credentials")
+            raise _refused(self.auth.failed(scope, "admin API"), "invalid admin credentials")
         if await self.auth.check(scope):
             return
         if (
@@ -285,26 +291,22 @@ class AdminAPI:
         password = doc.get("password")
         if not isinstance(password, str) or not password:
             raise bad("password", "required")
-        if not await self.auth.password_ok(req.scope, password):
-            log.warning("admin login: wrong password from %s", _client(req.scope))
-            raise _unauthorized("wrong admin password")
+        if not await self.auth.password_ok(password):
+            raise _refused(self.auth.failed(req.scope, "admin login"), "wrong admin password")
         token = await self.auth.new_session()
-        cookie = (
-            f"{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_TTL_S}"
-        )
-        if _is_https(req.scope):
-            cookie += "; Secure"
-        return Reply(200, {"ok": True}, [(b"set-cookie", cookie.encode())])
+        cookie = session_cookie(token, self.auth.max_age(token), _is_https(req.scope))
+        return Reply(200, {"ok": True}, [(b"set-cookie", cookie)])
 
     async def session_info(self, req: Request) -> Reply:
         return Reply(200, {"ok": True})
 
     async def logout(self, req: Request) -> Reply:
+        req.scope.pop(SCOPE_COOKIE, None)
         for name, value in req.scope["headers"]:
             if name == b"cookie":
                 token = read_cookie(value.decode("latin-1"), SESSION_COOKIE)
                 if token:
-                    self.auth.revoke(token)
+                    await self.auth.revoke(token)
         cookie = f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
         if _is_https(req.scope):
             cookie += "; Secure"
@@ -803,11 +805,6 @@ def _int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int 
     return value
 
 
-def _client(scope: dict[str, Any]) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "?"
-
-
 def _is_https(scope: dict[str, Any]) -> bool:
     if scope.get("scheme") == "https":
         return True
@@ -815,6 +812,18 @@ def _is_https(scope: dict[str, Any]) -> bool:
         name == b"x-forwarded-proto" and value.strip().lower() == b"https"
         for name, value in scope["headers"]
     )
+
+
+def _refused(wait: float, message: str) -> ApiError:
+    """A wrong admin password: 401, or 429 once the failed-attempt throttle says so."""
+    if wait > 0:
+        return ApiError(
+            429,
+            f"too many wrong admin passwords; retry in {math.ceil(wait)}s",
+            "too_many_attempts",
+            headers=retry_after_headers(wait),
+        )
+    return _unauthorized(message)
 
 
 def _unauthorized(message: str) -> ApiError:

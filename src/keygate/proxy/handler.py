@@ -19,7 +19,7 @@ import aiohttp
 from keygate.control.base import Event, Rejected
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import RequestRecord, access_log
-from keygate.proxy.auth import password_ok, presented_credential, split_key_param
+from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
 from keygate.proxy.classify import classify
 from keygate.proxy.errors import GatewayError, error_body, error_dialect, retry_after_headers
 from keygate.proxy.forward import (
@@ -217,7 +217,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         # one decoding of the query decides both the credential and what goes upstream
         query_key, query = split_key_param(scope["query_string"])
         if gw.passwords and not password_ok(presented_credential(headers, query_key), gw.passwords):
-            raise GatewayError(401, "invalid or missing gateway password", "invalid_api_key")
+            raise refused(gw, scope, query_key)
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
         cfg = rt.cfg
