@@ -27,37 +27,32 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from keygate.observe import setup_logging, uvicorn_log_config
+    from keygate.observe import setup_logging
+    from keygate.server import bind_or_explain, server_options
 
     settings = _settings(args)
-    settings.data_dir.mkdir(
-        parents=True, exist_ok=True
-    ) if settings.store_kind == "sqlite" else None
-    _check_store(settings)
-    _record_location(settings)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "http": "httptools",
-        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "lifespan": "on",
-        "access_log": False,
-        "log_level": "warning",
-        "timeout_graceful_shutdown": settings.drain_s,  # KEYGATE_DRAIN_S, see lifecycle.py
-        "server_header": False,
-        "proxy_headers": False,  # keygate is the edge; a middleware per request for nothing
-        "date_header": False,
-        **uvicorn_log_config(settings.log_format),
-    }
-    if settings.workers > 1:
-        from keygate.workers import run_workers
+    # Bind first: a busy port must stop here, before the store, the banner and the admin token.
+    sockets = bind_or_explain(settings)
+    if sockets is None:
+        return 1
+    try:
+        if settings.store_kind == "sqlite":
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _check_store(settings)
+        _record_location(settings)
+        options = server_options(settings)
+        if settings.workers > 1:
+            from keygate.workers import run_workers
 
-        return run_workers(settings, args, common)
-    from keygate.app import App
-    from keygate.lifecycle import serve
+            return run_workers(settings, args, options, sockets)
+        from keygate.app import App
+        from keygate.lifecycle import serve
 
-    setup_logging(settings.log_level, settings.log_format)
-    return serve(App(settings), common, settings.data_dir)
+        setup_logging(settings.log_level, settings.log_format)
+        return serve(App(settings), options, settings.data_dir, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _check_store(settings: Settings) -> None:

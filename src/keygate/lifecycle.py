@@ -176,8 +176,9 @@ def serve(
     sockets: list[Any] | None = None,
 ) -> int:
     """Run one server process until SIGTERM/SIGINT and its drain; the exit status."""
-    config = uvicorn.Config(app, **uvicorn_kwargs)
-    server = DrainingServer(config)
+    from keygate.server import make_config
+
+    server = DrainingServer(make_config(app, uvicorn_kwargs))
     with pid_file(data_dir):
         server.run(sockets=sockets)
     if not server.started:

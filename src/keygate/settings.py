@@ -194,6 +194,13 @@ class Settings:
     auth_failures_global_per_min: int = 100  # wrong passwords from everyone together
     trusted_proxies: list[str] = field(default_factory=list)  # believe X-Forwarded-For from these
     session_idle_s: int = 12 * 3600  # an admin session unused this long ends
+    # client connections (see keygate.server): nginx-like bounds on what a client may hold
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0
+    max_connections: int = 0  # 0: half the process's file limit
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
 
     @property
@@ -242,6 +249,13 @@ def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"environment variable {name}: must be a number, got {raw!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"environment variable {name}: must be a number ≥ 0, got {raw!r}")
+    return value
+
+
+def _env_timeout(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _env_seconds(env, name, default)
+    if value == 0:
+        raise ConfigError(f"environment variable {name}: must be > 0 seconds, got 0")
     return value
 
 
@@ -386,6 +400,12 @@ def load_settings(
     s.auth_failures_global_per_min = _env_int(env, "KEYGATE_AUTH_FAILURES_GLOBAL_PER_MIN", 100)
     s.trusted_proxies = _env_networks(env, "KEYGATE_TRUSTED_PROXIES")
     s.session_idle_s = _env_int(env, "KEYGATE_SESSION_IDLE_S", 12 * 3600, minimum=1)
+    s.max_request_line = _env_int(env, "KEYGATE_MAX_REQUEST_LINE", s.max_request_line, 256)
+    s.max_header_bytes = _env_int(env, "KEYGATE_MAX_HEADER_BYTES", s.max_header_bytes, 1024)
+    s.max_headers = _env_int(env, "KEYGATE_MAX_HEADERS", s.max_headers, minimum=8)
+    s.header_timeout_s = _env_timeout(env, "KEYGATE_HEADER_TIMEOUT_S", s.header_timeout_s)
+    s.idle_timeout_s = _env_timeout(env, "KEYGATE_IDLE_TIMEOUT_S", s.idle_timeout_s)
+    s.max_connections = _env_int(env, "KEYGATE_MAX_CONNECTIONS", 0)
 
     providers = {
         name: ProviderConfig(
