@@ -296,6 +296,17 @@ def test_connection_cap_refuses_extra_connections_and_logs_once(gateway_factory:
         time.sleep(0.05)
 
 
+def test_malformed_requests_log_one_line_not_one_each(gateway_factory: Any) -> None:
+    """Unauthenticated garbage is answered 400; the log says so once, not once per request."""
+    gw = gateway_factory(env=keys_env())
+    for i in range(30):
+        with connect(gw) as sock:
+            send_all(sock, b"GARBAGE\x01 /%d HTTP/9.9\r\n\r\n" % i)
+            assert status_of(read_response(sock)) == 400
+    assert chat_ok(gw) == 200
+    assert gw.log().count("Invalid HTTP request received.") == 1, gw.log()
+
+
 # ---------------------------------------------------------------- item 16: busy port
 
 

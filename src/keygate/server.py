@@ -104,6 +104,7 @@ class ThrottledLog:
 
 _cap_log = ThrottledLog("connections_capped")
 _head_log = ThrottledLog("head_refused")
+_invalid_log = ThrottledLog("invalid_request")  # unauthenticated junk must not flood the log
 
 
 class _HeadRefused(Exception):
@@ -219,7 +220,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._refuse(self._refusal)
         else:
             msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
+            _invalid_log.warning(msg)
             self.send_400_response(msg)
 
     # parser callbacks
