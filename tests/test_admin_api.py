@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness import wait_for, with_store
 from keygate.control.keypool import mask
 from keygate.testing.mock_upstream import MockUpstream
 
@@ -210,7 +211,7 @@ def test_disable_enable_and_patch(kg: Kg) -> None:
     assert kg.api("PATCH", "/api/keys/abc", json={"label": "x"}).status_code == 404
 
     # A key cooling after a 429 stays cooling when only its label changes, also after the
-    # gateway has caught up with the store's change feed (about a second).
+    # gateway has read that change back from the store's change feed.
     kg.mock.push(k1, status=429, headers={"Retry-After": "60"})
     for _ in range(4):  # until k1's turn comes: its 429 is retried on k2
         assert kg.used_key() == k2
@@ -218,7 +219,19 @@ def test_disable_enable_and_patch(kg: Kg) -> None:
             break
     assert kg.ok("GET", "/api/keys?status=cooling")["keys"][0]["id"] == id1
     assert kg.ok("PATCH", f"/api/keys/{id1}", json={"label": "cool"})["status"] == "cooling"
-    time.sleep(1.5)
+    # A later write straight to the store (as the CLI makes) shows when the gateway's feed has
+    # passed the label change: the feed applies changes in order, in one pass.
+    with_store(kg.gw, lambda store: store.update_key(id2, label="feed-mark"))
+
+    def labels_in_memory() -> dict[int, str]:  # a status filter is answered from memory
+        keys = kg.ok("GET", "/api/keys", params={"status": "active"})["keys"]
+        return {k["id"]: k["label"] for k in keys}
+
+    wait_for(
+        lambda: labels_in_memory().get(id2) == "feed-mark",
+        5,
+        "the gateway picked up a store write through its change feed",
+    )
     cooling = kg.ok("GET", "/api/keys", params={"status": "cooling"})["keys"]
     assert [(k["id"], k["label"]) for k in cooling] == [(id1, "cool")]
     assert cooling[0]["cooldown_until"] > time.time() + 30
@@ -602,7 +615,7 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
     kg = Kg(gateway_factory(env={"KV_FLUSH_INTERVAL_MS": "600000"}), mock)
     try:
         good, bad = kg.secret(), kg.secret("gsk")
-        kg.add(good)
+        good_id = kg.add(good)
         kg.add(bad, provider="groq")
         mock.set_behavior(bad, status=400)  # the client's fault: relayed, no retry
         for _ in range(3):
@@ -667,8 +680,17 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
         assert kg.ok("GET", "/api/requests") == {"requests": []}  # the ring is memory only
         assert kg.chat().status_code == 200
         check_stats(6, 4)
-        time.sleep(0.7)  # a few flushes later
-        check_stats(6, 4)
+
+        async def stored_ok(store: Any) -> int:
+            (rec,) = await store.get_keys([good_id])
+            return int(rec.ok)
+
+        wait_for(
+            lambda: with_store(kg.gw, stored_ok) == 4,
+            5,
+            "the new request's counters were flushed to the store",
+        )
+        check_stats(6, 4)  # counted once: flushed now, and not added a second time
         kg.assert_no_secrets()
     finally:
         kg.close()
