@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,17 +211,47 @@ def idle(gw: Gateway, provider: str) -> bool:
     return state["in_flight"] == 0 and state["queued"] == 0
 
 
+@asynccontextmanager
+async def _second_store(gw: Gateway) -> AsyncIterator[Store]:
+    location = gw.env.get("KEYGATE_DB") or f"sqlite:///{(gw.data_dir / 'keygate.db').resolve()}"
+    store = create_store(location, gw.env.get("KEYGATE_SECRET_KEY", ""))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def with_store(gw: Gateway, fn: Callable[[Store], Awaitable[T]]) -> T:
     """Run `fn` on a second connection to `gw`'s store, as the CLI or another instance would:
     a write made here reaches the gateway only through its change feed."""
 
     async def run() -> T:
-        location = gw.env.get("KEYGATE_DB") or f"sqlite:///{(gw.data_dir / 'keygate.db').resolve()}"
-        store = create_store(location, gw.env.get("KEYGATE_SECRET_KEY", ""))
-        await store.open()
-        try:
+        async with _second_store(gw) as store:
             return await fn(store)
-        finally:
-            await store.close()
 
     return asyncio.run(run())
+
+
+def wait_for_store(
+    gw: Gateway, predicate: Callable[[Store], Awaitable[object]], timeout: float, what: str
+) -> float:
+    """`wait_for` on what `gw`'s store holds, read over one second connection (opening one per
+    poll would compete with the gateway's own writes)."""
+
+    async def run() -> float:
+        async with _second_store(gw) as store:
+            return await wait_for_store_async(store, predicate, timeout, what)
+
+    return asyncio.run(run())
+
+
+async def wait_for_store_async(
+    store: Store, predicate: Callable[[Store], Awaitable[object]], timeout: float, what: str
+) -> float:
+    start = time.monotonic()
+    while not await predicate(store):
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start

@@ -650,6 +650,7 @@ def test_hanging_upstream_gives_504(client: httpx.Client, mock: MockUpstream) ->
     r = client.post("/claude/v1/messages", json={"model": "m", "messages": []})
     assert assert_gateway_error(r, 504, anthropic=True)["type"] == "timeout_error"
     # the gateway hung up on the upstream
+    assert len(mock.records()) == 2  # both reached it (an empty list would pass below)
     wait_for(
         lambda: all(rec.ended is not None for rec in mock.records()),
         1,
