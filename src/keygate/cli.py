@@ -113,13 +113,9 @@ def _run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace, rea
 
 def _apply_overrides(settings: Settings, overrides: dict[str, dict[str, Any]]) -> None:
     """Run-time provider settings from the store win over config and env, as in the server."""
-    for name, fields in overrides.items():
-        cfg = settings.providers.get(name)
-        if cfg is None:
-            continue
-        for key, value in fields.items():
-            if hasattr(cfg, key):
-                setattr(cfg, key, value)
+    from keygate.overrides import apply_stored
+
+    apply_stored(settings.providers, overrides, settings.allow_private_upstreams)
 
 
 def _check_provider(settings: Settings, name: str) -> None:

@@ -28,6 +28,7 @@ from keygate.admin.auth import (
     read_cookie,
     session_cookie,
 )
+from keygate.admin.credentials import AdminCredentials
 from keygate.admin.openapi import OPENAPI
 from keygate.control.keypool import KeyEntry, mask
 from keygate.gateway import Gateway, ProviderRuntime
@@ -170,9 +171,9 @@ class Route:
 class AdminAPI:
     """`AdminAPI(gateway)` is mounted by app.py for every path under /api."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, credentials: AdminCredentials) -> None:
         self.gw = gateway
-        self.auth = AdminAuth(gateway)
+        self.auth = AdminAuth(gateway, credentials)
         r = re.compile
         self.routes: list[Route] = [
             Route("POST", r(r"/api/session"), self.login, public=True),
