@@ -267,6 +267,7 @@ def send_reload(data_dir: Path) -> tuple[int, str]:
 
 async def reload_app(app: Any) -> None:
     """Re-read the config file and apply it to the running gateway; a bad file changes nothing."""
+    from keygate.reload import apply_settings
     from keygate.settings import ConfigError, load_settings
 
     settings = app.settings
@@ -281,7 +282,7 @@ async def reload_app(app: Any) -> None:
         )
         return
     try:
-        changes = await app.gateway.reload(new)
+        changes = await apply_settings(app.gateway, new)
     except Exception as exc:
         log.error(
             "reload failed part way: %s", exc, extra={"event": "reload_failed", "error": str(exc)}

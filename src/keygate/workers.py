@@ -91,14 +91,17 @@ def _split_line(settings: Settings, workers: int, user_fleet: int) -> str:
 
 async def prepare(settings: Settings, workers: int, user_fleet: int) -> str:
     """Initialise the store once (migrations, env keys, admin token); return the banner."""
+    from keygate.admin.credentials import AdminCredentials
     from keygate.gateway import Gateway
 
     gateway = Gateway(settings)
+    credentials = AdminCredentials(settings)
     await gateway.start()
     try:
+        await credentials.load(gateway.store)
         from keygate.app import banner
 
-        return banner(gateway, _split_line(settings, workers, user_fleet))
+        return banner(gateway, credentials, _split_line(settings, workers, user_fleet))
     finally:
         await gateway.stop()
 

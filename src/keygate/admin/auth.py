@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from keygate.admin.credentials import AdminCredentials
 from keygate.gateway import Gateway
 from keygate.observe import log
 from keygate.store.base import StoreError
@@ -42,8 +43,9 @@ class Session:
 
 
 class AdminAuth:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, credentials: AdminCredentials) -> None:
         self.gateway = gateway
+        self.credentials = credentials
         self.idle_s = gateway.settings.session_idle_s
         self._base: bytes | None = None
         self._keys: dict[str, bytes] = {}  # admin credential fingerprint -> MAC key
@@ -59,7 +61,7 @@ class AdminAuth:
             # With KEYGATE_SECRET_KEY set, a copy of the database alone cannot forge sessions.
             pepper = self.gateway.settings.secret_key.encode()
             self._base = hashlib.sha256(bytes.fromhex(value) + pepper).digest()
-        credential = self._credential_fingerprint()
+        credential = self.credentials.fingerprint()
         key = self._keys.get(credential)
         if key is None:
             key = hmac.new(
@@ -67,13 +69,6 @@ class AdminAuth:
             ).digest()
             self._keys = {credential: key}
         return key
-
-    def _credential_fingerprint(self) -> str:
-        """Changes whenever the admin credential does, and reveals nothing about it."""
-        password = self.gateway.settings.admin_password
-        if password:
-            return "password:" + hashlib.sha256(password.encode()).hexdigest()
-        return "token:" + hashlib.sha256(self.gateway.admin_token_hash.encode()).hexdigest()
 
     async def _mac(self, body: str) -> str:
         return hmac.new(await self._session_key(), body.encode(), hashlib.sha256).hexdigest()
@@ -156,7 +151,7 @@ class AdminAuth:
             elif name == CSRF_HEADER:
                 csrf = True
         if bearer is not None:
-            return self.gateway.admin_ok(bearer)
+            return self.credentials.ok(bearer)
         if not cookie:
             return False
         session = await self.session(cookie)
@@ -169,7 +164,7 @@ class AdminAuth:
 
     async def password_ok(self, password: str) -> bool:
         """The login form's check: constant time, like the Bearer one."""
-        return self.gateway.admin_ok(password.encode())
+        return self.credentials.ok(password.encode())
 
     def failed(self, scope: dict[str, Any], what: str) -> float:
         """Charge a wrong admin password to the throttle: 0.0 → answer 401, else 429 with that
