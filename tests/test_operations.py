@@ -177,8 +177,11 @@ def test_drain_time_is_bounded(gateway_factory, mock) -> None:
     assert "drain time (1 s) is over: cancelling 1 request(s)" in gw.log()
 
 
-def write_config(path: Path, rps: float, keys: list[str], extra: str = "") -> None:
-    cerebras = {"rps": rps, "burst": max(1, int(rps)), "max_conn": 0, "queue": 0}
+def write_config(path: Path, rps: float, keys: list[str], extra: str = "", queue: int = 0) -> None:
+    cerebras: dict[str, Any] = {"rps": rps, "burst": max(1, int(rps)), "max_conn": 0}
+    cerebras["queue"] = queue
+    if queue:
+        cerebras["queue_timeout_s"] = 2
     doc: dict[str, Any] = {"providers": {"cerebras": cerebras}}
     doc["providers"]["cerebras"]["keys"] = keys
     path.write_text(yaml.safe_dump(doc) + extra)
@@ -213,7 +216,10 @@ def test_reload_applies_new_limits_and_refuses_a_bad_file(
         # rps 1, burst 1, no queue: of 10 at once, one per limiter gets through
         assert ok_count(gw) <= workers
 
-        write_config(cfg, 500, [KEY, KEY2])
+        # a short queue: the bucket keeps the tokens it had (a reload grants no free burst), so
+        # requests right after it wait a few ms for the new rate's tokens; at rps 1 the 2 s
+        # queue timeout would let through at most 3 per limiter
+        write_config(cfg, 500, [KEY, KEY2], queue=20)
         mark = len(gw.log())
         gw.proc.send_signal(signal.SIGHUP)
         changes_line = r"reload: .* re-read, \d+ change"
