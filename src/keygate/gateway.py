@@ -24,12 +24,13 @@ from keygate.control.base import Admission, KeyPool, Limits
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalAdmission, LocalKeyPool
 from keygate.control.redis import SharedState
+from keygate.dialects import Dialect, dialect_for
 from keygate.observe import ProviderStats, RequestRecord, access_log, log
 from keygate.probe import probe
-from keygate.proxy.forward import SKIP_AUTO_HEADERS
 from keygate.settings import TUNABLE, ProviderConfig, Settings, coerce_field
 from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
+from keygate.upstream import create_session
 
 CHANGE_POLL_S = 1.0
 # Settings a reload leaves alone: they come from the environment or the command line, which a
@@ -63,13 +64,13 @@ RECHECK_POLL_S = 5.0
 class ProviderRuntime:
     """Everything the request path needs about one provider, prepared once."""
 
-    __slots__ = ("admission", "anthropic", "cfg", "pool", "stats", "timeout")
+    __slots__ = ("admission", "cfg", "dialect", "pool", "stats", "timeout")
 
     def __init__(
         self, cfg: ProviderConfig, fleet_size: int = 1, shared: SharedState | None = None
     ) -> None:
         self.cfg = cfg
-        self.anthropic = cfg.key_style == "x-api-key"
+        self.dialect: Dialect = dialect_for(cfg.key_style)  # resolved once, again on reload
         # The form is chosen once: shared (Redis) when configured, its local fallback underneath.
         if shared is None:
             self.admission: Admission = LocalAdmission(self.limits(fleet_size))
@@ -99,7 +100,7 @@ class ProviderRuntime:
     def reconfigure(self, fleet_size: int = 1) -> None:
         self.admission.configure(self.limits(fleet_size))
         self.timeout = self._timeout()
-        self.anthropic = self.cfg.key_style == "x-api-key"
+        self.dialect = dialect_for(self.cfg.key_style)
 
 
 def hash_token(token: str, salt: str | None = None) -> str:
@@ -177,13 +178,7 @@ class Gateway:
         await self._init_admin()
         if self.shared is not None:
             await self.shared.start(self.poll_changes)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # set once here: passed per request, aiohttp rebuilds the set every time
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-        )
+        self.session = create_session()
         self._spawn(self._poll_changes(), self._recheck_loop())
         self._spawn(self._flush_loop())
 

@@ -21,6 +21,7 @@ import orjson
 from keygate import __version__
 from keygate.admin.auth import CSRF_HEADER, SESSION_COOKIE, SESSION_TTL_S, AdminAuth, read_cookie
 from keygate.admin.openapi import OPENAPI
+from keygate.asgi import respond
 from keygate.control.keypool import KeyEntry, mask
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import log
@@ -224,14 +225,7 @@ class AdminAPI:
             body = orjson.dumps(reply.doc)
             headers = list(_JSON_HEADERS)
         headers.append((b"content-length", str(len(body)).encode()))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": reply.status,
-                "headers": headers + (reply.headers or []),
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, reply.status, headers + (reply.headers or []), body)
 
     def _match(self, method: str, path: str) -> tuple[Route | None, tuple[str, ...], list[str]]:
         allowed: list[str] = []
