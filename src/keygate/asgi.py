@@ -1,5 +1,6 @@
-"""Sending an answer over ASGI: the two messages every complete response is made of, written
-once for the proxy, the app's own pages and the admin UI and API."""
+"""Sending a whole answer over ASGI (head + body): keygate's own JSON and error answers, the
+app's pages, the admin UI and API. The proxy's relay of upstream answers sends its messages
+inline: it is the hot path, and a helper there costs a coroutine per request."""
 
 from __future__ import annotations
 
@@ -8,11 +9,6 @@ from typing import Any
 import orjson
 
 Header = tuple[bytes, bytes]
-
-
-async def start(send: Any, status: int, headers: list[Header]) -> None:
-    """The response head; the body follows in `http.response.body` messages."""
-    await send({"type": "http.response.start", "status": status, "headers": headers})
 
 
 async def respond(send: Any, status: int, headers: list[Header], body: bytes = b"") -> None:

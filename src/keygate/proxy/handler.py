@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from keygate.asgi import respond, start
+from keygate.asgi import respond
 from keygate.control.base import Event, Rejected
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
@@ -453,7 +453,9 @@ async def _relay_whole(
         headers.append((b"content-length", str(len(body)).encode()))
     ex.status = resp.status
     ex.finishing = True
-    await respond(send, resp.status, headers, body)
+    # the relayed answer is sent inline, not through `asgi.respond`: a coroutine per request
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
     return Event.OK
 
 
@@ -468,7 +470,7 @@ async def _relay_stream(
     """Chunks go on as they arrive; only a tail that may begin the key waits for the next."""
     dog = ex.dog
     assert dog is not None and ex.wire is not None
-    await start(send, resp.status, headers)
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     ex.status = resp.status
     content = resp.content
     usage = ex.usage
