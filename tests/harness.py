@@ -9,16 +9,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
 import yaml
 
 from keygate.providers import BUILTINS, env_names
+from keygate.store import Store, create_store
 from keygate.testing.mock_upstream import MockUpstream
+
+T = TypeVar("T")
 
 PASSWORD = "gw-test-password"
 ADMIN_PASSWORD = "admin-test-password"
@@ -170,3 +175,83 @@ async def fire(gw: Gateway, n: int, stream: bool = False) -> list[int]:
 
 def mock_env(mock: MockUpstream) -> dict[str, str]:
     return {env_names(name, "BASE_URL")[0]: mock.url for name in BUILTINS}
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll `predicate` until it holds, instead of sleeping for a guess; the seconds it took.
+    Fails naming `what` did not happen, so a timeout reads as the missing behaviour."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def wait_for_async(predicate: Callable[[], object], timeout: float, what: str) -> float:
+    """`wait_for` that lets the test's own event loop run between polls (its tasks progress)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def admission(gw: Gateway, provider: str) -> dict[str, Any]:
+    """`provider`'s admission state as the gateway reports it (in_flight, queued, paused_for_s)."""
+    r = httpx.get(gw.url + "/healthz", headers=gw.admin(), timeout=5)
+    assert r.status_code == 200, r.text
+    return dict(r.json()["providers"][provider])
+
+
+def idle(gw: Gateway, provider: str) -> bool:
+    """No request of `provider` holds a slot or waits for one."""
+    state = admission(gw, provider)
+    return state["in_flight"] == 0 and state["queued"] == 0
+
+
+@asynccontextmanager
+async def _second_store(gw: Gateway) -> AsyncIterator[Store]:
+    location = gw.env.get("KEYGATE_DB") or f"sqlite:///{(gw.data_dir / 'keygate.db').resolve()}"
+    store = create_store(location, gw.env.get("KEYGATE_SECRET_KEY", ""))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def with_store(gw: Gateway, fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `fn` on a second connection to `gw`'s store, as the CLI or another instance would:
+    a write made here reaches the gateway only through its change feed."""
+
+    async def run() -> T:
+        async with _second_store(gw) as store:
+            return await fn(store)
+
+    return asyncio.run(run())
+
+
+def wait_for_store(
+    gw: Gateway, predicate: Callable[[Store], Awaitable[object]], timeout: float, what: str
+) -> float:
+    """`wait_for` on what `gw`'s store holds, read over one second connection (opening one per
+    poll would compete with the gateway's own writes)."""
+
+    async def run() -> float:
+        async with _second_store(gw) as store:
+            return await wait_for_store_async(store, predicate, timeout, what)
+
+    return asyncio.run(run())
+
+
+async def wait_for_store_async(
+    store: Store, predicate: Callable[[Store], Awaitable[object]], timeout: float, what: str
+) -> float:
+    start = time.monotonic()
+    while not await predicate(store):
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start

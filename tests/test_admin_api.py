@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness import wait_for, wait_for_store, with_store
 from keygate.control.keypool import mask
 from keygate.testing.mock_upstream import MockUpstream
 
@@ -210,7 +211,7 @@ def test_disable_enable_and_patch(kg: Kg) -> None:
     assert kg.api("PATCH", "/api/keys/abc", json={"label": "x"}).status_code == 404
 
     # A key cooling after a 429 stays cooling when only its label changes, also after the
-    # gateway has caught up with the store's change feed (about a second).
+    # gateway has read that change back from the store's change feed.
     kg.mock.push(k1, status=429, headers={"Retry-After": "60"})
     for _ in range(4):  # until k1's turn comes: its 429 is retried on k2
         assert kg.used_key() == k2
@@ -218,7 +219,19 @@ def test_disable_enable_and_patch(kg: Kg) -> None:
             break
     assert kg.ok("GET", "/api/keys?status=cooling")["keys"][0]["id"] == id1
     assert kg.ok("PATCH", f"/api/keys/{id1}", json={"label": "cool"})["status"] == "cooling"
-    time.sleep(1.5)
+    # A later write straight to the store (as the CLI makes) shows when the gateway's feed has
+    # passed the label change: the feed applies changes in order, in one pass.
+    with_store(kg.gw, lambda store: store.update_key(id2, label="feed-mark"))
+
+    def labels_in_memory() -> dict[int, str]:  # a status filter is answered from memory
+        keys = kg.ok("GET", "/api/keys", params={"status": "active"})["keys"]
+        return {k["id"]: k["label"] for k in keys}
+
+    wait_for(
+        lambda: labels_in_memory().get(id2) == "feed-mark",
+        5,
+        "the gateway picked up a store write through its change feed",
+    )
     cooling = kg.ok("GET", "/api/keys", params={"status": "cooling"})["keys"]
     assert [(k["id"], k["label"]) for k in cooling] == [(id1, "cool")]
     assert cooling[0]["cooldown_until"] > time.time() + 30
@@ -347,9 +360,13 @@ def test_key_test_against_upstream(kg: Kg) -> None:
     good_id, bad_id = kg.add(good), kg.add(bad)
     kg.mock.set_behavior(bad, status=401)
 
+    asked = time.monotonic()
     result = kg.ok("POST", f"/api/keys/{good_id}/test")
+    took_ms = (time.monotonic() - asked) * 1000
     assert result["ok"] is True and result["status"] == 200 and result["id"] == good_id
-    assert result["latency_ms"] >= 0 and result["key"]["status"] == "active"
+    # a real round trip to the upstream, inside the time the admin call took
+    assert 0 < result["latency_ms"] <= took_ms + 1, (result["latency_ms"], took_ms)
+    assert result["key"]["status"] == "active"
     probe = kg.mock.records()[-1]
     assert probe.key == good and probe.path.endswith("/models")
 
@@ -504,7 +521,6 @@ def test_no_admin_endpoint_answers_without_auth(kg: Kg) -> None:
         assert kg.raw(method, url, headers=forged, **body).status_code == 401, (method, path)
         proxy = {"Authorization": f"Bearer {kg.gw.password}"}
         assert kg.raw(method, url, headers=proxy, **body).status_code == 401, (method, path)
-        kg.ok("GET", "/api/session")  # a success resets the slow-down for this address
     assert (
         kg.raw("GET", "/api/keys", headers={"x-api-key": kg.gw.admin_password}).status_code == 401
     )
@@ -519,24 +535,26 @@ def test_no_admin_endpoint_answers_without_auth(kg: Kg) -> None:
     kg.assert_no_secrets()
 
 
-def test_wrong_passwords_slow_down(kg: Kg) -> None:
-    took = []
-    for i in range(5):
-        started = time.monotonic()
-        resp = kg.raw("GET", "/api/keys", headers={"Authorization": f"Bearer wrong-{i}"})
-        took.append(time.monotonic() - started)
-        assert resp.status_code == 401
-    assert max(took[:3]) < 0.4, took
-    assert took[4] >= 0.8, took  # the fifth failure in a row waits
+def test_wrong_passwords_are_answered_at_once_then_throttled(kg: Kg) -> None:
+    """Defaults: 20 wrong passwords per address, then 429 (tests/test_auth_hardening.py has the
+    rest: parallel, rotating addresses, decay)."""
+    started = time.monotonic()
+    codes = [
+        kg.raw("GET", "/api/keys", headers={"Authorization": f"Bearer wrong-{i}"}).status_code
+        for i in range(19)
+    ]
     # The login form shares the count.
-    started = time.monotonic()
-    assert kg.raw("POST", "/api/session", json={"password": "nope"}).status_code == 401
-    assert time.monotonic() - started >= 1.2
-    # The right password still works, and clears the slow-down.
+    codes.append(kg.raw("POST", "/api/session", json={"password": "nope"}).status_code)
+    assert codes == [401] * 20
+    assert time.monotonic() - started < 10  # no sleeping on wrong passwords
+    resp = kg.raw("POST", "/api/session", json={"password": "nope"})
+    assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
+    assert error_of(resp)["code"] == "too_many_attempts"
+    # The right password is never throttled.
     kg.ok("GET", "/api/session")
-    started = time.monotonic()
-    kg.ok("GET", "/api/keys")
-    assert time.monotonic() - started < 0.4
+    assert (
+        kg.raw("POST", "/api/session", json={"password": kg.gw.admin_password}).status_code == 200
+    )
     kg.assert_no_secrets()
 
 
@@ -602,7 +620,7 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
     kg = Kg(gateway_factory(env={"KV_FLUSH_INTERVAL_MS": "600000"}), mock)
     try:
         good, bad = kg.secret(), kg.secret("gsk")
-        kg.add(good)
+        good_id = kg.add(good)
         kg.add(bad, provider="groq")
         mock.set_behavior(bad, status=400)  # the client's fault: relayed, no retry
         for _ in range(3):
@@ -653,7 +671,8 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
             assert len(c["timeline"]) == 120
             assert {"t", "rps", "errors", "p50", "p95"} == set(c["timeline"][-1])
             assert {"in_flight", "max_conn", "queued", "queue", "keys"} <= set(c)
-            assert stats["uptime_s"] >= 0 and stats["since"] > 0
+            assert stats["since"] <= time.time()
+            assert abs(time.time() - stats["since"] - stats["uptime_s"]) < 2, stats["uptime_s"]
             return stats
 
         stats = check_stats(5, 3)  # nothing flushed yet
@@ -667,9 +686,45 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
         assert kg.ok("GET", "/api/requests") == {"requests": []}  # the ring is memory only
         assert kg.chat().status_code == 200
         check_stats(6, 4)
-        time.sleep(0.7)  # a few flushes later
-        check_stats(6, 4)
+
+        async def flushed(store: Any) -> bool:  # the use is counted at the pick
+            (rec,) = await store.get_keys([good_id])
+            return bool(rec.use_count == 4)
+
+        wait_for_store(kg.gw, flushed, 5, "the new request's use was flushed to the store")
+        check_stats(6, 4)  # counted once: flushed now, and not added a second time
         kg.assert_no_secrets()
+    finally:
+        kg.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a key's outcome (ok, errors, tokens) is counted after the pick; a flush between "
+    "the two takes the key off the flush list, so the outcome never reaches the store",
+)
+def test_outcome_counted_after_a_flush_still_reaches_the_store(
+    gateway_factory: Any, mock: MockUpstream
+) -> None:
+    kg = Kg(gateway_factory(env={"KV_FLUSH_INTERVAL_MS": "100"}), mock)
+    try:
+        key = kg.secret()
+        key_id = kg.add(key)
+        mock.set_behavior(key, delay_s=0.5)  # several flushes run while the request is upstream
+
+        async def use_flushed(store: Any) -> bool:
+            (rec,) = await store.get_keys([key_id])
+            return bool(rec.use_count == 1)
+
+        assert kg.chat().status_code == 200
+        wait_for_store(kg.gw, use_flushed, 5, "the pick was flushed to the store")
+        assert kg.gw.stop() == 0  # a clean stop flushes what is left
+
+        async def stored(store: Any) -> tuple[int, int, bool]:
+            (rec,) = await store.get_keys([key_id])
+            return rec.use_count, rec.ok, rec.tokens_in > 0
+
+        assert with_store(kg.gw, stored) == (1, 1, True)
     finally:
         kg.close()
 

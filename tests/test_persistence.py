@@ -363,7 +363,12 @@ async def test_secret_key_encrypts_at_rest_and_a_wrong_or_missing_one_stops_star
             proc = run_cli(cli_env(gw.data_dir, mock, **extra), *args)
             assert proc.returncode == 1
             assert proc.stdout == ""
-            lines = proc.stderr.strip().splitlines()
+            # the CLI says which store it opened ("using store", "note:"), then one error line
+            lines = [
+                line
+                for line in proc.stderr.strip().splitlines()
+                if not line.startswith(("keygate: using store", "keygate: note:"))
+            ]
             assert len(lines) == 1 and "KEYGATE_SECRET_KEY" in lines[0], proc.stderr
     stop_cleanly(gw)
     assert_not_in_files(gw.data_dir, all_keys)  # after the final checkpoint

@@ -13,14 +13,14 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from harness import PASSWORD, Gateway, free_port, start_gateway
+from harness import PASSWORD, Gateway, admission, free_port, idle, start_gateway, wait_for
 from keygate.testing.mock_upstream import MockUpstream, Recorded
 
 SECOND_PASSWORD = "second-pass"
@@ -80,16 +80,6 @@ def client(core: Gateway, mock: MockUpstream) -> Iterator[httpx.Client]:
     """An authenticated client on the shared gateway; the mock is reset for the test."""
     with httpx.Client(base_url=core.url, headers=core.auth(), timeout=10) as c:
         yield c
-
-
-def wait_until(pred: Callable[[], bool], timeout: float) -> float:
-    """Seconds it took for `pred` to hold; fails after `timeout`."""
-    start = time.monotonic()
-    while not pred():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def only_record(mock: MockUpstream) -> Recorded:
@@ -580,13 +570,15 @@ def test_client_disconnect_cancels_upstream(core: Gateway, mock: MockUpstream) -
         s.sendall(req)
         got = s.recv(65536)
         assert got.startswith(b"HTTP/1.1 200")
-        wait_until(lambda: len(mock.records()) == 1, 2)
+        wait_for(lambda: len(mock.records()) == 1, 2, "the request reached the upstream")
         assert mock.records()[0].ended is None  # still streaming
-    took = wait_until(lambda: mock.records()[0].ended is not None, 2)
+    took = wait_for(
+        lambda: mock.records()[0].ended is not None, 2, "the upstream stream was hung up on"
+    )
     rec = mock.records()[0]
     assert rec.disconnected and not rec.completed
     assert took < 1.0, took
-    wait_until(lambda: mock.inflight == 0, 1)
+    wait_for(lambda: mock.inflight == 0, 1, "the upstream has no request left in flight")
 
 
 def test_client_disconnect_while_waiting_for_upstream(core: Gateway, mock: MockUpstream) -> None:
@@ -600,8 +592,10 @@ def test_client_disconnect_while_waiting_for_upstream(core: Gateway, mock: MockU
     )
     with socket.create_connection(("127.0.0.1", core.port), timeout=5) as s:
         s.sendall(req)
-        wait_until(lambda: len(mock.records()) == 1, 2)
-    took = wait_until(lambda: mock.records()[0].ended is not None, 2)
+        wait_for(lambda: len(mock.records()) == 1, 2, "the request reached the upstream")
+    took = wait_for(
+        lambda: mock.records()[0].ended is not None, 2, "the upstream request was hung up on"
+    )
     assert took < 0.5, took  # well before the upstream's 0.8 s answer
     assert mock.records()[0].disconnected
 
@@ -616,7 +610,7 @@ def test_queued_request_is_never_sent_after_client_leaves(
         target=lambda: first.append(httpx.post(url, json={"model": "a"}, headers=core.auth()))
     )
     worker.start()
-    wait_until(lambda: len(mock.records()) == 1, 2)
+    wait_for(lambda: len(mock.records()) == 1, 2, "the first request holds openai's only slot")
     body = b'{"model":"queued"}'
     req = (
         b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
@@ -626,12 +620,19 @@ def test_queued_request_is_never_sent_after_client_leaves(
     )
     with socket.create_connection(("127.0.0.1", core.port), timeout=5) as s:
         s.sendall(req)
-        time.sleep(0.2)  # waiting for openai's only slot
+        wait_for(
+            lambda: admission(core, "openai")["queued"] == 1,
+            2,
+            "the second request waits in openai's queue",
+        )
+    assert first == []  # it left while the first still held the slot
     worker.join(5)
     assert first[0].status_code == 200
-    time.sleep(0.2)
-    assert [orjson.loads(r.body)["model"] for r in mock.records()] == ["a"]
     # the queue place and the slot were given back
+    wait_for(lambda: idle(core, "openai"), 2, "openai has nothing in flight or queued")
+    assert [orjson.loads(r.body)["model"] for r in mock.records()] == ["a"]
+    # A request still queued would take the freed slot ahead of this one (first come, first
+    # served) and reach the upstream before it.
     mock.set_behavior()
     r = httpx.post(url, json={"model": "c"}, headers=core.auth(), timeout=5)
     assert r.status_code == 200
@@ -649,7 +650,12 @@ def test_hanging_upstream_gives_504(client: httpx.Client, mock: MockUpstream) ->
     r = client.post("/claude/v1/messages", json={"model": "m", "messages": []})
     assert assert_gateway_error(r, 504, anthropic=True)["type"] == "timeout_error"
     # the gateway hung up on the upstream
-    wait_until(lambda: all(rec.ended is not None for rec in mock.records()), 1)
+    assert len(mock.records()) == 2  # both reached it (an empty list would pass below)
+    wait_for(
+        lambda: all(rec.ended is not None for rec in mock.records()),
+        1,
+        "every upstream request was hung up on",
+    )
     assert all(rec.disconnected for rec in mock.records())
 
 
@@ -668,7 +674,7 @@ def test_silent_stream_is_cut(client: httpx.Client, mock: MockUpstream) -> None:
     assert got.startswith(b"data: ")  # the first event came through
     assert b"[DONE]" not in got
     assert 0.9 <= took < 2.0, took
-    wait_until(lambda: mock.records()[0].ended is not None, 1)
+    wait_for(lambda: mock.records()[0].ended is not None, 1, "the upstream stream ended")
     assert mock.records()[0].disconnected
 
 
@@ -847,7 +853,11 @@ def test_log_line_per_request_without_secrets(
     refused = re.compile(r"GET /cerebras/v1/models key=- status=401")
     # lines are written in batches, at most 0.1 s after the request
     for wanted in (pattern, claude, refused):
-        wait_until(lambda w=wanted: any(w.search(line) for line in lines()), 2)
+        wait_for(
+            lambda w=wanted: any(w.search(line) for line in lines()),
+            2,
+            f"a log line matching {wanted.pattern!r}",
+        )
     log = core.log()
     for secret in (*ALL_KEYS, *PASSWORDS, "wrong-pass"):
         assert secret not in log, secret

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from keygate import __version__, health, lifecycle
+from keygate.admin.credentials import AdminCredentials
 from keygate.asgi import respond, respond_json
 from keygate.gateway import Gateway
 from keygate.observe import print_block, setup_logging
@@ -45,6 +46,7 @@ class App:
     def __init__(self, settings: Settings, banner: bool = True) -> None:
         self.settings = settings
         self.gateway = Gateway(settings)
+        self.credentials = AdminCredentials(settings)
         self.banner = banner
         self.admin_path = settings.admin_path
         self.admin_root = settings.admin_path.rstrip("/")
@@ -91,7 +93,7 @@ class App:
         if self.admin_api is None:
             from keygate.admin.api import AdminAPI
 
-            self.admin_api = AdminAPI(self.gateway)
+            self.admin_api = AdminAPI(self.gateway, self.credentials)
         await self.admin_api(scope, receive, send)
 
     async def _admin_ui(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -114,6 +116,7 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.gateway.start()
+                    await self.credentials.load(self.gateway.store)
                 except Exception as exc:  # uvicorn prints the message once and exits
                     await send(
                         {
@@ -123,7 +126,7 @@ class App:
                     )
                     return
                 if self.banner:
-                    print_banner(self.gateway)
+                    print_banner(self.gateway, self.credentials)
                 self.life.ready(self.reload)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -132,14 +135,18 @@ class App:
                 return
 
 
-def print_banner(gw: Gateway, workers_line: str = "") -> None:
+def print_banner(gw: Gateway, credentials: AdminCredentials, workers_line: str = "") -> None:
     s = gw.settings
     print_block(
-        banner(gw, workers_line), "start", version=__version__, port=s.port, pid=os.getpid()
+        banner(gw, credentials, workers_line),
+        "start",
+        version=__version__,
+        port=s.port,
+        pid=os.getpid(),
     )
 
 
-def banner(gw: Gateway, workers_line: str = "") -> str:
+def banner(gw: Gateway, credentials: AdminCredentials, workers_line: str = "") -> str:
     """The start-up banner of SPEC §1; `workers_line` comes from the multi-worker supervisor."""
     s = gw.settings
     host = f"[{s.host}]" if ":" in s.host else s.host
@@ -187,9 +194,9 @@ def banner(gw: Gateway, workers_line: str = "") -> str:
         )
         lines.append("  !! Set ACCESS_PASSWORD to require a gateway password.")
         lines.append("  " + "!" * 72)
-    if gw.new_admin_token:
+    if credentials.new_token:
         lines.append(
-            f"  admin token   {gw.new_admin_token}   (shown once; stored hashed — keep it)"
+            f"  admin token   {credentials.new_token}   (shown once; stored hashed — keep it)"
         )
     elif s.admin_password:
         lines.append("  admin auth    ADMIN_PASSWORD")

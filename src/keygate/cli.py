@@ -27,37 +27,32 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from keygate.observe import setup_logging, uvicorn_log_config
+    from keygate.observe import setup_logging
+    from keygate.server import bind_or_explain, server_options
 
     settings = _settings(args)
-    settings.data_dir.mkdir(
-        parents=True, exist_ok=True
-    ) if settings.store_kind == "sqlite" else None
-    _check_store(settings)
-    _record_location(settings)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "http": "httptools",
-        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "lifespan": "on",
-        "access_log": False,
-        "log_level": "warning",
-        "timeout_graceful_shutdown": settings.drain_s,  # KEYGATE_DRAIN_S, see lifecycle.py
-        "server_header": False,
-        "proxy_headers": False,  # keygate is the edge; a middleware per request for nothing
-        "date_header": False,
-        **uvicorn_log_config(settings.log_format),
-    }
-    if settings.workers > 1:
-        from keygate.workers import run_workers
+    # Bind first: a busy port must stop here, before the store, the banner and the admin token.
+    sockets = bind_or_explain(settings)
+    if sockets is None:
+        return 1
+    try:
+        if settings.store_kind == "sqlite":
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _check_store(settings)
+        _record_location(settings)
+        options = server_options(settings)
+        if settings.workers > 1:
+            from keygate.workers import run_workers
 
-        return run_workers(settings, args, common)
-    from keygate.app import App
-    from keygate.lifecycle import serve
+            return run_workers(settings, args, options, sockets)
+        from keygate.app import App
+        from keygate.lifecycle import serve
 
-    setup_logging(settings.log_level, settings.log_format)
-    return serve(App(settings), common, settings.data_dir)
+        setup_logging(settings.log_level, settings.log_format)
+        return serve(App(settings), options, settings.data_dir, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _check_store(settings: Settings) -> None:
@@ -113,13 +108,9 @@ def _run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace, rea
 
 def _apply_overrides(settings: Settings, overrides: dict[str, dict[str, Any]]) -> None:
     """Run-time provider settings from the store win over config and env, as in the server."""
-    for name, fields in overrides.items():
-        cfg = settings.providers.get(name)
-        if cfg is None:
-            continue
-        for key, value in fields.items():
-            if hasattr(cfg, key):
-                setattr(cfg, key, value)
+    from keygate.overrides import apply_stored
+
+    apply_stored(settings.providers, overrides, settings.allow_private_upstreams)
 
 
 def _check_provider(settings: Settings, name: str) -> None:
@@ -129,21 +120,22 @@ def _check_provider(settings: Settings, name: str) -> None:
 
 async def _keys_add(ctx: Any) -> int:
     store, settings, args, *_ = ctx
-    from keygate.store.base import DuplicateKey
+    from keygate.keyops import Duplicate, KeyOps
 
     _check_provider(settings, args.provider)
     secret = args.key if args.key != "-" else sys.stdin.readline().strip()
     try:
-        rec = await store.add_key(args.provider, secret, label=args.label or "", source="cli")
-    except DuplicateKey:
+        key = await KeyOps(store).add(args.provider, secret, args.label or "", "cli")
+    except Duplicate:
         print(f"duplicate: {args.provider} already has this key", file=sys.stderr)
         return 1
-    print(f"added {rec.provider} key {rec.masked} id={rec.id}")
+    print(f"added {key.provider} key {key.masked} id={key.id}")
     return 0
 
 
 async def _keys_import(ctx: Any) -> int:
     store, settings, args, *_ = ctx
+    from keygate.keyops import KeyOps
     from keygate.store.base import parse_key_entries
 
     _check_provider(settings, args.provider)
@@ -154,11 +146,10 @@ async def _keys_import(ctx: Any) -> int:
     )
     started = time.perf_counter()
     entries = parse_key_entries(text)
-    results = await store.add_keys(args.provider, [tok for _, tok in entries], source="cli")
+    done = await KeyOps(store).import_(args.provider, [tok for _, tok in entries], "cli")
     took = time.perf_counter() - started
-    counts: dict[str, int] = {}
+    results, counts = done.results, {status: n for status, n in done.counts.items() if n}
     for (line, _), r in zip(entries, results, strict=True):
-        counts[r.status] = counts.get(r.status, 0) + 1
         if args.verbose or r.status != "added":
             where = f"line {line}"
             print(f"{r.status:<9} {where:<10} {r.input}{'  ' + r.message if r.message else ''}")
@@ -171,6 +162,7 @@ async def _keys_import(ctx: Any) -> int:
 
 async def _keys_list(ctx: Any) -> int:
     store, settings, args, located = ctx
+    from keygate.keyops import KeyOps
     from keygate.locate import flush_note
 
     if args.provider and args.provider not in settings.providers:
@@ -179,7 +171,9 @@ async def _keys_list(ctx: Any) -> int:
             known = sorted(set(settings.providers) | set(stored))
             raise ConfigError(f"no provider named {args.provider!r} (known: {', '.join(known)})")
     print(f"keygate: note: {flush_note(located)}", file=sys.stderr)
-    keys, total = await store.list_keys(args.provider, args.status, args.q, args.limit, args.offset)
+    keys, total = await KeyOps(store).list(
+        args.provider, args.status, args.q, args.limit, args.offset, time.time()
+    )
     if args.json:
         fields = (
             "id",
@@ -211,9 +205,12 @@ async def _keys_list(ctx: Any) -> int:
 
 async def _keys_rm(ctx: Any) -> int:
     store, _, args, *_ = ctx
+    from keygate.keyops import KeyOps
+
+    ops = KeyOps(store)
     missing = 0
     for key_id in args.ids:
-        if await store.delete_key(key_id):
+        if await ops.delete(key_id):
             print(f"deleted {key_id}")
         else:
             print(f"no key with id {key_id}", file=sys.stderr)
@@ -227,7 +224,7 @@ async def _keys_test(ctx: Any) -> int:
     store, settings, args, *_ = ctx
     import aiohttp
 
-    from keygate.probe import run_key_test
+    from keygate.keyops import KeyOps
 
     if args.provider:
         _check_provider(settings, args.provider)
@@ -245,6 +242,7 @@ async def _keys_test(ctx: Any) -> int:
         return 1
     _apply_overrides(settings, await store.get_provider_overrides())
     bad = len(missing)
+    ops = KeyOps(store)
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         for rec in recs:
             cfg = settings.providers.get(rec.provider)
@@ -255,7 +253,7 @@ async def _keys_test(ctx: Any) -> int:
                 )
                 bad += 1
                 continue
-            result = await run_key_test(session, store, cfg, rec.id, rec.secret, rec.status)
+            result = await ops.test(session, cfg, rec)
             bad += not result.ok
             change = f"  now {result.health[0]}" if result.health else ""
             if result.save_error:

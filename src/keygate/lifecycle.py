@@ -176,8 +176,9 @@ def serve(
     sockets: list[Any] | None = None,
 ) -> int:
     """Run one server process until SIGTERM/SIGINT and its drain; the exit status."""
-    config = uvicorn.Config(app, **uvicorn_kwargs)
-    server = DrainingServer(config)
+    from keygate.server import make_config
+
+    server = DrainingServer(make_config(app, uvicorn_kwargs))
     with pid_file(data_dir):
         server.run(sockets=sockets)
     if not server.started:
@@ -266,6 +267,7 @@ def send_reload(data_dir: Path) -> tuple[int, str]:
 
 async def reload_app(app: Any) -> None:
     """Re-read the config file and apply it to the running gateway; a bad file changes nothing."""
+    from keygate.reload import apply_settings
     from keygate.settings import ConfigError, load_settings
 
     settings = app.settings
@@ -280,7 +282,7 @@ async def reload_app(app: Any) -> None:
         )
         return
     try:
-        changes = await app.gateway.reload(new)
+        changes = await apply_settings(app.gateway, new)
     except Exception as exc:
         log.error(
             "reload failed part way: %s", exc, extra={"event": "reload_failed", "error": str(exc)}

@@ -7,6 +7,7 @@ Everything downstream takes a `Settings`; nothing else looks at `os.environ`. A 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -189,6 +190,17 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"  # text | json (KEYGATE_LOG_FORMAT)
     drain_s: float = 30.0  # SIGTERM: how long running requests may take to finish
+    auth_failures_per_min: int = 20  # wrong passwords per client address (0 = no limit)
+    auth_failures_global_per_min: int = 100  # wrong passwords from everyone together
+    trusted_proxies: list[str] = field(default_factory=list)  # believe X-Forwarded-For from these
+    session_idle_s: int = 12 * 3600  # an admin session unused this long ends
+    # client connections (see keygate.server): nginx-like bounds on what a client may hold
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0
+    max_connections: int = 0  # 0: half the process's file limit
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
 
     @property
@@ -240,6 +252,13 @@ def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _env_timeout(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _env_seconds(env, name, default)
+    if value == 0:
+        raise ConfigError(f"environment variable {name}: must be > 0 seconds, got 0")
+    return value
+
+
 def _env_bool(env: Mapping[str, str], name: str) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -247,6 +266,20 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise ConfigError(f"environment variable {name}: must be 1/true/yes or 0/false/no, got {raw!r}")
+
+
+def _env_networks(env: Mapping[str, str], name: str) -> list[str]:
+    """Comma-separated addresses or CIDR blocks, normalised (`10.0.0.0/8`, `::1/128`)."""
+    out = []
+    for part in env.get(name, "").split(","):
+        if part.strip():
+            try:
+                out.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+            except ValueError:
+                raise ConfigError(
+                    f"environment variable {name}: {part.strip()!r} is not an address or CIDR block"
+                ) from None
+    return out
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -363,6 +396,16 @@ def load_settings(
             f"environment variable KEYGATE_LOG_FORMAT: must be 'text' or 'json', got {s.log_format!r}"
         )
     s.drain_s = _env_seconds(env, "KEYGATE_DRAIN_S", s.drain_s)
+    s.auth_failures_per_min = _env_int(env, "KEYGATE_AUTH_FAILURES_PER_MIN", 20)
+    s.auth_failures_global_per_min = _env_int(env, "KEYGATE_AUTH_FAILURES_GLOBAL_PER_MIN", 100)
+    s.trusted_proxies = _env_networks(env, "KEYGATE_TRUSTED_PROXIES")
+    s.session_idle_s = _env_int(env, "KEYGATE_SESSION_IDLE_S", 12 * 3600, minimum=1)
+    s.max_request_line = _env_int(env, "KEYGATE_MAX_REQUEST_LINE", s.max_request_line, 256)
+    s.max_header_bytes = _env_int(env, "KEYGATE_MAX_HEADER_BYTES", s.max_header_bytes, 1024)
+    s.max_headers = _env_int(env, "KEYGATE_MAX_HEADERS", s.max_headers, minimum=8)
+    s.header_timeout_s = _env_timeout(env, "KEYGATE_HEADER_TIMEOUT_S", s.header_timeout_s)
+    s.idle_timeout_s = _env_timeout(env, "KEYGATE_IDLE_TIMEOUT_S", s.idle_timeout_s)
+    s.max_connections = _env_int(env, "KEYGATE_MAX_CONNECTIONS", 0)
 
     providers = {
         name: ProviderConfig(

@@ -2,9 +2,9 @@
 
 The supervisor (this process) does everything that must happen once, then runs the workers:
 
-1. binds the listening sockets (a busy port fails here, before anything else happens): on Linux
-   one SO_REUSEPORT socket per worker, so the kernel spreads connections evenly (see
-   `listen_sockets`; KEYGATE_REUSEPORT=0 falls back to one shared socket);
+1. gets the listening sockets `serve` bound before anything else happened (a busy port fails
+   there): on Linux one SO_REUSEPORT socket per worker, so the kernel spreads connections evenly
+   (see `keygate.server.bind_sockets`; KEYGATE_REUSEPORT=0 falls back to one shared socket);
 2. opens the store and starts a gateway once: migrations, the switch to encryption, importing the
    keys from env/config and generating the first-start admin token all happen here, in one
    process, instead of racing in N workers (N tokens, of which only the last would work);
@@ -91,104 +91,50 @@ def _split_line(settings: Settings, workers: int, user_fleet: int) -> str:
 
 async def prepare(settings: Settings, workers: int, user_fleet: int) -> str:
     """Initialise the store once (migrations, env keys, admin token); return the banner."""
+    from keygate.admin.credentials import AdminCredentials
     from keygate.gateway import Gateway
 
     gateway = Gateway(settings)
+    credentials = AdminCredentials(settings)
     await gateway.start()
     try:
+        await credentials.load(gateway.store)
         from keygate.app import banner
 
-        return banner(gateway, _split_line(settings, workers, user_fleet))
+        return banner(gateway, credentials, _split_line(settings, workers, user_fleet))
     finally:
         await gateway.stop()
 
 
-def listen_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
-    """Listening sockets for the workers: one each with SO_REUSEPORT (Linux), else one shared.
-
-    With SO_REUSEPORT the kernel spreads new connections evenly over the workers' sockets (by a
-    hash of the client's address and port). One shared socket goes to whichever worker's
-    accept() wins, which under a burst of connections can leave one worker with most of them:
-    with the limits split N ways that halves the throughput. A plain bind first proves that the
-    port is free, also of another keygate's SO_REUSEPORT sockets (which would otherwise silently
-    take a share of the connections). Raises OSError.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-        if not use_reuseport() or count < 2:
-            probe.listen(backlog)
-            probe.set_inheritable(True)
-            return [probe]
-        port = int(probe.getsockname()[1])
-    except BaseException:
-        probe.close()
-        raise
-    probe.close()
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            sock.listen(backlog)  # now, so the kernel spreads over all of them from the start
-            sock.set_inheritable(True)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def use_reuseport() -> bool:
-    """SO_REUSEPORT balances connections on Linux only (BSD/macOS give all to one socket)."""
-    return (
-        sys.platform.startswith("linux")
-        and hasattr(socket, "SO_REUSEPORT")
-        and os.environ.get("KEYGATE_REUSEPORT", "1") != "0"
-    )
-
-
-def run_workers(settings: Settings, args: argparse.Namespace, common: dict[str, Any]) -> int:
-    """Serve with `settings.workers` processes until SIGTERM/SIGINT; the exit status."""
+def run_workers(
+    settings: Settings,
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    sockets: list[socket.socket],
+) -> int:
+    """Serve with `settings.workers` processes on the bound `sockets` (`server.bind_sockets`)
+    until SIGTERM/SIGINT; the exit status. `options` are every worker's uvicorn settings."""
     from keygate.observe import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     workers = settings.workers
     user_fleet = settings.fleet_size
-    try:
-        sockets = listen_sockets(settings.host, settings.port, workers)
-    except OSError as exc:
-        print(
-            f"keygate: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        settings.port = int(sockets[0].getsockname()[1])  # port 0: the one the kernel picked
-        os.environ.update(worker_env(settings, args))
-        settings.fleet_size = worker_fleet_size(workers, user_fleet)  # as the workers see it
-        banner = asyncio.run(prepare(settings, workers, user_fleet))
-        print_block(banner, "start", port=settings.port, pid=os.getpid(), workers=workers)
-        uvicorn_kwargs = {**common, "port": settings.port}
-        with lifecycle.pid_file(settings.data_dir):  # `keygate reload` signals the supervisor
-            return Supervisor(workers, sockets, uvicorn_kwargs).run()
-    finally:
-        for sock in sockets:
-            sock.close()
+    os.environ.update(worker_env(settings, args))
+    settings.fleet_size = worker_fleet_size(workers, user_fleet)  # as the workers see it
+    banner = asyncio.run(prepare(settings, workers, user_fleet))
+    print_block(banner, "start", port=settings.port, pid=os.getpid(), workers=workers)
+    uvicorn_kwargs = {**options, "port": settings.port}
+    with lifecycle.pid_file(settings.data_dir):  # `keygate reload` signals the supervisor
+        return Supervisor(workers, sockets, uvicorn_kwargs).run()
 
 
 def _worker_main(uvicorn_kwargs: dict[str, Any], sock: socket.socket, index: int) -> None:
     """A worker process (spawned): one uvicorn server on its socket, app from the environment."""
-    import uvicorn
+    from keygate.server import make_config
 
     os.environ["KEYGATE_WORKER_INDEX"] = str(index)
-    config = uvicorn.Config("keygate.workers:create_worker_app", factory=True, **uvicorn_kwargs)
-    server = lifecycle.DrainingServer(config)
+    options = {**uvicorn_kwargs, "factory": True}
+    server = lifecycle.DrainingServer(make_config("keygate.workers:create_worker_app", options))
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     if not server.started:

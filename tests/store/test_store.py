@@ -418,6 +418,40 @@ async def test_meta(store: Store) -> None:
     assert await store.get_meta("default_model") == ""
 
 
+# admin sessions
+
+
+async def test_session_revocations_are_shared_and_pruned(
+    open_store: OpenStore, db_location: str
+) -> None:
+    server = await open_store()
+    other = await open_store()  # a second instance on the same database
+    now = time.time()
+    assert not await server.session_revoked("s-1")
+    await server.revoke_session("s-1", now + 3600)
+    await server.revoke_session("s-1", now + 60)  # revoking again never shortens it
+    assert await server.session_revoked("s-1")
+    assert await other.session_revoked("s-1")
+    assert not await other.session_revoked("s-2")
+    # One that has expired counts as not revoked (the session itself is dead by then), and the
+    # next revocation prunes it.
+    await other.revoke_session("s-old", now - 1)
+    assert not await server.session_revoked("s-old")
+    await other.revoke_session("s-2", now + 3600)
+    await server.close()
+    reopened = await open_store()
+    assert await reopened.session_revoked("s-1") and await reopened.session_revoked("s-2")
+    for bad in ("", "x" * 65):
+        with pytest.raises(ValueError):
+            await reopened.revoke_session(bad, now + 60)
+    with pytest.raises(ValueError):
+        await reopened.revoke_session("s-3", float("inf"))
+    if sqlite_path(db_location):
+        with sqlite3.connect(sqlite_file(db_location)) as conn:
+            ids = {r[0] for r in conn.execute("SELECT session_id FROM revoked_sessions")}
+        assert ids == {"s-1", "s-2"}
+
+
 # change feed
 
 
@@ -750,6 +784,9 @@ def test_create_store_locations(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_100k_keys(store: Store) -> None:
+    """Every one of 100k imported keys is stored, counted, reachable page by page and found by
+    search, with exact answers (a handful labelled and disabled so the filters have some), and
+    the import does not block the event loop."""
     n = 100_000
     tokens = [f"sk-{i:06d}-{secrets.token_hex(16)}" for i in range(n)]
     ticks = 0
@@ -758,7 +795,7 @@ async def test_100k_keys(store: Store) -> None:
     async def ticker() -> None:
         nonlocal ticks
         while not stop.is_set():
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the loop's heartbeat: counts ticks during the import
             ticks += 1
 
     tick_task = asyncio.create_task(ticker())
@@ -768,34 +805,82 @@ async def test_100k_keys(store: Store) -> None:
     stop.set()
     await tick_task
     assert [r.status for r in results].count("added") == n
+    ids = [r.id for r in results]
+    assert None not in ids and len(set(ids)) == n
     assert ticks > 10, "the event loop was blocked during the import"
 
+    extra_secret = new_secret()
     t0 = time.perf_counter()
-    again = await store.add_keys("groq", [*tokens[:1000], new_secret()])
+    again = await store.add_keys("groq", [*tokens[:1000], extra_secret])
     reimport_s = time.perf_counter() - t0
-    assert [r.status for r in again].count("duplicate") == 1000
+    assert [r.status for r in again] == ["duplicate"] * 1000 + ["added"]
+    assert [r.id for r in again[:1000]] == ids[:1000]  # each duplicate names the stored key
+    assert again[1000].id is not None
+    ids.append(again[1000].id)
+    secret_of = dict(zip(ids, [*tokens, extra_secret], strict=True))
 
-    timings: dict[str, float] = {}
-    cases = {
-        "first page": {},
-        "provider": {"provider": "groq"},
-        "provider+status": {"provider": "groq", "status": "active"},
-        "status (few)": {"status": "disabled"},
-        "last page": {"offset": n - 50},
-        "search label/masked": {"q": "sk-0123"},
-        "search no match": {"q": "zzzz"},
-        "search full secret": {"q": tokens[77_777]},
+    # A known few disabled and labelled, so filters and search have exact answers.
+    disabled = [ids[3], ids[50_000], ids[n - 2]]
+    labelled = [ids[10], ids[60_000], ids[n]]
+    for key_id in disabled:
+        await store.update_key(key_id, status="disabled")
+    for key_id in labelled:
+        await store.update_key(key_id, label="Needle team")
+    label_of = dict.fromkeys(labelled, "Needle team")
+
+    total_n = n + 1
+    newest_first = sorted(ids, reverse=True)
+    active = [i for i in newest_first if i not in disabled]
+
+    def found(q: str) -> list[int]:
+        """What a label/masked search must find: the same rule, computed here."""
+        q = q.lower()
+        return [
+            i
+            for i in newest_first
+            if q in label_of.get(i, "").lower() or q in mask(secret_of[i]).lower()
+        ]
+
+    suffix = mask(tokens[77_777])[-4:].upper()  # part of the masked form, other case
+    by_suffix = found(suffix)
+    assert ids[77_777] in by_suffix
+    cases: dict[str, tuple[dict[str, object], int, list[int]]] = {
+        "first page": ({}, total_n, newest_first[:50]),
+        "provider": ({"provider": "groq"}, total_n, newest_first[:50]),
+        "other provider": ({"provider": "openai"}, 0, []),
+        "provider+status": ({"provider": "groq", "status": "active"}, total_n - 3, active[:50]),
+        "status (few)": ({"status": "disabled"}, 3, sorted(disabled, reverse=True)),
+        "middle page": ({"offset": 50_000}, total_n, newest_first[50_000:50_050]),
+        "last page": ({"offset": total_n - 50}, total_n, newest_first[-50:]),
+        "past the end": ({"offset": total_n}, total_n, []),
+        "search label": ({"q": "needle"}, 3, sorted(labelled, reverse=True)),
+        "search masked": ({"q": suffix}, len(by_suffix), by_suffix[:50]),
+        "search prefix (all)": ({"q": "sk-"}, total_n, newest_first[:50]),
+        "search no match": ({"q": "zzzz"}, 0, []),
+        "search full secret": ({"q": tokens[77_777]}, 1, [ids[77_777]]),
     }
-    for name, kwargs in cases.items():
+    timings: dict[str, float] = {}
+    for name, (kwargs, want_total, want_ids) in cases.items():
         await store.list_keys(**kwargs)  # warm
         t0 = time.perf_counter()
         keys, total = await store.list_keys(**kwargs)
         timings[name] = time.perf_counter() - t0
-        assert total >= 0 and len(keys) <= 50
+        assert (total, [k.id for k in keys]) == (want_total, want_ids), name
+
+    # Every key is reachable page by page: the pages together are all keys, once, in order.
+    walked: list[int] = []
+    for offset in range(0, total_n, 20_000):
+        page, total = await store.list_keys(limit=20_000, offset=offset)
+        assert total == total_n
+        walked += [k.id for k in page]
+    assert walked == newest_first
+
     t0 = time.perf_counter()
     loaded = await store.load_keys()
     load_s = time.perf_counter() - t0
-    assert len(loaded) == n + 1
+    assert [k.id for k in loaded] == sorted(ids)
+    assert {k.id: k.secret for k in loaded} == secret_of
+    assert {k.id for k in loaded if k.status == "disabled"} == set(disabled)
 
     print(f"\n100k add_keys: {import_s:.2f} s (loop ticks during it: {ticks})")
     print(f"re-import 1,001 (1,000 duplicates): {reimport_s * 1000:.1f} ms")

@@ -71,6 +71,7 @@ def _op(
     for code in errors:
         responses[code] = _error(messages[code])
     responses["401"] = _error("no or wrong admin credentials")
+    responses["429"] = _error("too many wrong admin passwords lately; see Retry-After")
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:
         op["requestBody"] = body

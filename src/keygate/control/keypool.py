@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
 
 POOL_GUARD_WINDOW_S = 10.0
 
@@ -106,32 +105,6 @@ class KeyEntry:
             self.tokens_in,
             self.tokens_out,
         )
-
-    def public(self, now: float | None = None) -> dict[str, Any]:
-        """The shape of SPEC §7; never the secret."""
-        return {
-            "id": self.id,
-            "provider": self.provider,
-            "masked": self.masked,
-            "label": self.label,
-            "status": self.status,
-            "use_count": self.use_count,
-            "last_used": self.last_used or None,
-            "created_at": self.created_at,
-            "last_error": self.last_error or None,
-            "cooldown_until": self.until
-            if self.status in ("cooling", "exhausted", "invalid")
-            else None,
-            "source": self.source,
-            "inflight": self.inflight,
-            "ok": self.ok,
-            "err_4xx": self.err_4xx,
-            "err_5xx": self.err_5xx,
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "rpm": self.rpm,
-            "max_conn": self.max_conn,
-        }
 
 
 class PoolSettings:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import math
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from keygate.dialects import CREDENTIAL_HEADERS
+from keygate.proxy.errors import GatewayError, retry_after_headers
+
+if TYPE_CHECKING:
+    from keygate.gateway import Gateway
 
 _KEY_PARAM = b"key"
 # the headers an SDK puts its key in as is (x-api-key, x-goog-api-key, …): one per dialect
@@ -64,3 +70,21 @@ def password_ok(candidate: bytes | None, passwords: list[bytes]) -> bool:
     for password in passwords:
         ok |= hmac.compare_digest(candidate, password)
     return ok
+
+
+def refused(gw: Gateway, scope: dict[str, Any], query_key: bytes | None) -> GatewayError:
+    """The answer to a wrong or missing gateway password: 401, or 429 with Retry-After once
+    this client (or everyone together) has failed too often. Only called after the check said
+    no, so a right password never meets the throttle; a request with no password at all guesses
+    nothing and is not charged."""
+    if presented_credential(scope["headers"], query_key):
+        address, wait = gw.throttle.failed(scope)
+        if wait > 0:
+            return GatewayError(
+                429,
+                f"too many wrong gateway passwords from {address}; retry in {math.ceil(wait)}s",
+                "auth_throttled",
+                retry_after_headers(wait),
+                retry=False,  # the same wrong password will not get better by retrying
+            )
+    return GatewayError(401, "invalid or missing gateway password", "invalid_api_key")

@@ -19,13 +19,14 @@ from typing import Any
 
 import aiohttp
 
-from keygate.asgi import respond
+from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
+from keygate.asgi import read_body as asgi_read_body
 from keygate.control.base import Event, Rejected
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import RequestRecord, access_log
-from keygate.proxy.auth import password_ok, presented_credential, split_key_param
+from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
 from keygate.proxy.classify import Verdict, classify
 from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.exchange import Exchange
@@ -54,49 +55,17 @@ _NO_RETRY = (b"x-should-retry", b"false")
 sleep = asyncio.sleep  # the wait between tries (a test puts a fake clock's here)
 
 
-class ClientGone(Exception):
-    """The client disconnected; nothing more to send."""
-
-
 async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise GatewayError(400, "invalid Content-Length header") from None
-            if declared > limit:
-                raise GatewayError(
-                    413,
-                    f"request body of {declared} bytes exceeds the limit of {limit} bytes",
-                    "request_too_large",
-                )
-            break
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    size = len(body)
-    if size > limit:  # a chunked body may arrive whole in the first message
+    """The request body (`asgi.read_body`), its refusals as the client's errors."""
+    try:
+        return await asgi_read_body(receive, headers, limit)
+    except BadContentLength:
+        raise GatewayError(400, "invalid Content-Length header") from None
+    except BodyTooLarge as exc:
+        size = f" of {exc.declared} bytes" if exc.declared is not None else ""
         raise GatewayError(
-            413, f"request body exceeds the limit of {limit} bytes", "request_too_large"
-        )
-    if not message.get("more_body"):
-        return body
-    parts = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(
-                413, f"request body exceeds the limit of {limit} bytes", "request_too_large"
-            )
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
+            413, f"request body{size} exceeds the limit of {limit} bytes", "request_too_large"
+        ) from None
 
 
 def error_dialect(
@@ -146,7 +115,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         # auth: one decoding of the query decides both the credential and what goes upstream
         query_key, query = split_key_param(scope["query_string"])
         if gw.passwords and not password_ok(presented_credential(headers, query_key), gw.passwords):
-            raise GatewayError(401, "invalid or missing gateway password", "invalid_api_key")
+            raise refused(gw, scope, query_key)
         # route
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")

@@ -274,6 +274,17 @@ class Store(abc.ABC):
     async def set_meta(self, name: str, value: str) -> None:
         """Set a small named value; shows in the change feed as providers_changed."""
 
+    # admin sessions
+
+    @abc.abstractmethod
+    async def revoke_session(self, session_id: str, expires_at: float) -> None:
+        """Refuse this admin session from now on, on every instance of this store, until
+        `expires_at` (epoch s, when it would have expired anyway); prunes expired revocations."""
+
+    @abc.abstractmethod
+    async def session_revoked(self, session_id: str) -> bool:
+        """True when `session_id` was revoked and the revocation has not expired."""
+
     # change feed
 
     @abc.abstractmethod
@@ -289,6 +300,15 @@ class Store(abc.ABC):
 
 TOMBSTONE_TTL_S = 7 * 86400  # a reader that has not polled for a week reloads everything
 MAX_ERROR_LEN = 1000
+
+
+MAX_SESSION_ID_LEN = 64
+
+
+def check_session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_LEN:
+        raise ValueError(f"a session id is 1 to {MAX_SESSION_ID_LEN} characters of text")
+    return session_id
 
 
 def like_pattern(q: str) -> str:

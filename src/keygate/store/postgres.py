@@ -43,6 +43,7 @@ from keygate.store.base import (
     check_number,
     check_provider,
     check_secret,
+    check_session_id,
     check_source,
     check_status,
     like_pattern,
@@ -774,6 +775,34 @@ class PostgresStore(Store):
             )
 
         await self._write(tx)
+
+    # admin sessions
+
+    async def revoke_session(self, session_id: str, expires_at: float) -> None:
+        check_session_id(session_id)
+        until = float(check_number("expires_at", expires_at, integer=False))
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= $1", time.time())
+            await conn.execute(
+                "INSERT INTO revoked_sessions (session_id, expires_at) VALUES ($1, $2)"
+                " ON CONFLICT (session_id) DO UPDATE SET"
+                " expires_at = GREATEST(revoked_sessions.expires_at, EXCLUDED.expires_at)",
+                session_id,
+                until,
+            )
+
+        await self._write(tx)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        async with self._conn() as conn:
+            found = await conn.fetchval(
+                "SELECT 1 FROM revoked_sessions WHERE session_id = $1 AND expires_at > $2",
+                session_id,
+                time.time(),
+            )
+        return found is not None
 
     # change feed
 

@@ -37,6 +37,7 @@ from keygate.store.base import (
     check_number,
     check_provider,
     check_secret,
+    check_session_id,
     check_source,
     check_status,
     like_pattern,
@@ -755,6 +756,38 @@ class SqliteStore(Store):
             self._write(conn, tx)
 
         await self._run(fn)
+
+    # admin sessions
+
+    async def revoke_session(self, session_id: str, expires_at: float) -> None:
+        check_session_id(session_id)
+        until = float(check_number("expires_at", expires_at, integer=False))
+
+        def fn(conn: sqlite3.Connection) -> None:
+            def tx() -> None:
+                conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (time.time(),))
+                conn.execute(
+                    "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (?, ?)"
+                    " ON CONFLICT (session_id) DO UPDATE SET"
+                    " expires_at = MAX(expires_at, excluded.expires_at)",
+                    (session_id, until),
+                )
+
+            self._write(conn, tx)
+
+        await self._run(fn)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        check_session_id(session_id)
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM revoked_sessions WHERE session_id = ? AND expires_at > ?",
+                (session_id, time.time()),
+            ).fetchone()
+            return row is not None
+
+        return await self._run(fn)
 
     # change feed
 

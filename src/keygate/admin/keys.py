@@ -1,0 +1,232 @@
+"""/api/keys: add, import, list, change, delete and test pool keys (docs/admin-api.md).
+
+The operations themselves are keyops' (shared with the CLI); here they get their HTTP shape.
+Secrets only ever come in: every answer shows keys masked, error messages included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from keygate.admin.http import (
+    ApiError,
+    Reply,
+    Request,
+    Route,
+    bad,
+    int_param,
+    not_found,
+    route,
+)
+from keygate.control.keypool import KeyEntry
+from keygate.gateway import Gateway, ProviderRuntime
+from keygate.keyops import Duplicate, KeyOps
+from keygate.observe import log
+from keygate.settings import BOUNDS
+from keygate.store.base import KEY_STATUSES, InvalidKey, KeyRecord, parse_key_input
+from keygate.views import key_view
+
+BATCH_BODY_LIMIT = 8 << 20  # a batch import of 100,000 keys fits
+LIST_LIMIT_DEFAULT = 50
+LIST_LIMIT_MAX = 500
+LIST_OFFSET_MAX = 10_000_000  # far past any real key count; SQL needs a 64-bit integer
+# Per-key limits share the bounds of their provider-wide defaults (key_rpm, key_max_conn).
+KEY_LIMIT_MAX = {"rpm": int(BOUNDS["key_rpm"]), "max_conn": int(BOUNDS["key_max_conn"])}
+PROVIDER_TEST_MAX = 200  # keys tested by one POST /api/providers/{name}/test
+PROVIDER_TEST_PARALLEL = 10
+LABEL_MAX = 200
+_ID = r"(\d{1,18})"
+
+
+class KeyRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.ops = KeyOps(gateway.store, gateway)
+
+    def routes(self) -> list[Route]:
+        return [
+            route("GET", r"/api/keys", self.list_keys),
+            route("POST", r"/api/keys", self.add_key),
+            route("POST", r"/api/keys/batch", self.import_keys, limit=BATCH_BODY_LIMIT),
+            route("PATCH", rf"/api/keys/{_ID}", self.patch_key),
+            route("DELETE", rf"/api/keys/{_ID}", self.delete_key),
+            route("POST", rf"/api/keys/{_ID}/test", self.test_key),
+        ]
+
+    async def _record(self, key_id: int) -> KeyRecord:
+        rec = await self.ops.record(key_id)
+        if rec is None:
+            raise not_found(f"no key with id {key_id}")
+        return rec
+
+    def _provider_field(self, doc: dict[str, Any]) -> str:
+        provider = doc.get("provider")
+        if not isinstance(provider, str) or not provider:
+            raise bad("provider", "required")
+        if provider not in self.gw.providers:
+            raise bad("provider", f"no provider named {provider!r}")
+        return provider
+
+    async def list_keys(self, req: Request) -> Reply:
+        q = req.query
+        provider = q.get("provider") or None
+        status = q.get("status") or None
+        search = (q.get("q") or "").strip() or None
+        limit = min(int_param(q, "limit", LIST_LIMIT_DEFAULT, 0, None), LIST_LIMIT_MAX)
+        offset = int_param(q, "offset", 0, 0, LIST_OFFSET_MAX)
+        if status is not None and status not in KEY_STATUSES:
+            raise bad("status", f"must be one of {', '.join(KEY_STATUSES)}")
+        now = time.time()
+        page, total = await self.ops.list(provider, status, search, limit, offset, now)
+        return Reply(200, {"keys": [key_view(k, now) for k in page], "total": total})
+
+    async def add_key(self, req: Request) -> Reply:
+        doc = await req.json()
+        provider = self._provider_field(doc)
+        secret = doc.get("key")
+        if not isinstance(secret, str) or not secret.strip():
+            raise bad("key", "required (a non-empty string)")
+        label = doc.get("label", "")
+        if label is None:
+            label = ""
+        if not isinstance(label, str) or len(label) > LABEL_MAX:
+            raise bad("label", f"must be a string of at most {LABEL_MAX} characters")
+        try:
+            key = await self.ops.add(provider, secret, label, "api")
+        except Duplicate as dup:
+            where = f" (id {dup.existing})" if dup.existing is not None else ""
+            raise ApiError(
+                409,
+                f"key: {provider} already has this key {dup.masked}{where}",
+                "duplicate_key",
+                param="key",
+            ) from None
+        except InvalidKey as exc:
+            raise bad("key", str(exc)) from None
+        log.info("admin: added %s key %s#%d", provider, key.masked, key.id)
+        return Reply(201, {"id": key.id, "key": key_view(key, time.time())})
+
+    async def import_keys(self, req: Request) -> Reply:
+        doc = await req.json()
+        provider = self._provider_field(doc)
+        raw = doc.get("input")
+        if isinstance(raw, str):
+            tokens = parse_key_input(raw)
+        elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            tokens = [tok.strip() for tok in raw if tok.strip()]
+        else:
+            raise bad("input", "must be text or an array of strings")
+        done = await self.ops.import_(provider, tokens, "api")
+        counts = done.counts
+        log.info(
+            "admin: imported %s keys: %d added, %d duplicate, %d invalid",
+            provider,
+            counts["added"],
+            counts["duplicate"],
+            counts["invalid"],
+        )
+        results = [
+            {"input": r.input, "status": r.status, "id": r.id, "message": r.message}
+            for r in done.results
+        ]
+        return Reply(200, {"results": results, **counts})
+
+    async def patch_key(self, req: Request, key_id_s: str) -> Reply:
+        key_id = int(key_id_s)
+        doc = await req.json()
+        fields: dict[str, Any] = {}
+        for name, value in doc.items():
+            if name == "label":
+                if value is None:
+                    value = ""
+                if not isinstance(value, str) or len(value) > LABEL_MAX:
+                    raise bad("label", f"must be a string of at most {LABEL_MAX} characters")
+            elif name == "status":
+                if value not in ("active", "disabled"):
+                    raise bad("status", "must be 'active' or 'disabled'")
+            elif name in ("rpm", "max_conn"):
+                high = KEY_LIMIT_MAX[name]
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                    raise bad(name, f"must be a whole number ≥ 0 and ≤ {high}, got {shown}")
+            else:
+                raise bad(name, "unknown field (label, status, rpm, max_conn)")
+            fields[name] = value
+        rec = await self._record(key_id)
+        entry = self.ops.entry(rec.provider, key_id)
+        if "status" in fields:
+            fields["until"] = 0.0
+        elif entry is not None:
+            # Write the health memory holds along with the change, so the store (and the
+            # change feed every instance follows) never carries an older state back.
+            fields.update(status=entry.status, until=entry.until, last_error=entry.last_error)
+        if fields:
+            try:
+                updated = await self.gw.store.update_key(key_id, **fields)
+            except ValueError as exc:
+                raise ApiError(400, str(exc), "invalid_value") from None
+            if updated is None:
+                raise not_found(f"no key with id {key_id}")
+            rec = updated
+            log.info("admin: key %s#%d changed: %s", rec.masked, key_id, ", ".join(sorted(doc)))
+        now = time.time()
+        # Applies label and per-key limits in place and tells the other instances at once.
+        entry = self.gw.adopt_key(rec)
+        if entry is not None and "status" in doc:
+            self.gw.providers[rec.provider].pool.set_status(key_id, doc["status"], 0.0)
+        return Reply(200, key_view(entry or rec, now))
+
+    async def delete_key(self, req: Request, key_id_s: str) -> Reply:
+        key_id = int(key_id_s)
+        if not await self.ops.delete(key_id):
+            raise not_found(f"no key with id {key_id}")
+        log.info("admin: deleted key #%d", key_id)
+        return Reply(200, {"deleted": key_id})
+
+    async def test_key(self, req: Request, key_id_s: str) -> Reply:
+        key_id = int(key_id_s)
+        entry = self.gw.find_key(key_id)
+        if entry is None:
+            rec = await self._record(key_id)
+            entry = self.gw.adopt_key(rec)
+            if entry is None:
+                raise ApiError(
+                    400, f"provider {rec.provider!r} is not configured here", "unknown_provider"
+                )
+        return Reply(200, await self.test_entry(self.gw.providers[entry.provider], entry))
+
+    async def test_entries(self, rt: ProviderRuntime) -> list[dict[str, Any]]:
+        """Every usable key of a provider (up to PROVIDER_TEST_MAX), a few at a time."""
+        entries = [e for e in rt.pool.entries.values() if e.status != "disabled"]
+        gate = asyncio.Semaphore(PROVIDER_TEST_PARALLEL)
+
+        async def one(entry: KeyEntry) -> dict[str, Any]:
+            async with gate:
+                return await self.test_entry(rt, entry)
+
+        return list(await asyncio.gather(*(one(e) for e in entries[:PROVIDER_TEST_MAX])))
+
+    async def test_entry(self, rt: ProviderRuntime, entry: KeyEntry) -> dict[str, Any]:
+        """The same operation as `keygate keys test`, applied at once to this gateway's pool."""
+        assert self.gw.session is not None
+        result = await self.ops.test(self.gw.session, rt.cfg, entry)
+        if result.health is not None:
+            log.info(
+                "admin: key %s#%d tested %s: now %s",
+                entry.masked,
+                entry.id,
+                result.status,
+                result.health[0],
+            )
+        if result.save_error:
+            log.warning("key #%d: could not save its test result: %s", entry.id, result.save_error)
+        return {
+            "id": entry.id,
+            "ok": result.ok,
+            "status": result.status,
+            "latency_ms": round(result.latency_ms, 1),
+            "error": result.error or None,
+            "key": key_view(entry, time.time()),
+        }

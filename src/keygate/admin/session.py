@@ -1,0 +1,81 @@
+"""Admin sign-in: who a request is (Bearer or session cookie + CSRF header), and the page's
+login/logout routes. Wrong passwords are charged to the failed-attempt throttle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keygate.admin.auth import CSRF_HEADER, SCOPE_COOKIE, SESSION_COOKIE, AdminAuth, read_cookie
+from keygate.admin.auth import session_cookie as make_cookie
+from keygate.admin.http import ApiError, Reply, Request, Route, bad, is_https, refused, route
+from keygate.admin.http import unauthorized as _unauthorized
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class SessionRoutes:
+    def __init__(self, auth: AdminAuth) -> None:
+        self.auth = auth
+
+    def routes(self) -> list[Route]:
+        return [
+            route("POST", r"/api/session", self.login, public=True),
+            route("GET", r"/api/session", self.session_info),
+            route("DELETE", r"/api/session", self.logout),
+        ]
+
+    async def authorize(self, scope: dict[str, Any]) -> None:
+        """Bearer (a wrong one is charged to the failed-attempt throttle, like the login form) or
+        the session cookie; a valid cookie without the CSRF header on a write is 403, not 401."""
+        bearer = False
+        cookie: str | None = None
+        csrf = False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                bearer = value.partition(b" ")[0].lower() == b"bearer"
+            elif name == b"cookie":
+                cookie = read_cookie(value.decode("latin-1"), SESSION_COOKIE) or cookie
+            elif name == CSRF_HEADER:
+                csrf = True
+        if bearer:
+            if await self.auth.check(scope):
+                return
+            raise refused(self.auth.failed(scope, "admin API"), "invalid admin credentials")
+        if await self.auth.check(scope):
+            return
+        if (
+            cookie
+            and scope["method"] not in _SAFE_METHODS
+            and not csrf
+            and await self.auth.session_ok(cookie)
+        ):
+            raise ApiError(
+                403, "the x-keygate-csrf header is required with cookie auth", "csrf_required"
+            )
+        raise _unauthorized("admin authentication required")
+
+    async def login(self, req: Request) -> Reply:
+        doc = await req.json()
+        password = doc.get("password")
+        if not isinstance(password, str) or not password:
+            raise bad("password", "required")
+        if not await self.auth.password_ok(password):
+            raise refused(self.auth.failed(req.scope, "admin login"), "wrong admin password")
+        token = await self.auth.new_session()
+        cookie = make_cookie(token, self.auth.max_age(token), is_https(req.scope))
+        return Reply(200, {"ok": True}, [(b"set-cookie", cookie)])
+
+    async def session_info(self, req: Request) -> Reply:
+        return Reply(200, {"ok": True})
+
+    async def logout(self, req: Request) -> Reply:
+        req.scope.pop(SCOPE_COOKIE, None)
+        for name, value in req.scope["headers"]:
+            if name == b"cookie":
+                token = read_cookie(value.decode("latin-1"), SESSION_COOKIE)
+                if token:
+                    await self.auth.revoke(token)
+        cookie = f"{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        if is_https(req.scope):
+            cookie += "; Secure"
+        return Reply(200, {"ok": True}, [(b"set-cookie", cookie.encode())])

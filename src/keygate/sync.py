@@ -1,0 +1,204 @@
+"""Memory and store in step: the key pools follow the store's change feed (writes by the CLI,
+another instance, or this one), and what traffic counted goes back as additive deltas.
+
+Store I/O happens here in background tasks only; the request path reads and counts on the
+in-memory entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from keygate.control.keypool import KeyEntry
+from keygate.counters import plus, unflushed
+from keygate.observe import log
+from keygate.overrides import apply_stored
+from keygate.settings import Settings
+from keygate.store.base import KeyRecord, Store
+
+if TYPE_CHECKING:
+    from keygate.gateway import ProviderRuntime
+
+CHANGE_POLL_S = 1.0
+FEED_CHUNK = 2000  # big imports: let requests run between chunks
+
+
+def store_health_wins(mine: str, stored: str, until: float) -> bool:
+    """Whether a status read back from the store should replace the one in memory.
+
+    Memory sees this instance's traffic first, and the store learns of it only at the next
+    flush, so a read-back can be stale. Admin decisions (disable/enable) always apply; another
+    instance's condemnation of a key we think active applies; a recovery is left to our own
+    clock and re-checks.
+    """
+    if mine == stored:
+        return False
+    if "disabled" in (mine, stored):
+        return True
+    return mine == "active" and (stored == "invalid" or until > time.time())
+
+
+class StoreSync:
+    """Owns the change-feed position and the flush; `providers` is the gateway's live table."""
+
+    def __init__(
+        self, store: Store, providers: dict[str, ProviderRuntime], settings: Settings
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.settings = settings
+        self.seq = 0
+        self._lock = asyncio.Lock()
+
+    # --- loading -----------------------------------------------------------------------------
+    async def load_all(self) -> None:
+        """At start: the feed position first, so nothing written while loading is missed."""
+        self.seq = await self.store.current_seq()
+        for rec in await self.store.load_keys():
+            self.load(rec)
+
+    def load(self, rec: KeyRecord, from_feed: bool = False) -> KeyEntry | None:
+        """Make the pool agree with a store record; an existing entry is updated in place so
+        requests holding it keep counting on the same object."""
+        rt = self.providers.get(rec.provider)
+        if rt is None:
+            return None
+        status = rec.status
+        if status == "cooling" and rec.until <= time.time():
+            status = "active"
+        stored = (rec.use_count, rec.ok, rec.err_4xx, rec.err_5xx, rec.tokens_in, rec.tokens_out)
+        entry = rt.pool.entries.get(rec.id)
+        limits = (entry.rpm, entry.max_conn) if entry is not None else None
+        if entry is None:
+            entry = KeyEntry(
+                rec.id, rec.provider, rec.secret, source=rec.source, created_at=rec.created_at
+            )
+            total = stored
+        else:
+            # The store holds what every instance flushed; add what this one counted since.
+            total = plus(stored, unflushed(entry))
+        (
+            entry.use_count,
+            entry.ok,
+            entry.err_4xx,
+            entry.err_5xx,
+            entry.tokens_in,
+            entry.tokens_out,
+        ) = total
+        entry.flushed = stored
+        entry.last_used = max(entry.last_used, rec.last_used)
+        entry.label = rec.label
+        entry.rpm = rec.rpm
+        entry.max_conn = rec.max_conn
+        entry.last_error = rec.last_error
+        known = rec.id in rt.pool.entries
+        if known and limits != (rec.rpm, rec.max_conn):
+            # per-key limits changed: the pool (and the shared state, if any) hears of it
+            rt.pool.add(entry)
+        if known and from_feed and not store_health_wins(entry.status, status, rec.until):
+            return entry
+        if entry.status != status or entry.until != rec.until or not known:
+            entry.status = status
+            entry.until = rec.until
+            rt.pool.add(entry)
+        return entry
+
+    def remove(self, key_id: int) -> None:
+        for rt in self.providers.values():
+            if rt.pool.remove(key_id) is not None:
+                return
+
+    def apply_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
+        """Run-time provider settings from the store, applied to the live providers."""
+        configs = {name: rt.cfg for name, rt in self.providers.items()}
+        for name in apply_stored(configs, overrides, self.settings.allow_private_upstreams):
+            self.providers[name].reconfigure(self.settings.fleet_size)
+
+    # --- the change feed ---------------------------------------------------------------------
+    async def poll_loop(self) -> None:
+        """Pick up writes made by the CLI or another instance (admin writes here apply at once)."""
+        while True:
+            await asyncio.sleep(CHANGE_POLL_S)
+            await self.poll()
+
+    async def poll(self) -> None:
+        """One pass of the change poll; also run at once when another instance announces one."""
+        async with self._lock:
+            try:
+                changes = await self.store.changes_since(self.seq)
+                self.seq = changes.seq
+                if changes.full:  # the feed no longer reaches back: drop what the store lacks
+                    present = set(changes.key_ids)
+                    for rt in self.providers.values():
+                        for key_id in [k for k in rt.pool.entries if k not in present]:
+                            rt.pool.remove(key_id)
+                for key_id in changes.deleted_ids:
+                    self.remove(key_id)
+                ids = changes.key_ids
+                for start in range(0, len(ids), FEED_CHUNK):
+                    for rec in await self.store.get_keys(ids[start : start + FEED_CHUNK]):
+                        self.load(rec, from_feed=True)
+                    await asyncio.sleep(0)
+                if changes.providers_changed:
+                    self.apply_overrides(await self.store.get_provider_overrides())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("store change poll failed: %s", exc)
+
+    # --- flushing ----------------------------------------------------------------------------
+    async def flush_loop(self) -> None:
+        # KV_FLUSH_INTERVAL_MS=0 keeps counters out of the store; key health is still saved.
+        interval = (self.settings.flush_interval_ms or 5000) / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("counter flush failed (will retry): %s", exc)
+
+    async def flush(self) -> None:
+        """Write counter deltas (additive) and health changes in one batch each."""
+        key_deltas: list[tuple[int, int, int, int, int, int, int, float]] = []
+        health: list[tuple[int, str, float, str]] = []
+        marks: list[tuple[Any, tuple[int, ...]]] = []
+        taken: list[tuple[Any, set[int], set[int]]] = []
+        provider_deltas: dict[str, tuple[int, int, int, int, int, int]] = {}
+        for name, rt in self.providers.items():
+            pool = rt.pool
+            touched, changed = pool.touched, pool.changed
+            pool.touched, pool.changed = set(), set()
+            taken.append((pool, touched, changed))
+            for key_id in touched:
+                entry = pool.entries.get(key_id)
+                if entry is None:
+                    continue
+                delta = unflushed(entry)
+                if any(delta):
+                    key_deltas.append((key_id, *delta, entry.last_used))
+                    marks.append((entry, entry.counters()))
+            for key_id in changed:
+                entry = pool.entries.get(key_id)
+                if entry is not None and entry.status != "disabled":
+                    health.append((key_id, entry.status, entry.until, entry.last_error))
+            delta = unflushed(rt.stats)
+            if any(delta):
+                provider_deltas[name] = delta
+                marks.append((rt.stats, rt.stats.counters()))
+        try:
+            if health:
+                await self.store.save_health(health)
+            if (key_deltas or provider_deltas) and self.settings.flush_interval_ms > 0:
+                await self.store.add_counters(key_deltas, provider_deltas)
+        except BaseException:
+            # nothing was marked flushed: put the dirty sets back so the next flush retries
+            for pool, touched, changed in taken:
+                pool.touched |= touched
+                pool.changed |= changed
+            raise
+        for obj, value in marks:
+            obj.flushed = value

@@ -1,0 +1,74 @@
+"""The public shapes (SPEC §7) of keys and providers, written once for the admin API, the CLI
+and the page: a key as the running gateway holds it (`KeyEntry`, live health and counters) or
+as the store has it (`KeyRecord`) looks the same, and never shows its secret.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from keygate.control.keypool import KeyEntry
+from keygate.counters import unflushed
+from keygate.store.base import KeyRecord
+
+if TYPE_CHECKING:
+    from keygate.gateway import ProviderRuntime
+
+COUNTER_NAMES = ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
+_TIMED = frozenset({"cooling", "exhausted", "invalid"})  # states with a cooldown_until
+
+
+def effective_status(status: str, until: float, now: float) -> str:
+    """A cooling key whose time is up is active, even before the pool notices."""
+    if status == "cooling" and until <= now:
+        return "active"
+    return status
+
+
+def key_view(key: KeyEntry | KeyRecord, now: float) -> dict[str, Any]:
+    status = effective_status(key.status, key.until, now)
+    return {
+        "id": key.id,
+        "provider": key.provider,
+        "masked": key.masked,
+        "label": key.label,
+        "status": status,
+        "use_count": key.use_count,
+        "last_used": key.last_used or None,
+        "created_at": key.created_at,
+        "last_error": key.last_error or None,
+        "cooldown_until": key.until if status in _TIMED else None,
+        "source": key.source,
+        "inflight": key.inflight if isinstance(key, KeyEntry) else 0,
+        "ok": key.ok,
+        "err_4xx": key.err_4xx,
+        "err_5xx": key.err_5xx,
+        "tokens_in": key.tokens_in,
+        "tokens_out": key.tokens_out,
+        "rpm": key.rpm,
+        "max_conn": key.max_conn,
+    }
+
+
+def key_counts(rt: ProviderRuntime) -> dict[str, int]:
+    counts = rt.pool.counts()
+    return {**counts, "total": sum(counts.values())}
+
+
+def provider_view(rt: ProviderRuntime) -> dict[str, Any]:
+    snap = rt.admission.snapshot()
+    return {
+        **rt.cfg.public(),
+        "keys": key_counts(rt),
+        "in_flight": snap["in_flight"],
+        "queued": snap["queued"],
+        "paused_for_s": snap["paused_for_s"],
+    }
+
+
+def provider_counters(stored: dict[str, Any], rt: ProviderRuntime) -> dict[str, int]:
+    """The store's totals (every instance's flushes) plus what this one counted since."""
+    return {
+        name: int(stored.get(name, 0)) + delta
+        for name, delta in zip(COUNTER_NAMES, unflushed(rt.stats), strict=True)
+    }
