@@ -7,10 +7,9 @@ import os
 import sys
 from typing import Any
 
-import orjson
-
 from keygate import __version__, health, lifecycle
 from keygate.admin.credentials import AdminCredentials
+from keygate.asgi import respond, respond_json
 from keygate.gateway import Gateway
 from keygate.observe import print_block, setup_logging
 from keygate.proxy import handler
@@ -61,7 +60,7 @@ class App:
             if self.life.draining:
                 await self._draining(scope, send)
             elif path == "/healthz" and not health.wants_details(scope["headers"]):
-                await self._json(send, 200, health.public())
+                await respond_json(send, 200, health.public())
             elif path.startswith("/api/") or path in ("/api", "/metrics", "/healthz"):
                 await self._admin_api(scope, receive, send)
             elif path.startswith(self.admin_path) or path == self.admin_root:
@@ -77,14 +76,15 @@ class App:
         """A request that arrives during the drain: not served here, the connection closes."""
         close = [(b"connection", b"close"), (b"retry-after", b"1")]
         if scope["path"] == "/healthz":
-            await self._json(send, 503, {**health.public(), "status": "draining"}, close)
+            await respond_json(send, 503, {**health.public(), "status": "draining"}, close)
             return
-        name = scope["path"].lstrip("/").split("/", 1)[0]
+        name, _, rest = scope["path"].lstrip("/").partition("/")
         rt = self.gateway.providers.get(name)
         err = GatewayError(
             503, "keygate is shutting down; retry the request", "draining", list(close)
         )
-        await handler.send_error(send, err, rt.anthropic if rt is not None else False)
+        dialect = handler.error_dialect(rt, "/" + rest, scope["headers"])
+        await handler.send_error(send, err, dialect)
 
     async def reload(self) -> None:
         await lifecycle.reload_app(self)
@@ -106,29 +106,9 @@ class App:
     async def _root(self, send: Any) -> None:
         if self.settings.disguise == "nginx":
             headers = [(b"content-type", b"text/html"), (b"server", b"nginx")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": NGINX_WELCOME})
+            await respond(send, 200, headers, NGINX_WELCOME)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 302,
-                "headers": [(b"location", self.admin_path.encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": b""})
-
-    async def _json(
-        self, send: Any, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        body = orjson.dumps(doc)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *(extra or ()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 302, [(b"location", self.admin_path.encode())])
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

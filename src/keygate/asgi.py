@@ -1,10 +1,13 @@
 """The ASGI plumbing every raw callable here needs: reading a request body under a size limit,
-and sending a whole response. The callers turn the exceptions into answers in their own
-client's shape."""
+and sending a whole response (keygate's own answers: the proxy's errors, the app's pages, the
+admin UI and API). The callers turn the exceptions into answers in their own client's shape.
+The proxy's relay of upstream answers sends its messages inline: it is the hot path."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -49,8 +52,17 @@ async def read_body(receive: Any, headers: Headers, limit: int) -> bytes:
         parts.append(chunk)
 
 
-async def send_whole(send: Any, status: int, headers: Headers, body: bytes) -> None:
-    """One response in two messages, with its Content-Length."""
-    headers = [*headers, (b"content-length", str(len(body)).encode())]
+async def respond(send: Any, status: int, headers: Headers, body: bytes = b"") -> None:
+    """One response in two messages, the headers as given (a 204 or 304 has no length)."""
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_whole(send: Any, status: int, headers: Headers, body: bytes) -> None:
+    """One response in two messages, with its Content-Length."""
+    await respond(send, status, [*headers, (b"content-length", str(len(body)).encode())], body)
+
+
+async def respond_json(send: Any, status: int, doc: Any, extra: Headers | None = None) -> None:
+    body = orjson.dumps(doc)
+    await send_whole(send, status, [(b"content-type", b"application/json"), *(extra or ())], body)

@@ -21,28 +21,29 @@ from keygate.control.base import Admission, KeyPool, Limits
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalAdmission, LocalKeyPool
 from keygate.control.redis import SharedState
+from keygate.dialects import Dialect, dialect_for
 from keygate.observe import ProviderStats, RequestRecord, access_log, log
 from keygate.overrides import apply_fields, clean_fields
 from keygate.probe import probe
-from keygate.proxy.forward import SKIP_AUTO_HEADERS
 from keygate.recheck import recheck_loop
 from keygate.settings import ProviderConfig, Settings
 from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
 from keygate.sync import StoreSync
 from keygate.throttle import FailureThrottle
+from keygate.upstream import create_session
 
 
 class ProviderRuntime:
     """Everything the request path needs about one provider, prepared once."""
 
-    __slots__ = ("admission", "anthropic", "cfg", "pool", "stats", "timeout")
+    __slots__ = ("admission", "cfg", "dialect", "pool", "stats", "timeout")
 
     def __init__(
         self, cfg: ProviderConfig, fleet_size: int = 1, shared: SharedState | None = None
     ) -> None:
         self.cfg = cfg
-        self.anthropic = cfg.key_style == "x-api-key"
+        self.dialect: Dialect = dialect_for(cfg.key_style)  # resolved once, again on reload
         # The form is chosen once: shared (Redis) when configured, its local fallback underneath.
         if shared is None:
             self.admission: Admission = LocalAdmission(self.limits(fleet_size))
@@ -72,7 +73,7 @@ class ProviderRuntime:
     def reconfigure(self, fleet_size: int = 1) -> None:
         self.admission.configure(self.limits(fleet_size))
         self.timeout = self._timeout()
-        self.anthropic = self.cfg.key_style == "x-api-key"
+        self.dialect = dialect_for(self.cfg.key_style)
 
 
 class Gateway:
@@ -115,13 +116,7 @@ class Gateway:
         gc.freeze()
         if self.shared is not None:
             await self.shared.start(self.sync.poll)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # set once here: passed per request, aiohttp rebuilds the set every time
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-        )
+        self.session = create_session()
         self._spawn(self.sync.poll_loop(), recheck_loop(self.providers, self.probe_key))
         self._spawn(self.sync.flush_loop())
 

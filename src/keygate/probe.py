@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from keygate.control.base import Event
-from keygate.providers import ANTHROPIC_VERSION
+from keygate.dialects import dialect_for
 from keygate.proxy.classify import classify
 from keygate.settings import ProviderConfig
 from keygate.store.base import Store, StoreError
@@ -43,15 +43,7 @@ class KeyTest:
 async def probe_answer(
     session: aiohttp.ClientSession, cfg: ProviderConfig, secret: str
 ) -> ProbeAnswer:
-    if cfg.key_style == "gemini":
-        url, headers = cfg.base_url + "/v1beta/models", {"x-goog-api-key": secret}
-    elif cfg.key_style == "x-api-key":
-        url, headers = (
-            cfg.base_url + "/v1/models",
-            {"x-api-key": secret, "anthropic-version": ANTHROPIC_VERSION},
-        )
-    else:
-        url, headers = cfg.base_url + "/v1/models", {"authorization": "Bearer " + secret}
+    url, headers = dialect_for(cfg.key_style).models_request(cfg.base_url, secret)
     started = time.perf_counter()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_connect_s)
     try:
@@ -92,7 +84,8 @@ def health_after_test(
         return None if current == "active" else ("active", 0.0, "")
     if answer.status == 0:
         return None
-    verdict = classify(answer.status, answer.headers, answer.body, now)
+    hint = dialect_for(cfg.key_style).reset_hint
+    verdict = classify(answer.status, answer.headers, answer.body, now, hint)
     if verdict.event is Event.INVALID:
         return "invalid", now + cfg.recheck_interval_s, verdict.message
     if verdict.event is Event.EXHAUSTED:

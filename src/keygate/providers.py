@@ -1,4 +1,4 @@
-"""Built-in provider catalog: where each provider lives, how it wants its key, default limits.
+"""Built-in provider catalog: where each provider lives, which dialect it speaks, default limits.
 
 The numbers are the contract of SPEC §2; everything here can be overridden by env or YAML.
 """
@@ -6,20 +6,18 @@ The numbers are the contract of SPEC §2; everything here can be overridden by e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-KeyStyle = Literal["bearer", "x-api-key", "gemini"]
-KEY_STYLES: tuple[str, ...] = ("bearer", "x-api-key", "gemini")
+from keygate.dialects import KEY_STYLES
+
+__all__ = ["BUILTINS", "KEY_STYLES", "RESERVED_NAMES", "Builtin", "env_names", "env_prefix"]
 
 RESERVED_NAMES = frozenset({"api", "admin", "v1", "healthz", "metrics"})
-
-ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass(frozen=True, slots=True)
 class Builtin:
     base_url: str
-    key_style: KeyStyle
+    key_style: str  # names the dialect (keygate.dialects)
     rps: float
     burst: int
     max_conn: int
@@ -52,8 +50,3 @@ def env_names(name: str, suffix: str) -> tuple[str, str]:
     own SDK also reads, so a client started in the same shell would bypass keygate."""
     prefix = env_prefix(name)
     return f"KEYGATE_{prefix}_{suffix}", f"{prefix}_{suffix}"
-
-
-def chat_path(key_style: str) -> str:
-    """The path `/{provider}` and `/{provider}/` stand for."""
-    return "/v1/messages" if key_style == "x-api-key" else "/v1/chat/completions"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from keygate import __version__
+from keygate.dialects import KEY_STYLES
 from keygate.settings import BOUNDS
 
 
@@ -167,7 +168,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "name": {"type": "string"},
-            "key_style": {"type": "string", "enum": ["bearer", "x-api-key", "gemini"]},
+            "key_style": {"type": "string", "enum": list(KEY_STYLES)},
             **_TUNABLE_PROPS,
             "builtin": {"type": "boolean"},
             "keys": _KEY_COUNTS,

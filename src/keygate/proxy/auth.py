@@ -7,12 +7,15 @@ import math
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+from keygate.dialects import CREDENTIAL_HEADERS
 from keygate.proxy.errors import GatewayError, retry_after_headers
 
 if TYPE_CHECKING:
     from keygate.gateway import Gateway
 
 _KEY_PARAM = b"key"
+# the headers an SDK puts its key in as is (x-api-key, x-goog-api-key, …): one per dialect
+_RAW_CREDENTIALS = CREDENTIAL_HEADERS - {b"authorization"}
 
 
 def split_key_param(query: bytes) -> tuple[bytes | None, bytes]:
@@ -47,14 +50,14 @@ def _decode(component: bytes) -> bytes:
 def presented_credential(
     headers: list[tuple[bytes, bytes]], query_key: bytes | None
 ) -> bytes | None:
-    """The secret the client sent: Bearer, x-api-key, x-goog-api-key, or ?key= (`query_key`,
-    from `split_key_param`)."""
+    """The secret the client sent: Bearer, any dialect's key header (x-api-key,
+    x-goog-api-key), or ?key= (`query_key`, from `split_key_param`)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             if scheme.lower() == b"bearer":
                 return token.strip()
-        elif name == b"x-api-key" or name == b"x-goog-api-key":
+        elif name in _RAW_CREDENTIALS:
             return value.strip()
     return query_key
 

@@ -1,20 +1,19 @@
 """One upstream exchange on the pooled client: headers in and out, timeouts, body chunks.
 
 Header hygiene lives here: the client's credentials, cookies and hop-by-hop headers never
-reach the upstream; the provider key is injected in the provider's style; the upstream is
-asked for `identity` so the bytes we relay always match the headers we relay.
+reach the upstream; the provider key is injected the way the request's dialect sends it; the
+upstream is asked for `identity` so the bytes we relay always match the headers we relay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 
 import aiohttp
-from yarl import URL
 
-from keygate.providers import ANTHROPIC_VERSION
-from keygate.proxy.watchdog import Watchdog
+from keygate.dialects import CREDENTIAL_HEADERS, Dialect
+from keygate.proxy.watchdog import Watchdog, absorb_cancel
+from keygate.upstream import upstream_url
 
 _HOP_BY_HOP = frozenset(
     {
@@ -32,25 +31,27 @@ _HOP_BY_HOP = frozenset(
 )
 # Never forwarded upstream: hop-by-hop, the client's credentials, what the client library
 # computes for its own connection, and what would reveal the client to the provider.
-_DROP_REQUEST = _HOP_BY_HOP | {
-    b"host",
-    b"content-length",
-    b"authorization",
-    b"x-api-key",
-    b"x-goog-api-key",
-    b"cookie",
-    b"cookie2",
-    b"accept-encoding",
-    b"forwarded",
-    b"x-forwarded-for",
-    b"x-forwarded-host",
-    b"x-forwarded-proto",
-    b"x-real-ip",
-    b"expect",  # we hold the whole body already; 100-continue would only add a round trip
-    # a browser page's identity: some providers refuse browser-origin requests outright
-    b"origin",
-    b"referer",
-}
+_DROP_REQUEST = (
+    _HOP_BY_HOP
+    | CREDENTIAL_HEADERS
+    | {
+        b"host",
+        b"content-length",
+        b"authorization",  # a bearer password for keygate, whatever the provider's dialect
+        b"cookie",
+        b"cookie2",
+        b"accept-encoding",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+        b"expect",  # we hold the whole body already; 100-continue would only add a round trip
+        # a browser page's identity: some providers refuse browser-origin requests outright
+        b"origin",
+        b"referer",
+    }
+)
 _BROWSER_PREFIX = b"sec-"  # Sec-Fetch-*, Sec-CH-UA*, Sec-WebSocket-*: the browser's, not ours
 # Not relayed back: hop-by-hop, and cookies the provider sets for its own domain.
 _DROP_RESPONSE = _HOP_BY_HOP | {b"set-cookie"}
@@ -58,10 +59,6 @@ _DROP_RESPONSE = _HOP_BY_HOP | {b"set-cookie"}
 # requests `*` exposes every header: retry-after, x-ratelimit-*, x-request-id, whatever a
 # provider adds, without a list to keep up to date. Set-Cookie is never exposable anyway.
 EXPOSE_HEADERS = (b"access-control-expose-headers", b"*")
-SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Content-Type"})
-_USAGE_RE = re.compile(
-    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
-)
 
 
 class UpstreamTimeout(Exception):
@@ -81,8 +78,9 @@ def _text(value: bytes) -> str:
 
 
 def request_headers(
-    client_headers: list[tuple[bytes, bytes]], key_style: str, secret: str, native_gemini: bool
+    client_headers: list[tuple[bytes, bytes]], wire: Dialect, secret: str
 ) -> list[tuple[str, str]]:
+    """What goes upstream: the client's headers less what never may, plus `wire`'s key."""
     drop = _DROP_REQUEST
     for name, value in client_headers:
         if name == b"connection":
@@ -94,24 +92,18 @@ def request_headers(
         if n not in drop and not n.startswith(_BROWSER_PREFIX)
     ]
     out.append(("accept-encoding", "identity"))
-    if key_style == "x-api-key":
-        out.append(("x-api-key", secret))
-        if not any(n == "anthropic-version" for n, _ in out):
-            out.append(("anthropic-version", ANTHROPIC_VERSION))
-    elif key_style == "gemini" and native_gemini:
-        out.append(("x-goog-api-key", secret))
-    else:
-        out.append(("authorization", "Bearer " + secret))
+    wire.add_key(out, secret)
     return out
 
 
 def response_headers(
-    resp: aiohttp.ClientResponse, secret: bytes = b"\0", masked: bytes = b""
+    raw_headers: tuple[tuple[bytes, bytes], ...], secret: bytes = b"\0", masked: bytes = b""
 ) -> list[tuple[bytes, bytes]]:
-    """The headers to relay, with `secret` (the key this try injected) masked in values."""
+    """The upstream's headers to relay (`resp.raw_headers`), with `secret` (the key this try
+    injected) masked in values. Built only for the answer that is relayed."""
     out = []
     cors = expose = False
-    for name, value in resp.raw_headers:
+    for name, value in raw_headers:
         lname = name.lower()
         if lname in _DROP_RESPONSE:
             continue
@@ -133,19 +125,6 @@ def lower_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
     return {k.lower(): v for k, v in resp.headers.items()}
 
 
-_URLS: dict[str, URL] = {}
-
-
-def upstream_url(url: str) -> URL:
-    """Parsed once per distinct URL: a gateway sends the same few URLs again and again."""
-    parsed = _URLS.get(url)
-    if parsed is None:
-        if len(_URLS) >= 1024:
-            _URLS.clear()
-        parsed = _URLS[url] = URL(url, encoded=True)
-    return parsed
-
-
 async def open_upstream(
     session: aiohttp.ClientSession,
     method: str,
@@ -156,10 +135,14 @@ async def open_upstream(
     dog: Watchdog,
     first_byte_s: float,
 ) -> aiohttp.ClientResponse:
-    """Send the request and wait for the response head; the caller must release the response."""
+    """Send the request and wait for the response head; the caller must release the response.
+
+    `dog` watches for the first byte from here; on success whoever reads the body stops it,
+    on failure it is stopped here."""
     dog.watch(first_byte_s)
+    answered = False
     try:
-        return await session.request(
+        resp = await session.request(
             method,
             upstream_url(url),
             headers=headers,
@@ -167,12 +150,11 @@ async def open_upstream(
             timeout=timeout,
             allow_redirects=False,
         )
+        answered = True
+        return resp
     except asyncio.CancelledError:
-        if not dog.fired:
+        if not absorb_cancel(dog.fired):
             raise
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
         raise UpstreamTimeout(f"no response within {first_byte_s:g}s") from None
     except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout("connect timed out") from None
@@ -182,6 +164,9 @@ async def open_upstream(
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnreachable(f"connection failed: {type(exc).__name__}") from None
+    finally:
+        if not answered:
+            dog.stop()
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int, idle_s: float) -> bytes:
@@ -199,16 +184,3 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int, idle_s: float) 
     except (TimeoutError, aiohttp.ClientError, OSError):
         pass
     return b"".join(chunks)[:limit]
-
-
-def scan_usage(chunk: bytes, usage: list[int]) -> None:
-    """Keep the largest token counts the upstream reported (input, output) in `usage`.
-    Only the few hundred bytes after each `"usage"` are searched, not the whole answer."""
-    at = chunk.find(b'"usage"')
-    while at >= 0:
-        for name, value in _USAGE_RE.findall(chunk, at, at + 400):
-            n = int(value)
-            slot = 0 if name in (b"prompt_tokens", b"input_tokens") else 1
-            if n > usage[slot]:
-                usage[slot] = n
-        at = chunk.find(b'"usage"', at + 7)

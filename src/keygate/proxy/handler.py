@@ -4,7 +4,9 @@ auth → route → body → admission → pick key → forward → classify → 
 
 One call of `handle` serves one client request. Every try holds a slot and a key only while it
 talks to the upstream; both go back on every exit path (success, error, retry, cancel). The
-client's disconnect cancels this task, which closes the upstream connection at once.
+client's disconnect cancels this task, which closes the upstream connection at once. What is
+particular to an API family (key header, paths, error shape, usage, reset hints) is the
+provider's dialect's (`keygate.dialects`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
+from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
+from keygate.asgi import read_body as asgi_read_body
 from keygate.control.base import Event, Rejected
+from keygate.dialects import Dialect
+from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import RequestRecord, access_log
 from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
-from keygate.proxy.classify import classify
-from keygate.proxy.errors import GatewayError, error_body, error_dialect, retry_after_headers
+from keygate.proxy.classify import Verdict, classify
+from keygate.proxy.errors import GatewayError, retry_after_headers
+from keygate.proxy.exchange import Exchange
 from keygate.proxy.forward import (
     EXPOSE_HEADERS,
     UpstreamTimeout,
@@ -31,17 +39,10 @@ from keygate.proxy.forward import (
     read_limited,
     request_headers,
     response_headers,
-    scan_usage,
 )
 from keygate.proxy.redact import StreamScrubber, redactor_for
-from keygate.proxy.route import (
-    apply_model,
-    find_model,
-    resolve_dots,
-    split_prefix,
-    upstream_path,
-)
-from keygate.proxy.watchdog import Watchdog
+from keygate.proxy.route import apply_model, find_model, resolve_dots, split_prefix
+from keygate.proxy.watchdog import absorb_cancel
 
 ERROR_BODY_LIMIT = 1 << 20
 WHOLE_BODY_LIMIT = 1 << 20  # a 2xx body up to this length is read whole before it is relayed
@@ -51,151 +52,49 @@ JSON_HEADERS = [
     EXPOSE_HEADERS,
 ]
 _NO_RETRY = (b"x-should-retry", b"false")
-
-
-class ClientGone(Exception):
-    """The client disconnected; nothing more to send."""
+sleep = asyncio.sleep  # the wait between tries (a test puts a fake clock's here)
 
 
 async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise GatewayError(400, "invalid Content-Length header") from None
-            if declared > limit:
-                raise GatewayError(
-                    413,
-                    f"request body of {declared} bytes exceeds the limit of {limit} bytes",
-                    "request_too_large",
-                )
-            break
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    size = len(body)
-    if size > limit:  # a chunked body may arrive whole in the first message
+    """The request body (`asgi.read_body`), its refusals as the client's errors."""
+    try:
+        return await asgi_read_body(receive, headers, limit)
+    except BadContentLength:
+        raise GatewayError(400, "invalid Content-Length header") from None
+    except BodyTooLarge as exc:
+        size = f" of {exc.declared} bytes" if exc.declared is not None else ""
         raise GatewayError(
-            413, f"request body exceeds the limit of {limit} bytes", "request_too_large"
-        )
-    if not message.get("more_body"):
-        return body
-    parts = [body]
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(
-                413, f"request body exceeds the limit of {limit} bytes", "request_too_large"
-            )
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
+            413, f"request body{size} exceeds the limit of {limit} bytes", "request_too_large"
+        ) from None
 
 
-async def send_error(send: Any, err: GatewayError, anthropic: bool | str) -> None:
+def error_dialect(
+    rt: ProviderRuntime | None, rest: str, headers: Sequence[tuple[bytes, bytes]]
+) -> Dialect:
+    """The family whose error shape the client reads (for Gemini it depends on the path).
+    Decided only when there is an error to send, so the request path pays nothing for it."""
+    return rt.dialect.route(rest, headers)[1] if rt is not None else OPENAI
+
+
+async def send_error(send: Any, err: GatewayError, dialect: Dialect) -> None:
     headers = JSON_HEADERS + err.headers
     if not err.retry and not any(h[0] == b"x-should-retry" for h in err.headers):
         headers.append(_NO_RETRY)  # the SDKs would otherwise retry what cannot change
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send(
-        {
-            "type": "http.response.body",
-            "body": error_body(err.status, err.message, err.code, anthropic),
-        }
-    )
+    await respond(send, err.status, headers, dialect.error_body(err.status, err.message, err.code))
 
 
 async def send_preflight(send: Any, headers: list[tuple[bytes, bytes]]) -> None:
     asked = next((v for n, v in headers if n == b"access-control-request-headers"), b"*")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 204,
-            "headers": [
-                (b"access-control-allow-origin", b"*"),
-                (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
-                (b"access-control-allow-headers", asked),
-                (b"access-control-max-age", b"86400"),
-            ],
-        }
+    await respond(
+        send,
+        204,
+        [
+            (b"access-control-allow-origin", b"*"),
+            (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+            (b"access-control-allow-headers", asked),
+            (b"access-control-max-age", b"86400"),
+        ],
     )
-    await send({"type": "http.response.body", "body": b""})
-
-
-WATCH_AFTER_S = 0.05  # quick exchanges finish before a disconnect watcher is worth a task
-
-
-class Exchange:
-    """One request's state: what the log line and counters need, and the two things that can
-    cut it short (the client leaving, the upstream going silent)."""
-
-    __slots__ = (
-        "disconnected",
-        "dog",
-        "entry",
-        "error",
-        "finishing",
-        "model",
-        "receive",
-        "retries",
-        "status",
-        "task",
-        "upstream_status",
-        "usage",
-        "watcher",
-    )
-
-    def __init__(self) -> None:
-        self.finishing = False  # the final send has begun
-        self.disconnected = False
-        self.status = 0
-        self.upstream_status = 0
-        self.retries = 0
-        self.entry: Any = None
-        self.error = ""
-        self.model = ""
-        self.usage = [0, 0]
-        self.task: asyncio.Task[Any] | None = None
-        self.receive: Any = None
-        self.dog: Watchdog | None = None
-        self.watcher: asyncio.Task[Any] | None = None
-
-    def arm(self, receive: Any) -> Watchdog:
-        """Set up the watchdog, and a disconnect watcher that starts only if the exchange
-        lasts: most answers are back before a watcher task would have paid for itself."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
-        self.receive = receive
-        self.dog = Watchdog(loop, task, wake=self.watch, wake_after_s=WATCH_AFTER_S)
-        return self.dog
-
-    def watch(self) -> None:
-        """Cancel the request's task the moment the client goes away."""
-        if self.watcher is None and self.task is not None:
-            self.watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        message = await self.receive()
-        # The server also reports a disconnect once the response is complete: ignored from
-        # the final send on, so releases after it are never cut short.
-        if message["type"] == "http.disconnect" and not self.finishing:
-            self.disconnected = True
-            assert self.task is not None
-            self.task.cancel()
-
-    def disarm(self) -> None:
-        if self.watcher is not None and not self.watcher.done():
-            self.watcher.cancel()
-        if self.dog is not None:
-            self.dog.close()
 
 
 async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -207,17 +106,17 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     name, rest = split_prefix(path, gw.default_provider)
     rt = gw.providers.get(name)
-    anthropic = rt.anthropic if rt is not None else False
     ex = Exchange()
     try:
         if method == "OPTIONS":
             ex.status = 204
             await send_preflight(send, headers)
             return
-        # one decoding of the query decides both the credential and what goes upstream
+        # auth: one decoding of the query decides both the credential and what goes upstream
         query_key, query = split_key_param(scope["query_string"])
         if gw.passwords and not password_ok(presented_credential(headers, query_key), gw.passwords):
             raise refused(gw, scope, query_key)
+        # route
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
         cfg = rt.cfg
@@ -227,7 +126,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             raise GatewayError(
                 400, f"path leaves the base of provider '{name}'", "invalid_path"
             ) from None
-        up_path, native = upstream_path(cfg, rest, headers)
+        up_path, ex.wire = rt.dialect.route(rest, headers)
+        # body
         body = await read_body(receive, headers, cfg.max_body_bytes)
         if body and method == "POST":
             body = apply_model(body, cfg, up_path)
@@ -236,22 +136,18 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
         url = cfg.base_url + up_path + ("?" + query.decode("latin-1") if query else "")
-        await forward(gw, rt, ex, send, method, url, headers, body or None, native)
+        await forward(gw, rt, ex, send, method, url, headers, body or None)
     except GatewayError as err:
         ex.status = err.status
         ex.error = err.message
         ex.finishing = True
-        dialect = anthropic or error_dialect(rt.cfg if rt is not None else None, rest, headers)
-        await send_error(send, err, dialect)
+        await send_error(send, err, ex.wire or error_dialect(rt, rest, headers))
     except ClientGone:
         ex.status = 499
         ex.error = "client disconnected"
     except asyncio.CancelledError:
-        if not ex.disconnected:
+        if not absorb_cancel(ex.disconnected):
             raise
-        current = asyncio.current_task()
-        if current is not None:
-            current.uncancel()
         ex.status = ex.status or 499
         ex.error = "client disconnected"
     finally:
@@ -268,19 +164,19 @@ async def forward(
     url: str,
     client_headers: list[tuple[bytes, bytes]],
     body: bytes | None,
-    native: bool,
 ) -> None:
     """Tries until one answer can be relayed; sleeps between tries hold neither slot nor key."""
     cfg = rt.cfg
     pool = rt.pool
-    session = gw.session
-    assert session is not None
+    wire = ex.wire
+    assert wire is not None and gw.session is not None and ex.dog is not None
     tried: list[int] = []
     retries_used = key_retries = 0
-    # the last upstream error answer, and the key it was given
-    last: tuple[int, list[tuple[bytes, bytes]], bytes, bytes] | None = None
+    # the last upstream error answer (status, raw headers, body) and the key it was given
+    last: tuple[int, Any, bytes, bytes] | None = None
     last_error: GatewayError | None = None  # or keygate's own 502/504
     while True:
+        # admission
         try:
             slot = await rt.admission.acquire()
         except Rejected as rej:
@@ -297,18 +193,19 @@ async def forward(
                 # It waited: if its client left meanwhile, find out before anything goes upstream.
                 ex.watch()
                 await asyncio.sleep(0)
-            # one pick: a key not tried yet, else one we tried, else how long until one is usable
+            # pick key: one not tried yet, else one we tried, else how long until one is usable
             pick = await pool.acquire(tried)
             held = pick.entry
             if held is None:
                 break
             entry = ex.entry = held
+            # forward; the watchdog is stopped by whoever reads the answer
             try:
                 resp = await open_upstream(
-                    session,
+                    gw.session,
                     method,
                     url,
-                    request_headers(client_headers, cfg.key_style, entry.secret, native),
+                    request_headers(client_headers, wire, entry.secret),
                     body,
                     rt.timeout,
                     ex.dog,
@@ -316,21 +213,13 @@ async def forward(
                 )
             except (UpstreamTimeout, UpstreamUnreachable) as exc:
                 timed_out = isinstance(exc, UpstreamTimeout)
-                last, last_error = (
-                    None,
-                    GatewayError(
-                        504 if timed_out else 502,
-                        f"upstream {cfg.name}: {exc}",
-                        "upstream_timeout" if timed_out else "upstream_unreachable",
-                    ),
+                last = None
+                last_error = GatewayError(
+                    504 if timed_out else 502,
+                    f"upstream {cfg.name}: {exc}",
+                    "upstream_timeout" if timed_out else "upstream_unreachable",
                 )
-                event, until, retry, key_fault, message = (
-                    Event.PROVIDER_ERROR,
-                    None,
-                    True,
-                    False,
-                    str(exc),
-                )
+                verdict = Verdict(Event.PROVIDER_ERROR, None, True, False, str(exc))
                 ex.upstream_status = 0
                 entry.err_5xx += 1
             else:
@@ -339,33 +228,29 @@ async def forward(
                     held = None  # relay owns the key from here
                     await relay(rt, ex, send, resp, entry, method == "HEAD")
                     return
+                # classify the refusal
                 ex.dog.stop()
                 try:
                     err_body = await read_limited(resp, ERROR_BODY_LIMIT, cfg.timeout_idle_s)
                 finally:
                     resp.close()
-                verdict = classify(resp.status, lower_headers(resp), err_body)
-                event, until, retry, key_fault, message = (
-                    verdict.event,
-                    verdict.until,
-                    verdict.retry,
-                    verdict.key_fault,
-                    verdict.message,
+                verdict = classify(
+                    resp.status, lower_headers(resp), err_body, None, wire.reset_hint
                 )
-                last = (resp.status, response_headers(resp), err_body, entry.secret.encode())
+                last = (resp.status, resp.raw_headers, err_body, entry.secret.encode())
                 last_error = None
                 if resp.status < 500:
                     entry.err_4xx += 1
                 else:
                     entry.err_5xx += 1
             held = None
-            pause = await pool.release(entry, event, until, message)
+            pause = await pool.release(entry, verdict.event, verdict.until, verdict.message)
             if pause:
                 rt.admission.pause_until(pause)
-            if not retry or cfg.retries == 0:
+            # retry?
+            if not verdict.retry or cfg.retries == 0:
                 break
-            now = time.time()
-            if key_fault and event is not Event.RATE_LIMITED:
+            if verdict.key_fault and verdict.event is not Event.RATE_LIMITED:
                 # A dead key (invalid, out of quota): swap it for another at once. These swaps
                 # have their own small allowance so a few dead keys never fail a client.
                 if key_retries >= cfg.retries + 2:
@@ -376,50 +261,65 @@ async def forward(
                 if retries_used >= cfg.retries:
                     break
                 retries_used += 1
-                if key_fault and await pool.ready_in([*tried, entry.id]) == 0.0:
+                if verdict.key_fault and await pool.ready_in([*tried, entry.id]) == 0.0:
                     delay = 0.0  # rate-limited key: another key is ready now
                 else:
                     backoff = _backoff(cfg.backoff_base_s, retries_used - 1)
                     # a hint is a wall-clock moment: wake just after it, never just before
-                    delay = max(backoff, (until - now + 0.02) if until else 0.0)
+                    until = verdict.until
+                    delay = max(backoff, (until - time.time() + 0.02) if until else 0.0)
             if delay > cfg.retry_after_max_s:
                 break
             tried.append(entry.id)
             ex.retries += 1
         finally:
-            ex.dog.stop()
             if held is not None:
                 await pool.release(held, Event.CANCELLED)
             await slot.release()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await sleep(delay)
+    await _give_up(rt, ex, send, last, last_error, pick.wait)
 
-    # Out of tries, or no key to try with.
+
+def _backoff(base: float, n: int) -> float:
+    """Exponential with jitter: base·2ⁿ scaled by a random factor in [0.5, 1.0]."""
+    return base * (2**n) * (0.5 + random.random() / 2)
+
+
+async def _give_up(
+    rt: ProviderRuntime,
+    ex: Exchange,
+    send: Any,
+    last: tuple[int, Any, bytes, bytes] | None,
+    last_error: GatewayError | None,
+    wait: float | None,
+) -> None:
+    """Out of tries, or no key to try with: relay the last refusal, or say why ourselves.
+    Once keygate has retried, the client's SDK is told not to retry on top (x-should-retry)."""
+    cfg = rt.cfg
     retried = ex.retries > 0
     if last is not None:
-        status, resp_headers, err_body, injected = last
+        status, raw_headers, err_body, injected = last
         # cold path: every key of the pool, not only the one this try injected
         redactor = redactor_for(cfg.name)
-        err_body = redactor.scrub(err_body, pool.entries, injected)
-        resp_headers = redactor.scrub_headers(resp_headers, pool.entries, injected)
+        err_body = redactor.scrub(err_body, rt.pool.entries, injected)
+        headers = redactor.scrub_headers(response_headers(raw_headers), rt.pool.entries, injected)
         if retried or status in (401, 403):
-            resp_headers = [h for h in resp_headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
+            headers = [h for h in headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
         # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
-        resp_headers = [h for h in resp_headers if h[0] != b"content-length"] + [
+        headers = [h for h in headers if h[0] != b"content-length"] + [
             (b"content-length", str(len(err_body)).encode())
         ]
         ex.status = status
         ex.error = f"upstream answered {status}"
-        await send({"type": "http.response.start", "status": status, "headers": resp_headers})
         ex.finishing = True
-        await send({"type": "http.response.body", "body": err_body})
+        await respond(send, status, headers, err_body)
         return
     if last_error is not None:
         if retried:
             last_error.retry = False  # keygate already retried on another try
         raise last_error
-    ready = pick.wait
-    if ready is None:
+    if wait is None:
         raise GatewayError(
             503,
             f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)",
@@ -427,15 +327,10 @@ async def forward(
         )
     raise GatewayError(
         429,
-        f"every key of provider '{cfg.name}' is cooling down; retry in {ready:.1f}s",
+        f"every key of provider '{cfg.name}' is cooling down; retry in {wait:.1f}s",
         "keys_cooling",
-        retry_after_headers(ready),
+        retry_after_headers(wait),
     )
-
-
-def _backoff(base: float, n: int) -> float:
-    """Exponential with jitter: base·2ⁿ scaled by a random factor in [0.5, 1.0]."""
-    return base * (2**n) * (0.5 + random.random() / 2)
 
 
 async def relay(
@@ -456,7 +351,7 @@ async def relay(
     idle = rt.cfg.timeout_idle_s
     secret = entry.secret.encode()
     masked = entry.masked.encode()
-    headers = response_headers(resp, secret, masked)
+    headers = response_headers(resp.raw_headers, secret, masked)
     length = resp.content_length
     try:
         dog.watch(idle)
@@ -496,7 +391,7 @@ async def _relay_whole(
 ) -> Event:
     """Nothing is sent before the whole body is here: a broken upstream becomes a clean 502."""
     dog = ex.dog
-    assert dog is not None
+    assert dog is not None and ex.wire is not None
     content = resp.content
     chunks: list[bytes] = []
     try:
@@ -509,10 +404,8 @@ async def _relay_whole(
             if content.at_eof():
                 break
     except asyncio.CancelledError:
-        if not dog.fired or ex.disconnected:
+        if not absorb_cancel(dog.fired and not ex.disconnected):
             raise
-        assert ex.task is not None
-        ex.task.uncancel()
         raise GatewayError(
             504, f"upstream went silent for {idle:g}s mid-response", "upstream_timeout"
         ) from None
@@ -520,16 +413,17 @@ async def _relay_whole(
         raise GatewayError(
             502, f"upstream broke mid-response: {type(exc).__name__}", "upstream_unreachable"
         ) from None
-    dog.stop()
+    dog.pause()  # the upstream is done; a slow client is not its silence
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    scan_usage(body, ex.usage)
+    ex.wire.scan_usage(body, ex.usage)
     if secret in body:
         body = body.replace(secret, masked)
         headers = [h for h in headers if h[0] != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     ex.status = resp.status
     ex.finishing = True
+    # the relayed answer is sent inline, not through `asgi.respond`: a coroutine per request
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     return Event.OK
 
@@ -544,11 +438,12 @@ async def _relay_stream(
 ) -> Event:
     """Chunks go on as they arrive; only a tail that may begin the key waits for the next."""
     dog = ex.dog
-    assert dog is not None
+    assert dog is not None and ex.wire is not None
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     ex.status = resp.status
     content = resp.content
     usage = ex.usage
+    scan_usage = ex.wire.scan_usage
     try:
         while True:
             chunk = await content.readany()
@@ -565,10 +460,8 @@ async def _relay_stream(
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             dog.touch()
     except asyncio.CancelledError:
-        if not dog.fired or ex.disconnected:
+        if not absorb_cancel(dog.fired and not ex.disconnected):
             raise
-        assert ex.task is not None
-        ex.task.uncancel()
         ex.error = f"upstream went silent for {idle:g}s mid-response"
         return Event.PROVIDER_ERROR  # the response is left incomplete: the server closes it
     except (aiohttp.ClientError, OSError) as exc:

@@ -1,26 +1,14 @@
-"""Where a request goes: provider prefix → upstream path, the gemini rewrite, model fill."""
+"""Where a request goes: provider prefix, dot segments, model fill. The rest of the path is the
+dialect's to map (`Dialect.route`)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import orjson
 
-from keygate.providers import chat_path
 from keygate.settings import ProviderConfig
 
 # Paths whose JSON body carries a `model` the provider's default may fill or force.
 _MODEL_PATHS = ("/chat/completions", "/completions", "/messages", "/embeddings", "/responses")
-
-
-@dataclass(slots=True)
-class Target:
-    provider: str
-    path: str  # on the upstream, starts with "/"
-    query: bytes  # without the client's ?key=
-    native_gemini: bool  # gemini native API: key goes in x-goog-api-key
 
 
 def split_prefix(path: str, default_provider: str) -> tuple[str, str]:
@@ -31,52 +19,6 @@ def split_prefix(path: str, default_provider: str) -> tuple[str, str]:
     if slash < 0:
         return path[1:], ""
     return path[1:slash], path[slash:]
-
-
-# `/v1/models/gemini-2.0-flash:generateContent`, `/v1beta/tunedModels/x:streamGenerateContent`:
-# a Gemini method call (the last segment names an action after a colon, maybe encoded as %3A).
-_NATIVE_METHOD_RE = re.compile(r"^/v\d+(?:alpha|beta)?\d*/.*(?::|%3[aA])[A-Za-z]+$")
-# OpenAI endpoints without a native Gemini namesake.
-_OPENAI_ONLY = (
-    "/v1/chat/",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/images/",
-    "/v1/audio/",
-)
-
-
-def native_gemini(rest: str, goog_key: bool) -> bool:
-    """Whether a Gemini request speaks the native API (key in x-goog-api-key) rather than the
-    OpenAI-compatible one. The Google SDKs send `/v1/…` or `/v1beta/…` method paths with
-    x-goog-api-key; OpenAI clients send `/v1/chat/completions`, `/v1/models`, `/v1/embeddings`
-    with a bearer token. `/v1beta/openai/…` is always the OpenAI-compatible API."""
-    if rest.startswith("/v1beta/openai") and rest[14:15] in ("", "/"):
-        return False
-    if rest.startswith(_OPENAI_ONLY):
-        return False  # no native method has these names: rewrite even with x-goog-api-key
-    if goog_key or _NATIVE_METHOD_RE.match(rest.partition("?")[0]):
-        return True
-    return not (rest.startswith("/v1/") or rest == "/v1")
-
-
-def upstream_path(
-    cfg: ProviderConfig, rest: str, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> tuple[str, bool]:
-    """The path on the upstream and whether it is Gemini's native API; only OpenAI-compatible
-    Gemini requests under `/v1` are rewritten to `/v1beta/openai`."""
-    if rest in ("", "/"):
-        rest = chat_path(cfg.key_style)
-    if cfg.key_style != "gemini":
-        return rest, False
-    if native_gemini(rest, any(name == b"x-goog-api-key" for name, _ in headers)):
-        return rest, True
-    if rest.startswith("/v1/"):
-        return "/v1beta/openai/" + rest[4:], False
-    if rest == "/v1":
-        return "/v1beta/openai", False
-    return rest, False
 
 
 def resolve_dots(rest: str) -> str:

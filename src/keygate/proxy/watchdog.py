@@ -102,3 +102,15 @@ class Watchdog:
         due = min(silent_until, self._wake_at if self._wake is not None else math.inf)
         if due != math.inf:
             self._arm(due)
+
+
+def absorb_cancel(ours: bool) -> bool:
+    """Called on a CancelledError. When `ours` (the watchdog fired, or the disconnect watcher
+    cancelled), withdraw the cancellation so the request can still answer or account, and
+    say True; otherwise False, and the caller re-raises: the cancel came from outside."""
+    if not ours:
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True

@@ -18,6 +18,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from keygate.asgi import respond
+
 STATIC_DIR = Path(__file__).with_name("static")
 
 CONTENT_TYPES: dict[str, str] = {
@@ -127,16 +129,14 @@ class AdminUI:
         if asset.gz:
             headers.append((b"vary", b"Accept-Encoding"))
         if inm and asset.etag in [tag.strip().removeprefix(b"W/") for tag in inm.split(b",")]:
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
+            await respond(send, 304, headers)
             return
         body = asset.body
         if asset.gz and accept_gzip:
             body = asset.gz
             headers.append((b"content-encoding", b"gzip"))
         headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        await respond(send, 200, headers, b"" if method == "HEAD" else body)
 
     async def _plain(
         self,
@@ -153,5 +153,4 @@ class AdminUI:
             *SECURITY_HEADERS,
             *extra,
         ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        await respond(send, status, headers, b"" if method == "HEAD" else body)

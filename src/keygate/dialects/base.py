@@ -1,0 +1,162 @@
+"""The shape every API family (a dialect) fills in, and what the families share.
+
+A dialect answers what the request path would otherwise answer with compares on `key_style`:
+how the key travels, what a bare prefix means and how paths are rewritten, where the model
+list is, how an error looks to that family's SDK, where usage and reset hints are in an answer.
+A provider is a dialect + base URL + limits. Dialects are stateless singletons: the request path
+calls their methods and builds nothing per request on their behalf.
+
+Seams for what comes next: `route` already answers the dialect spoken on the upstream path,
+which translation (one family's client, another family's upstream) hooks onto; `read_budget` is
+where per-key budgets announced in headers will be read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import ClassVar
+
+Headers = Sequence[tuple[bytes, bytes]]
+# A reset hint's parser: the header's value and the wall clock now → when to come back.
+ResetParser = Callable[[str, float], "float | None"]
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_USAGE_RE = re.compile(
+    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
+)
+
+
+def parse_duration(text: str) -> float | None:
+    """`1.5`, `20ms`, `6m0s`, `1h2m3s` → seconds."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, matched = 0.0, False
+    for number, unit in _DURATION_RE.findall(text):
+        matched = True
+        value = float(number)
+        total += value / 1000 if unit == "ms" else value * {"h": 3600, "m": 60, "s": 1}[unit]
+    return total if matched else None
+
+
+def after_ms(value: str, now: float) -> float | None:
+    try:
+        return now + float(value) / 1000
+    except ValueError:
+        return None
+
+
+def after_duration(value: str, now: float) -> float | None:
+    seconds = parse_duration(value)
+    return None if seconds is None else now + seconds
+
+
+def retry_after(value: str, now: float) -> float | None:
+    """RFC 9110 Retry-After: seconds or an HTTP date (a duration such as `1m30s` too)."""
+    moment = after_duration(value, now)
+    if moment is not None:
+        return moment
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def at_iso(value: str, now: float) -> float | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+# Reset hints as each family sends them, in the order they are trusted.
+RETRY_AFTER: tuple[tuple[str, ResetParser], ...] = (
+    ("retry-after-ms", after_ms),
+    ("retry-after", retry_after),
+)
+OPENAI_RESETS: tuple[tuple[str, ResetParser], ...] = (
+    ("x-ratelimit-reset-requests", after_duration),
+    ("x-ratelimit-reset-tokens", after_duration),
+    ("x-ratelimit-reset", after_duration),
+)
+ANTHROPIC_RESETS: tuple[tuple[str, ResetParser], ...] = (
+    ("anthropic-ratelimit-requests-reset", at_iso),
+    ("anthropic-ratelimit-tokens-reset", at_iso),
+)
+EVERY_RESET = RETRY_AFTER + OPENAI_RESETS + ANTHROPIC_RESETS
+
+
+def read_reset(
+    headers: Mapping[str, str], now: float, names: Sequence[tuple[str, ResetParser]]
+) -> float | None:
+    """Wall-clock time the upstream says to come back: the first of `names` that parses."""
+    for name, parse in names:
+        value = headers.get(name)
+        if value:
+            moment = parse(value, now)
+            if moment is not None:
+                return moment
+    return None
+
+
+def scan_usage(chunk: bytes, usage: list[int]) -> None:
+    """Keep the largest token counts the upstream reported (input, output) in `usage`.
+    Only the few hundred bytes after each `"usage"` are searched, not the whole answer."""
+    at = chunk.find(b'"usage"')
+    while at >= 0:
+        for name, value in _USAGE_RE.findall(chunk, at, at + 400):
+            n = int(value)
+            slot = 0 if name in (b"prompt_tokens", b"input_tokens") else 1
+            if n > usage[slot]:
+                usage[slot] = n
+        at = chunk.find(b'"usage"', at + 7)
+
+
+class Dialect:
+    """One API family. Subclasses set the data and override what their family does differently;
+    one instance of each lives in the registry (`keygate.dialects`)."""
+
+    key_style: ClassVar[str]  # the provider config's `key_style` value naming this family
+    default_path: ClassVar[str] = "/v1/chat/completions"  # what `/{provider}` stands for
+    models_path: ClassVar[str] = "/v1/models"  # the cheap authenticated request of key tests
+    reset_headers: ClassVar[Sequence[tuple[str, ResetParser]]] = RETRY_AFTER
+    # where this family's clients put their credential: never forwarded, whatever the dialect
+    credential_headers: ClassVar[tuple[bytes, ...]] = (b"authorization",)
+
+    def route(self, rest: str, headers: Headers) -> tuple[str, Dialect]:
+        """The path on the upstream for the client's path after the prefix, and the dialect
+        spoken there (whose key style, error shape and usage fields apply to this request)."""
+        if rest in ("", "/"):
+            rest = self.default_path
+        return rest, self
+
+    def add_key(self, out: list[tuple[str, str]], secret: str) -> None:
+        """Append the headers that carry `secret` (and any the family requires with it)."""
+        out.append(("authorization", "Bearer " + secret))
+
+    def models_request(self, base_url: str, secret: str) -> tuple[str, dict[str, str]]:
+        """URL and headers of the model list, the request that tells whether a key works."""
+        headers: list[tuple[str, str]] = []
+        self.add_key(headers, secret)
+        return base_url + self.models_path, dict(headers)
+
+    def error_body(self, status: int, message: str, code: str | None) -> bytes:
+        """keygate's own error, in the shape this family's SDKs parse into an exception."""
+        raise NotImplementedError
+
+    # Usage fields: OpenAI's and Anthropic's names (the OpenAI Responses API uses Anthropic's).
+    scan_usage = staticmethod(scan_usage)
+
+    def reset_hint(self, headers: Mapping[str, str], now: float) -> float | None:
+        """`headers` with lower-case names."""
+        return read_reset(headers, now, self.reset_headers)
+
+    def read_budget(self, headers: Mapping[str, str]) -> None:
+        """What an answer says is left of the key's budget (remaining requests and tokens,
+        and when they reset). Not read yet: per-key budgets from headers plug in here."""
+        return None
