@@ -698,11 +698,6 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
         kg.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key's outcome (ok, errors, tokens) is counted after the pick; a flush between "
-    "the two takes the key off the flush list, so the outcome never reaches the store",
-)
 def test_outcome_counted_after_a_flush_still_reaches_the_store(
     gateway_factory: Any, mock: MockUpstream
 ) -> None:

@@ -371,13 +371,14 @@ async def relay(
             resp.release()
         else:
             resp.close()
-        await pool.release(entry, event)
+        # the outcome's counters before the release, which marks the key for the next flush
         if event is Event.OK:
             entry.ok += 1
         elif event is Event.PROVIDER_ERROR:
             entry.err_5xx += 1
         entry.tokens_in += ex.usage[0]
         entry.tokens_out += ex.usage[1]
+        await pool.release(entry, event)
 
 
 async def _relay_whole(

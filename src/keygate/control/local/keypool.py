@@ -201,7 +201,9 @@ class LocalKeyPool:
         self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
     ) -> float | None:
         """Record how a try went; returns a wall-clock time to pause the provider until, when
-        the pool-wide 429 guard fires."""
+        the pool-wide 429 guard fires. The try's counters are final by now: the key is marked
+        for the next flush (one may have run since the pick took it off the list)."""
+        self.touched.add(entry.id)
         if entry.inflight > 0:
             entry.inflight -= 1
         if event is Event.OK:

@@ -173,6 +173,7 @@ class SharedKeyPool:
         self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
     ) -> float | None:
         st = self._shared
+        self.local.touched.add(entry.id)  # counters are final: flushed next time (see record)
         held = self.leases.get(entry.id)
         lease = held.pop() if held else None
         if held is not None and not held:
