@@ -22,7 +22,7 @@ from harness import CHAT, fire
 from keygate.control.base import Event, Limits
 from keygate.control.keypool import KeyEntry, mask
 from keygate.control.local import LocalAdmission, LocalKeyPool
-from keygate.control.redis import SharedKeyPool, SharedState
+from keygate.control.redis import SharedAdmission, SharedKeyPool, SharedState
 from keygate.control.redis.scripts import ADMIT, PICK, RELEASE_KEY, RELEASE_SLOT, RENEW, SYNC
 from keygate.control.redis.state import EVENTS
 from keygate.settings import ProviderConfig
@@ -64,7 +64,7 @@ def admit_args(
 
 
 def pool_of(st: SharedState, name: str = "t", n: int = 4, **cfg: Any) -> SharedKeyPool:
-    pool = st.pool(ProviderConfig(name=name, base_url="http://x", **cfg))
+    pool = SharedKeyPool(ProviderConfig(name=name, base_url="http://x", **cfg), st)
     for i in range(1, n + 1):
         pool.add(KeyEntry(i, name, f"sk-secret-{i:04d}-xxxx"))
     return pool
@@ -268,7 +268,7 @@ async def test_rediss_with_a_private_ca_for_pipeline_and_pubsub(
 
     a, b = SharedState(url), SharedState(url)
     cfg = ProviderConfig(name="tls", base_url="http://x", rps=1, burst=2, max_conn=0)
-    adm = a.admission(Limits(1, 2, 0, 10, 5), cfg)
+    adm = SharedAdmission(Limits(1, 2, 0, 10, 5), cfg, a)
     try:
         await a.start(on_change)
         await b.start()
@@ -292,7 +292,7 @@ async def test_rediss_with_a_private_ca_for_pipeline_and_pubsub(
 async def test_redis_that_hangs_or_dies_never_blocks_a_request(redis_server: RedisServer) -> None:
     st = SharedState(redis_server.url + "?timeout_s=0.3", fleet_size=2)
     cfg = ProviderConfig(name="f", base_url="http://x", rps=100, burst=10, max_conn=4)
-    adm = st.admission(Limits(50, 5, 2, 100, 5), cfg)
+    adm = SharedAdmission(Limits(50, 5, 2, 100, 5), cfg, st)
     pool = pool_of(st, "f", n=2)
     await st.start()
     try:
@@ -337,7 +337,7 @@ async def test_added_latency_per_decision_local_vs_redis(redis_server: RedisServ
     for i in range(1, 11):
         local_pool.add(KeyEntry(i, "bench", f"sk-bench-{i:04d}-xxxx"))
     st = SharedState(redis_server.url)
-    shared_adm = st.admission(Limits(cfg.rps, cfg.burst, cfg.max_conn, 1000, 5), cfg)
+    shared_adm = SharedAdmission(Limits(cfg.rps, cfg.burst, cfg.max_conn, 1000, 5), cfg, st)
     shared_pool = pool_of(st, "bench", n=10)
     await st.start()
 

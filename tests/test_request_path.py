@@ -17,8 +17,8 @@ from aiohttp import web
 
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalKeyPool
-from keygate.gateway import ProviderRuntime
 from keygate.proxy import handler
+from keygate.runtime import ProviderRuntime
 from keygate.settings import ProviderConfig
 from keygate.upstream import create_session
 

@@ -17,63 +17,19 @@ from typing import Any
 
 import aiohttp
 
-from keygate.control.base import Admission, KeyPool, Limits
 from keygate.control.keypool import KeyEntry
-from keygate.control.local import LocalAdmission, LocalKeyPool
 from keygate.control.redis import SharedState
-from keygate.dialects import Dialect, dialect_for
-from keygate.observe import ProviderStats, RequestRecord, access_log, log
+from keygate.observe import RequestRecord, access_log, log
 from keygate.overrides import apply_fields, clean_fields
 from keygate.probe import probe
 from keygate.recheck import recheck_loop
+from keygate.runtime import ProviderRuntime
 from keygate.settings import ProviderConfig, Settings
 from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
 from keygate.sync import StoreSync
 from keygate.throttle import FailureThrottle
 from keygate.upstream import create_session
-
-
-class ProviderRuntime:
-    """Everything the request path needs about one provider, prepared once."""
-
-    __slots__ = ("admission", "cfg", "dialect", "pool", "stats", "timeout")
-
-    def __init__(
-        self, cfg: ProviderConfig, fleet_size: int = 1, shared: SharedState | None = None
-    ) -> None:
-        self.cfg = cfg
-        self.dialect: Dialect = dialect_for(cfg.key_style)  # resolved once, again on reload
-        # The form is chosen once: shared (Redis) when configured, its local fallback underneath.
-        if shared is None:
-            self.admission: Admission = LocalAdmission(self.limits(fleet_size))
-            self.pool: KeyPool = LocalKeyPool(cfg)
-        else:
-            self.admission = shared.admission(self.limits(fleet_size), cfg)
-            self.pool = shared.pool(cfg)
-        self.stats = ProviderStats()
-        self.timeout = self._timeout()
-
-    def limits(self, fleet_size: int = 1) -> Limits:
-        cfg = self.cfg
-        share = max(1, fleet_size)
-        return Limits(
-            rps=cfg.rps / share,
-            burst=max(1, cfg.burst // share) if cfg.burst else 0,
-            max_conn=max(1, cfg.max_conn // share) if cfg.max_conn else 0,
-            queue=cfg.queue,
-            queue_timeout_s=cfg.queue_timeout_s,
-        )
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=self.cfg.timeout_connect_s, sock_read=None
-        )
-
-    def reconfigure(self, fleet_size: int = 1) -> None:
-        self.admission.configure(self.limits(fleet_size))
-        self.timeout = self._timeout()
-        self.dialect = dialect_for(self.cfg.key_style)
 
 
 class Gateway:

@@ -12,7 +12,7 @@ from keygate.control.keypool import KeyEntry
 from keygate.observe import log
 
 if TYPE_CHECKING:
-    from keygate.gateway import ProviderRuntime
+    from keygate.runtime import ProviderRuntime
 
 RECHECK_POLL_S = 5.0
 RECHECK_BATCH = 20  # per provider and pass: a big pool of dead keys does not flood the upstream

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from keygate.gateway import Gateway, ProviderRuntime
+from keygate.gateway import Gateway
 from keygate.overrides import apply_stored
+from keygate.runtime import ProviderRuntime
 from keygate.settings import TUNABLE, Settings
 
 # Settings a reload leaves alone: they come from the environment or the command line, which a

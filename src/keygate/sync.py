@@ -19,7 +19,7 @@ from keygate.settings import Settings
 from keygate.store.base import KeyRecord, Store
 
 if TYPE_CHECKING:
-    from keygate.gateway import ProviderRuntime
+    from keygate.runtime import ProviderRuntime
 
 CHANGE_POLL_S = 1.0
 FEED_CHUNK = 2000  # big imports: let requests run between chunks

@@ -12,7 +12,7 @@ from keygate.counters import unflushed
 from keygate.store.base import KeyRecord
 
 if TYPE_CHECKING:
-    from keygate.gateway import ProviderRuntime
+    from keygate.runtime import ProviderRuntime
 
 COUNTER_NAMES = ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
 _TIMED = frozenset({"cooling", "exhausted", "invalid"})  # states with a cooldown_until

@@ -20,7 +20,7 @@ import redis
 from keygate.control.base import Limits
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalAdmission, LocalKeyPool
-from keygate.control.redis import SharedState
+from keygate.control.redis import SharedAdmission, SharedKeyPool, SharedState
 from keygate.settings import ProviderConfig
 from servers import RedisServer, redis_bin, start_redis
 
@@ -121,11 +121,11 @@ class RedisForm(Form):
         await self.state.close()
 
     def make_pool(self, cfg: ProviderConfig) -> Any:
-        return self.state.pool(cfg)
+        return SharedKeyPool(cfg, self.state)
 
     def admission(self, **cfg: Any) -> Any:
         pcfg = provider(f"a{len(self.state.admissions)}", **cfg)
-        return self.state.admission(limits_of(pcfg), pcfg)
+        return SharedAdmission(limits_of(pcfg), pcfg, self.state)
 
 
 CONTROL_FORMS = [

@@ -21,9 +21,10 @@ from keygate.admin.http import (
     route,
 )
 from keygate.control.keypool import KeyEntry
-from keygate.gateway import Gateway, ProviderRuntime
+from keygate.gateway import Gateway
 from keygate.keyops import Duplicate, KeyOps
 from keygate.observe import log
+from keygate.runtime import ProviderRuntime
 from keygate.settings import BOUNDS
 from keygate.store.base import KEY_STATUSES, InvalidKey, KeyRecord, parse_key_input
 from keygate.views import key_view

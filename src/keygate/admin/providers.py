@@ -8,8 +8,9 @@ from typing import Any
 from keygate import __version__
 from keygate.admin.http import ApiError, Reply, Request, Route, bad, not_found, route
 from keygate.admin.keys import KeyRoutes
-from keygate.gateway import Gateway, ProviderRuntime
+from keygate.gateway import Gateway
 from keygate.observe import log
+from keygate.runtime import ProviderRuntime
 from keygate.views import provider_view
 
 

@@ -24,7 +24,7 @@ from keygate.asgi import read_body as asgi_read_body
 from keygate.control.base import Event, Rejected
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
-from keygate.gateway import Gateway, ProviderRuntime
+from keygate.gateway import Gateway
 from keygate.observe import RequestRecord, access_log
 from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
 from keygate.proxy.classify import Verdict, classify
@@ -43,6 +43,7 @@ from keygate.proxy.forward import (
 from keygate.proxy.redact import StreamScrubber, redactor_for
 from keygate.proxy.route import apply_model, find_model, resolve_dots, split_prefix
 from keygate.proxy.watchdog import absorb_cancel
+from keygate.runtime import ProviderRuntime
 
 ERROR_BODY_LIMIT = 1 << 20
 WHOLE_BODY_LIMIT = 1 << 20  # a 2xx body up to this length is read whole before it is relayed

@@ -52,6 +52,7 @@ class SharedAdmission:
         self.name = cfg.name
         self._cfg = cfg  # live: the fleet's limits, changed at run time by the admin
         self._shared = shared
+        shared.admissions[cfg.name] = self  # the supervisor hands leases back after outages
         prefix = f"keygate:{{{cfg.name}}}:"
         self.leases_key = prefix + "leases"
         self._keys = [prefix + "adm", self.leases_key]

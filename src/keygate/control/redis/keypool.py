@@ -46,6 +46,7 @@ class SharedKeyPool:
         self.clock = self.local.clock
         self.name = cfg.name
         self._shared = shared
+        shared.pools[cfg.name] = self  # the supervisor resyncs it when Redis comes back
         self._prefix = prefix = f"keygate:{{{cfg.name}}}:"
         names = ("st", "ring", "inring", "cool", "hold", "lim", "strikes", "g429", "guard", "adm")
         self._keys = [prefix + n for n in names]

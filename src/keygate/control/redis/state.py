@@ -35,11 +35,10 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
-from keygate.control.base import Limits
 from keygate.control.redis.connection import (
     Callback,
     RedisDown,
@@ -49,11 +48,26 @@ from keygate.control.redis.connection import (
 )
 from keygate.control.redis.scripts import CLEAN, RELEASE_SLOT, RENEW, SCRIPTS, Script
 from keygate.observe import log
-from keygate.settings import ProviderConfig
 
-if TYPE_CHECKING:
-    from keygate.control.redis.admission import SharedAdmission
-    from keygate.control.redis.keypool import SharedKeyPool
+
+class SharedGate(Protocol):
+    """What the supervisor needs of a provider's shared admission (admission.py registers
+    itself here): its leases, to hand back, re-lease or wake after an outage."""
+
+    name: str
+    leases_key: str
+    held: dict[str, Any]
+
+    def lease_local_slots(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class SharedPool(Protocol):
+    """What the supervisor needs of a provider's shared key pool (keypool.py registers it)."""
+
+    async def resync(self) -> None: ...
+
 
 PROBE_S = 1.0  # how often an unreachable Redis is tried again
 SYNC_BATCH = 500
@@ -76,8 +90,8 @@ class SharedState:
         self.up = False
         self.reason = "not connected yet"
         self.since = time.time()
-        self.admissions: dict[str, SharedAdmission] = {}
-        self.pools: dict[str, SharedKeyPool] = {}
+        self.admissions: dict[str, SharedGate] = {}  # filled by the objects themselves
+        self.pools: dict[str, SharedPool] = {}
         self._seq = itertools.count(1)
         self._pipe: RespPipe | None = None
         self._pubsub: Any = None
@@ -88,21 +102,6 @@ class SharedState:
         self._change_again = False
         self._down_logged = False
         self._connected_once = False
-
-    # --- factories (ProviderRuntime) ---------------------------------------------------------
-    def admission(self, limits: Limits, cfg: ProviderConfig) -> SharedAdmission:
-        from keygate.control.redis.admission import SharedAdmission
-
-        adm = SharedAdmission(limits, cfg, self)
-        self.admissions[cfg.name] = adm
-        return adm
-
-    def pool(self, cfg: ProviderConfig) -> SharedKeyPool:
-        from keygate.control.redis.keypool import SharedKeyPool
-
-        pool = SharedKeyPool(cfg, self)
-        self.pools[cfg.name] = pool
-        return pool
 
     def now(self) -> str:
         """ARGV[1] of every script: empty means Redis TIME."""
