@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from keygate.classify import classify, parse_duration, reset_hint
 from keygate.control.base import Event, Limits, Rejected
 from keygate.control.keypool import KeyEntry, mask
 from keygate.control.local import LocalAdmission, LocalKeyPool, TokenBucket
-from keygate.proxy.classify import classify, parse_duration, reset_hint
 from keygate.settings import ProviderConfig
 
 

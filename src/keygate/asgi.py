@@ -66,3 +66,14 @@ async def send_whole(send: Any, status: int, headers: Headers, body: bytes) -> N
 async def respond_json(send: Any, status: int, doc: Any, extra: Headers | None = None) -> None:
     body = orjson.dumps(doc)
     await send_whole(send, status, [(b"content-type", b"application/json"), *(extra or ())], body)
+
+
+SESSION_COOKIE = "keygate_session"  # the admin page's session; /healthz looks for it too
+
+
+def read_cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from keygate import __version__
-from keygate.admin.auth import SESSION_COOKIE, read_cookie
+from keygate.asgi import SESSION_COOKIE, read_cookie
 from keygate.gateway import Gateway
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from keygate.classify import classify
 from keygate.control.base import Event
 from keygate.dialects import dialect_for
-from keygate.proxy.classify import classify
 from keygate.settings import ProviderConfig
 from keygate.store.base import Store, StoreError
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from keygate.admin.credentials import AdminCredentials
+from keygate.asgi import SESSION_COOKIE, read_cookie
 from keygate.gateway import Gateway
 from keygate.observe import log
 from keygate.store.base import StoreError
 
-SESSION_COOKIE = "keygate_session"
 CSRF_HEADER = b"x-keygate-csrf"  # required with cookie auth on unsafe methods
 SESSION_TTL_S = 7 * 24 * 3600  # absolute cap after login, however active the session
 REFRESH_AFTER_S = 60  # re-issue the cookie at most this often (sooner with a short idle limit)
@@ -178,11 +178,3 @@ class AdminAuth:
 def session_cookie(token: str, max_age: int, https: bool) -> bytes:
     cookie = f"{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}"
     return (cookie + "; Secure" if https else cookie).encode()
-
-
-def read_cookie(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return None

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from keygate.admin.auth import CSRF_HEADER, SCOPE_COOKIE, SESSION_COOKIE, AdminAuth, read_cookie
+from keygate.admin.auth import CSRF_HEADER, SCOPE_COOKIE, AdminAuth
 from keygate.admin.auth import session_cookie as make_cookie
 from keygate.admin.http import ApiError, Reply, Request, Route, bad, is_https, refused, route
 from keygate.admin.http import unauthorized as _unauthorized
+from keygate.asgi import SESSION_COOKIE, read_cookie
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

@@ -21,13 +21,13 @@ import aiohttp
 
 from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
 from keygate.asgi import read_body as asgi_read_body
+from keygate.classify import Verdict, classify
 from keygate.control.base import Event, Rejected
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway
 from keygate.observe import RequestRecord, access_log
 from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
-from keygate.proxy.classify import Verdict, classify
 from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.exchange import Exchange
 from keygate.proxy.forward import (
