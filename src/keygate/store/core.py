@@ -298,13 +298,28 @@ class SqlStore(SqlDriver):
     ) -> None:
         # One row per key (a statement may not update a row twice), summed; sorted, so
         # concurrent flushes lock rows in the same order.
-        per_key: dict[int, list[Any]] = {}
+        per_key: dict[int, KeyDelta] = {}
         for d in key_deltas:
-            row = per_key.setdefault(int(d[0]), [0, 0, 0, 0, 0, 0, 0.0])
-            for i in range(6):
-                row[i] += int(d[i + 1])
-            row[6] = max(row[6], float(d[7]))
-        keys: list[KeyDelta] = [(k, *per_key[k]) for k in sorted(per_key)]  # type: ignore[misc]
+            key_id = int(d[0])
+            row: KeyDelta = (
+                key_id,
+                int(d[1]),
+                int(d[2]),
+                int(d[3]),
+                int(d[4]),
+                int(d[5]),
+                int(d[6]),
+                float(d[7]),
+            )
+            seen = per_key.get(key_id)
+            if seen is not None:  # rare: the flusher sends one delta per key
+                row = (
+                    key_id,
+                    *(a + b for a, b in zip(seen[1:7], row[1:7], strict=True)),
+                    max(seen[7], row[7]),
+                )  # type: ignore[assignment]
+            per_key[key_id] = row
+        keys = [per_key[k] for k in sorted(per_key)]
         providers: list[ProviderDelta] = [
             (name, *(int(v) for v in provider_deltas[name]))  # type: ignore[misc]
             for name in sorted(provider_deltas)
