@@ -5,60 +5,41 @@ connection is only ever touched by the thread that made it. Several processes (t
 CLI, other instances) can use the same file at once: WAL lets readers run beside a writer, every
 write takes the lock up front (BEGIN IMMEDIATE) and waits up to `busy_timeout` for it.
 
-Change feed: every transaction that writes keys, provider overrides or meta takes the next seq
-from `change_feed` and stamps it on the rows it touches (`updated_seq`); deletions leave a
-tombstone. Counter flushes write `key_stats`/`provider_stats` only and never move the feed.
+The operations themselves are the store core's (`store.core`); this module is the SQLite
+driver: the connection and its thread, transactions, `?N` placeholders and the bulk statements
+(`executemany`, `IN` lists of at most `_CHUNK` values).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import os
+import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from keygate.store.base import (
-    KEY_SELECT,
-    MAX_ERROR_LEN,
-    TOMBSTONE_TTL_S,
-    Changes,
-    DuplicateKey,
-    ImportResult,
-    InvalidKey,
-    KeyRecord,
-    Store,
-    StoreError,
-    check_fields,
-    check_number,
-    check_provider,
-    check_secret,
-    check_session_id,
-    check_source,
-    check_status,
-    like_pattern,
-    load_migrations,
-    mask,
-    plan_import,
-    record_from_row,
-)
-from keygate.store.crypto import (
-    CRYPTO_META,
-    ERR_KEY_REQUIRED,
-    META_VERIFIER,
-    Cipher,
-    resolve_cipher,
-)
+from keygate.store.base import KEY_SELECT, StoreError
+from keygate.store.core import SqlStore
+from keygate.store.driver import Body, Db, KeyDelta, ProviderDelta, Rollback
 from keygate.store.files import DATA_FILE_NAME, create_private, private_dir, private_file
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 _CHUNK = 900  # host parameters per IN (...) list, below SQLite's oldest limit of 999
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@functools.lru_cache(maxsize=256)
+def _sql(text: str) -> str:
+    """The core's `$1` placeholders as SQLite's numbered `?1`."""
+    return _PLACEHOLDER.sub(r"?\1", text)
 
 
 def _statements(script: str) -> Iterable[str]:
@@ -83,19 +64,84 @@ def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
-class SqliteStore(Store):
+def run_sync(step: Coroutine[Any, Any, T]) -> T:
+    """Run a core body to its end on this thread: `SqliteDb` never suspends, so one send()
+    finishes it. A body that waits on the event loop is a programming error."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    step.close()
+    raise RuntimeError("a store step waited on the event loop inside the SQLite thread")
+
+
+class SqliteDb:
+    """The core's `Db` over a sqlite3 connection, on the store's thread; never suspends.
+
+    Results are fetched whole, so no statement stays open across a COMMIT.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return self.conn.execute(_sql(sql), args).fetchall()
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any | None:
+        rows = self.conn.execute(_sql(sql), args).fetchall()
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        rows = self.conn.execute(_sql(sql), args).fetchall()
+        return rows[0][0] if rows else None
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self.conn.execute(_sql(sql), args).rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(_sql(sql), rows)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)  # already off the event loop
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")  # the write lock is the schema lock
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+
+class SqliteStore(SqlStore):
     """Store on one SQLite file; safe to share between processes and with the CLI."""
 
+    dialect = "sqlite"
+    GREATEST = "MAX"
+    ILIKE = "LIKE"  # case-insensitive for ASCII
+    # The covering index keeps the search scan off the table rows and their long secrets.
+    SEARCH_FROM = "keys k INDEXED BY keys_search"
+    FOR_UPDATE = ""  # BEGIN IMMEDIATE already holds the write lock
+    HAS_MIGRATIONS = (
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    )
+
     def __init__(self, path: str | os.PathLike[str], secret_key: str = "") -> None:
+        super().__init__(secret_key)
         self.path = Path(path)
-        self._secret_key = secret_key
-        self._cipher: Cipher = Cipher()
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.tombstone_ttl_s = TOMBSTONE_TTL_S
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
+
+    @property
+    def _where(self) -> str:
+        return f"SQLite database {self.path}"
 
     # plumbing
 
@@ -122,45 +168,37 @@ class SqliteStore(Store):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"SQLite database {self.path}: {exc}") from exc
 
-    @staticmethod
-    def _write(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
-        """Run `fn` in one write transaction, taking the lock first so it cannot deadlock."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn()
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+    async def _plain(self, body: Body[T]) -> T:
+        return await self._run(lambda conn: run_sync(body(SqliteDb(conn))))
 
-    @staticmethod
-    def _read(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
-        """Run `fn` in one read transaction so several SELECTs see the same snapshot."""
-        conn.execute("BEGIN")
-        try:
-            return fn()
-        finally:
+    async def _read(self, body: Body[T]) -> T:
+        def fn(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return run_sync(body(SqliteDb(conn)))
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(fn)
+
+    async def _write(self, body: Body[T]) -> T:
+        def fn(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")  # the lock first, so it cannot deadlock
+            try:
+                result = run_sync(body(SqliteDb(conn)))
+            except Rollback as rollback:
+                conn.execute("ROLLBACK")
+                return rollback.result  # type: ignore[no-any-return]
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
             conn.execute("COMMIT")
+            return result
 
-    @staticmethod
-    def _bump(conn: sqlite3.Connection) -> int:
-        """Next change-feed seq; only call inside a write transaction."""
-        rows = conn.execute(
-            "UPDATE change_feed SET seq = seq + 1 WHERE id = 1 RETURNING seq"
-        ).fetchall()
-        return int(rows[0][0])
+        return await self._run(fn)
 
-    def _record(self, row: Sequence[Any]) -> KeyRecord:
-        return record_from_row(row, self._cipher.unseal)
-
-    def _guard_plain_writes(self, conn: sqlite3.Connection) -> None:
-        """Refuse to add plain secrets after another process switched the db to encryption."""
-        if (
-            not self._cipher.encrypted
-            and conn.execute("SELECT 1 FROM meta WHERE name = ?", (META_VERIFIER,)).fetchone()
-        ):
-            raise StoreError(ERR_KEY_REQUIRED)
+    async def _offload(self, fn: Callable[[], T]) -> T:
+        return await self._run(lambda conn: fn())
 
     # lifecycle
 
@@ -177,7 +215,7 @@ class SqliteStore(Store):
             raise
 
     def _open_sync(self) -> None:
-        migrations = load_migrations("sqlite")
+        migrations = self._migrations()
         try:
             self._private_files()
         except OSError as exc:
@@ -196,8 +234,7 @@ class SqliteStore(Store):
             # Deleted keys (and plain secrets replaced by ciphertext) are zeroed, not left in
             # free pages.
             conn.execute("PRAGMA secure_delete = ON")
-            self._migrate(conn, migrations)
-            self._setup_cipher(conn)
+            run_sync(self._setup(SqliteDb(conn), migrations))
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -222,89 +259,6 @@ class SqliteStore(Store):
                 if entry.is_file() and not entry.is_symlink():
                     private_file(entry)
 
-    def _migrate(self, conn: sqlite3.Connection, migrations: list[tuple[int, str, str]]) -> None:
-        newest = migrations[-1][0] if migrations else 0
-
-        def applied() -> int:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            return int(
-                conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
-            )
-
-        # Read first without the write lock: an up-to-date database (the usual case) needs none.
-        has_table = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-        ).fetchone()
-        if has_table:
-            current = int(
-                conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
-            )
-            self._check_version(current, newest)
-            if current == newest:
-                return
-
-        def apply() -> None:
-            current = applied()  # again, under the lock: another process may have migrated
-            self._check_version(current, newest)
-            for version, name, sql in migrations:
-                if version <= current:
-                    continue
-                for statement in _statements(sql):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, name, time.time()),
-                )
-
-        self._write(conn, apply)
-
-    def _check_version(self, current: int, newest: int) -> None:
-        if current > newest:
-            raise StoreError(
-                f"SQLite database {self.path} has schema version {current}, newer than this "
-                f"keygate knows ({newest}): upgrade keygate"
-            )
-
-    def _setup_cipher(self, conn: sqlite3.Connection) -> None:
-        def crypto_meta() -> dict[str, str]:
-            marks = ",".join("?" * len(CRYPTO_META))
-            rows = conn.execute(
-                f"SELECT name, value FROM meta WHERE name IN ({marks})", CRYPTO_META
-            ).fetchall()
-            return dict(rows)
-
-        cipher, to_write = resolve_cipher(self._secret_key, crypto_meta())
-        if not to_write:
-            self._cipher = cipher
-            return
-
-        def encrypt_in_place() -> tuple[Cipher, int]:
-            meta = crypto_meta()
-            if meta.get(META_VERIFIER):  # another process switched it on meanwhile
-                return resolve_cipher(self._secret_key, meta)[0], 0
-            old = Cipher()
-            rows = conn.execute("SELECT id, secret FROM keys").fetchall()
-            updates = []
-            for key_id, stored in rows:
-                secret = old.unseal(stored)
-                updates.append((cipher.seal(secret), cipher.fingerprint(secret), key_id))
-            conn.executemany("UPDATE keys SET secret = ?, fingerprint = ? WHERE id = ?", updates)
-            conn.executemany(
-                "INSERT INTO meta (name, value, updated_seq) VALUES (?, ?, 0)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                list(to_write.items()),
-            )
-            return cipher, len(updates)
-
-        self._cipher, rewritten = self._write(conn, encrypt_in_place)
-        if rewritten:
-            # Rebuild the file and empty the WAL so no page with a plain secret survives.
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
     async def close(self) -> None:
         executor, self._executor = self._executor, None
         if executor is None:
@@ -326,511 +280,99 @@ class SqliteStore(Store):
         finally:
             conn.close()
 
-    # keys
+    # the dialect: scripts, bulk statements
 
-    async def add_key(
-        self, provider: str, secret: str, label: str = "", source: str = "api"
-    ) -> KeyRecord:
-        provider = check_provider(provider)
-        check_source(source)
-        if not isinstance(label, str):
-            raise ValueError("label must be text")
-        secret = secret.strip() if isinstance(secret, str) else ""
-        why = check_secret(secret)
-        if why:
-            raise InvalidKey(f"the key is not valid: {why}")
-        return await self._run(self._add_key, provider, secret, label, source)
+    async def _run_script(self, db: Db, sql: str) -> None:
+        for statement in _statements(sql):
+            await db.execute(statement)
 
-    def _add_key(
-        self, conn: sqlite3.Connection, provider: str, secret: str, label: str, source: str
-    ) -> KeyRecord:
-        fingerprint = self._cipher.fingerprint(secret)
+    async def _after_reseal(self, db: Db) -> None:
+        # Rebuild the file and empty the WAL so no page with a plain secret survives.
+        await db.execute("VACUUM")
+        await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-        def tx() -> KeyRecord:
-            self._guard_plain_writes(conn)
-            row = conn.execute(
-                "SELECT id FROM keys WHERE provider = ? AND fingerprint = ?",
-                (provider, fingerprint),
-            ).fetchone()
-            if row:
-                raise DuplicateKey(f"{provider} already has this key (id {row[0]})")
-            seq = self._bump(conn)
-            cur = conn.execute(
-                "INSERT INTO keys (provider, secret, fingerprint, masked, label, source,"
-                " created_at, updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    provider,
-                    self._cipher.seal(secret),
-                    fingerprint,
-                    mask(secret),
-                    label,
-                    source,
-                    time.time(),
-                    seq,
-                ),
-            )
-            row = conn.execute(f"{KEY_SELECT} WHERE k.id = ?", (cur.lastrowid,)).fetchone()
-            return self._record(row)
-
-        return self._write(conn, tx)
-
-    async def add_keys(
-        self, provider: str, secrets: list[str], source: str = "api"
-    ) -> list[ImportResult]:
-        provider = check_provider(provider)
-        check_source(source)
-        return await self._run(self._add_keys, provider, list(secrets), source)
-
-    def _add_keys(
-        self, conn: sqlite3.Connection, provider: str, secrets: list[str], source: str
-    ) -> list[ImportResult]:
-        cipher = self._cipher
-        plan = plan_import(secrets, cipher.fingerprint)
-        results, first, plain = plan.results, plan.first, plan.tokens
-
-        def tx() -> dict[str, int]:
-            if first:
-                self._guard_plain_writes(conn)
-            ids: dict[str, int] = {}
-            fps = list(first)
-            for chunk in _chunks(fps):
-                marks = ",".join("?" * len(chunk))
-                ids.update(
-                    conn.execute(
-                        "SELECT fingerprint, id FROM keys WHERE provider = ?"
-                        f" AND fingerprint IN ({marks})",
-                        (provider, *chunk),
-                    ).fetchall()
-                )
-            for fp in ids:
-                results[first[fp]].message = "already stored"
-            new = [fp for fp in fps if fp not in ids]
-            if not new:
-                return ids
-            seq = self._bump(conn)
-            now = time.time()
-            conn.executemany(
-                "INSERT INTO keys (provider, secret, fingerprint, masked, source, created_at,"
-                " updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    (
-                        provider,
-                        cipher.seal(plain[fp]),
-                        fp,
-                        results[first[fp]].input,
-                        source,
-                        now,
-                        seq,
-                    )
-                    for fp in new
-                ),
-            )
-            # Only this transaction used `seq`, so these are exactly the rows just inserted.
-            for fp, key_id in conn.execute(
-                "SELECT fingerprint, id FROM keys WHERE updated_seq = ?", (seq,)
-            ):
-                ids[fp] = key_id
-                result = results[first[fp]]
-                result.status, result.message = "added", ""
-            return ids
-
-        return plan.finish(self._write(conn, tx) if first else {})
-
-    async def load_keys(self, provider: str | None = None) -> list[KeyRecord]:
-        def fn(conn: sqlite3.Connection) -> list[KeyRecord]:
-            if provider is None:
-                rows = conn.execute(f"{KEY_SELECT} ORDER BY k.id").fetchall()
-            else:
-                rows = conn.execute(
-                    f"{KEY_SELECT} WHERE k.provider = ? ORDER BY k.id", (provider,)
-                ).fetchall()
-            return [self._record(r) for r in rows]
-
-        return await self._run(fn)
-
-    async def get_keys(self, ids: list[int]) -> list[KeyRecord]:
-        wanted = sorted({int(i) for i in ids})
-        if not wanted:
-            return []
-
-        def fn(conn: sqlite3.Connection) -> list[KeyRecord]:
-            out: list[KeyRecord] = []
-            for chunk in _chunks(wanted):
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"{KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id", chunk
-                ).fetchall()
-                out.extend(self._record(r) for r in rows)
-            return out
-
-        return await self._run(fn)
-
-    async def list_keys(
-        self,
-        provider: str | None = None,
-        status: str | None = None,
-        q: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> tuple[list[KeyRecord], int]:
-        where: list[str] = []
-        params: list[Any] = []
-        if provider:
-            where.append("k.provider = ?")
-            params.append(provider)
-        if status:
-            where.append("k.status = ?")
-            params.append(status)
-        q = (q or "").strip()
-        fingerprint = self._cipher.fingerprint(q) if q and not check_secret(q) else ""
-        limit = max(0, int(limit))
-        offset = max(0, int(offset))
-
-        def fn(conn: sqlite3.Connection) -> tuple[list[KeyRecord], int]:
-            def read() -> tuple[list[KeyRecord], int]:
-                conds, args = list(where), list(params)
-                source = "keys k"
-                if q:
-                    # Label or masked form, case-insensitive (ASCII); or the whole secret pasted
-                    # in, matched through its fingerprint so nothing is decrypted. The covering
-                    # index keeps the scan off the table rows and their long secrets.
-                    source = "keys k INDEXED BY keys_search"
-                    pattern = like_pattern(q)
-                    match = ["k.label LIKE ? ESCAPE '\\'", "k.masked LIKE ? ESCAPE '\\'"]
-                    args += [pattern, pattern]
-                    exact = (
-                        [
-                            r[0]
-                            for r in conn.execute(
-                                "SELECT id FROM keys WHERE fingerprint = ?", (fingerprint,)
-                            )
-                        ]
-                        if fingerprint
-                        else []
-                    )
-                    if exact:
-                        match.append(f"k.id IN ({','.join(str(int(i)) for i in exact)})")
-                    conds.append(f"({' OR '.join(match)})")
-                clause = f" WHERE {' AND '.join(conds)}" if conds else ""
-                total = conn.execute(f"SELECT COUNT(*) FROM {source}{clause}", args).fetchone()[0]
-                if not q:
-                    rows = conn.execute(
-                        f"{KEY_SELECT}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
-                        (*args, limit, offset),
-                    ).fetchall()
-                    return [self._record(r) for r in rows], int(total)
-                ids = [
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT k.id FROM {source}{clause} ORDER BY k.id DESC LIMIT ? OFFSET ?",
-                        (*args, limit, offset),
-                    )
-                ]
-                if not ids:
-                    return [], int(total)
-                marks = ",".join("?" * len(ids))
-                rows = conn.execute(
-                    f"{KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id DESC", ids
-                ).fetchall()
-                return [self._record(r) for r in rows], int(total)
-
-            return self._read(conn, read)
-
-        return await self._run(fn)
-
-    async def update_key(self, key_id: int, **fields: Any) -> KeyRecord | None:
-        values = check_fields(fields)
-
-        def fn(conn: sqlite3.Connection) -> KeyRecord | None:
-            def tx() -> KeyRecord | None:
-                if not conn.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone():
-                    return None
-                if values:
-                    seq = self._bump(conn)
-                    sets = ", ".join(f"{name} = ?" for name in values)
-                    conn.execute(
-                        f"UPDATE keys SET {sets}, updated_seq = ? WHERE id = ?",
-                        (*values.values(), seq, key_id),
-                    )
-                row = conn.execute(f"{KEY_SELECT} WHERE k.id = ?", (key_id,)).fetchone()
-                return self._record(row)
-
-            return self._write(conn, tx)
-
-        return await self._run(fn)
-
-    async def delete_key(self, key_id: int) -> bool:
-        def fn(conn: sqlite3.Connection) -> bool:
-            def tx() -> bool:
-                if not conn.execute("DELETE FROM keys WHERE id = ?", (key_id,)).rowcount:
-                    return False
-                conn.execute("DELETE FROM key_stats WHERE key_id = ?", (key_id,))
-                seq = self._bump(conn)
-                now = time.time()
+    async def _find_fingerprints(self, db: Db, provider: str, fps: list[str]) -> dict[str, int]:
+        conn = _conn_of(db)
+        ids: dict[str, int] = {}
+        for chunk in _chunks(fps):
+            marks = ",".join("?" * len(chunk))
+            ids.update(
                 conn.execute(
-                    "INSERT OR REPLACE INTO deleted_keys (key_id, seq, deleted_at)"
-                    " VALUES (?, ?, ?)",
-                    (key_id, seq, now),
-                )
-                pruned = conn.execute(
-                    "DELETE FROM deleted_keys WHERE deleted_at < ? RETURNING seq",
-                    (now - self.tombstone_ttl_s,),
+                    f"SELECT fingerprint, id FROM keys WHERE provider = ? AND fingerprint IN ({marks})",
+                    (provider, *chunk),
                 ).fetchall()
-                if pruned:
-                    conn.execute(
-                        "UPDATE change_feed SET pruned_seq = MAX(pruned_seq, ?) WHERE id = 1",
-                        (max(s for (s,) in pruned),),
-                    )
-                return True
-
-            return self._write(conn, tx)
-
-        return await self._run(fn)
-
-    async def save_health(self, updates: list[tuple[int, str, float, str]]) -> None:
-        rows = []
-        for key_id, status, until, last_error in updates:
-            rows.append(
-                (
-                    check_status(status),
-                    check_number("until", until, integer=False),
-                    str(last_error or "")[:MAX_ERROR_LEN],
-                    int(key_id),
-                )
             )
-        if not rows:
-            return
+        return ids
 
-        def fn(conn: sqlite3.Connection) -> None:
-            def tx() -> int:
-                seq = self._bump(conn)
-                # Rows whose health did not change are skipped: echoes of a change another
-                # instance made (and that we learnt from the feed) do not bounce back into it.
-                cur = conn.executemany(
-                    "UPDATE keys SET status = ?1, until = ?2, last_error = ?3, updated_seq = ?5"
-                    " WHERE id = ?4 AND (status IS NOT ?1 OR until IS NOT ?2"
-                    " OR last_error IS NOT ?3)",
-                    [(*r, seq) for r in rows],
-                )
-                return cur.rowcount
+    async def _insert_keys(
+        self, db: Db, provider: str, source: str, seq: int, rows: list[tuple[str, str, str]]
+    ) -> list[tuple[str, int]]:
+        conn = _conn_of(db)
+        now = time.time()
+        conn.executemany(
+            "INSERT INTO keys (provider, secret, fingerprint, masked, source, created_at,"
+            " updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((provider, sealed, fp, masked, source, now, seq) for sealed, fp, masked in rows),
+        )
+        # Only this transaction used `seq`, so these are exactly the rows just inserted.
+        return conn.execute(
+            "SELECT fingerprint, id FROM keys WHERE updated_seq = ?", (seq,)
+        ).fetchall()
 
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                changed = tx()
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            # Nothing changed: roll back so the feed does not move.
-            conn.execute("COMMIT" if changed else "ROLLBACK")
+    async def _key_rows(self, db: Db, ids: list[int]) -> list[Any]:
+        conn = _conn_of(db)
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows += conn.execute(
+                f"{KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id", chunk
+            ).fetchall()
+        return rows
 
-        await self._run(fn)
+    async def _update_health(
+        self, db: Db, seq: int, rows: list[tuple[int, str, float, str]]
+    ) -> int:
+        cur = _conn_of(db).executemany(
+            "UPDATE keys SET status = ?2, until = ?3, last_error = ?4, updated_seq = ?5"
+            " WHERE id = ?1 AND (status IS NOT ?2 OR until IS NOT ?3 OR last_error IS NOT ?4)",
+            [(*r, seq) for r in rows],
+        )
+        return cur.rowcount
 
-    # counters
-
-    async def add_counters(
-        self,
-        key_deltas: list[tuple[int, int, int, int, int, int, int, float]],
-        provider_deltas: dict[str, tuple[int, int, int, int, int, int]],
+    async def _add_counter_rows(
+        self, db: Db, keys: list[KeyDelta], providers: list[ProviderDelta]
     ) -> None:
-        key_rows = [(*(int(v) for v in d[:7]), float(d[7]), int(d[0])) for d in key_deltas]
-        provider_rows = [(name, *(int(v) for v in d)) for name, d in provider_deltas.items()]
-        if not key_rows and not provider_rows:
-            return
+        conn = _conn_of(db)
+        # Deltas for keys deleted meanwhile are dropped (EXISTS), not resurrected.
+        conn.executemany(
+            "INSERT INTO key_stats (key_id, use_count, ok, err_4xx, err_5xx, tokens_in,"
+            " tokens_out, last_used) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
+            " WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?1)"
+            " ON CONFLICT (key_id) DO UPDATE SET"
+            " use_count = use_count + excluded.use_count, ok = ok + excluded.ok,"
+            " err_4xx = err_4xx + excluded.err_4xx, err_5xx = err_5xx + excluded.err_5xx,"
+            " tokens_in = tokens_in + excluded.tokens_in,"
+            " tokens_out = tokens_out + excluded.tokens_out,"
+            " last_used = MAX(last_used, excluded.last_used)",
+            keys,
+        )
+        conn.executemany(
+            "INSERT INTO provider_stats (provider, requests, ok, err_4xx, err_5xx,"
+            " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (provider) DO UPDATE SET"
+            " requests = requests + excluded.requests, ok = ok + excluded.ok,"
+            " err_4xx = err_4xx + excluded.err_4xx, err_5xx = err_5xx + excluded.err_5xx,"
+            " tokens_in = tokens_in + excluded.tokens_in,"
+            " tokens_out = tokens_out + excluded.tokens_out",
+            providers,
+        )
 
-        def fn(conn: sqlite3.Connection) -> None:
-            def tx() -> None:
-                # Deltas for keys deleted meanwhile are dropped (EXISTS), not resurrected.
-                conn.executemany(
-                    "INSERT INTO key_stats (key_id, use_count, ok, err_4xx, err_5xx, tokens_in,"
-                    " tokens_out, last_used) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
-                    " WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?)"
-                    " ON CONFLICT (key_id) DO UPDATE SET"
-                    " use_count = use_count + excluded.use_count, ok = ok + excluded.ok,"
-                    " err_4xx = err_4xx + excluded.err_4xx, err_5xx = err_5xx + excluded.err_5xx,"
-                    " tokens_in = tokens_in + excluded.tokens_in,"
-                    " tokens_out = tokens_out + excluded.tokens_out,"
-                    " last_used = MAX(last_used, excluded.last_used)",
-                    key_rows,
-                )
-                conn.executemany(
-                    "INSERT INTO provider_stats (provider, requests, ok, err_4xx, err_5xx,"
-                    " tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (provider) DO UPDATE SET"
-                    " requests = requests + excluded.requests, ok = ok + excluded.ok,"
-                    " err_4xx = err_4xx + excluded.err_4xx, err_5xx = err_5xx + excluded.err_5xx,"
-                    " tokens_in = tokens_in + excluded.tokens_in,"
-                    " tokens_out = tokens_out + excluded.tokens_out",
-                    provider_rows,
-                )
+    async def _reseal(self, db: Db, rows: list[tuple[int, str, str]]) -> None:
+        _conn_of(db).executemany(
+            "UPDATE keys SET secret = ?2, fingerprint = ?3 WHERE id = ?1", rows
+        )
 
-            self._write(conn, tx)
 
-        await self._run(fn)
-
-    async def provider_totals(self) -> dict[str, dict[str, int]]:
-        names = ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
-
-        def fn(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
-            rows = conn.execute(f"SELECT provider, {', '.join(names)} FROM provider_stats")
-            return {r[0]: dict(zip(names, r[1:], strict=True)) for r in rows}
-
-        return await self._run(fn)
-
-    async def key_counts(self) -> dict[str, dict[str, int]]:
-        def fn(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
-            out: dict[str, dict[str, int]] = {}
-            for provider, status, n in conn.execute(
-                "SELECT provider, status, COUNT(*) FROM keys GROUP BY provider, status"
-            ):
-                out.setdefault(provider, {})[status] = n
-            return out
-
-        return await self._run(fn)
-
-    # provider overrides and meta
-
-    async def get_provider_overrides(self) -> dict[str, dict[str, Any]]:
-        def fn(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-            out = {}
-            for name, data in conn.execute("SELECT name, data FROM provider_overrides"):
-                value = json.loads(data)
-                if value:
-                    out[name] = value
-            return out
-
-        return await self._run(fn)
-
-    async def set_provider_override(self, name: str, fields: dict[str, Any]) -> None:
-        name = check_provider(name)
-        try:
-            json.dumps(fields)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"provider override for {name} is not JSON: {exc}") from exc
-
-        def fn(conn: sqlite3.Connection) -> None:
-            def tx() -> None:
-                row = conn.execute(
-                    "SELECT data FROM provider_overrides WHERE name = ?", (name,)
-                ).fetchone()
-                merged = json.loads(row[0]) if row else {}
-                for field, value in fields.items():
-                    if value is None:
-                        merged.pop(field, None)
-                    else:
-                        merged[field] = value
-                seq = self._bump(conn)
-                conn.execute(
-                    "INSERT INTO provider_overrides (name, data, updated_seq) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET data = excluded.data,"
-                    " updated_seq = excluded.updated_seq",
-                    (name, json.dumps(merged, sort_keys=True), seq),
-                )
-
-            self._write(conn, tx)
-
-        await self._run(fn)
-
-    async def get_meta(self, name: str) -> str | None:
-        def fn(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-            return None if row is None else str(row[0])
-
-        return await self._run(fn)
-
-    async def set_meta(self, name: str, value: str) -> None:
-        if name in CRYPTO_META:
-            raise ValueError(f"meta {name} is managed by the store")
-        if not isinstance(value, str):
-            raise ValueError(f"meta {name} must be text")
-
-        def fn(conn: sqlite3.Connection) -> None:
-            def tx() -> None:
-                seq = self._bump(conn)
-                conn.execute(
-                    "INSERT INTO meta (name, value, updated_seq) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
-                    " updated_seq = excluded.updated_seq",
-                    (name, value, seq),
-                )
-
-            self._write(conn, tx)
-
-        await self._run(fn)
-
-    # admin sessions
-
-    async def revoke_session(self, session_id: str, expires_at: float) -> None:
-        check_session_id(session_id)
-        until = float(check_number("expires_at", expires_at, integer=False))
-
-        def fn(conn: sqlite3.Connection) -> None:
-            def tx() -> None:
-                conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (time.time(),))
-                conn.execute(
-                    "INSERT INTO revoked_sessions (session_id, expires_at) VALUES (?, ?)"
-                    " ON CONFLICT (session_id) DO UPDATE SET"
-                    " expires_at = MAX(expires_at, excluded.expires_at)",
-                    (session_id, until),
-                )
-
-            self._write(conn, tx)
-
-        await self._run(fn)
-
-    async def session_revoked(self, session_id: str) -> bool:
-        check_session_id(session_id)
-
-        def fn(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT 1 FROM revoked_sessions WHERE session_id = ? AND expires_at > ?",
-                (session_id, time.time()),
-            ).fetchone()
-            return row is not None
-
-        return await self._run(fn)
-
-    # change feed
-
-    async def changes_since(self, seq: int) -> Changes:
-        seq = int(seq)
-
-        def fn(conn: sqlite3.Connection) -> Changes:
-            def read() -> Changes:
-                current, pruned = conn.execute(
-                    "SELECT seq, pruned_seq FROM change_feed WHERE id = 1"
-                ).fetchone()
-                if seq < pruned or seq > current:
-                    # Deletions before `pruned` are forgotten, or this is another database:
-                    # hand back every key and ask for a full reload.
-                    ids = [r[0] for r in conn.execute("SELECT id FROM keys ORDER BY id")]
-                    return Changes(current, ids, [], True, full=True)
-                key_ids = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT id FROM keys WHERE updated_seq > ? ORDER BY id", (seq,)
-                    )
-                ]
-                deleted = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT key_id FROM deleted_keys WHERE seq > ? ORDER BY key_id", (seq,)
-                    )
-                ]
-                providers_changed = bool(
-                    conn.execute(
-                        "SELECT EXISTS (SELECT 1 FROM provider_overrides WHERE updated_seq > ?)"
-                        " OR EXISTS (SELECT 1 FROM meta WHERE updated_seq > ?)",
-                        (seq, seq),
-                    ).fetchone()[0]
-                )
-                return Changes(current, key_ids, deleted, providers_changed)
-
-            return self._read(conn, read)
-
-        return await self._run(fn)
-
-    async def current_seq(self) -> int:
-        def fn(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT seq FROM change_feed WHERE id = 1").fetchone()[0])
-
-        return await self._run(fn)
+def _conn_of(db: Db) -> sqlite3.Connection:
+    assert isinstance(db, SqliteDb)
+    return db.conn
