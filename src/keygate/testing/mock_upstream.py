@@ -5,32 +5,46 @@ what the gateway actually sent; the benchmark runs it as a separate process
 (``python -m keygate.testing.mock_upstream --port P``) so that upstream cost is small and
 predictable. Everything is served by one catch-all aiohttp low-level handler (no router) and
 stream events are pre-serialised with orjson so per-request work stays tiny.
+
+This module is the server (lifecycle, scripting, dispatch, control endpoints, command line); the
+knobs and records are in ``mock_script``, the shared writers in ``mock_wire``, and each
+provider's answers in ``mock_openai``, ``mock_anthropic`` and ``mock_gemini``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import gzip
 import ipaddress
 import itertools
 import signal
-import socket
-import struct
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+
+from keygate.testing.mock_anthropic import _anthropic_message, _anthropic_stream
+from keygate.testing.mock_gemini import _gemini
+from keygate.testing.mock_openai import (
+    _MODELS_BODY,
+    _embeddings,
+    _openai_completion,
+    _openai_stream,
+)
+from keygate.testing.mock_script import _DEFAULTS, Recorded, _normalize_knobs
+from keygate.testing.mock_wire import (
+    _error_body,
+    _extract_key,
+    _json,
+    _parse_json,
+    _send,
+    _stream,
+)
 
 try:  # pragma: no cover - depends on the platform
     import uvloop
@@ -39,233 +53,8 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["MockUpstream", "Recorded", "main"]
 
-# Knob names and their defaults; a behaviour is a partial dict of these.
-_DEFAULTS: dict[str, Any] = {
-    "status": 200,
-    "body": None,
-    "headers": None,
-    "delay_s": 0.0,
-    "hang": False,
-    "chunks": 3,
-    "chunk_interval_s": 0.0,
-    "reset_after_chunks": None,
-    "content_encoding": None,
-    "text": "Hello from mock",
-    # like real providers: the key it was sent comes back in error messages, in an
-    # `x-echo-key` header, in 2xx text, and in a stream event split across two writes
-    "echo_key": False,
-}
-
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024  # gateways may forward large bodies; aiohttp's default is 1 MiB
 _SHUTDOWN_TIMEOUT = 0.1  # stop() must not wait for hanging handlers
-_JSON_CT = "application/json"
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-}
-_MODELS_BODY = orjson.dumps(
-    {
-        "object": "list",
-        "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
-    }
-)
-_DONE = b"data: [DONE]\n\n"
-
-
-@dataclass
-class Recorded:
-    """One request as the mock saw it; mutated in place until the response ends."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    key: str | None
-    started: float
-    ended: float | None = None
-    completed: bool = False
-    disconnected: bool = False
-    status: int = 0  # 0 until a status line was decided (stays 0 for hang)
-    raw_path: str = ""  # the path as it came on the request line, still percent-encoded
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly view (body decoded leniently) for the control endpoint."""
-        d = dataclasses.asdict(self)
-        d["body"] = self.body.decode("utf-8", errors="replace")
-        return d
-
-
-def _to_bytes(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, bytearray | memoryview):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode()
-    return orjson.dumps(body)
-
-
-def _normalize_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate knob names/values early so a typo fails in the test, not silently."""
-    out: dict[str, Any] = {}
-    for name, value in knobs.items():
-        if name not in _DEFAULTS:
-            raise TypeError(f"unknown mock knob {name!r}; known: {sorted(_DEFAULTS)}")
-        if name == "body":
-            value = None if value is None else _to_bytes(value)
-        elif name == "headers":
-            value = {str(k): str(v) for k, v in (value or {}).items()}
-        elif name == "content_encoding":
-            if value not in (None, "gzip"):
-                raise ValueError("content_encoding must be 'gzip' or None")
-        elif name in ("status", "chunks"):
-            value = int(value)
-            if value < 0 or (name == "status" and not 100 <= value <= 999):
-                raise ValueError(f"bad {name}: {value}")
-        elif name == "reset_after_chunks":
-            value = None if value is None else max(0, int(value))
-        elif name in ("delay_s", "chunk_interval_s"):
-            value = max(0.0, float(value))
-        elif name in ("hang", "echo_key"):
-            value = bool(value)
-        elif name == "text":
-            value = str(value)
-        out[name] = value
-    return out
-
-
-def _extract_key(request: web.BaseRequest) -> str | None:
-    """API key in provider order: Bearer, x-api-key, x-goog-api-key, ?key=."""
-    headers = request.headers
-    auth = headers.get("Authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        token = token.strip()
-        if token and scheme.lower() == "bearer":
-            return token
-    for name in ("x-api-key", "x-goog-api-key"):
-        v = headers.get(name)
-        if v:
-            return v
-    qs = request.query_string
-    if qs and "key=" in qs:
-        return request.query.get("key")
-    return None
-
-
-def _split_text(text: str, n: int) -> list[str]:
-    """Split text into n contiguous pieces (some may be empty) that join back to text."""
-    size = len(text)
-    return [text[i * size // n : (i + 1) * size // n] for i in range(n)]
-
-
-def _tokens(n_bytes: int) -> int:
-    """Cheap deterministic token estimate (~4 bytes/token) so usage numbers are stable."""
-    return max(1, n_bytes // 4)
-
-
-_OPENAI_ERR = {
-    400: ("invalid_request_error", None),
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("permission_error", None),
-    404: ("invalid_request_error", "not_found"),
-    429: ("requests", "rate_limit_exceeded"),
-}
-_ANTHROPIC_ERR = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-
-@lru_cache(maxsize=128)
-def _error_body(status: int, anthropic: bool, message: str | None = None) -> bytes:
-    msg = message or f"mock upstream error (HTTP {status})"
-    if anthropic:
-        etype = _ANTHROPIC_ERR.get(status) or (
-            "api_error" if status >= 500 else "invalid_request_error"
-        )
-        return orjson.dumps({"type": "error", "error": {"type": etype, "message": msg}})
-    etype, code = _OPENAI_ERR.get(status) or (
-        ("server_error", None) if status >= 500 else ("invalid_request_error", None)
-    )
-    return orjson.dumps({"error": {"message": msg, "type": etype, "param": None, "code": code}})
-
-
-@lru_cache(maxsize=256)
-def _openai_tails(text: str, chunks: int) -> tuple[bytes, tuple[bytes, ...], bytes]:
-    """Cached `"choices":...}` tails of chat.completion.chunk events: role, contents, final."""
-    role = (
-        b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-        b'"logprobs":null,"finish_reason":null}]}\n\n'
-    )
-    contents = tuple(
-        b'"choices":[{"index":0,"delta":{"content":'
-        + orjson.dumps(piece)
-        + b'},"logprobs":null,"finish_reason":null}]}\n\n'
-        for piece in _split_text(text, chunks)
-    )
-    final = b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}\n\n'
-    return role, contents, final
-
-
-def _sse(event: str, data: Mapping[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-@lru_cache(maxsize=256)
-def _anthropic_static(text: str, chunks: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """Cached Anthropic events that do not depend on the request: (before deltas+deltas, after)."""
-    head = [
-        _sse(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-        _sse("ping", {"type": "ping"}),
-    ]
-    head += [
-        _sse(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
-        )
-        for p in _split_text(text, chunks)
-    ]
-    tail = (
-        _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        _sse("message_stop", {"type": "message_stop"}),
-    )
-    return tuple(head), tail
-
-
-def _echo_event(key: str, anthropic: bool) -> bytes:
-    """A content event that quotes the key (as a chatty model or provider might)."""
-    text = f"key in use: {key}"
-    if anthropic:
-        return _sse(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": text},
-            },
-        )
-    return (
-        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":'
-        + orjson.dumps(text)
-        + b'},"logprobs":null,"finish_reason":null}]}\n\n'
-    )
 
 
 def _check_loopback(host: str) -> None:
@@ -571,11 +360,11 @@ class MockUpstream:
             beh = {**beh, "echo": echo, "text": f"{beh['text']} (your key: {echo})"}
             beh["headers"] = {**(beh["headers"] or {}), "X-Echo-Key": f"Bearer {echo}"}
         if beh["body"] is not None:
-            return await self._send(request, status, beh["body"], beh, state)
+            return await _send(request, status, beh["body"], beh, state)
         if not 200 <= status < 300:
             message = f"Incorrect API key provided: {beh['echo']}." if beh["echo_key"] else None
             err = _error_body(status, anthropic, message)
-            return await self._send(request, status, err, beh, state)
+            return await _send(request, status, err, beh, state)
 
         method = request.method
         if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/messages")):
@@ -584,7 +373,7 @@ class MockUpstream:
                 err = _error_body(
                     400, anthropic, "mock upstream: request body is not a JSON object"
                 )
-                return await self._send(request, 400, err, beh, state)
+                return await _send(request, 400, err, beh, state)
             model = data.get("model")
             if not isinstance(model, str):
                 model = "mock-model"
@@ -593,25 +382,25 @@ class MockUpstream:
                 if stream:
                     opts = data.get("stream_options")
                     usage = isinstance(opts, dict) and opts.get("include_usage") is True
-                    events = self._openai_stream(model, body, beh, usage)
-                    return await self._stream(request, status, events, 1, beh, state)
-                out = self._openai_completion(model, body, beh["text"])
+                    events = _openai_stream(self._ids, model, body, beh, usage)
+                    return await _stream(request, status, events, 1, beh, state)
+                out = _openai_completion(self._ids, model, body, beh["text"])
             else:
                 if stream:
-                    events = self._anthropic_stream(model, body, beh)
-                    return await self._stream(request, status, events, 3, beh, state)
-                out = self._anthropic_message(model, body, beh["text"])
-            return await self._send(request, status, out, beh, state)
+                    events = _anthropic_stream(self._ids, model, body, beh)
+                    return await _stream(request, status, events, 3, beh, state)
+                out = _anthropic_message(self._ids, model, body, beh["text"])
+            return await _send(request, status, out, beh, state)
         if method == "POST" and path.endswith((":generateContent", ":streamGenerateContent")):
-            return await self._gemini(request, path, body, beh, state)
+            return await _gemini(request, path, body, beh, state)
         if method == "GET" and path.endswith("/models"):
-            return await self._send(request, status, _MODELS_BODY, beh, state)
+            return await _send(request, status, _MODELS_BODY, beh, state)
         if method == "POST" and path.endswith("/embeddings"):
             data = _parse_json(body)
             if data is None:
                 err = _error_body(400, False, "mock upstream: request body is not a JSON object")
-                return await self._send(request, 400, err, beh, state)
-            return await self._send(request, status, _embeddings(data, body), beh, state)
+                return await _send(request, 400, err, beh, state)
+            return await _send(request, status, _embeddings(data, body), beh, state)
         echo = orjson.dumps(
             {
                 "method": method,
@@ -621,211 +410,7 @@ class MockUpstream:
                 "body_len": len(body),
             }
         )
-        return await self._send(request, status, echo, beh, state)
-
-    async def _send(
-        self,
-        request: web.BaseRequest,
-        status: int,
-        payload: bytes,
-        beh: dict[str, Any],
-        state: dict[str, Any],
-    ) -> web.StreamResponse:
-        """Write a whole non-streaming response inside the handler so `completed` is exact."""
-        headers = CIMultiDict({"Content-Type": _JSON_CT})
-        if beh["headers"]:
-            headers.update(beh["headers"])
-        if beh["content_encoding"] == "gzip":
-            payload = gzip.compress(payload, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        resp = web.Response(status=status, body=payload, headers=headers)
-        state["status"] = status
-        await resp.prepare(request)
-        await resp.write_eof()
-        state["completed"] = True
-        return resp
-
-    async def _stream(
-        self,
-        request: web.BaseRequest,
-        status: int,
-        events: list[bytes],
-        first_content: int,
-        beh: dict[str, Any],
-        state: dict[str, Any],
-    ) -> web.StreamResponse:
-        """Write SSE events one write() each, spaced by chunk_interval_s, optionally resetting."""
-        headers = CIMultiDict(_SSE_HEADERS)
-        if beh["headers"]:
-            headers.update(beh["headers"])
-        resp = web.StreamResponse(status=status, headers=headers)
-        state["status"] = status
-        await resp.prepare(request)
-        interval: float = beh["chunk_interval_s"]
-        reset_after = beh["reset_after_chunks"]
-        echo_at = -1
-        if beh["echo_key"]:
-            echo_at = first_content  # before the first content event
-            events = [
-                *events[:echo_at],
-                _echo_event(beh["echo"], first_content == 3),
-                *events[echo_at:],
-            ]
-            first_content += 1
-        # index of the last event to write before aborting (after N content chunks)
-        abort_at = (
-            -1 if reset_after is None else first_content - 1 + min(reset_after, beh["chunks"])
-        )
-        for i, ev in enumerate(events):
-            if i and interval:
-                await asyncio.sleep(interval)
-            if i == echo_at:
-                # the key split across two writes, apart in time: two chunks for the reader
-                cut = ev.index(beh["echo"].encode()) + len(beh["echo"]) // 2
-                await resp.write(ev[:cut])
-                await asyncio.sleep(max(interval, 0.05))
-                ev = ev[cut:]
-            await resp.write(ev)
-            if i == abort_at:
-                # Not a client disconnect: completed and disconnected both stay False.
-                # Returning the prepared response lets aiohttp treat the dead socket quietly.
-                _abort(request)
-                return resp
-        await resp.write_eof()
-        state["completed"] = True
-        return resp
-
-    # ------------------------------------------------------------------ payloads
-
-    def _openai_completion(self, model: str, body: bytes, text: str) -> bytes:
-        pt, ct = _tokens(len(body)), _tokens(len(text))
-        return orjson.dumps(
-            {
-                "id": f"chatcmpl-mock{next(self._ids)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-                "system_fingerprint": None,
-            }
-        )
-
-    def _openai_stream(
-        self, model: str, body: bytes, beh: dict[str, Any], include_usage: bool
-    ) -> list[bytes]:
-        text: str = beh["text"]
-        role, contents, final = _openai_tails(text, beh["chunks"])
-        head = b"".join(
-            (
-                b'data: {"id":"chatcmpl-mock',
-                str(next(self._ids)).encode(),
-                b'","object":"chat.completion.chunk","created":',
-                str(int(time.time())).encode(),
-                b',"model":',
-                orjson.dumps(model),
-                b',"system_fingerprint":null,',
-            )
-        )
-        events = [head + role]
-        events += [head + c for c in contents]
-        events.append(head + final)
-        if include_usage:
-            pt, ct = _tokens(len(body)), _tokens(len(text))
-            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-            events.append(head + b'"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n")
-        events.append(_DONE)
-        return events
-
-    async def _gemini(
-        self,
-        request: web.BaseRequest,
-        path: str,
-        body: bytes,
-        beh: dict[str, Any],
-        state: dict[str, Any],
-    ) -> web.StreamResponse:
-        """Gemini's native generateContent, and streamGenerateContent as SSE (`alt=sse`) or as
-        one JSON array, the two forms the Google SDKs and REST callers use."""
-        model = path.rpartition("/models/")[2].partition(":")[0] or "mock-model"
-        text: str = beh["text"]
-        pt, ct = _tokens(len(body)), _tokens(len(text))
-
-        def chunk(piece: str, last: bool) -> dict[str, Any]:
-            candidate: dict[str, Any] = {
-                "content": {"parts": [{"text": piece}], "role": "model"},
-                "index": 0,
-            }
-            out: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
-            if last:
-                candidate["finishReason"] = "STOP"
-                out["usageMetadata"] = {
-                    "promptTokenCount": pt,
-                    "candidatesTokenCount": ct,
-                    "totalTokenCount": pt + ct,
-                }
-            return out
-
-        if path.endswith(":generateContent"):
-            return await self._send(
-                request, beh["status"], orjson.dumps(chunk(text, True)), beh, state
-            )
-        pieces = _split_text(text, beh["chunks"])
-        docs = [chunk(piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
-        if request.query.get("alt") != "sse":
-            return await self._send(request, beh["status"], orjson.dumps(docs), beh, state)
-        events = [b"data: " + orjson.dumps(doc) + b"\r\n\r\n" for doc in docs]
-        return await self._stream(request, beh["status"], events, 0, beh, state)
-
-    def _anthropic_message(self, model: str, body: bytes, text: str) -> bytes:
-        return orjson.dumps(
-            {
-                "id": f"msg_mock{next(self._ids)}",
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": _tokens(len(body)), "output_tokens": _tokens(len(text))},
-            }
-        )
-
-    def _anthropic_stream(self, model: str, body: bytes, beh: dict[str, Any]) -> list[bytes]:
-        text: str = beh["text"]
-        head, tail = _anthropic_static(text, beh["chunks"])
-        start = _sse(
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": f"msg_mock{next(self._ids)}",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": _tokens(len(body)), "output_tokens": 1},
-                },
-            },
-        )
-        delta = _sse(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": _tokens(len(text))},
-            },
-        )
-        return [start, *head, tail[0], delta, tail[1]]
+        return await _send(request, status, echo, beh, state)
 
     # ------------------------------------------------------------------ control
 
@@ -859,49 +444,6 @@ class MockUpstream:
                 return _json({"error": str(exc)}, 400)
             return _json({"ok": True})
         return _json({"error": f"unknown control endpoint {method} {path}"}, 404)
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON_CT)
-
-
-def _parse_json(body: bytes) -> dict[str, Any] | None:
-    """JSON object or None: bad bodies must become a 400, never a crash."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _embeddings(data: dict[str, Any], body: bytes) -> bytes:
-    inp = data.get("input")
-    n = len(inp) if isinstance(inp, list) and inp and not isinstance(inp[0], int) else 1
-    model = data.get("model") if isinstance(data.get("model"), str) else "mock-model"
-    pt = _tokens(len(body))
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": [0.0, 0.1, 0.2, 0.3]}
-                for i in range(n)
-            ],
-            "model": model,
-            "usage": {"prompt_tokens": pt, "total_tokens": pt},
-        }
-    )
-
-
-def _abort(request: web.BaseRequest) -> None:
-    """Drop the TCP connection with an RST so clients see a real mid-stream reset."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 # ---------------------------------------------------------------------- command line

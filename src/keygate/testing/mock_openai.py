@@ -1,0 +1,104 @@
+"""OpenAI-shaped answers: chat completions (whole and streamed), models, embeddings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from keygate.testing.mock_wire import _split_text, _tokens
+
+_MODELS_BODY = orjson.dumps(
+    {
+        "object": "list",
+        "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
+    }
+)
+_DONE = b"data: [DONE]\n\n"
+
+
+@lru_cache(maxsize=256)
+def _openai_tails(text: str, chunks: int) -> tuple[bytes, tuple[bytes, ...], bytes]:
+    """Cached `"choices":...}` tails of chat.completion.chunk events: role, contents, final."""
+    role = (
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+        b'"logprobs":null,"finish_reason":null}]}\n\n'
+    )
+    contents = tuple(
+        b'"choices":[{"index":0,"delta":{"content":'
+        + orjson.dumps(piece)
+        + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        for piece in _split_text(text, chunks)
+    )
+    final = b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}\n\n'
+    return role, contents, final
+
+
+def _openai_completion(ids: Iterator[int], model: str, body: bytes, text: str) -> bytes:
+    pt, ct = _tokens(len(body)), _tokens(len(text))
+    return orjson.dumps(
+        {
+            "id": f"chatcmpl-mock{next(ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+            "system_fingerprint": None,
+        }
+    )
+
+
+def _openai_stream(
+    ids: Iterator[int], model: str, body: bytes, beh: dict[str, Any], include_usage: bool
+) -> list[bytes]:
+    text: str = beh["text"]
+    role, contents, final = _openai_tails(text, beh["chunks"])
+    head = b"".join(
+        (
+            b'data: {"id":"chatcmpl-mock',
+            str(next(ids)).encode(),
+            b'","object":"chat.completion.chunk","created":',
+            str(int(time.time())).encode(),
+            b',"model":',
+            orjson.dumps(model),
+            b',"system_fingerprint":null,',
+        )
+    )
+    events = [head + role]
+    events += [head + c for c in contents]
+    events.append(head + final)
+    if include_usage:
+        pt, ct = _tokens(len(body)), _tokens(len(text))
+        usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        events.append(head + b'"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n")
+    events.append(_DONE)
+    return events
+
+
+def _embeddings(data: dict[str, Any], body: bytes) -> bytes:
+    inp = data.get("input")
+    n = len(inp) if isinstance(inp, list) and inp and not isinstance(inp[0], int) else 1
+    model = data.get("model") if isinstance(data.get("model"), str) else "mock-model"
+    pt = _tokens(len(body))
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [0.0, 0.1, 0.2, 0.3]}
+                for i in range(n)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": pt, "total_tokens": pt},
+        }
+    )

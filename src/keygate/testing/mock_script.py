@@ -1,0 +1,90 @@
+"""The mock's behaviour model: the knobs a test scripts, and what it records per request."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# Knob names and their defaults; a behaviour is a partial dict of these.
+_DEFAULTS: dict[str, Any] = {
+    "status": 200,
+    "body": None,
+    "headers": None,
+    "delay_s": 0.0,
+    "hang": False,
+    "chunks": 3,
+    "chunk_interval_s": 0.0,
+    "reset_after_chunks": None,
+    "content_encoding": None,
+    "text": "Hello from mock",
+    # like real providers: the key it was sent comes back in error messages, in an
+    # `x-echo-key` header, in 2xx text, and in a stream event split across two writes
+    "echo_key": False,
+}
+
+
+@dataclass
+class Recorded:
+    """One request as the mock saw it; mutated in place until the response ends."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    key: str | None
+    started: float
+    ended: float | None = None
+    completed: bool = False
+    disconnected: bool = False
+    status: int = 0  # 0 until a status line was decided (stays 0 for hang)
+    raw_path: str = ""  # the path as it came on the request line, still percent-encoded
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (body decoded leniently) for the control endpoint."""
+        d = dataclasses.asdict(self)
+        d["body"] = self.body.decode("utf-8", errors="replace")
+        return d
+
+
+def _to_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    return orjson.dumps(body)
+
+
+def _normalize_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate knob names/values early so a typo fails in the test, not silently."""
+    out: dict[str, Any] = {}
+    for name, value in knobs.items():
+        if name not in _DEFAULTS:
+            raise TypeError(f"unknown mock knob {name!r}; known: {sorted(_DEFAULTS)}")
+        if name == "body":
+            value = None if value is None else _to_bytes(value)
+        elif name == "headers":
+            value = {str(k): str(v) for k, v in (value or {}).items()}
+        elif name == "content_encoding":
+            if value not in (None, "gzip"):
+                raise ValueError("content_encoding must be 'gzip' or None")
+        elif name in ("status", "chunks"):
+            value = int(value)
+            if value < 0 or (name == "status" and not 100 <= value <= 999):
+                raise ValueError(f"bad {name}: {value}")
+        elif name == "reset_after_chunks":
+            value = None if value is None else max(0, int(value))
+        elif name in ("delay_s", "chunk_interval_s"):
+            value = max(0.0, float(value))
+        elif name in ("hang", "echo_key"):
+            value = bool(value)
+        elif name == "text":
+            value = str(value)
+        out[name] = value
+    return out
