@@ -37,14 +37,7 @@ from keygate.testing.mock_openai import (
     _openai_stream,
 )
 from keygate.testing.mock_script import _DEFAULTS, Recorded, _normalize_knobs
-from keygate.testing.mock_wire import (
-    _error_body,
-    _extract_key,
-    _json,
-    _parse_json,
-    _send,
-    _stream,
-)
+from keygate.testing.mock_wire import _error_body, _extract_key, _json, _parse_json, _send, _stream
 
 try:  # pragma: no cover - depends on the platform
     import uvloop

@@ -1,0 +1,96 @@
+"""The non-streaming case: direct and each server on nginx under wrk, and the cross-CPU
+calibration that tells the VM's wake-up floor apart from what a proxy adds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from keygate.benchmark.common import _diff, _mb, _ms, log
+from keygate.benchmark.nginx import start_nginx
+from keygate.benchmark.procs import Pinning, free_port, http_request, rss_mb
+from keygate.benchmark.servers import AUTH_HEADERS, CHAT_BODY, StartError, Target
+
+if TYPE_CHECKING:
+    from keygate.benchmark.runner import Bench
+
+
+def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
+    """direct and each server on nginx; returns the live 8-key keygate for the 100k case.
+
+    Servers are started one after the other (start-up and idle memory on a cold process) and
+    then left up together: for each concurrency, direct, bare and keygate run back to back,
+    so that a machine that drifts over the minutes of the suite skews them alike. An idle
+    server on the shared CPU costs the loaded one next to nothing.
+    """
+    upstream = f"http://127.0.0.1:{nginx_port}"
+    direct = Target("direct", nginx_port, "/v1/chat/completions")
+    status, _ = http_request(nginx_port, "POST", direct.path, CHAT_BODY, AUTH_HEADERS)
+    if status != 200:
+        raise RuntimeError(f"nginx stand-in answered {status}")
+    bench.refs.setdefault("direct", {})
+    servers: list[Target] = []
+    for ref in bench.server_refs():
+        try:
+            t = bench.start(ref, upstream, probe=True)
+        except StartError as exc:
+            bench.fail(ref, exc)
+            continue
+        entry = bench.refs.setdefault(ref, {})
+        entry["startup_s"] = t.startup_s
+        entry["command"] = t.command
+        entry.setdefault("memory", {})["idle_mb"] = bench.idle_rss(t)
+        log(f"{ref:8} started in {t.startup_s:.3f} s, idle RSS {_mb(entry['memory']['idle_mb'])}")
+        servers.append(t)
+    if bench.want("wrk"):
+        for t in servers:  # unrecorded: first connections, lazy imports, caches
+            if bench.opts.warmup_s > 0:
+                bench.wrk(t, 10, bench.opts.warmup_s)
+        for c in bench.opts.concurrency:
+            for t in [direct, *servers]:
+                if t.proc is None or t.proc.alive():
+                    bench.refs[t.name].setdefault("wrk", {})[str(c)] = bench.wrk_case(t, c)
+        if bench.pin.enabled and 1 in bench.opts.concurrency:
+            calibrate_cross_cpu(
+                bench,
+            )
+    keep: Target | None = None
+    for t in servers:
+        if t.proc and t.proc.alive():
+            bench.refs[t.name]["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid)
+        keep_for = bench.want("keys100k") or bench.want("redis")
+        if t.name == "keygate" and keep_for and t.proc and t.proc.alive():
+            keep = t
+        else:
+            t.stop()
+    return keep
+
+
+def calibrate_cross_cpu(bench: Bench) -> None:
+    """direct at c=1 with nginx on the server's CPU: what crossing CPUs alone costs.
+
+    On virtual machines a request that wakes an idle vCPU can wait milliseconds, which no
+    proxy can avoid; this figure tells that floor apart from what the proxy adds.
+    """
+    cpu = bench.pin.server_cpu
+    port = free_port()
+    prefix = bench.tmp / "nginx-xcpu"
+    try:
+        ng = start_nginx(prefix, port, Pinning(cpu, cpu), bench.tmp / "logs")
+    except RuntimeError as exc:
+        bench.notes.append(f"cross-CPU calibration skipped: {exc}")
+        return
+    try:
+        r = bench.wrk(Target("direct", port, "/v1/chat/completions"), 1, bench.opts.duration_s)
+    finally:
+        ng.stop()
+    direct_c1 = bench.refs["direct"]["wrk"].get("1") or {}
+    bench.calibration = {
+        "what": "direct at c=1 with nginx pinned to the server CPU (load on the other)",
+        "wrk": r.to_json(),
+        "added_p50_ms": _diff(r.p50_ms, direct_c1.get("p50_ms")),
+        "added_p99_ms": _diff(r.p99_ms, direct_c1.get("p99_ms")),
+    }
+    log(
+        f"cross-CPU c=1    {r.rps:10,.0f} req/s  p50 {_ms(r.p50_ms)}  p99 {_ms(r.p99_ms)}"
+        " (nginx on the server CPU: the cost of crossing CPUs alone)"
+    )
