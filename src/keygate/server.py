@@ -104,6 +104,7 @@ class ThrottledLog:
 
 _cap_log = ThrottledLog("connections_capped")
 _head_log = ThrottledLog("head_refused")
+_malformed_log = ThrottledLog("malformed_request")
 
 
 class _HeadRefused(Exception):
@@ -218,9 +219,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         elif self._refusal:
             self._refuse(self._refusal)
         else:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+            # Junk from anyone: one throttled line, and an answer in the API's error shape.
+            reason = str(exc)[:80] or type(exc).__name__
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            _malformed_log.warning(f"refused a malformed request from {client} with 400: {reason}")
+            self._answer(400, f"malformed HTTP request: {reason}", "bad_request")
 
     # parser callbacks
 

@@ -28,7 +28,7 @@ from keygate.admin.auth import (
     read_cookie,
     session_cookie,
 )
-from keygate.admin.openapi import OPENAPI
+from keygate.admin.openapi import document as openapi_document
 from keygate.control.keypool import KeyEntry, mask
 from keygate.gateway import Gateway, ProviderRuntime
 from keygate.observe import log
@@ -553,6 +553,8 @@ class AdminAPI:
                     raise bad("status", "must be 'active' or 'disabled'")
             elif name in ("rpm", "max_conn"):
                 high = KEY_LIMIT_MAX[name]
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)  # JSON's 5.0 is the integer 5
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
                     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
                     raise bad(name, f"must be a whole number ≥ 0 and ≤ {high}, got {shown}")
@@ -715,6 +717,8 @@ class AdminAPI:
         provider = doc.get("provider") or self.gw.default_provider
         if not isinstance(provider, str) or provider not in self.gw.providers:
             raise bad("provider", f"no provider named {provider!r}")
+        if "model" not in doc:  # a bare PUT must not clear the default model
+            raise bad("model", "required (an empty string clears the default model)")
         model = doc.get("model")
         if model is None:
             model = ""
@@ -757,7 +761,7 @@ class AdminAPI:
         return Reply(200, {"requests": out})
 
     async def openapi(self, req: Request) -> Reply:
-        return Reply(200, OPENAPI)
+        return Reply(200, openapi_document(self.gw.providers))
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""What a schema-driven run against the admin API's OpenAPI document and a raw HTTP fuzzer
+against the proxy found, one test per finding (plain tests, not fuzzers)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from harness import PASSWORD
+
+KEYS = "csk-fuzzfindings000000001,csk-fuzzfindings000000002"
+
+
+@pytest.fixture
+def gw(gateway_factory: Any) -> Any:
+    return gateway_factory(env={"CEREBRAS_API_KEYS": KEYS})
+
+
+def wait_log(gw: Any, pattern: str, timeout: float = 10) -> str:
+    """The log once `pattern` appears in it (the access log is flushed on a short timer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = gw.log()
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not in the log:\n{gw.log()[-3000:]}")
+
+
+def raw(gw: Any, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- admin API ---------------------------------------------------------------------------------
+
+
+def test_integral_json_floats_are_whole_numbers(gw: Any) -> None:
+    """JSON Schema's integer includes 5.0; the API refused it ("must be a whole number")."""
+    key_id = gw.api("GET", "/api/keys").json()["keys"][0]["id"]
+    resp = gw.api("PATCH", f"/api/keys/{key_id}", json={"rpm": 60.0, "max_conn": 2.0})
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["rpm"], resp.json()["max_conn"]) == (60, 2)
+    resp = gw.api("PATCH", "/api/providers/cerebras", json={"queue": 726.0, "burst": 9.0})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["queue"] == 726 and isinstance(resp.json()["queue"], int)
+    for bad in ({"rpm": 1.5}, {"max_conn": float("1e300")}):
+        assert gw.api("PATCH", f"/api/keys/{key_id}", json=bad).status_code == 400
+    assert gw.api("PATCH", "/api/providers/cerebras", json={"queue": 2.5}).status_code == 400
+
+
+def test_default_model_put_without_model_is_refused_not_a_clear(gw: Any) -> None:
+    """A PUT with no body (or no `model`) answered 200 and cleared the default model."""
+    assert gw.api("PUT", "/api/config/default-model", json={"model": "dm-kept"}).status_code == 200
+    for kw in ({}, {"json": {}}, {"json": {"provider": "cerebras", "force": True}}):
+        resp = gw.api("PUT", "/api/config/default-model", **kw)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == "model"
+    providers = gw.api("GET", "/api/config").json()["providers"]
+    assert providers["cerebras"] == {"default_model": "dm-kept", "force_model": False}
+    assert gw.api("PUT", "/api/config/default-model", json={"model": None}).status_code == 200
+
+
+def test_openapi_document_says_what_the_api_refuses(gw: Any) -> None:
+    """The document allowed values the API refuses with 400: any provider name, an empty
+    password, any `status` filter text, extra default-model fields."""
+    doc = gw.api("GET", "/api/openapi.json").json()
+    names = sorted(p["name"] for p in gw.api("GET", "/api/providers").json()["providers"])
+
+    def body(path: str, method: str) -> dict[str, Any]:
+        op = doc["paths"][path][method]
+        return op["requestBody"]["content"]["application/json"]["schema"]
+
+    for path in ("/api/keys", "/api/keys/batch"):
+        assert body(path, "post")["properties"]["provider"]["enum"] == names
+    default_model = body("/api/config/default-model", "put")
+    assert default_model["properties"]["provider"]["enum"] == [*names, "", None]
+    assert default_model["additionalProperties"] is False
+    assert body("/api/session", "post")["properties"]["password"]["minLength"] == 1
+    # an empty PATCH is a no-op the API answers 200: the document must not require a body
+    for path in ("/api/keys/{id}", "/api/providers/{name}"):
+        assert doc["paths"][path]["patch"]["requestBody"]["required"] is False
+    # the `status` filter's pattern matches exactly what the API accepts
+    params = doc["paths"]["/api/requests"]["get"]["parameters"]
+    pattern = next(p for p in params if p["name"] == "status")["schema"]["pattern"]
+    for value in ("429", "2xx", "5XX", "error", "ERROR", "", " 404 "):
+        assert re.search(pattern, value), value
+        assert gw.api("GET", "/api/requests", params={"status": value}).status_code == 200
+    for value in ("abc", "6xx", "42", "errors"):
+        assert not re.search(pattern, value), value
+        assert gw.api("GET", "/api/requests", params={"status": value}).status_code == 400
+    # more than 500 is served as 500, not refused: the document has no maximum
+    params = doc["paths"]["/api/keys"]["get"]["parameters"]
+    assert "maximum" not in next(p for p in params if p["name"] == "limit")["schema"]
+    assert gw.api("GET", "/api/keys", params={"limit": 501}).status_code == 200
+
+
+# --- proxy -------------------------------------------------------------------------------------
+
+MALFORMED = [
+    b"GET /cerebras/v1/models HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n",
+    b"POST /cerebras/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+    b"GET /v1/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"G\x00T / HTTP/1.1\r\n\r\n",
+]
+
+
+def test_malformed_requests_get_json_400_and_one_throttled_log_line(gw: Any) -> None:
+    """uvicorn's plain-text 400 "Invalid HTTP request received." was written to the log once
+    per junk request from anyone (a log-flooding lever)."""
+    rounds = 8
+    for _ in range(rounds):
+        for data in MALFORMED:
+            answer = raw(gw, data)
+            assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+            head, _, payload = answer.partition(b"\r\n\r\n")
+            assert b"content-type: application/json" in head.lower(), head
+            assert b'"code":"bad_request"' in payload, payload
+    with gw.client() as c:
+        ok = c.post(
+            "/cerebras/v1/chat/completions",
+            headers={"Authorization": f"Bearer {PASSWORD}"},
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert ok.status_code == 200, ok.text
+    log = wait_log(gw, r"refused a malformed request from 127\.0\.0\.1:\d+ with 400")
+    assert "Invalid HTTP request received" not in log
+    assert len(re.findall(r"malformed request", log)) <= 2, log[-3000:]
+    assert "Traceback" not in log
+
+
+def test_an_8kb_path_makes_a_short_access_line(gw: Any) -> None:
+    """Every unauthenticated request's access line carried the whole path (up to the 8 KB
+    request-line bound): 40 bytes of request bought 8 KB of log."""
+    path = "/cerebras/v1/" + "a" * 7000
+    with gw.client() as c:
+        assert c.get(path).status_code == 401
+    log = wait_log(gw, r"status=401")
+    line = next(ln for ln in log.splitlines() if "status=401" in ln)
+    assert len(line) < 600, len(line)
+    assert "(+6713)" in line  # how much was left out is still said
