@@ -154,3 +154,55 @@ def test_an_8kb_path_makes_a_short_access_line(gw: Any) -> None:
     line = next(ln for ln in log.splitlines() if "status=401" in ln)
     assert len(line) < 600, len(line)
     assert "(+6713)" in line  # how much was left out is still said
+
+
+CHAT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+WEBSOCKET = (
+    b"GET /cerebras/v1/models HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket"
+    b"\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+def test_websocket_handshake_is_served_as_plain_http(gw: Any) -> None:
+    """A WebSocket handshake, from anyone, was a 500 and an ERROR log line ("ASGI callable
+    returned without completing handshake") per request; keygate speaks no WebSocket."""
+    auth = f"Authorization: Bearer {PASSWORD}\r\n".encode()
+    for _ in range(5):
+        answer = raw(gw, WEBSOCKET + auth + b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        answer = raw(gw, WEBSOCKET + b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    log = wait_log(gw, r"status=401")
+    assert "ERROR" not in log and "Traceback" not in log
+    assert len(re.findall(r"[Uu]pgrade request", log)) <= 1, log[-2000:]
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n",
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\n",
+    ],
+    ids=["h2c", "websocket"],
+)
+def test_upgrade_with_a_body_is_refused_not_sent_upstream_empty(
+    gw: Any, mock: Any, upgrade: bytes
+) -> None:
+    """The parser hands everything after an Upgrade head to the new protocol: the body was
+    dropped and the upstream got an empty one."""
+    head = (
+        b"POST /cerebras/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + upgrade
+        + f"Authorization: Bearer {PASSWORD}\r\nContent-Type: application/json\r\n".encode()
+    )
+    before = len(mock.records())
+    answer = raw(gw, head + b"Content-Length: %d\r\n\r\n" % len(CHAT) + CHAT)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b'"code":"upgrade_not_supported"' in answer
+    chunked = raw(gw, head + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 400 "), chunked[:300]
+    assert len(mock.records()) == before  # nothing went upstream
+    # the same request without the body is served
+    bare = raw(gw, head + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    assert bare.startswith(b"HTTP/1.1 ") and b"upgrade_not_supported" not in bare, bare[:300]
+    assert "Traceback" not in gw.log()

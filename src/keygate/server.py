@@ -105,6 +105,14 @@ class ThrottledLog:
 _cap_log = ThrottledLog("connections_capped")
 _head_log = ThrottledLog("head_refused")
 _malformed_log = ThrottledLog("malformed_request")
+_upgrade_log = ThrottledLog("upgrade_ignored")
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 class _HeadRefused(Exception):
@@ -225,6 +233,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             _malformed_log.warning(f"refused a malformed request from {client} with 400: {reason}")
             self._answer(400, f"malformed HTTP request: {reason}", "bad_request")
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn warns on every Upgrade request (anyone can send one); they are answered
+        as plain HTTP/1.1, which RFC 9110 §7.8 allows, so that is worth a throttled line."""
+        _upgrade_log.warning("ignored an Upgrade request header: answered as HTTP/1.1")
+
     # parser callbacks
 
     def on_headers_complete(self) -> None:
@@ -235,6 +248,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             raise _HeadRefused
         if len(self.headers) > self._max_headers:
             self._refusal = "count"
+            raise _HeadRefused
+        if self.parser.should_upgrade() and _has_body(self.headers):
+            # The parser takes all that follows an Upgrade head for the new protocol, so the
+            # body would never reach the app (and an empty one would go upstream): refuse.
+            self._refusal = "upgrade"
             raise _HeadRefused
         self._awaiting_head = False
         self._head_room = self._max_head
@@ -273,6 +291,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._header_timer = None
 
     def _refuse(self, bound: str) -> None:
+        if bound == "upgrade":
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            _upgrade_log.warning(f"refused a request from {client} with 400: Upgrade with a body")
+            self._answer(
+                400,
+                "a request with a body cannot carry an Upgrade header here; send it without one",
+                "upgrade_not_supported",
+            )
+            return
         if bound == "line":
             status, code = 414, "uri_too_long"
             limit = f"request line over {self._max_line} bytes (KEYGATE_MAX_REQUEST_LINE)"
@@ -349,6 +376,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": LimitedHttpProtocol,
         "loop": "uvloop" if sys.platform != "win32" else "asyncio",
         "lifespan": "on",
+        "ws": "none",  # no WebSocket here: an Upgrade request is served as plain HTTP
         "access_log": False,
         "log_level": "warning",
         "timeout_graceful_shutdown": settings.drain_s,  # KEYGATE_DRAIN_S, see lifecycle.py
