@@ -206,3 +206,31 @@ def test_upgrade_with_a_body_is_refused_not_sent_upstream_empty(
     bare = raw(gw, head + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
     assert bare.startswith(b"HTTP/1.1 ") and b"upgrade_not_supported" not in bare, bare[:300]
     assert "Traceback" not in gw.log()
+
+
+def test_a_broken_chunked_body_ends_the_request_at_once(gw: Any, mock: Any) -> None:
+    """A head that parses and a chunked body that does not: the request being read must end
+    (the app waiting for the rest of the body sees a disconnect) with a JSON 400, not hold
+    the connection open until the client gives up."""
+    data = (
+        b"POST /cerebras/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {PASSWORD}\r\n".encode()
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b'5\r\n{"mod\r\nzz\r\n'
+    )
+    before = len(mock.records())
+    started = time.monotonic()
+    answer = raw(gw, data)  # no half-close: only the gateway can end this exchange
+    assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b'"code":"bad_request"' in answer and b"chunk" in answer
+    assert len(mock.records()) == before
+    wait_log(gw, r"status=499")
+    with gw.client() as c:
+        ok = c.post(
+            "/cerebras/v1/chat/completions",
+            headers={"Authorization": f"Bearer {PASSWORD}"},
+            content=CHAT,
+        )
+    assert ok.status_code == 200, ok.text
+    assert "Traceback" not in gw.log()

@@ -231,6 +231,16 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             reason = str(exc)[:80] or type(exc).__name__
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
             _malformed_log.warning(f"refused a malformed request from {client} with 400: {reason}")
+            cycle = self.cycle
+            if not self._awaiting_head and cycle is not None and not cycle.response_complete:
+                # the body of the request being read is broken: the app must stop waiting
+                # for the rest of it (it sees a disconnect), and the connection must end
+                cycle.disconnected = True
+                cycle.message_event.set()
+                if cycle.response_started:
+                    self.transport.close()
+                    return
+                self.cycle = None  # answered here; what the app still sends is dropped
             self._answer(400, f"malformed HTTP request: {reason}", "bad_request")
 
     def _unsupported_upgrade_warning(self) -> None:
