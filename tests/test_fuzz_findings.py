@@ -70,6 +70,9 @@ def test_default_model_put_without_model_is_refused_not_a_clear(gw: Any) -> None
         resp = gw.api("PUT", "/api/config/default-model", **kw)
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["param"] == "model"
+    for provider in ({}, [], 0, False):  # was taken as "the default provider"
+        resp = gw.api("PUT", "/api/config/default-model", json={"model": "", "provider": provider})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "provider", resp.text
     providers = gw.api("GET", "/api/config").json()["providers"]
     assert providers["cerebras"] == {"default_model": "dm-kept", "force_model": False}
     assert gw.api("PUT", "/api/config/default-model", json={"model": None}).status_code == 200
@@ -103,6 +106,11 @@ def test_openapi_document_says_what_the_api_refuses(gw: Any) -> None:
     for value in ("abc", "6xx", "42", "errors"):
         assert not re.search(pattern, value), value
         assert gw.api("GET", "/api/requests", params={"status": value}).status_code == 400
+    # a default model with a control character is refused, and the document says so
+    field = doc["components"]["schemas"]["ProviderPatch"]["properties"]["default_model"]
+    assert not re.search(field["pattern"], "a\nb") and re.search(field["pattern"], "llama-3.1")
+    resp = gw.api("PATCH", "/api/providers/cerebras", json={"default_model": "a\nb"})
+    assert resp.status_code == 400
     # more than 500 is served as 500, not refused: the document has no maximum
     params = doc["paths"]["/api/keys"]["get"]["parameters"]
     assert "maximum" not in next(p for p in params if p["name"] == "limit")["schema"]

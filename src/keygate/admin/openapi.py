@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from keygate import __version__
-from keygate.settings import BOUNDS
+from keygate.settings import BOUNDS, MODEL_NAME_MAX
 from keygate.store.base import MAX_SECRET_LEN, MIN_SECRET_LEN
 
 
@@ -128,7 +128,11 @@ _TUNABLE_PROPS: dict[str, Any] = {
     "timeout_first_byte_s": {"type": "number", "exclusiveMinimum": 0},
     "timeout_idle_s": {"type": "number", "exclusiveMinimum": 0},
     "max_body_mb": {"type": "number", "exclusiveMinimum": 0},
-    "default_model": {"type": "string"},
+    "default_model": {
+        "type": "string",
+        "maxLength": MODEL_NAME_MAX,
+        "pattern": r"^[^\x00-\x1f\x7f]*$",
+    },
     "force_model": {"type": "boolean"},
 }
 for _name, _high in BOUNDS.items():  # the same bounds the server enforces
@@ -393,7 +397,11 @@ PATHS: dict[str, Any] = {
             ),
             params=[
                 _query("provider", {"type": "string"}, "only this provider"),
-                _query("status", _KEY_STATUS, "only keys in this state"),
+                _query(
+                    "status",
+                    {**_KEY_STATUS, "enum": [*_KEY_STATUS["enum"], ""]},
+                    "only keys in this state; empty: any",
+                ),
                 _query("q", {"type": "string"}, "matches the label or the masked form"),
                 _query(
                     "limit",
