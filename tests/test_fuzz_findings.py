@@ -216,12 +216,15 @@ def test_upgrade_with_a_body_is_refused_not_sent_upstream_empty(
     assert "Traceback" not in gw.log()
 
 
-def test_a_broken_chunked_body_ends_the_request_at_once(gw: Any, mock: Any) -> None:
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"], ids=["plain", "expect"])
+def test_a_broken_chunked_body_ends_the_request_at_once(gw: Any, mock: Any, expect: bytes) -> None:
     """A head that parses and a chunked body that does not: the request being read must end
     (the app waiting for the rest of the body sees a disconnect) with a JSON 400, not hold
-    the connection open until the client gives up."""
+    the connection open until the client gives up; with `Expect: 100-continue` nothing is
+    written after that answer (that was a traceback)."""
     data = (
         b"POST /cerebras/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + expect
         + f"Authorization: Bearer {PASSWORD}\r\n".encode()
         + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b'5\r\n{"mod\r\nzz\r\n'

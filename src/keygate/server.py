@@ -236,6 +236,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 # the body of the request being read is broken: the app must stop waiting
                 # for the rest of it (it sees a disconnect), and the connection must end
                 cycle.disconnected = True
+                cycle.waiting_for_100_continue = False  # nothing may be written after ours
                 cycle.message_event.set()
                 if cycle.response_started:
                     self.transport.close()
