@@ -19,6 +19,7 @@ log = logging.getLogger("keygate")
 
 SERIES_SECONDS = 300
 _LATENCY_SAMPLES = 64  # per second; enough for p50/p95 on a chart
+LOGGED_ROUTE_MAX = 300  # characters of a path in an access line; the rest is counted
 
 
 class RequestRecord(NamedTuple):
@@ -168,6 +169,8 @@ class AccessLog:
         client: str = "",
     ) -> None:
         """The access line of one request, in the configured format."""
+        if len(route) > LOGGED_ROUTE_MAX:  # a path may be 8 KB, sent by anyone
+            route = route[:LOGGED_ROUTE_MAX] + f"…(+{len(route) - LOGGED_ROUTE_MAX})"
         if self.json:
             self._append(
                 orjson.dumps(

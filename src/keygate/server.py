@@ -104,7 +104,15 @@ class ThrottledLog:
 
 _cap_log = ThrottledLog("connections_capped")
 _head_log = ThrottledLog("head_refused")
-_invalid_log = ThrottledLog("invalid_request")  # unauthenticated junk must not flood the log
+_malformed_log = ThrottledLog("malformed_request")
+_upgrade_log = ThrottledLog("upgrade_ignored")
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 class _HeadRefused(Exception):
@@ -219,9 +227,27 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         elif self._refusal:
             self._refuse(self._refusal)
         else:
-            msg = "Invalid HTTP request received."
-            _invalid_log.warning(msg)
-            self.send_400_response(msg)
+            # Junk from anyone: one throttled line, and an answer in the API's error shape.
+            reason = str(exc)[:80] or type(exc).__name__
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            _malformed_log.warning(f"refused a malformed request from {client} with 400: {reason}")
+            cycle = self.cycle
+            if not self._awaiting_head and cycle is not None and not cycle.response_complete:
+                # the body of the request being read is broken: the app must stop waiting
+                # for the rest of it (it sees a disconnect), and the connection must end
+                cycle.disconnected = True
+                cycle.waiting_for_100_continue = False  # nothing may be written after ours
+                cycle.message_event.set()
+                if cycle.response_started:
+                    self.transport.close()
+                    return
+                self.cycle = None  # answered here; what the app still sends is dropped
+            self._answer(400, f"malformed HTTP request: {reason}", "bad_request")
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn warns on every Upgrade request (anyone can send one); they are answered
+        as plain HTTP/1.1, which RFC 9110 §7.8 allows, so that is worth a throttled line."""
+        _upgrade_log.warning("ignored an Upgrade request header: answered as HTTP/1.1")
 
     # parser callbacks
 
@@ -233,6 +259,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             raise _HeadRefused
         if len(self.headers) > self._max_headers:
             self._refusal = "count"
+            raise _HeadRefused
+        if self.parser.should_upgrade() and _has_body(self.headers):
+            # The parser takes all that follows an Upgrade head for the new protocol, so the
+            # body would never reach the app (and an empty one would go upstream): refuse.
+            self._refusal = "upgrade"
             raise _HeadRefused
         self._awaiting_head = False
         self._head_room = self._max_head
@@ -271,6 +302,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._header_timer = None
 
     def _refuse(self, bound: str) -> None:
+        if bound == "upgrade":
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            _upgrade_log.warning(f"refused a request from {client} with 400: Upgrade with a body")
+            self._answer(
+                400,
+                "a request with a body cannot carry an Upgrade header here; send it without one",
+                "upgrade_not_supported",
+            )
+            return
         if bound == "line":
             status, code = 414, "uri_too_long"
             limit = f"request line over {self._max_line} bytes (KEYGATE_MAX_REQUEST_LINE)"
@@ -347,6 +387,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": LimitedHttpProtocol,
         "loop": "uvloop" if sys.platform != "win32" else "asyncio",
         "lifespan": "on",
+        "ws": "none",  # no WebSocket here: an Upgrade request is served as plain HTTP
         "access_log": False,
         "log_level": "warning",
         "timeout_graceful_shutdown": settings.drain_s,  # KEYGATE_DRAIN_S, see lifecycle.py

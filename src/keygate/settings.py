@@ -140,6 +140,8 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"must be a number, got {value!r}")
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON's 5.0 is the integer 5 (as JSON Schema says)
     try:
         number = float(value) if kind is float else int(str(value), 10)
     except ValueError:

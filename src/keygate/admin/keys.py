@@ -149,6 +149,8 @@ class KeyRoutes:
                     raise bad("status", "must be 'active' or 'disabled'")
             elif name in ("rpm", "max_conn"):
                 high = KEY_LIMIT_MAX[name]
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)  # JSON's 5.0 is the integer 5
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
                     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
                     raise bad(name, f"must be a whole number ≥ 0 and ≤ {high}, got {shown}")

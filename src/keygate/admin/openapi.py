@@ -6,11 +6,14 @@ caught by the tests, which walk this document's paths.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from typing import Any
 
 from keygate import __version__
 from keygate.dialects import KEY_STYLES
-from keygate.settings import BOUNDS
+from keygate.settings import BOUNDS, MODEL_NAME_MAX
+from keygate.store.base import MAX_SECRET_LEN, MIN_SECRET_LEN
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -93,6 +96,16 @@ _KEY_COUNTS = {
         for s in ("active", "cooling", "invalid", "exhausted", "disabled", "total")
     },
 }
+# Filled in with the running gateway's provider names when the document is served.
+_PROVIDER_FIELD: dict[str, Any] = {"type": "string", "minLength": 1}
+# What the store accepts as a key (store.base.check_secret): printable, no whitespace.
+_SECRET = {
+    "type": "string",
+    "writeOnly": True,
+    "minLength": MIN_SECRET_LEN,
+    "maxLength": MAX_SECRET_LEN,
+    "pattern": "^[!-~]+$",
+}
 _COUNTERS = {
     n: {"type": "integer"}
     for n in ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
@@ -116,7 +129,11 @@ _TUNABLE_PROPS: dict[str, Any] = {
     "timeout_first_byte_s": {"type": "number", "exclusiveMinimum": 0},
     "timeout_idle_s": {"type": "number", "exclusiveMinimum": 0},
     "max_body_mb": {"type": "number", "exclusiveMinimum": 0},
-    "default_model": {"type": "string"},
+    "default_model": {
+        "type": "string",
+        "maxLength": MODEL_NAME_MAX,
+        "pattern": r"^[^\x00-\x1f\x7f]*$",
+    },
     "force_model": {"type": "boolean"},
 }
 for _name, _high in BOUNDS.items():  # the same bounds the server enforces
@@ -313,7 +330,7 @@ PATHS: dict[str, Any] = {
                 {
                     "type": "object",
                     "required": ["password"],
-                    "properties": {"password": {"type": "string"}},
+                    "properties": {"password": {"type": "string", "minLength": 1}},
                 }
             ),
             errors=("400",),
@@ -345,7 +362,7 @@ PATHS: dict[str, Any] = {
         "patch": _op(
             "Change tunable settings; applies at once to the running gateway and persists",
             _json(_ref("Provider"), "the provider after the change"),
-            body=_body(_ref("ProviderPatch")),
+            body=_body(_ref("ProviderPatch"), required=False),
             params=[_PROVIDER_NAME],
             errors=("400", "403", "404"),
             tag=_PROVIDERS,
@@ -381,12 +398,16 @@ PATHS: dict[str, Any] = {
             ),
             params=[
                 _query("provider", {"type": "string"}, "only this provider"),
-                _query("status", _KEY_STATUS, "only keys in this state"),
+                _query(
+                    "status",
+                    {**_KEY_STATUS, "enum": [*_KEY_STATUS["enum"], ""]},
+                    "only keys in this state; empty: any",
+                ),
                 _query("q", {"type": "string"}, "matches the label or the masked form"),
                 _query(
                     "limit",
-                    {"type": "integer", "minimum": 0, "maximum": 500, "default": 50},
-                    "page size",
+                    {"type": "integer", "minimum": 0, "default": 50},
+                    "page size; more than 500 is served as 500",
                 ),
                 _query(
                     "offset",
@@ -409,9 +430,9 @@ PATHS: dict[str, Any] = {
                     "type": "object",
                     "required": ["provider", "key"],
                     "properties": {
-                        "provider": {"type": "string"},
-                        "key": {"type": "string", "writeOnly": True},
-                        "label": {"type": "string", "maxLength": 200},
+                        "provider": _PROVIDER_FIELD,
+                        "key": _SECRET,
+                        "label": {"type": ["string", "null"], "maxLength": 200},
                     },
                 }
             ),
@@ -439,7 +460,7 @@ PATHS: dict[str, Any] = {
                     "type": "object",
                     "required": ["provider", "input"],
                     "properties": {
-                        "provider": {"type": "string"},
+                        "provider": _PROVIDER_FIELD,
                         "input": {
                             "oneOf": [
                                 {"type": "string"},
@@ -460,10 +481,11 @@ PATHS: dict[str, Any] = {
             _json(_ref("Key"), "the key after the change"),
             body=_body(
                 {
+                    "description": "an empty body changes nothing and returns the key",
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "label": {"type": "string", "maxLength": 200},
+                        "label": {"type": ["string", "null"], "maxLength": 200},
                         "status": {"type": "string", "enum": ["active", "disabled"]},
                         "rpm": {"type": "integer", "minimum": 0, "maximum": BOUNDS["key_rpm"]},
                         "max_conn": {
@@ -472,7 +494,8 @@ PATHS: dict[str, Any] = {
                             "maximum": BOUNDS["key_max_conn"],
                         },
                     },
-                }
+                },
+                required=False,
             ),
             params=[_KEY_ID],
             errors=("400", "403", "404"),
@@ -515,11 +538,17 @@ PATHS: dict[str, Any] = {
                 {
                     "type": "object",
                     "required": ["model"],
+                    "additionalProperties": False,
                     "properties": {
-                        "model": {"type": "string", "description": "empty clears it"},
+                        "model": {
+                            "type": ["string", "null"],
+                            "maxLength": 200,
+                            "pattern": r"^[^\x00-\x1f\x7f]*$",
+                            "description": "empty or null clears it",
+                        },
                         "provider": {
-                            "type": "string",
-                            "description": "default: the default provider",
+                            "type": ["string", "null"],
+                            "description": "empty or null: the default provider",
                         },
                         "force": {"type": "boolean"},
                     },
@@ -543,7 +572,10 @@ PATHS: dict[str, Any] = {
                 _query("provider", {"type": "string"}, "only this provider"),
                 _query(
                     "status",
-                    {"type": "string"},
+                    {
+                        "type": "string",
+                        "pattern": r"^\s*([0-9]{3}|[1-5][xX][xX]|[eE][rR][rR][oO][rR])?\s*$",
+                    },
                     "a code (429), a class (2xx, 4xx, 5xx) or error (≥ 400)",
                 ),
                 _query(
@@ -598,3 +630,19 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+def document(providers: Iterable[str]) -> dict[str, Any]:
+    """OPENAPI with the running gateway's provider names as the allowed values of every
+    `provider` body field: a client (or a schema-driven tester) then knows that any other
+    name is refused with a 400."""
+    doc = copy.deepcopy(OPENAPI)
+    names = sorted(providers)
+    for item in doc["paths"].values():
+        for op in item.values():
+            schema = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            field = schema.get("schema", {}).get("properties", {}).get("provider")
+            if field is not None:
+                optional = "null" in field["type"]  # then empty or null means the default
+                field["enum"] = [*names, "", None] if optional else names
+    return doc

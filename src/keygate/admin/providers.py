@@ -74,9 +74,13 @@ class ProviderRoutes:
         unknown = sorted(set(doc) - {"model", "provider", "force"})
         if unknown:
             raise bad(unknown[0], "unknown field (model, provider, force)")
-        provider = doc.get("provider") or self.gw.default_provider
+        provider = doc.get("provider")
+        if provider is None or provider == "":
+            provider = self.gw.default_provider
         if not isinstance(provider, str) or provider not in self.gw.providers:
             raise bad("provider", f"no provider named {provider!r}")
+        if "model" not in doc:  # a bare PUT must not clear the default model
+            raise bad("model", "required (an empty string clears the default model)")
         model = doc.get("model")
         if model is None:
             model = ""

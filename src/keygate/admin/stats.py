@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from keygate.admin.http import Reply, Request, Route, bad, int_param, route
-from keygate.admin.openapi import OPENAPI
+from keygate.admin.openapi import document as openapi_document
 from keygate.gateway import Gateway
 from keygate.store.base import KEY_STATUSES
 from keygate.views import COUNTER_NAMES, key_counts, provider_counters
@@ -102,7 +102,7 @@ class StatsRoutes:
         return Reply(200, health.details(self.gw))
 
     async def openapi(self, req: Request) -> Reply:
-        return Reply(200, OPENAPI)
+        return Reply(200, openapi_document(self.gw.providers))
 
 
 def _status_filter(raw: str) -> Callable[[int], bool] | None:
