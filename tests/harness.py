@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -175,6 +176,17 @@ async def fire(gw: Gateway, n: int, stream: bool = False) -> list[int]:
 
 def mock_env(mock: MockUpstream) -> dict[str, str]:
     return {env_names(name, "BASE_URL")[0]: mock.url for name in BUILTINS}
+
+
+def wait_log(gw: Any, pattern: str, after: int, timeout: float = 10) -> str:
+    """The gateway's log from offset `after`, once `pattern` appears in it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tail = gw.log()[after:]
+        if re.search(pattern, tail):
+            return tail
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} in the log:\n{gw.log()[after:]}")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:

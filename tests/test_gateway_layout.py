@@ -4,7 +4,6 @@ by the admin API and the CLI, and imports that only run down the layers."""
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -14,17 +13,9 @@ from typing import Any
 
 import pytest
 
+from harness import wait_log
+
 PRIVATE_BASE = "http://169.254.10.10:9"  # link-local: stored and shown, never contacted here
-
-
-def _wait_log(gw: Any, pattern: str, after: int, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tail = gw.log()[after:]
-        if re.search(pattern, tail):
-            return tail
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} in the log:\n{gw.log()[after:]}")
 
 
 def _base_url(gw: Any, name: str) -> str:
@@ -45,7 +36,7 @@ def test_reload_keeps_a_private_upstream_set_at_run_time(gateway_factory: Any) -
     assert _base_url(gw, "groq") == PRIVATE_BASE
     mark = len(gw.log())
     gw.proc.send_signal(signal.SIGHUP)
-    tail = _wait_log(gw, r"reload: .* re-read, \d+ change", mark)
+    tail = wait_log(gw, r"reload: .* re-read, \d+ change", mark)
     assert "providers.groq.base_url" not in tail
     assert _base_url(gw, "groq") == PRIVATE_BASE
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from harness import CHAT, PASSWORD, fire, free_port, start_gateway, wait_healthy
+from harness import CHAT, PASSWORD, fire, free_port, start_gateway, wait_healthy, wait_log
 from keygate.store import create_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,16 +185,6 @@ def write_config(path: Path, rps: float, keys: list[str], extra: str = "", queue
     doc: dict[str, Any] = {"providers": {"cerebras": cerebras}}
     doc["providers"]["cerebras"]["keys"] = keys
     path.write_text(yaml.safe_dump(doc) + extra)
-
-
-def wait_log(gw: Any, pattern: str, after: int, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tail = gw.log()[after:]
-        if re.search(pattern, tail):
-            return tail
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} in the log:\n{gw.log()[after:]}")
 
 
 def ok_count(gw: Any, n: int = 10) -> int:
