@@ -34,6 +34,7 @@ class RequestRecord(NamedTuple):
     latency_ms: float
     retries: int
     error: str
+    route: str = ""  # a routed request's targets as tried: "groq/x (429) → cerebras/y"
 
     def public(self) -> dict[str, Any]:
         return self._asdict()
@@ -167,6 +168,8 @@ class AccessLog:
         retries: int,
         error: str,
         client: str = "",
+        model: str = "",
+        via: str = "",
     ) -> None:
         """The access line of one request, in the configured format."""
         if len(route) > LOGGED_ROUTE_MAX:  # a path may be 8 KB, sent by anyone
@@ -189,6 +192,8 @@ class AccessLog:
                         "latency_ms": round(latency_ms, 1),
                         "retries": retries,
                         "error": error or None,
+                        "model": model or None,
+                        "via": via or None,
                     }
                 ).decode()
                 + "\n"
@@ -200,6 +205,8 @@ class AccessLog:
             f"{provider or '-'} {method} {route} key={key} status={status} "
             f"upstream={upstream_status} ms={latency_ms:.1f} retries={retries}"
             + (f" client={client}" if client else "")
+            + (f" model={model}" if model else "")
+            + (f" via={via!r}" if via else "")
             + (f" error={error!r}" if error else ""),
         )
 
