@@ -9,15 +9,20 @@ provider a request reached by the key it carried.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 
 from harness import wait_for
 from keygate.testing.mock_upstream import MockUpstream
+from servers import redis_bin, start_redis
 
 PASSWORD = "gw-test-password"
 KEYS = {
@@ -80,7 +85,7 @@ def test_provider_prefix_reaches_that_provider_with_the_prefix_stripped(
     assert (rec.method, rec.path) == ("POST", "/v1/chat/completions")
     assert rec.headers["authorization"] == f"Bearer {KEYS['groq']}"
     assert PASSWORD not in str(rec.headers)
-    sent = __import__("json").loads(rec.body)
+    sent = json.loads(rec.body)
     assert sent["model"] == "llama-3.1-8b-instant"
     assert sent["messages"] == MESSAGES
 
@@ -378,3 +383,106 @@ def test_models_table_survives_a_restart(gateway_factory: Any, tmp_path: Any) ->
     gw.stop()
     gw2 = gateway_factory(env=ENV, config=config(), data_dir=data)
     assert chat(gw2, "kept").headers["x-keygate-model"] == "kept-model"
+
+
+@pytest.mark.parametrize(
+    ("models", "problem"),
+    [
+        ({"a": "nosuch/m"}, "models.a: unknown provider 'nosuch'"),
+        ({"a": {"strategy": "fallback", "targets": []}}, "models.a.targets: must be a non-empty"),
+        ({"a": {"targets": ["b"]}, "b": "a"}, "models.b: cycle: a → b → a"),
+        ({"a": {"strategy": "round", "targets": ["groq/m"]}}, "models.a.strategy: must be one"),
+        ({"a": {"targets": ["groq/m"], "weight": 2}}, "models.a: unknown field(s) weight"),
+        ({"a": {"targets": ["groq/m", 5]}}, "models.a.targets[1]: must be a non-empty string"),
+    ],
+)
+def test_a_bad_models_table_is_one_line_naming_file_and_key(
+    tmp_path: Any, models: Any, problem: str
+) -> None:
+    from keygate.configcheck import check_config
+    from keygate.settings import ConfigError, load_settings
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": models}, allow_unicode=True))
+    with pytest.raises(ConfigError) as exc:
+        load_settings({}, path)
+    assert str(exc.value).startswith(f"config file {path}: {problem}")
+    assert "\n" not in str(exc.value)
+    [line] = check_config(path, {})
+    assert line == str(exc.value)
+
+
+def test_provider_models_and_ttl_in_the_config(tmp_path: Any) -> None:
+    from keygate.settings import ConfigError, load_settings
+
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        yaml.safe_dump({"models_ttl_s": 60, "providers": {"groq": {"models": ["a", "b", "a"]}}})
+    )
+    s = load_settings({}, path)
+    assert s.models_ttl_s == 60 and s.providers["groq"].models == ["a", "b"]
+    path.write_text(yaml.safe_dump({"providers": {"groq": {"models": "a"}}}))
+    with pytest.raises(ConfigError, match=r"providers\.groq\.models: must be a list"):
+        load_settings({}, path)
+
+
+def test_keygate_models_lists_the_table(gw: Any) -> None:
+    api = httpx.Client(base_url=gw.url, headers=gw.admin(), timeout=10)
+    assert api.put("/api/models/mine", json={"target": "xai/grok-2"}).status_code == 200
+    config_file = gw.argv[gw.argv.index("--config") + 1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "keygate", "models", "--json", "--config", config_file],
+        env=gw.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    routes = {r["name"]: r for r in doc["routes"]}
+    assert routes["mine"] == {
+        "name": "mine",
+        "strategy": "alias",
+        "targets": ["xai/grok-2"],
+        "source": "admin",
+    }
+    assert routes["fast"]["source"] == "config"
+    assert doc["providers"]["cerebras"] == ["extra-model"]
+    text = subprocess.run(
+        [sys.executable, "-m", "keygate", "models", "--config", config_file],
+        env=gw.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "mine" in text and "xai/grok-2" in text
+
+
+@pytest.mark.skipif(redis_bin() is None, reason="redis-server is not installed")
+def test_two_instances_on_redis_see_a_models_change_at_once(
+    gateway_factory: Any, mock: MockUpstream, tmp_path: Any
+) -> None:
+    redis = start_redis(tmp_path / "redis")
+    try:
+        env = {**ENV, "KEYGATE_REDIS_URL": redis.url}
+        a, b = (
+            gateway_factory(env=env, config=config(), data_dir=tmp_path / "shared")
+            for _ in range(2)
+        )
+        api = httpx.Client(base_url=a.url, headers=a.admin(), timeout=10)
+        assert api.put("/api/models/team", json={"target": "xai/grok-2"}).status_code == 200
+
+        def b_routes_it() -> bool:
+            return chat(b, "team").headers["x-keygate-provider"] == "xai"
+
+        took = wait_for(b_routes_it, 5, "the other instance routes the new alias")
+        assert took < 0.9  # the announcement, not the 1 s store poll
+        assert "team" in {m.id for m in oai(b).models.list()}
+        assert api.delete("/api/models/team").status_code == 200
+        wait_for(
+            lambda: chat(b, "team").headers["x-keygate-provider"] == "cerebras",
+            5,
+            "the other instance forgets it",
+        )
+    finally:
+        redis.stop()
