@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ import openai
 import pytest
 import yaml
 
-from harness import wait_for
+from harness import wait_for, wait_log
 from keygate.testing.mock_upstream import MockUpstream
 from servers import redis_bin, start_redis
 
@@ -486,3 +488,24 @@ def test_two_instances_on_redis_see_a_models_change_at_once(
         )
     finally:
         redis.stop()
+
+
+def test_a_reload_applies_a_changed_models_table(gateway_factory: Any, mock: MockUpstream) -> None:
+    gw = gateway_factory(env=ENV, config=config())
+    config_file = Path(gw.argv[gw.argv.index("--config") + 1])
+    assert chat(gw, "gpt-4o").headers["x-keygate-provider"] == "openai"
+    changed = config()
+    changed["models"] = {**MODELS, "gpt-4o": "xai/grok-2"}
+    config_file.write_text(yaml.safe_dump(changed))
+    mark = len(gw.log())
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_log(gw, r"reload: .* re-read", mark)
+    assert chat(gw, "gpt-4o").headers["x-keygate-provider"] == "xai"
+    # a table naming an unknown provider is refused whole, the running one stays
+    changed["models"] = {"gpt-4o": "nosuch/m"}
+    config_file.write_text(yaml.safe_dump(changed))
+    mark = len(gw.log())
+    gw.proc.send_signal(signal.SIGHUP)
+    tail = wait_log(gw, "reload refused", mark)
+    assert "models.gpt-4o: unknown provider 'nosuch'" in tail
+    assert chat(gw, "gpt-4o").headers["x-keygate-provider"] == "xai"

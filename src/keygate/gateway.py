@@ -161,23 +161,27 @@ class Gateway:
         self.model_lists.invalidate()
 
     async def load_models(self) -> None:
-        """The store's entries applied (at start, on the change feed). An entry the current
+        """The store's entries applied (at start, on the change feed)."""
+        self.adopt_models(await self.store.get_model_routes())
+
+    def adopt_models(self, stored: dict[str, Any]) -> None:
+        """Apply `stored` over the config (also after a reload). An entry the current
         providers cannot serve is skipped with a warning, so an old store never stops a start."""
-        stored = await self.store.get_model_routes()
         try:
             self._use_models(stored)
+            return
         except RouteError as exc:
-            log.warning("stored model table not applied: %s", exc)
-            good = {}
-            for name, spec in stored.items():
-                try:
-                    build_table(
-                        merged_specs(self.settings.models, {**good, name: spec}), self.providers
-                    )
-                except RouteError:
-                    continue
-                good[name] = spec
-            self._use_models(good)
+            log.warning("stored model table not applied whole: %s", exc)
+        good: dict[str, Any] = {}
+        for name, spec in stored.items():
+            try:
+                build_table(
+                    merged_specs(self.settings.models, {**good, name: spec}), self.providers
+                )
+            except RouteError:
+                continue
+            good[name] = spec
+        self._use_models(good)
 
     async def set_model(self, name: str, spec: Any) -> None:
         """Validate (RouteError naming the field), persist, apply at once, tell the others."""

@@ -185,6 +185,7 @@ class ModelLists:
                 "models": self.provider_models(rt),
                 "default": name == self.gw.default_provider,
                 "fetched": name in self.upstream,
-                "error": self.errors.get(name, "") if rt.pool.entries else "no keys",
+                "keys": bool(rt.pool.entries),
+                "error": self.errors.get(name, ""),
             }
         return out

@@ -169,22 +169,29 @@ def merged_specs(config: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[s
     return out
 
 
-class ModelTable:
-    """The live routing table: looked up on every routed request, replaced whole on change."""
+PREFIX_CACHE_MAX = 4096  # provider/model names remembered (clients use few; anyone may send many)
 
-    __slots__ = ("providers", "routes")
+
+class ModelTable:
+    """The live routing table: looked up on every routed request, replaced whole on change.
+    `provider/model` names are resolved once and remembered (a bounded cache)."""
+
+    __slots__ = ("_prefixed", "providers", "routes")
 
     def __init__(self, routes: dict[str, Route], providers: Collection[str]) -> None:
         self.routes = routes
         self.providers = providers
+        self._prefixed: dict[str, Route] = {}
 
     def resolve(self, model: str) -> Route | None:
         """What `model` stands for; None: the default provider, the body unchanged."""
-        route = self.routes.get(model)
-        if route is not None:
+        route = self.routes.get(model) or self._prefixed.get(model)
+        if route is not None or "/" not in model:
             return route
-        if "/" in model:
-            target = split_target(model, self.providers)
-            if target is not None:
-                return Route(model, "alias", (target,), model)
-        return None
+        target = split_target(model, self.providers)
+        if target is None:
+            return None
+        if len(self._prefixed) >= PREFIX_CACHE_MAX:
+            self._prefixed.clear()
+        route = self._prefixed[model] = Route(model, "alias", (target,), model)
+        return route

@@ -638,6 +638,7 @@ PATHS: dict[str, Any] = {
                                     "models": {"type": "array", "items": {"type": "string"}},
                                     "default": {"type": "boolean"},
                                     "fetched": {"type": "boolean"},
+                                    "keys": {"type": "boolean"},
                                     "error": {"type": "string"},
                                 },
                             },

@@ -321,6 +321,7 @@ const STRINGS = {
     'models.by_provider_hint': 'As GET /v1/models lists them: {name}’s under their plain names, the others as provider/model. The upstream lists are fetched when /v1/models is first asked for.',
     'models.default': 'default',
     'models.none': 'No models listed.',
+    'models.no_keys': 'No keys yet: only the models named in its config are listed.',
     'models.not_fetched': 'Not fetched yet: ask GET /v1/models once.',
     'models.fetch_error': 'Last fetch failed: {error} (the last good list is kept)',
 
@@ -700,6 +701,7 @@ const STRINGS = {
     'models.by_provider_hint': '与 GET /v1/models 相同：{name} 的模型用原名，其他服务商的为 provider/model。上游列表在第一次请求 /v1/models 时获取。',
     'models.default': '默认',
     'models.none': '没有列出的模型。',
+    'models.no_keys': '尚无密钥：只列出配置中写明的模型。',
     'models.not_fetched': '尚未获取：请求一次 GET /v1/models。',
     'models.fetch_error': '上次获取失败：{error}（保留上次成功的列表）',
 

@@ -138,7 +138,7 @@ export function mount(root, params, ctx) {
           h('h3', { class: 'snippet-title' }, name, p.default ? badge(t('models.default'), 'info') : null),
           p.models.length
             ? h('div', { class: 'chips' }, p.models.map((m) => h('code', { class: 'mono chip' }, p.default ? m : `${name}/${m}`)))
-            : h('p', { class: 'muted' }, p.fetched ? t('models.none') : t('models.not_fetched')),
+            : h('p', { class: 'muted' }, !p.keys ? t('models.no_keys') : p.fetched ? t('models.none') : t('models.not_fetched')),
           p.error ? h('p', { class: 'muted field-error' }, t('models.fetch_error', { error: p.error })) : null,
         ),
       ),
