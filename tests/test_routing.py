@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -509,3 +510,22 @@ def test_a_reload_applies_a_changed_models_table(gateway_factory: Any, mock: Moc
     tail = wait_log(gw, "reload refused", mark)
     assert "models.gpt-4o: unknown provider 'nosuch'" in tail
     assert chat(gw, "gpt-4o").headers["x-keygate-provider"] == "xai"
+
+
+def test_anthropic_sdk_on_the_unified_endpoint(gw: Any, mock: MockUpstream) -> None:
+    """/v1/messages routes by model too: `claude/…` reaches claude, prefix stripped; a target
+    of the other family is a 400 in Anthropic's shape (translation will serve it)."""
+    client = anthropic.Anthropic(base_url=gw.url, api_key=PASSWORD, max_retries=0, timeout=10)
+    raw = client.messages.with_raw_response.create(
+        model="claude/claude-3-5-haiku", max_tokens=32, messages=MESSAGES
+    )
+    assert raw.parse().content[0].text == "Hello from mock"
+    assert raw.headers["x-keygate-provider"] == "claude"
+    [rec] = mock.records()
+    assert provider_of(rec) == "claude" and rec.headers["x-api-key"] == KEYS["claude"]
+    assert json.loads(rec.body)["model"] == "claude-3-5-haiku"
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        client.messages.create(model="groq/llama-3.1-8b-instant", max_tokens=32, messages=MESSAGES)
+    assert exc.value.body["type"] == "error"
+    assert "groq/llama-3.1-8b-instant" in exc.value.message
+    assert len(mock.records()) == 1  # nothing went upstream

@@ -326,6 +326,7 @@ async def forward_chain(
     keys, health). A failure before the first byte moves on to the next target, within one
     retry budget; a target that cannot serve now is passed over at once; the last target's
     failure is the answer."""
+    ex.wire = plan.client_dialect()  # until a target is tried: errors in the client's shape
     tries = await plan.order(gw, client_headers)
     budget = plan.budget(len(tries), [rt for rt, _ in tries])
     failure = None

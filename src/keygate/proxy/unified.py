@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from keygate.dialects import Dialect
+from keygate.dialects.anthropic import ANTHROPIC
+from keygate.dialects.openai import OPENAI
 from keygate.proxy.errors import GatewayError
 from keygate.proxy.route import find_model
-from keygate.routing import ROUTED_PATHS, Route, Target, family_mismatch
+from keygate.routing import ROUTED_PATHS, Route, Target, client_family, family_mismatch
 
 if TYPE_CHECKING:
     from keygate.gateway import Gateway
@@ -63,6 +66,10 @@ class Plan:
         if model == self.model:
             return self.body
         return orjson.dumps({**self.doc, "model": model})
+
+    def client_dialect(self) -> Dialect:
+        """The family whose shape the client reads keygate's own errors in."""
+        return ANTHROPIC if client_family(self.path) == "anthropic" else OPENAI
 
     def budget(self, targets: int, rts: list[ProviderRuntime]) -> int:
         """One retry budget for the whole chain: enough to reach every target, and at least
