@@ -529,3 +529,25 @@ def test_anthropic_sdk_on_the_unified_endpoint(gw: Any, mock: MockUpstream) -> N
     assert exc.value.body["type"] == "error"
     assert "groq/llama-3.1-8b-instant" in exc.value.message
     assert len(mock.records()) == 1  # nothing went upstream
+
+
+@pytest.mark.parametrize("failure", ["timeout", "connection refused"])
+def test_fallback_on_a_timeout_or_an_unreachable_provider(
+    gateway_factory: Any, mock: MockUpstream, failure: str
+) -> None:
+    from harness import free_port
+
+    groq: dict[str, Any] = {"timeout_first_byte_s": 0.3, "retries": 0}
+    env = dict(ENV)
+    if failure == "timeout":
+        mock.set_behavior(KEYS["groq"], hang=True)
+    else:
+        from keygate.providers import env_names
+
+        env[env_names("groq", "BASE_URL")[0]] = f"http://127.0.0.1:{free_port()}"  # nobody there
+    gw = gateway_factory(env=env, config=config(groq=groq))
+    raw = chat(gw, "fast")
+    assert raw.headers["x-keygate-provider"] == "cerebras"
+    [last] = httpx.get(f"{gw.url}/api/requests", headers=gw.admin()).json()["requests"][:1]
+    code = "upstream_timeout" if failure == "timeout" else "upstream_unreachable"
+    assert last["route"] == f"groq/llama-3.1-8b-instant ({code}) → cerebras/llama3.1-8b"

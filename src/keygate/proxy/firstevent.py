@@ -69,6 +69,7 @@ async def hold_first(resp: aiohttp.ClientResponse, dog: Watchdog, first_byte_s: 
     try:
         return await read_first(resp, dog, first_byte_s)
     except BaseException:
+        dog.stop()  # the try is over: its first-byte watch must not fire later
         resp.close()
         raise
 
