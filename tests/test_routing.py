@@ -551,3 +551,26 @@ def test_fallback_on_a_timeout_or_an_unreachable_provider(
     [last] = httpx.get(f"{gw.url}/api/requests", headers=gw.admin()).json()["requests"][:1]
     code = "upstream_timeout" if failure == "timeout" else "upstream_unreachable"
     assert last["route"] == f"groq/llama-3.1-8b-instant ({code}) → cerebras/llama3.1-8b"
+
+
+@pytest.mark.parametrize(
+    ("head", "error"),
+    [
+        (b'data: {"error":{"message":"quota"}}\n\n', True),
+        (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}\n\n', True),
+        (b': keep-alive\n\ndata: {"error": {"code": 429}}\n\n', True),
+        (b'\r\ndata:{"error":"x"}\r\n\r\n', True),
+        (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk"}\n\n', False),
+        (b"event: message_start\ndata: {}\n\n", False),
+        (b'event: response.created\ndata: {"error": null}\n\n', False),
+    ],
+)
+def test_first_event_judgement(head: bytes, error: bool) -> None:
+    from keygate.proxy.firstevent import error_status, opens_with_error
+
+    assert opens_with_error(head) is error
+    if error:
+        assert error_status(head) in (429, 500, 529)
+    assert error_status(b'{"type":"overloaded_error"}') == 529
+    assert error_status(b'{"error":{"code":"rate_limit_exceeded"}}') == 429
+    assert error_status(b'{"error":{"message":"boom"}}') == 500

@@ -40,6 +40,12 @@ class RequestRecord(NamedTuple):
         return self._asdict()
 
 
+def _word(text: str) -> str:
+    """A value for the text access line: as it is when it is one printable word, else quoted
+    (a model name comes from the client's body and must not forge a field or a line)."""
+    return text if text.isprintable() and " " not in text and "=" not in text else repr(text)
+
+
 class Second:
     __slots__ = ("count", "errors", "latencies", "t")
 
@@ -205,7 +211,7 @@ class AccessLog:
             f"{provider or '-'} {method} {route} key={key} status={status} "
             f"upstream={upstream_status} ms={latency_ms:.1f} retries={retries}"
             + (f" client={client}" if client else "")
-            + (f" model={model}" if model else "")
+            + (f" model={_word(model)}" if model else "")
             + (f" via={via!r}" if via else "")
             + (f" error={error!r}" if error else ""),
         )
