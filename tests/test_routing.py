@@ -13,6 +13,8 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -574,3 +576,24 @@ def test_first_event_judgement(head: bytes, error: bool) -> None:
     assert error_status(b'{"type":"overloaded_error"}') == 529
     assert error_status(b'{"error":{"code":"rate_limit_exceeded"}}') == 429
     assert error_status(b'{"error":{"message":"boom"}}') == 500
+
+
+def test_fallback_passes_over_a_full_queue_at_once(
+    gateway_factory: Any, mock: MockUpstream
+) -> None:
+    from harness import admission
+
+    gw = gateway_factory(env=ENV, config=config(groq={"max_conn": 1, "queue": 0}))
+    mock.set_behavior(KEYS["groq"], delay_s=2.0)
+    busy = threading.Thread(target=chat, args=(gw, "groq/held"))
+    busy.start()
+    try:
+        wait_for(lambda: admission(gw, "groq")["in_flight"] == 1, 5, "groq's one slot taken")
+        started = time.monotonic()
+        raw = chat(gw, "fast")
+        assert raw.headers["x-keygate-provider"] == "cerebras"
+        assert time.monotonic() - started < 1.0  # not after groq's slot frees
+        [last] = httpx.get(f"{gw.url}/api/requests", headers=gw.admin()).json()["requests"][:1]
+        assert last["route"] == "groq/llama-3.1-8b-instant (rate_limited) → cerebras/llama3.1-8b"
+    finally:
+        busy.join()
