@@ -91,6 +91,7 @@ class Gateway:
         self._spawn(self.sync.flush_loop())
 
     async def stop(self) -> None:
+        self.model_lists.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

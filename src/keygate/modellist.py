@@ -61,6 +61,11 @@ class ModelLists:
         self._task: asyncio.Task[None] | None = None
         self._first = True
 
+    def stop(self) -> None:
+        """A refresh under way ends with the gateway (it would outlive its client session)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
     def invalidate(self) -> None:
         """The table or a provider changed: rebuild the merged answer on the next request."""
         self._body = None
