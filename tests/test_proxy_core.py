@@ -208,12 +208,25 @@ def test_provider_root_goes_to_chat_path(
 
 
 def test_v1_goes_to_default_provider(client: httpx.Client, mock: MockUpstream) -> None:
+    r = client.post("/v1/chat/completions", json={"model": "llama3.1-8b", "messages": []})
+    assert r.status_code == 200
+    assert r.headers["x-keygate-provider"] == "cerebras"
+    rec = only_record(mock)
+    assert rec.path == "/v1/chat/completions"
+    assert rec.key in KEYS["cerebras"]
+
+
+def test_v1_models_is_the_merged_list(client: httpx.Client, mock: MockUpstream) -> None:
+    """SPEC §10: the default provider's models plain, every other provider's with its prefix."""
     r = client.get("/v1/models")
     assert r.status_code == 200
-    assert r.json()["data"][0]["id"] == "mock-model"
-    rec = only_record(mock)
-    assert rec.path == "/v1/models"
-    assert rec.key in KEYS["cerebras"]
+    ids = [m["id"] for m in r.json()["data"]]
+    assert "mock-model" in ids
+    assert {f"{p}/mock-model" for p in KEYS if p not in ("cerebras", "deadend")} <= set(ids)
+    assert not any(i.startswith("deadend/") for i in ids)  # unreachable: nothing to list
+    assert r.headers["x-keygate-provider"] == "keygate"
+    all_keys = {k for keys in KEYS.values() for k in keys}
+    assert all(rec.path.endswith("models") and rec.key in all_keys for rec in mock.records())
 
 
 def test_round_robin_over_keys(client: httpx.Client, mock: MockUpstream) -> None:

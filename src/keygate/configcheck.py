@@ -22,6 +22,7 @@ from keygate.settings import (
     _apply_provider_yaml,
     _env_bool,
     _load_yaml,
+    _models_yaml,
     load_settings,
     split_keys,
 )
@@ -87,6 +88,17 @@ def _check_provider(
             errors.extend(_key_errors(f"{where}.keys", keys))
 
 
+def _models_errors(path: Path, raw: Any, names: set[str]) -> list[str]:
+    """The `models:` table against every provider the file names (each problem once)."""
+    if raw is None:
+        return []
+    try:
+        _models_yaml(path, raw, dict.fromkeys(names))
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
 def check_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> list[str]:
     """Every error as one line; an empty list means the server would start with this file."""
     path = Path(path)
@@ -95,7 +107,9 @@ def check_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> list[s
         data = _load_yaml(path)
     except ConfigError as exc:
         return [str(exc)]
-    unknown = sorted(map(str, set(data) - {"default_provider", "providers"}))
+    unknown = sorted(
+        map(str, set(data) - {"default_provider", "providers", "models", "models_ttl_s"})
+    )
     for field in unknown:
         errors.append(f"config file {path}: unknown field {field}")
     provs = data.get("providers") or {}
@@ -121,6 +135,7 @@ def check_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> list[s
         return errors
     default = data.get("default_provider")
     names = set(BUILTINS) | {str(n) for n in provs}
+    errors.extend(_models_errors(path, data.get("models"), names))
     if (
         default is not None
         and not env.get("KEYGATE_DEFAULT_PROVIDER")

@@ -19,10 +19,19 @@ import aiohttp
 
 from keygate.control.keypool import KeyEntry
 from keygate.control.redis import SharedState
+from keygate.modellist import ModelLists
 from keygate.observe import RequestRecord, access_log, log
 from keygate.overrides import apply_fields, clean_fields
 from keygate.probe import probe
 from keygate.recheck import recheck_loop
+from keygate.routing import (
+    ModelTable,
+    RouteError,
+    build_table,
+    check_spec,
+    merged_specs,
+    split_target,
+)
 from keygate.runtime import ProviderRuntime
 from keygate.settings import ProviderConfig, Settings
 from keygate.store import create_store
@@ -46,7 +55,11 @@ class Gateway:
             for name, cfg in settings.providers.items()
         }
         self.store: Store = store or create_store(settings.db_location, settings.secret_key)
-        self.sync = StoreSync(self.store, self.providers, settings)
+        # the unified endpoint's table: the config's `models:`, the admin's over it (at start)
+        self.stored_models: dict[str, Any] = {}
+        self.models = ModelTable(build_table(settings.models, self.providers), self.providers)
+        self.model_lists = ModelLists(self)
+        self.sync = StoreSync(self.store, self.providers, settings, self.load_models)
         self.session: aiohttp.ClientSession | None = None
         self.recent: deque[RequestRecord] = deque(maxlen=settings.recent_requests)
         self.started_at = time.time()
@@ -56,6 +69,7 @@ class Gateway:
     async def start(self) -> None:
         await self.store.open()
         self.sync.apply_overrides(await self.store.get_provider_overrides())
+        await self.load_models()
         for name, rt in self.providers.items():
             if rt.cfg.keys:
                 for result in await self.store.add_keys(name, rt.cfg.keys, source="env"):
@@ -77,6 +91,7 @@ class Gateway:
         self._spawn(self.sync.flush_loop())
 
     async def stop(self) -> None:
+        self.model_lists.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -129,9 +144,80 @@ class Gateway:
         await self.store.set_provider_override(name, clean)
         apply_fields(rt.cfg, clean, private_ok)
         rt.reconfigure(self.settings.fleet_size)
+        self.model_lists.invalidate()
         if self.shared is not None:
             self.shared.announce("provider")
         return rt.cfg
+
+    # --- the model table -----------------------------------------------------------------------
+    def model_specs(self) -> dict[str, Any]:
+        """The table as written: the config's entries with the admin's over them."""
+        return merged_specs(self.settings.models, self.stored_models)
+
+    def _use_models(self, stored: dict[str, Any]) -> None:
+        """Adopt `stored` over the config; raises RouteError (naming the field) if invalid."""
+        table = build_table(merged_specs(self.settings.models, stored), self.providers)
+        self.stored_models = stored
+        self.models = ModelTable(table, self.providers)
+        self.model_lists.invalidate()
+
+    async def load_models(self) -> None:
+        """The store's entries applied (at start, on the change feed)."""
+        self.adopt_models(await self.store.get_model_routes())
+
+    def adopt_models(self, stored: dict[str, Any]) -> None:
+        """Apply `stored` over the config (also after a reload). An entry the current
+        providers cannot serve is skipped with a warning, so an old store never stops a start."""
+        try:
+            self._use_models(stored)
+            return
+        except RouteError as exc:
+            log.warning("stored model table not applied whole: %s", exc)
+        good: dict[str, Any] = {}
+        for name, spec in stored.items():
+            try:
+                build_table(
+                    merged_specs(self.settings.models, {**good, name: spec}), self.providers
+                )
+            except RouteError:
+                continue
+            good[name] = spec
+        self._use_models(good)
+
+    async def set_model(self, name: str, spec: Any) -> None:
+        """Validate (RouteError naming the field), persist, apply at once, tell the others."""
+        spec = check_spec(f"models.{name}", spec)
+        self._check_name(name)
+        stored = {**self.stored_models, name: spec}
+        build_table(merged_specs(self.settings.models, stored), self.providers)
+        await self.store.set_model_route(name, spec)
+        self._use_models(stored)
+        if self.shared is not None:
+            self.shared.announce("models")
+
+    async def delete_model(self, name: str) -> bool:
+        """Remove a run-time entry; one from the config file is hidden instead. False: none."""
+        if name not in self.model_specs():
+            return False
+        stored = {k: v for k, v in self.stored_models.items() if k != name}
+        if name in self.settings.models:
+            stored[name] = None
+        build_table(merged_specs(self.settings.models, stored), self.providers)
+        if name in self.settings.models:
+            await self.store.set_model_route(name, None)
+        else:
+            await self.store.delete_model_route(name)
+        self._use_models(stored)
+        if self.shared is not None:
+            self.shared.announce("models")
+        return True
+
+    def _check_name(self, name: str) -> None:
+        field = f"models.{name}"
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise RouteError("name", "must be 1 to 200 characters")
+        if split_target(name, self.providers) is not None:
+            raise RouteError(field, "a name of the form provider/model is already that model")
 
     async def probe_key(self, entry: KeyEntry) -> tuple[int, float, str]:
         rt = self.providers[entry.provider]

@@ -34,9 +34,16 @@ class RequestRecord(NamedTuple):
     latency_ms: float
     retries: int
     error: str
+    route: str = ""  # a routed request's targets as tried: "groq/x (429) → cerebras/y"
 
     def public(self) -> dict[str, Any]:
         return self._asdict()
+
+
+def _word(text: str) -> str:
+    """A value for the text access line: as it is when it is one printable word, else quoted
+    (a model name comes from the client's body and must not forge a field or a line)."""
+    return text if text.isprintable() and " " not in text and "=" not in text else repr(text)
 
 
 class Second:
@@ -167,6 +174,8 @@ class AccessLog:
         retries: int,
         error: str,
         client: str = "",
+        model: str = "",
+        via: str = "",
     ) -> None:
         """The access line of one request, in the configured format."""
         if len(route) > LOGGED_ROUTE_MAX:  # a path may be 8 KB, sent by anyone
@@ -189,6 +198,8 @@ class AccessLog:
                         "latency_ms": round(latency_ms, 1),
                         "retries": retries,
                         "error": error or None,
+                        "model": model or None,
+                        "via": via or None,
                     }
                 ).decode()
                 + "\n"
@@ -200,6 +211,8 @@ class AccessLog:
             f"{provider or '-'} {method} {route} key={key} status={status} "
             f"upstream={upstream_status} ms={latency_ms:.1f} retries={retries}"
             + (f" client={client}" if client else "")
+            + (f" model={_word(model)}" if model else "")
+            + (f" via={via!r}" if via else "")
             + (f" error={error!r}" if error else ""),
         )
 

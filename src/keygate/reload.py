@@ -64,7 +64,7 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
             changes.append(f"providers.{name}: added ({ncfg.base_url})")
         else:
             cfg, changed = rt.cfg, False
-            for key in (*TUNABLE, "key_style"):
+            for key in (*TUNABLE, "key_style", "models"):
                 before, after = getattr(cfg, key), getattr(ncfg, key)
                 if before != after:
                     setattr(cfg, key, after)
@@ -84,6 +84,7 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
             setattr(gw.settings, f.name, after)
             changes.append(f"{f.name}: {before!r} -> {after!r}")
     gw.default_provider = gw.settings.default_provider
+    gw.adopt_models(gw.stored_models)  # the file's `models:` (and providers) may have changed
     if gw.shared is not None and changes:
         gw.shared.announce("provider")
     return changes

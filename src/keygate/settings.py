@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from keygate.providers import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
+from keygate.routing import RouteError, build_table
 from keygate.urls import check_upstream, mask_url
 
 
@@ -53,6 +54,7 @@ class ProviderConfig:
     default_model: str = ""
     force_model: bool = False
     keys: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # listed in /v1/models beside the upstream's
     builtin: bool = True
 
     @property
@@ -203,7 +205,11 @@ class Settings:
     header_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
     max_connections: int = 0  # 0: half the process's file limit
+    models_ttl_s: float = (
+        3600.0  # how long an upstream model list is trusted (KEYGATE_MODELS_TTL_S)
+    )
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)  # the `models:` table as written
 
     @property
     def db_location(self) -> str:
@@ -324,7 +330,7 @@ def _apply_provider_yaml(
             raise ConfigError(f"{where}.base_url: required for a custom provider")
         providers[name] = ProviderConfig(name=name, base_url="http://invalid", builtin=False)
     cfg = providers[name]
-    unknown = sorted(map(str, set(raw) - set(TUNABLE) - {"keys", "key_style"}))  # `on:` is True
+    unknown = sorted(map(str, set(raw) - set(TUNABLE) - {"keys", "key_style", "models"}))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
     for key, value in raw.items():
@@ -334,6 +340,12 @@ def _apply_provider_yaml(
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"{where}.keys: must be a list of strings")
             cfg.keys.extend(k for k in value if k.strip() and k not in cfg.keys)
+        elif key == "models":
+            if not isinstance(value, list) or not all(
+                isinstance(m, str) and m.strip() and len(m) <= MODEL_NAME_MAX for m in value
+            ):
+                raise ConfigError(f"{where}.models: must be a list of model names")
+            cfg.models = list(dict.fromkeys(value))
         elif key == "key_style":
             if value not in KEY_STYLES:
                 raise ConfigError(
@@ -345,6 +357,20 @@ def _apply_provider_yaml(
                 setattr(cfg, key, coerce_field(key, value, allow_private))
             except ValueError as exc:
                 raise ConfigError(f"{where}.{key}: {exc}") from None
+
+
+def _models_yaml(path: Any, raw: Any, providers: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level `models:` table, validated against the providers (routing.build_table)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: models: must be a mapping of name to target(s)")
+    raw = {str(k): v for k, v in raw.items()}
+    try:
+        build_table(raw, providers)
+    except RouteError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    return raw
 
 
 def load_settings(
@@ -408,6 +434,7 @@ def load_settings(
     s.header_timeout_s = _env_timeout(env, "KEYGATE_HEADER_TIMEOUT_S", s.header_timeout_s)
     s.idle_timeout_s = _env_timeout(env, "KEYGATE_IDLE_TIMEOUT_S", s.idle_timeout_s)
     s.max_connections = _env_int(env, "KEYGATE_MAX_CONNECTIONS", 0)
+    s.models_ttl_s = _env_seconds(env, "KEYGATE_MODELS_TTL_S", s.models_ttl_s) or s.models_ttl_s
 
     providers = {
         name: ProviderConfig(
@@ -426,7 +453,9 @@ def load_settings(
     if path:
         s.config_path = Path(path)
         data = _load_yaml(s.config_path)
-        unknown = sorted(map(str, set(data) - {"default_provider", "providers"}))
+        unknown = sorted(
+            map(str, set(data) - {"default_provider", "providers", "models", "models_ttl_s"})
+        )
         if unknown:
             raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
         provs = data.get("providers") or {}
@@ -466,6 +495,13 @@ def load_settings(
             f"environment variable KEYGATE_DEFAULT_PROVIDER: no provider named {s.default_provider!r}"
         )
     s.providers = providers
+    if path:
+        s.models = _models_yaml(path, data.get("models"), providers)
+        if "models_ttl_s" in data:
+            ttl = data["models_ttl_s"]
+            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 86400:
+                raise ConfigError(f"config file {path}: models_ttl_s: must be > 0 and ≤ 86400")
+            s.models_ttl_s = float(ttl)
     shadowed = s.admin_path.strip("/").split("/")[0]
     if shadowed in providers:
         raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from keygate.control.keypool import KeyEntry
@@ -44,9 +45,14 @@ class StoreSync:
     """Owns the change-feed position and the flush; `providers` is the gateway's live table."""
 
     def __init__(
-        self, store: Store, providers: dict[str, ProviderRuntime], settings: Settings
+        self,
+        store: Store,
+        providers: dict[str, ProviderRuntime],
+        settings: Settings,
+        on_models: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        self.on_models = on_models  # the model table changed in the store
         self.providers = providers
         self.settings = settings
         self.seq = 0
@@ -143,6 +149,8 @@ class StoreSync:
                     await asyncio.sleep(0)
                 if changes.providers_changed:
                     self.apply_overrides(await self.store.get_provider_overrides())
+                if changes.models_changed and self.on_models is not None:
+                    await self.on_models()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -333,3 +333,37 @@ async def test_a_key_cooled_again_reports_its_new_return_time(form: Form) -> Non
     await pool.release(a, Event.RATE_LIMITED, now + 50, "429")
     assert status(pool, a.id) == ("cooling", pytest.approx(now + 50))
     assert await wait_of(pool) == pytest.approx(50)
+
+
+async def test_capacity_reads_the_bucket_and_the_gate_without_taking(form: Form) -> None:
+    """What `spread` routing compares: tokens in the bucket, free slots, queue room."""
+    adm = form.admission(rps=5, burst=4, max_conn=3, queue=10, queue_timeout_s=5)
+    cap = await adm.capacity()
+    assert cap.free_slots == 3 and 3.9 <= cap.tokens <= 4 and cap.queue_room == 10
+    assert cap.size == 3
+    slots = [await adm.acquire() for _ in range(2)]
+    cap = await adm.capacity()
+    assert cap.free_slots == 1 and 1.9 <= cap.tokens <= 2.3
+    assert (await adm.capacity()).free_slots == 1  # a read takes nothing
+    for s in slots:
+        await s.release()
+    async with asyncio.timeout(5):  # the Redis form hands slots back without waiting
+        while (await adm.capacity()).free_slots != 3:
+            await asyncio.sleep(0.01)
+    adm.pause_until(time.time() + 30)
+    assert (await adm.capacity()).tokens == 0  # paused: nothing may go now
+    free = form.admission(rps=0, burst=1, max_conn=0, queue=10, queue_timeout_s=5)
+    cap = await free.capacity()
+    assert cap.tokens == cap.free_slots == float("inf")
+    assert cap.score() > (await adm.capacity()).score()
+
+
+async def test_usable_now_follows_key_health(form: Form) -> None:
+    pool = await form.pool(1)  # one key: a 429 cools it (several would trip the pool guard)
+    assert pool.usable_now()
+    e = (await pool.acquire()).entry
+    await pool.release(e, Event.RATE_LIMITED, form.clock() + 60, "429")
+    await form.settle()
+    assert not pool.usable_now()
+    form.clock.advance(61)
+    assert pool.usable_now()

@@ -418,6 +418,33 @@ async def test_meta(store: Store) -> None:
     assert await store.get_meta("default_model") == ""
 
 
+async def test_model_routes_and_their_feed(open_store: OpenStore) -> None:
+    server = await open_store()
+    other = await open_store()  # a second instance on the same database
+    seq = await other.current_seq()
+    assert await server.get_model_routes() == {}
+    await server.set_model_route("fast", {"strategy": "fallback", "targets": ["groq/a"]})
+    await server.set_model_route("gpt-4o", "openai/gpt-4o-mini")
+    await server.set_model_route("hidden", None)  # hides a config entry of that name
+    assert await other.get_model_routes() == {
+        "fast": {"strategy": "fallback", "targets": ["groq/a"]},
+        "gpt-4o": "openai/gpt-4o-mini",
+        "hidden": None,
+    }
+    changes = await other.changes_since(seq)
+    assert changes.models_changed and not changes.key_ids
+    seq = changes.seq
+    assert not (await other.changes_since(seq)).models_changed
+    assert await server.delete_model_route("fast")
+    assert not await server.delete_model_route("fast")
+    changes = await other.changes_since(seq)
+    assert changes.models_changed  # a deletion shows too
+    assert set(await other.get_model_routes()) == {"gpt-4o", "hidden"}
+    assert not (await other.changes_since(changes.seq)).models_changed
+    with pytest.raises(ValueError):
+        await server.set_model_route("", "groq/a")
+
+
 # admin sessions
 
 

@@ -43,7 +43,7 @@ ARGS = [
 ]
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
-PAGES = ("dashboard", "keys", "providers", "requests", "connect")
+PAGES = ("dashboard", "keys", "providers", "models", "requests", "connect")
 XSS = "<img src=x onerror=alert(1)>"
 DASH = "\u2013"  # ranges on the page read "1<en dash>50 of 100"
 TIMEOUT_MS = 10_000
@@ -94,6 +94,7 @@ def settle(page: Page, view: str) -> None:
         "keys": ".keys-table tbody tr, .empty",
         "providers": ".prov-table tbody tr",
         "requests": ".req-table tbody tr, .empty",
+        "models": "#models-routes .models-table, #models-routes .empty",
         "connect": "#immersive-url, #snippet-python",
     }[view]
     page.wait_for_selector(ready, timeout=TIMEOUT_MS)
@@ -881,7 +882,9 @@ def test_connect_shows_a_native_gemini_snippet(
         assert 'api_key="YOUR_GATEWAY_PASSWORD"' in text
         assert f'http_options={{"base_url": "{gw.url}/gemini"}}' in text
         assert "client.models.generate_content(" in text
-        expect(page.locator(".snippet-title").first).to_have_text(re.compile("google-genai"))
+        expect(page.locator(".snippets .snippet-title").first).to_have_text(
+            re.compile("google-genai")
+        )
         # beside the OpenAI-compatible ones, which stay
         expect(page.locator("#snippet-python")).to_contain_text(f'base_url="{gw.url}/gemini/v1"')
         page.screenshot(path=str(SHOTS / "connect-gemini-desktop.png"), full_page=True)
@@ -890,7 +893,9 @@ def test_connect_shows_a_native_gemini_snippet(
         expect(page.locator("#snippet-genai")).to_have_count(0)
         page.select_option("#conn-provider", "gemini")
         page.locator('.topbar [data-lang="zh"]').click()
-        expect(page.locator(".snippet-title").first).to_have_text(re.compile("Gemini 原生接口"))
+        expect(page.locator(".snippets .snippet-title").first).to_have_text(
+            re.compile("Gemini 原生接口")
+        )
         expect(page.locator("#snippet-genai")).to_contain_text('api_key="你的网关密码"')
         page.screenshot(path=str(SHOTS / "connect-gemini-desktop-zh.png"), full_page=True)
         page.locator('.topbar [data-lang="en"]').click()
@@ -907,3 +912,56 @@ def test_connect_shows_a_native_gemini_snippet(
     assert calls, (done.stdout, done.stderr[-2000:])
     assert calls[-1].path.endswith("/models/gemini-ui:generateContent"), calls[-1].path
     assert calls[-1].key == gemini_key
+
+
+def test_models_view_shows_and_edits_the_model_table(
+    gateway_factory: Any, mock: Any, chromium: Browser
+) -> None:
+    groq_key = "gsk-ui-test-xxxxxxxx0001"
+    gw = gateway_factory(
+        env={"GROQ_API_KEYS": groq_key},
+        config={"models": {"fast": {"strategy": "fallback", "targets": ["groq/a", "cerebras/b"]}}},
+    )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    mock.set_behavior(groq_key, models=["llama-3.1-8b-instant"])
+    assert httpx.get(f"{gw.url}/v1/models", headers=gw.auth(), timeout=10).status_code == 200
+    with signed_in(chromium, gw, "models") as page:
+        row = page.locator('.models-table tr[data-model="fast"]')
+        expect(row).to_contain_text("groq/a")
+        expect(row).to_contain_text("cerebras/b")
+        expect(row).to_contain_text("config file")
+        expect(page.locator('.provider-models[data-provider="groq"]')).to_contain_text(
+            "groq/llama-3.1-8b-instant"
+        )
+        # the Connect view leads with the one-endpoint setup
+        goto_view(page, "connect")
+        expect(page.locator("#unified-base")).to_have_text(f"{gw.url}/v1")
+        expect(page.locator("#snippet-unified")).to_contain_text('model="groq/')
+        assert page.locator(".view .card").first.get_attribute("id") == "conn-unified"
+        goto_view(page, "models")
+        # a new group: the server's 400 shows in the form, then a fixed one is saved
+        page.click("#models-add")
+        page.fill("#mf-name", "mine")
+        page.select_option("#mf-strategy", "fallback")
+        page.fill("#mf-targets", "groq/a\nnosuch/b")
+        page.click("#mf-save")
+        expect(page.locator("#mf-error")).to_contain_text("unknown provider 'nosuch'")
+        page.fill("#mf-targets", "groq/a\nfast")
+        page.click("#mf-save")
+        mine = page.locator('.models-table tr[data-model="mine"]')
+        expect(mine).to_contain_text("cerebras/b")  # nested group resolved
+        page.screenshot(path=str(SHOTS / "models-desktop.png"), full_page=True)
+        routes = gw.api("GET", "/api/models").json()["routes"]
+        assert routes["mine"]["spec"] == {"strategy": "fallback", "targets": ["groq/a", "fast"]}
+        # in use at once
+        r = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            headers=gw.auth(),
+            json={"model": "mine", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+        assert r.headers["x-keygate-provider"] == "groq"
+        mine.get_by_role("button", name="Delete: mine").click()
+        page.locator("dialog .btn-danger").click()
+        expect(mine).to_have_count(0)
+        assert "mine" not in gw.api("GET", "/api/models").json()["routes"]

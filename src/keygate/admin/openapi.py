@@ -68,7 +68,7 @@ def _op(
         "400": "validation error; the message names the field",
         "403": "cookie auth without the x-keygate-csrf header on a write",
         "404": "no such object",
-        "409": "the provider already has this key",
+        "409": "the provider already has this key (keys); another entry names it (models)",
         "413": "body too large",
     }
     for code in errors:
@@ -311,6 +311,25 @@ SCHEMAS: dict[str, Any] = {
             "latency_ms": {"type": "number"},
             "retries": {"type": "integer"},
             "error": {"type": "string"},
+            "route": {
+                "type": "string",
+                "description": "a routed request's targets as tried, e.g. "
+                "'groq/m (429) → cerebras/m'; empty for a prefix route",
+            },
+        },
+    },
+    "ModelRoute": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "strategy": {"type": "string", "enum": ["alias", "fallback", "spread"]},
+            "targets": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "provider/model, nested names resolved",
+            },
+            "spec": {"description": "the entry as written (a target, or strategy and targets)"},
+            "source": {"type": "string", "enum": ["config", "admin"]},
         },
     },
     "Ok": {"type": "object", "properties": {"ok": {"type": "boolean", "const": True}}},
@@ -320,6 +339,17 @@ _SESSION = "session"
 _KEYS = "keys"
 _PROVIDERS = "providers"
 _STATUS = "status"
+_MODELS = "models"
+_MODEL_NAME = _path_param(
+    "name", {"type": "string", "minLength": 1, "maxLength": 200}, "alias or group name"
+)
+_TARGET = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": r"^[^\x00-\x1f\x7f]+$",
+    "description": "provider/model, or the name of another alias or group",
+}
 
 PATHS: dict[str, Any] = {
     "/api/session": {
@@ -586,6 +616,79 @@ PATHS: dict[str, Any] = {
             tag=_STATUS,
         ),
     },
+    "/api/models": {
+        "get": _op(
+            "The unified endpoint's aliases and groups, and each listed provider's models",
+            _json(
+                {
+                    "type": "object",
+                    "properties": {
+                        "default_provider": {"type": "string"},
+                        "routes": {"type": "object", "additionalProperties": _ref("ModelRoute")},
+                        "hidden": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "config entries removed at run time",
+                        },
+                        "providers": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "models": {"type": "array", "items": {"type": "string"}},
+                                    "default": {"type": "boolean"},
+                                    "fetched": {"type": "boolean"},
+                                    "keys": {"type": "boolean"},
+                                    "error": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "the model table",
+            ),
+            tag=_MODELS,
+        ),
+    },
+    "/api/models/{name}": {
+        "put": _op(
+            "Set an alias (target) or a group (strategy, targets); applied at once on every "
+            "instance. An unknown provider, empty targets or a cycle is a 400 naming the field",
+            _json(_ref("ModelRoute"), "the entry now"),
+            body=_body(
+                {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["target"],
+                            "additionalProperties": False,
+                            "properties": {"target": _TARGET},
+                        },
+                        {
+                            "type": "object",
+                            "required": ["targets"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "strategy": {"type": "string", "enum": ["fallback", "spread"]},
+                                "targets": {"type": "array", "minItems": 1, "items": _TARGET},
+                            },
+                        },
+                    ]
+                }
+            ),
+            params=[_MODEL_NAME],
+            errors=("400", "403"),
+            tag=_MODELS,
+        ),
+        "delete": _op(
+            "Remove an alias or group (one from the config file is hidden); 409 while another "
+            "entry names it",
+            _json({"type": "object", "properties": {"deleted": {"type": "string"}}}, "deleted"),
+            params=[_MODEL_NAME],
+            errors=("403", "404", "409"),
+            tag=_MODELS,
+        ),
+    },
     "/api/openapi.json": {
         "get": _op("This document", _json({"type": "object"}, "OpenAPI 3.1"), tag=_STATUS),
     },
@@ -616,7 +719,7 @@ OPENAPI: dict[str, Any] = {
     },
     "servers": [{"url": "/"}],
     "security": [{"bearer": []}, {"session": []}],
-    "tags": [{"name": t} for t in (_SESSION, _PROVIDERS, _KEYS, _STATUS)],
+    "tags": [{"name": t} for t in (_SESSION, _PROVIDERS, _KEYS, _MODELS, _STATUS)],
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,

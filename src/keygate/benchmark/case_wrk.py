@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from keygate.benchmark.common import _diff, _mb, _ms, log
 from keygate.benchmark.nginx import start_nginx
 from keygate.benchmark.procs import Pinning, free_port, http_request, rss_mb
-from keygate.benchmark.servers import AUTH_HEADERS, CHAT_BODY, StartError, Target
+from keygate.benchmark.servers import AUTH_HEADERS, CHAT_BODY, UNIFIED_BODY, StartError, Target
+from keygate.benchmark.wrk import lua_script
 
 if TYPE_CHECKING:
     from keygate.benchmark.runner import Bench
@@ -41,6 +42,9 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
         entry.setdefault("memory", {})["idle_mb"] = bench.idle_rss(t)
         log(f"{ref:8} started in {t.startup_s:.3f} s, idle RSS {_mb(entry['memory']['idle_mb'])}")
         servers.append(t)
+    unified = next((unified_target(bench, t) for t in servers if t.name == "keygate"), None)
+    if unified is not None:
+        servers.insert(servers.index(next(t for t in servers if t.name == "keygate")) + 1, unified)
     if bench.want("wrk"):
         for t in servers:  # unrecorded: first connections, lazy imports, caches
             if bench.opts.warmup_s > 0:
@@ -54,6 +58,8 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
                 bench,
             )
     keep: Target | None = None
+    if unified is not None:
+        servers.remove(unified)  # the keygate process's: stopped (or kept) with it
     for t in servers:
         if t.proc and t.proc.alive():
             bench.refs[t.name]["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid)
@@ -63,6 +69,22 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
         else:
             t.stop()
     return keep
+
+
+def unified_target(bench: Bench, keygate: Target) -> Target:
+    """The same keygate on its unified endpoint: `/v1/chat/completions` with `groq/…` as the
+    model, so the model chooses the provider and the prefix is stripped (SPEC §10). Side by
+    side with the prefix case (`/cerebras/v1/...`) in the same run."""
+    script = bench.tmp / "post-unified.lua"
+    script.write_text(lua_script(UNIFIED_BODY, AUTH_HEADERS), encoding="utf-8")
+    t = Target("unified", keygate.port, "/v1/chat/completions", keygate.proc, body=UNIFIED_BODY)
+    t.script = script
+    t.startup_s = keygate.startup_s
+    status, data = http_request(t.port, "POST", t.path, UNIFIED_BODY, AUTH_HEADERS)
+    if status != 200:
+        raise RuntimeError(f"keygate's unified endpoint answered {status}: {data[:200]!r}")
+    bench.refs.setdefault("unified", {})["command"] = keygate.command
+    return t
 
 
 def calibrate_cross_cpu(bench: Bench) -> None:

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REFS = ("direct", "bare", "keygate", "litellm")
+REFS = ("direct", "bare", "keygate", "unified", "litellm")
 
 # Targets of issue 7 (2-core machine, one keygate worker, load on the other core).
 TARGET_RPS_VS_BARE = 0.80
+TARGET_UNIFIED_VS_PREFIX = 0.95  # issue 12: /v1 with groq/… beside /cerebras/v1
 TARGET_ADDED_P50_MS = 0.5
 TARGET_ADDED_P99_MS = 2.0
 TARGET_STREAM_GAP_P99_MS = 5.0
@@ -234,6 +235,17 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         add("throughput c=50 >= 80% of bare", None, None, "not measured")
+
+    u50 = dig(refs.get("unified") or {}, "wrk", "50", "rps")
+    if u50 is not None and k50:
+        ratio = u50 / k50
+        add(
+            "unified endpoint c=50 >= 95% of the prefix route",
+            ratio,
+            ratio >= TARGET_UNIFIED_VS_PREFIX,
+            f"{ratio:.0%} ({u50:,.0f} vs {k50:,.0f} req/s)",
+            bool(dig(refs.get("unified") or {}, "wrk", "50", "flagged")),
+        )
 
     c1_flag = bool(dig(kg, "wrk", "1", "flagged"))
     for pct, limit in (("p50", TARGET_ADDED_P50_MS), ("p99", TARGET_ADDED_P99_MS)):

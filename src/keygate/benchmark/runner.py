@@ -123,11 +123,11 @@ class Bench:
         return self.track(t)
 
     def wrk(self, target: Target, concurrency: int, duration_s: float) -> WrkResult:
-        r = run_wrk(target.url, self.script, concurrency, duration_s, self.pin)
+        r = run_wrk(target.url, target.script or self.script, concurrency, duration_s, self.pin)
         if r.non_2xx:  # show what the failures were: one more request, outside the timing
             try:
                 status, body = http_request(
-                    target.port, "POST", target.path, CHAT_BODY, AUTH_HEADERS
+                    target.port, "POST", target.path, target.body, AUTH_HEADERS
                 )
                 r.sample = f"{status} {body[:300].decode(errors='replace')}"
             except OSError as exc:

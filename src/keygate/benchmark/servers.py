@@ -28,7 +28,11 @@ CHAT_BODY = (
     b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"user","content":"Say hello."}],'
     b'"max_tokens":32}'
 )
+# the unified endpoint's case: the same request, its model naming a provider (`groq/…`)
+UNIFIED_MODEL = "groq/" + MODEL
+UNIFIED_BODY = CHAT_BODY.replace(b'"' + MODEL.encode() + b'"', b'"' + UNIFIED_MODEL.encode() + b'"')
 FAKE_KEYS = [f"csk-bench{i:02d}" + "x" * 40 for i in range(8)]
+GROQ_KEYS = [f"gsk-bench{i:02d}" + "x" * 40 for i in range(8)]
 
 
 class StartError(RuntimeError):
@@ -46,6 +50,8 @@ class Target:
     startup_s: float | None = None
     command: list[str] = field(default_factory=list)
     import_s: float | None = None  # `keygate keys import` of the extra keys, when there were any
+    body: bytes = CHAT_BODY  # what each request sends (the unified case names groq/… in it)
+    script: Path | None = None  # its wrk script, when not the run's default
 
     @property
     def url(self) -> str:
@@ -155,16 +161,17 @@ def start_bare(
 
 
 def write_keygate_config(path: Path, upstream: str) -> None:
-    """Provider settings with limits out of the way."""
-    lines = [
-        "providers:",
-        "  cerebras:",
-        f"    base_url: {upstream}",
-        "    rps: 0",
-        "    max_conn: 0",
-        "    queue: 100000",
-        "    retries: 0",
-    ]
+    """Provider settings with limits out of the way; groq too, for the unified case."""
+    lines = ["providers:"]
+    for name in ("cerebras", "groq"):
+        lines += [
+            f"  {name}:",
+            f"    base_url: {upstream}",
+            "    rps: 0",
+            "    max_conn: 0",
+            "    queue: 100000",
+            "    retries: 0",
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -205,6 +212,7 @@ def start_keygate(
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
             "KV_FLUSH_INTERVAL_MS": "5000",
             "CEREBRAS_API_KEYS": ",".join(FAKE_KEYS),
+            "GROQ_API_KEYS": ",".join(GROQ_KEYS),
             **(extra_env or {}),
         }
     )

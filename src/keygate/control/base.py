@@ -57,6 +57,24 @@ class Pick(NamedTuple):
     wait: float | None = 0.0
 
 
+class Capacity(NamedTuple):
+    """What a provider could take now, for `spread` routing: read, never reserved."""
+
+    tokens: float  # tokens in the bucket (inf: no rate limit)
+    free_slots: float  # max_conn minus in flight (inf: no concurrency limit)
+    queued: int  # requests waiting here
+    queue_room: int  # how many more may wait before the queue is full
+    size: float  # the provider's scale (max_conn, else burst), to compare headroom fairly
+
+    def score(self) -> tuple[float, float]:
+        """Higher is freer: headroom relative to the provider's size, then absolute. A
+        provider with a queue ranks by how long that queue is for its size."""
+        free = min(self.tokens, self.free_slots)
+        if free >= 1:
+            return (free / self.size if self.size != float("inf") else free, free)
+        return (-(self.queued + 1) / self.size, free)
+
+
 class Slot(Protocol):
     queued: bool  # it waited in the queue (its client may have left meanwhile)
 
@@ -76,6 +94,9 @@ class Admission(Protocol):
         """Hold every admission until wall-clock `until` (the pool-wide 429 guard)."""
 
     def snapshot(self) -> dict[str, float]: ...
+
+    async def capacity(self) -> Capacity:
+        """Free capacity now, without taking any (the shared form: one Redis read)."""
 
 
 class KeyPool(Protocol):
@@ -97,6 +118,10 @@ class KeyPool(Protocol):
 
     async def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
         """Seconds until a key not in `exclude` is usable (0: now), without taking one."""
+
+    def usable_now(self) -> bool:
+        """Whether some key is usable now, from memory (the shared form reads its mirror):
+        the cheap test that passes a fallback target over at once."""
 
     def add(self, entry: KeyEntry) -> None: ...
 

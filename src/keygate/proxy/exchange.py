@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 from keygate.dialects import Dialect
 from keygate.proxy.watchdog import Watchdog
 
 WATCH_AFTER_S = 0.05  # quick exchanges finish before a disconnect watcher is worth a task
+
+
+def served_headers(provider: str, model: str) -> list[tuple[bytes, bytes]]:
+    """`x-keygate-provider` and `x-keygate-model` (when the request named one); a model name
+    that is not plain printable ASCII is percent-encoded, so it can never break the header."""
+    out = [(b"x-keygate-provider", provider.encode())]
+    if model:
+        if not (model.isascii() and model.isprintable()):
+            model = quote(model, safe="/:@-._~")
+        out.append((b"x-keygate-model", model.encode()))
+    return out
 
 
 class Exchange:
@@ -22,12 +34,16 @@ class Exchange:
         "error",
         "finishing",
         "model",
+        "provider",
         "receive",
         "retries",
+        "runtime",
+        "served",
         "status",
         "task",
         "upstream_status",
         "usage",
+        "via",
         "watcher",
         "wire",
     )
@@ -47,6 +63,15 @@ class Exchange:
         self.dog: Watchdog | None = None
         self.watcher: asyncio.Task[Any] | None = None
         self.wire: Dialect | None = None  # the dialect spoken on the upstream path
+        self.provider = ""  # the provider of the try that answers
+        self.runtime: Any = None  # its runtime, when the model chose it (a routed request)
+        self.served: list[tuple[bytes, bytes]] = []  # x-keygate-provider / -model of that try
+        self.via: list[str] = []  # the targets a routed request tried, in order
+
+    def serve(self, provider: str, model: str) -> None:
+        """Name the provider and model of the try under way (the answer's x-keygate-*)."""
+        self.provider = provider
+        self.served = served_headers(provider, model)
 
     def arm(self, receive: Any) -> Watchdog:
         """Set up the watchdog, and a disconnect watcher that starts only if the exchange

@@ -30,6 +30,7 @@ from keygate.observe import RequestRecord, access_log
 from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
 from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.exchange import Exchange
+from keygate.proxy.firstevent import error_status, hold_first, opens_with_error
 from keygate.proxy.forward import (
     EXPOSE_HEADERS,
     UpstreamTimeout,
@@ -40,8 +41,10 @@ from keygate.proxy.forward import (
     request_headers,
     response_headers,
 )
+from keygate.proxy.models import MERGED, serve_model_list
 from keygate.proxy.redact import StreamScrubber, redactor_for
 from keygate.proxy.route import apply_model, find_model, resolve_dots, split_prefix
+from keygate.proxy.unified import Failure, Plan, plan_route
 from keygate.proxy.watchdog import absorb_cancel
 from keygate.runtime import ProviderRuntime
 
@@ -118,6 +121,10 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         if gw.passwords and not password_ok(presented_credential(headers, query_key), gw.passwords):
             raise refused(gw, scope, query_key)
         # route
+        if path == "/v1/models" and method == "GET":
+            ex.serve(MERGED, "")
+            await serve_model_list(gw, send, ex)
+            return
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
         cfg = rt.cfg
@@ -130,18 +137,29 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         up_path, ex.wire = rt.dialect.route(rest, headers)
         # body
         body = await read_body(receive, headers, cfg.max_body_bytes)
+        qs = "?" + query.decode("latin-1") if query else ""
         if body and method == "POST":
+            # route by model: the unified endpoint only (`proxy.unified`)
+            plan = plan_route(gw, path, body) if path.startswith("/v1/") else None
+            if plan is not None:
+                ex.arm(receive)
+                await forward_chain(gw, ex, send, plan, headers, qs)
+                return
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
+        ex.serve(name, ex.model)
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
-        url = cfg.base_url + up_path + ("?" + query.decode("latin-1") if query else "")
-        await forward(gw, rt, ex, send, method, url, headers, body or None)
+        url = cfg.base_url + up_path + qs
+        failure = await forward(gw, rt, ex, send, method, url, headers, body or None)
+        if failure is not None:
+            await _give_up(ex, send, failure)
     except GatewayError as err:
         ex.status = err.status
         ex.error = err.message
         ex.finishing = True
+        err.headers = err.headers + ex.served
         await send_error(send, err, ex.wire or error_dialect(rt, rest, headers))
     except ClientGone:
         ex.status = 499
@@ -165,9 +183,15 @@ async def forward(
     url: str,
     client_headers: list[tuple[bytes, bytes]],
     body: bytes | None,
-) -> None:
-    """Tries until one answer can be relayed; sleeps between tries hold neither slot nor key."""
+    budget: int | None = None,
+    more: bool = False,
+) -> Failure | None:
+    """Tries one provider until an answer is relayed (None), or says why none could be: a
+    `Failure` for the caller to answer (`_give_up`) or take to the next target. `budget`: the
+    retries allowed here (default the provider's); `more`: another target follows, so a
+    failure before the first byte is handed back rather than retried here."""
     cfg = rt.cfg
+    budget = cfg.retries if budget is None else budget
     pool = rt.pool
     wire = ex.wire
     assert wire is not None and gw.session is not None and ex.dog is not None
@@ -181,12 +205,13 @@ async def forward(
         try:
             slot = await rt.admission.acquire()
         except Rejected as rej:
-            raise GatewayError(
+            busy = GatewayError(
                 429,
                 f"provider '{cfg.name}' is busy ({rej.reason}); retry later",
                 "rate_limited",
                 retry_after_headers(rej.retry_after_s),
-            ) from None
+            )
+            return Failure(rt, None, busy, 0.0, True)
         delay = 0.0
         held = None
         try:  # from here the slot goes back on every path, cancellation included
@@ -198,8 +223,10 @@ async def forward(
             pick = await pool.acquire(tried)
             held = pick.entry
             if held is None:
-                break
+                return Failure(rt, last, last_error, pick.wait, True)
             entry = ex.entry = held
+            hold = more or retries_used < budget  # a stream's first event may still be retried
+            first = b""
             # forward; the watchdog is stopped by whoever reads the answer
             try:
                 resp = await open_upstream(
@@ -212,6 +239,8 @@ async def forward(
                     ex.dog,
                     cfg.timeout_first_byte_s,
                 )
+                if hold and resp.status < 300 and resp.content_length is None:
+                    first = await hold_first(resp, ex.dog, cfg.timeout_first_byte_s)
             except (UpstreamTimeout, UpstreamUnreachable) as exc:
                 timed_out = isinstance(exc, UpstreamTimeout)
                 last = None
@@ -224,23 +253,24 @@ async def forward(
                 ex.upstream_status = 0
                 entry.err_5xx += 1
             else:
-                ex.upstream_status = resp.status
-                if resp.status < 400:
+                ex.upstream_status = status = resp.status
+                if status < 400 and not (first and opens_with_error(first)):
                     held = None  # relay owns the key from here
-                    await relay(rt, ex, send, resp, entry, method == "HEAD")
-                    return
-                # classify the refusal
+                    await relay(rt, ex, send, resp, entry, method == "HEAD", first)
+                    return None
+                # classify the refusal (or the error a 200 stream opened with)
                 ex.dog.stop()
                 try:
-                    err_body = await read_limited(resp, ERROR_BODY_LIMIT, cfg.timeout_idle_s)
+                    if first:
+                        err_body, status = first, error_status(first)
+                    else:
+                        err_body = await read_limited(resp, ERROR_BODY_LIMIT, cfg.timeout_idle_s)
                 finally:
                     resp.close()
-                verdict = classify(
-                    resp.status, lower_headers(resp), err_body, None, wire.reset_hint
-                )
+                verdict = classify(status, lower_headers(resp), err_body, None, wire.reset_hint)
                 last = (resp.status, resp.raw_headers, err_body, entry.secret.encode())
                 last_error = None
-                if resp.status < 500:
+                if status < 500:
                     entry.err_4xx += 1
                 else:
                     entry.err_5xx += 1
@@ -249,7 +279,9 @@ async def forward(
             if pause:
                 rt.admission.pause_until(pause)
             # retry?
-            if not verdict.retry or cfg.retries == 0:
+            if not verdict.retry:
+                return Failure(rt, last, last_error, 0.0, False)
+            if cfg.retries == 0:
                 break
             if verdict.key_fault and verdict.event is not Event.RATE_LIMITED:
                 # A dead key (invalid, out of quota): swap it for another at once. These swaps
@@ -259,7 +291,7 @@ async def forward(
                 key_retries += 1
             else:
                 # 429, 5xx, 529, timeouts, refused connections: the retry budget.
-                if retries_used >= cfg.retries:
+                if retries_used >= budget:
                     break
                 retries_used += 1
                 if verdict.key_fault and await pool.ready_in([*tried, entry.id]) == 0.0:
@@ -279,7 +311,48 @@ async def forward(
             await slot.release()
         if delay > 0:
             await sleep(delay)
-    await _give_up(rt, ex, send, last, last_error, pick.wait)
+    return Failure(rt, last, last_error, pick.wait, True)
+
+
+async def forward_chain(
+    gw: Gateway,
+    ex: Exchange,
+    send: Any,
+    plan: Plan,
+    client_headers: list[tuple[bytes, bytes]],
+    qs: str,
+) -> None:
+    """A routed request: its targets in order, each on its provider's normal path (limits,
+    keys, health). A failure before the first byte moves on to the next target, within one
+    retry budget; a target that cannot serve now is passed over at once; the last target's
+    failure is the answer."""
+    ex.wire = plan.client_dialect()  # until a target is tried: errors in the client's shape
+    tries = await plan.order(gw, client_headers)
+    budget = plan.budget(len(tries), [rt for rt, _ in tries])
+    failure = None
+    for i, (rt, target) in enumerate(tries):
+        last = i == len(tries) - 1
+        if not last and not rt.pool.usable_now():
+            ex.via.append(f"{target} (no usable key)")
+            continue
+        cfg = rt.cfg
+        up_path, ex.wire = rt.dialect.route(plan.path, client_headers)
+        ex.runtime = rt
+        ex.model = cfg.default_model if cfg.force_model and cfg.default_model else target.model
+        ex.serve(cfg.name, ex.model)
+        body = plan.body_for(target, ex.model if cfg.force_model else "")
+        url = cfg.base_url + up_path + qs
+        left = 0 if not last else max(0, budget - ex.retries)
+        failure = await forward(gw, rt, ex, send, "POST", url, client_headers, body, left, not last)
+        if failure is None:
+            ex.via.append(str(target))
+            return
+        ex.via.append(f"{target} ({failure.reason()})")
+        if last or not failure.retryable or ex.retries >= budget:
+            break
+        ex.retries += 1
+    assert failure is not None
+    await _give_up(ex, send, failure)
 
 
 def _backoff(base: float, n: int) -> float:
@@ -287,16 +360,10 @@ def _backoff(base: float, n: int) -> float:
     return base * (2**n) * (0.5 + random.random() / 2)
 
 
-async def _give_up(
-    rt: ProviderRuntime,
-    ex: Exchange,
-    send: Any,
-    last: tuple[int, Any, bytes, bytes] | None,
-    last_error: GatewayError | None,
-    wait: float | None,
-) -> None:
+async def _give_up(ex: Exchange, send: Any, failure: Failure) -> None:
     """Out of tries, or no key to try with: relay the last refusal, or say why ourselves.
     Once keygate has retried, the client's SDK is told not to retry on top (x-should-retry)."""
+    rt, last, last_error, wait = failure.rt, failure.last, failure.last_error, failure.wait
     cfg = rt.cfg
     retried = ex.retries > 0
     if last is not None:
@@ -309,7 +376,8 @@ async def _give_up(
             headers = [h for h in headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
         # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
         headers = [h for h in headers if h[0] != b"content-length"] + [
-            (b"content-length", str(len(err_body)).encode())
+            (b"content-length", str(len(err_body)).encode()),
+            *ex.served,
         ]
         ex.status = status
         ex.error = f"upstream answered {status}"
@@ -341,6 +409,7 @@ async def relay(
     resp: aiohttp.ClientResponse,
     entry: Any,
     head: bool,
+    first: bytes = b"",
 ) -> None:
     """Relay the upstream answer with the injected key masked; release the key after the last
     byte (the caller releases the slot). A body of known, modest length is read whole first,
@@ -353,6 +422,7 @@ async def relay(
     secret = entry.secret.encode()
     masked = entry.masked.encode()
     headers = response_headers(resp.raw_headers, secret, masked)
+    headers += ex.served
     length = resp.content_length
     try:
         dog.watch(idle)
@@ -362,7 +432,8 @@ async def relay(
         if length is not None and not head:
             # too big to hold: a replacement would change the length, so stream it unframed
             headers = [h for h in headers if h[0] != b"content-length"]
-        event = await _relay_stream(ex, send, resp, headers, StreamScrubber(secret, masked), idle)
+        scrubber = StreamScrubber(secret, masked)
+        event = await _relay_stream(ex, send, resp, headers, scrubber, idle, first)
     except GatewayError:
         event = Event.PROVIDER_ERROR
         raise
@@ -437,8 +508,10 @@ async def _relay_stream(
     headers: list[tuple[bytes, bytes]],
     scrubber: StreamScrubber,
     idle: float,
+    first: bytes = b"",
 ) -> Event:
-    """Chunks go on as they arrive; only a tail that may begin the key waits for the next."""
+    """Chunks go on as they arrive; only a tail that may begin the key waits for the next.
+    `first`: what was read already to judge the stream's first event."""
     dog = ex.dog
     assert dog is not None and ex.wire is not None
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -448,9 +521,12 @@ async def _relay_stream(
     scan_usage = ex.wire.scan_usage
     try:
         while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
+            if first:
+                chunk, first = first, b""
+            else:
+                chunk = await content.readany()
+                if not chunk:
+                    break
             dog.pause()  # a slow client is not an idle upstream
             scan_usage(chunk, usage)
             chunk = scrubber.feed(chunk)
@@ -485,6 +561,8 @@ def _account(
     scope: dict[str, Any],
 ) -> None:
     latency_ms = (time.perf_counter() - started) * 1000
+    if ex.runtime is not None:  # a routed request: the provider that answered counts it
+        rt, name = ex.runtime, ex.runtime.cfg.name
     entry = ex.entry
     now = time.time()
     if rt is not None and ex.status != 204:
@@ -512,6 +590,7 @@ def _account(
             round(latency_ms, 2),
             ex.retries,
             ex.error,
+            " → ".join(ex.via),
         )
     )
     if access_log.enabled:
@@ -529,4 +608,6 @@ def _account(
             ex.retries,
             ex.error,
             client[0] if client else "",
+            ex.model,
+            " → ".join(ex.via),
         )

@@ -105,6 +105,7 @@ class Changes:
     # The feed no longer reaches back to the given seq (tombstones pruned, or the database was
     # replaced): reload everything with load_keys/get_provider_overrides instead.
     full: bool = False
+    models_changed: bool = False  # the model table (aliases, groups) changed
 
 
 def check_secret(secret: str) -> str:
@@ -274,6 +275,20 @@ class Store(abc.ABC):
     async def set_meta(self, name: str, value: str) -> None:
         """Set a small named value; shows in the change feed as providers_changed."""
 
+    # the model table
+
+    @abc.abstractmethod
+    async def get_model_routes(self) -> dict[str, Any]:
+        """Aliases and groups set at run time: name → entry as JSON (None hides a config one)."""
+
+    @abc.abstractmethod
+    async def set_model_route(self, name: str, spec: Any) -> None:
+        """Store one entry (checked by `routing` before); shows in the feed as models_changed."""
+
+    @abc.abstractmethod
+    async def delete_model_route(self, name: str) -> bool:
+        """Forget one stored entry; False when there was none."""
+
     # admin sessions
 
     @abc.abstractmethod
@@ -320,6 +335,12 @@ def check_provider(provider: str) -> str:
     if not isinstance(provider, str) or not provider.strip():
         raise ValueError("provider name is empty")
     return provider.strip()
+
+
+def check_model_name(name: str) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        raise ValueError("model name must be 1 to 200 characters")
+    return name
 
 
 def check_source(source: str) -> str:

@@ -22,6 +22,7 @@ from keygate.store.base import (
     InvalidKey,
     KeyRecord,
     check_fields,
+    check_model_name,
     check_number,
     check_provider,
     check_secret,
@@ -413,6 +414,48 @@ class SqlStore(SqlDriver):
 
         await self._write(tx)
 
+    # the model table (aliases and groups)
+
+    async def get_model_routes(self) -> dict[str, Any]:
+        async def fn(db: Db) -> list[Any]:
+            return await db.fetch("SELECT name, data FROM model_routes ORDER BY name")
+
+        return {name: json.loads(data) for name, data in await self._plain(fn)}
+
+    async def set_model_route(self, name: str, spec: Any) -> None:
+        name = check_model_name(name)
+        try:
+            data = json.dumps(spec, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model route {name} is not JSON: {exc}") from exc
+
+        async def tx(db: Db) -> None:
+            seq = await self._bump(db)
+            await db.execute(
+                "INSERT INTO model_routes (name, data, updated_seq) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data,"
+                " updated_seq = EXCLUDED.updated_seq",
+                name,
+                data,
+                seq,
+            )
+            await db.execute("UPDATE change_feed SET models_seq = $1 WHERE id = 1", seq)
+
+        await self._write(tx)
+
+    async def delete_model_route(self, name: str) -> bool:
+        name = check_model_name(name)
+
+        async def tx(db: Db) -> bool:
+            if await db.fetchval("SELECT 1 FROM model_routes WHERE name = $1", name) is None:
+                raise Rollback(False)
+            seq = await self._bump(db)
+            await db.execute("DELETE FROM model_routes WHERE name = $1", name)
+            await db.execute("UPDATE change_feed SET models_seq = $1 WHERE id = 1", seq)
+            return True
+
+        return bool(await self._write(tx))
+
     # admin sessions
 
     async def revoke_session(self, session_id: str, expires_at: float) -> None:
@@ -449,14 +492,14 @@ class SqlStore(SqlDriver):
         seq = int(seq)
 
         async def read(db: Db) -> Changes:
-            current, pruned = await db.fetchrow(
-                "SELECT seq, pruned_seq FROM change_feed WHERE id = 1"
+            current, pruned, models_seq = await db.fetchrow(
+                "SELECT seq, pruned_seq, models_seq FROM change_feed WHERE id = 1"
             )
             if seq < pruned or seq > current:
                 # Deletions before `pruned` are forgotten, or this is another database: hand back
                 # every key and ask for a full reload.
                 ids = [r[0] for r in await db.fetch("SELECT id FROM keys ORDER BY id")]
-                return Changes(current, ids, [], True, full=True)
+                return Changes(current, ids, [], True, full=True, models_changed=True)
             # Sorted here, not by ORDER BY id: with that, a planner that knows most keys share
             # one seq walks the whole table in id order instead of the updated_seq index.
             key_ids = sorted(
@@ -472,7 +515,9 @@ class SqlStore(SqlDriver):
                     seq,
                 )
             )
-            return Changes(current, key_ids, deleted, providers_changed)
+            return Changes(
+                current, key_ids, deleted, providers_changed, models_changed=models_seq > seq
+            )
 
         return await self._read(read)
 

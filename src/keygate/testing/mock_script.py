@@ -24,6 +24,10 @@ _DEFAULTS: dict[str, Any] = {
     # like real providers: the key it was sent comes back in error messages, in an
     # `x-echo-key` header, in 2xx text, and in a stream event split across two writes
     "echo_key": False,
+    # a 200 stream whose first event is an error (as some providers report quota or overload)
+    "stream_error": False,
+    # the model ids GET .../models answers (None: the one `mock-model`)
+    "models": None,
 }
 
 
@@ -82,7 +86,9 @@ def _normalize_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
             value = None if value is None else max(0, int(value))
         elif name in ("delay_s", "chunk_interval_s"):
             value = max(0.0, float(value))
-        elif name in ("hang", "echo_key"):
+        elif name == "models":
+            value = None if value is None else [str(m) for m in value]
+        elif name in ("hang", "echo_key", "stream_error"):
             value = bool(value)
         elif name == "text":
             value = str(value)

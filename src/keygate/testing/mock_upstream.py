@@ -37,7 +37,16 @@ from keygate.testing.mock_openai import (
     _openai_stream,
 )
 from keygate.testing.mock_script import _DEFAULTS, Recorded, _normalize_knobs
-from keygate.testing.mock_wire import _error_body, _extract_key, _json, _parse_json, _send, _stream
+from keygate.testing.mock_wire import (
+    _error_body,
+    _extract_key,
+    _json,
+    _models_body,
+    _parse_json,
+    _send,
+    _stream,
+    _stream_error,
+)
 
 try:  # pragma: no cover - depends on the platform
     import uvloop
@@ -371,6 +380,9 @@ class MockUpstream:
             if not isinstance(model, str):
                 model = "mock-model"
             stream = data.get("stream") is True
+            if stream and beh["stream_error"]:
+                events = [_stream_error(path.endswith("/messages"))]
+                return await _stream(request, status, events, 1, beh, state)
             if path.endswith("/chat/completions"):
                 if stream:
                     opts = data.get("stream_options")
@@ -387,7 +399,8 @@ class MockUpstream:
         if method == "POST" and path.endswith((":generateContent", ":streamGenerateContent")):
             return await _gemini(request, path, body, beh, state)
         if method == "GET" and path.endswith("/models"):
-            return await _send(request, status, _MODELS_BODY, beh, state)
+            listed = _MODELS_BODY if beh["models"] is None else _models_body(beh["models"])
+            return await _send(request, status, listed, beh, state)
         if method == "POST" and path.endswith("/embeddings"):
             data = _parse_json(body)
             if data is None:

@@ -88,6 +88,28 @@ def _error_body(status: int, anthropic: bool, message: str | None = None) -> byt
     return orjson.dumps({"error": {"message": msg, "type": etype, "param": None, "code": code}})
 
 
+def _stream_error(anthropic: bool) -> bytes:
+    """The one event of a 200 stream that reports an error instead of an answer."""
+    if anthropic:
+        return _sse(
+            "error",
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        )
+    return (
+        b'data: {"error":{"message":"mock upstream: quota exceeded for this minute",'
+        b'"type":"rate_limit_error","code":"rate_limit_exceeded"}}\n\n'
+    )
+
+
+def _models_body(ids: list[str]) -> bytes:
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in ids],
+        }
+    )
+
+
 def _sse(event: str, data: Mapping[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 

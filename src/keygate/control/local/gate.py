@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from keygate.control.base import Limits, Rejected
+from keygate.control.base import Capacity, Limits, Rejected
 from keygate.control.local.bucket import TokenBucket
 
 
@@ -162,6 +162,31 @@ class LocalAdmission:
 
     def _estimate_wait(self) -> float:
         return self.estimate_wait(self._waiting, self._limits.rps)
+
+    async def capacity(self) -> Capacity:
+        return self.capacity_now()
+
+    def capacity_now(self, in_flight: int | None = None, max_conn: int | None = None) -> Capacity:
+        """`in_flight`/`max_conn`: the fleet's, when the shared form read them from Redis."""
+        limits = self._limits
+        now = self._clock()
+        held = self._in_flight if in_flight is None else in_flight
+        cap = limits.max_conn if max_conn is None else max_conn
+        if now < self._paused_until:
+            tokens = 0.0
+        elif limits.rps > 0:
+            self._bucket.peek(now)
+            tokens = self._bucket.tokens
+        else:
+            tokens = math.inf
+        free = float(max(0, cap - held)) if cap else math.inf
+        return Capacity(
+            tokens,
+            free,
+            self._waiting,
+            max(0, limits.queue - self._waiting),
+            float(cap or limits.burst or math.inf),
+        )
 
     def snapshot(self) -> dict[str, float]:
         now = self._clock()

@@ -166,6 +166,9 @@ class LocalKeyPool:
     async def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
         return self.ready_in_now(exclude)
 
+    def usable_now(self) -> bool:
+        return self.ready_in_now() == 0.0
+
     def ready_in_now(self, exclude: Iterable[int] = ()) -> float | None:
         """Seconds until some key is usable (0: now); None when none will be without an admin or a re-check."""
         now = self.clock()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from typing import Any
 
-from keygate.control.base import Limits, Rejected
+from keygate.control.base import Capacity, Limits, Rejected
 from keygate.control.local.gate import LocalAdmission
 from keygate.control.redis.connection import Callback, RedisDown
-from keygate.control.redis.scripts import ADMIT, PAUSE, RELEASE_SLOT
+from keygate.control.redis.scripts import ADMIT, CAPACITY, PAUSE, RELEASE_SLOT
 from keygate.control.redis.state import RELEASES, SharedState
 from keygate.observe import log
 from keygate.settings import ProviderConfig
@@ -249,6 +250,27 @@ class SharedAdmission:
     def _estimate_wait(self) -> float:
         rps = self._cfg.rps if self._shared.up else self.local.limits.rps
         return self.local.estimate_wait(self.local.waiting + self._queued, rps)
+
+    async def capacity(self) -> Capacity:
+        """The fleet's bucket and gate as Redis holds them (one read), the queue as here."""
+        cfg, st = self._cfg, self._shared
+        local = self.local
+        if not st.up or (cfg.rps <= 0 and cfg.max_conn <= 0):
+            return local.capacity_now()
+        try:
+            res = await st.run(CAPACITY, self._keys, ["", cfg.rps, max(1, cfg.burst)])
+        except RedisDown:
+            return local.capacity_now()
+        tokens = float(res[0]) if cfg.rps > 0 else math.inf
+        cap = local.capacity_now(int(res[1]), cfg.max_conn)
+        queued = local.waiting + self._queued
+        return Capacity(
+            min(tokens, cap.tokens),
+            cap.free_slots,
+            queued,
+            max(0, local.limits.queue - queued),
+            float(cfg.max_conn or cfg.burst or math.inf),
+        )
 
     def snapshot(self) -> dict[str, float]:
         snap = self.local.snapshot()

@@ -81,6 +81,10 @@ class SharedKeyPool:
     def counts(self) -> dict[str, int]:
         return self.local.counts()
 
+    def usable_now(self) -> bool:
+        """From the mirror: health events from every instance reach it by pub/sub."""
+        return self.local.ready_in_now() == 0.0
+
     def conn_key(self, key_id: int) -> str:
         return f"{self._prefix}c:{key_id}"
 

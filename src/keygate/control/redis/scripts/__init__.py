@@ -30,6 +30,7 @@ def load(name: str, pool: bool = False) -> Script:
 
 
 ADMIT = load("admit")
+CAPACITY = load("capacity")
 RELEASE_SLOT = load("release_slot")
 RENEW = load("renew")
 CLEAN = load("clean")
@@ -39,4 +40,4 @@ RELEASE_KEY = load("release_key", pool=True)
 SET = load("set", pool=True)
 SYNC = load("sync", pool=True)
 REMOVE = load("remove", pool=True)
-SCRIPTS = (ADMIT, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE)
+SCRIPTS = (ADMIT, CAPACITY, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE)

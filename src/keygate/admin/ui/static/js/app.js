@@ -7,10 +7,11 @@ import { applyStatic, getLang, onLangChange, setLang, t } from './i18n.js';
 import * as connect from './views/connect.js';
 import * as dashboard from './views/dashboard.js';
 import * as keys from './views/keys.js';
+import * as models from './views/models.js';
 import * as providers from './views/providers.js';
 import * as requests from './views/requests.js';
 
-const VIEWS = { dashboard, keys, providers, requests, connect };
+const VIEWS = { dashboard, keys, providers, models, requests, connect };
 const $ = (id) => document.getElementById(id);
 
 let current = null; // { name, instance }

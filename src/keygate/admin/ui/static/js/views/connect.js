@@ -31,9 +31,10 @@ function copyRow(label, value, id) {
 export function mount(root, params, ctx) {
   const origin = location.origin;
   let destroyed = false;
-  const endpoints = h('section', { class: 'card' }, h('p', { class: 'loading' }, t('common.loading')));
+  const unified = h('section', { class: 'card', id: 'conn-unified' }, h('p', { class: 'loading' }, t('common.loading')));
+  const endpoints = h('section', { class: 'card' });
   const snippets = h('section', { class: 'card' });
-  root.append(pageHeader(t('conn.title'), t('conn.subtitle', { origin })), endpoints, snippets);
+  root.append(pageHeader(t('conn.title'), t('conn.subtitle', { origin })), unified, endpoints, snippets);
 
   (async () => {
     let config = null;
@@ -42,7 +43,7 @@ export function mount(root, params, ctx) {
       [config, providers] = await Promise.all([ctx.loadConfig(), ctx.loadProviders()]);
     } catch (err) {
       if (err.status === 401 || destroyed) return;
-      endpoints.replaceChildren(h('p', { class: 'banner banner-error', role: 'alert' }, err.message));
+      unified.replaceChildren(h('p', { class: 'banner banner-error', role: 'alert' }, err.message));
       return;
     }
     if (destroyed) return;
@@ -56,6 +57,27 @@ export function mount(root, params, ctx) {
     const withKeys = providers.filter((p) => p.keys && p.keys.total > 0).map((p) => p.name);
     const listed = withKeys.length ? withKeys : [def];
 
+    // the one-endpoint setup first: /v1 routes by the model name (SPEC §10)
+    const key0 = proxyAuth ? t('conn.password') : 'any';
+    const other = withKeys.find((n) => n !== def && !isAnthropic(n));
+    const sample = other ? `${other}/${(byName.get(other) || {}).default_model || t('conn.model_ph')}` : (byName.get(def) || {}).default_model || t('conn.model_ph');
+    unified.replaceChildren(
+      h('h2', { class: 'card-title' }, t('conn.unified')),
+      h('p', { class: 'muted' }, t('conn.unified_hint', { base: `${origin}/v1`, name: def })),
+      h(
+        'div',
+        { class: 'copy-rows' },
+        copyRow(t('conn.unified_base'), `${origin}/v1`, 'unified-base'),
+        copyRow(t('conn.unified_models'), `${origin}/v1/models`, 'unified-models'),
+        copyRow(t('conn.unified_messages'), `${origin}/v1/messages`, 'unified-messages'),
+      ),
+      codeBlock(
+        t('conn.unified_python'),
+        `from openai import OpenAI\n\nclient = OpenAI(base_url="${origin}/v1", api_key="${key0}")\nprint([m.id for m in client.models.list()])\nresp = client.chat.completions.create(\n    model="${sample}",\n    messages=[{"role": "user", "content": "Hello"}],\n)\nprint(resp.choices[0].message.content)`,
+        'snippet-unified',
+      ),
+    );
+
     const rows = [
       [t('conn.default', { name: def }), `${origin}${chatPath(def)}`],
       ...listed.flatMap((name) => [
@@ -67,7 +89,7 @@ export function mount(root, params, ctx) {
       [t('conn.openapi'), `${origin}/api/openapi.json`],
     ];
     endpoints.replaceChildren(
-      h('h2', { class: 'card-title' }, t('conn.endpoints')),
+      h('h2', { class: 'card-title' }, t('conn.prefix_title')),
       h(
         'div',
         { class: 'table-wrap' },

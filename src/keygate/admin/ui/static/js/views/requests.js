@@ -80,7 +80,7 @@ export function mount(root, params, ctx) {
   const body = h('section', { class: 'card table-card' }, h('p', { class: 'loading' }, t('common.loading')));
   root.append(pageHeader(t('req.title'), t('req.subtitle')), toolbar, body);
 
-  const cols = ['time', 'provider', 'model', 'key', 'status', 'latency', 'retries', 'path', 'error'];
+  const cols = ['time', 'provider', 'model', 'route', 'key', 'status', 'latency', 'retries', 'path', 'error'];
   const tbody = h('tbody');
   const rowCache = new Map(); // identity of a logged request → its <tr>
   const wrap = h(
@@ -131,6 +131,7 @@ export function mount(root, params, ctx) {
       td('time', h('time', { title: fmtDateTime(r.ts) }, fmtTime(r.ts))),
       td('provider', r.provider || ''),
       td('model', r.model ? h('code', { class: 'mono' }, r.model) : h('span', { class: 'muted' }, t('common.none'))),
+      blank(td('route', r.route ? h('code', { class: 'mono route' }, r.route) : h('span', { class: 'muted' }, t('common.none'))), !r.route),
       td('key', r.key ? h('code', { class: 'mono' }, r.key) : h('span', { class: 'muted' }, t('common.none'))),
       td('status', badge(r.status ? String(r.status) : t('keys.unreachable'), statusKind(r.status))),
       td('latency', h('span', { class: 'num' }, fmtMs(r.latency_ms))),
