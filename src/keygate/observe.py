@@ -34,6 +34,7 @@ class RequestRecord(NamedTuple):
     latency_ms: float
     retries: int
     error: str
+    translated: str = ""  # `anthropic→openai` when the request changed API family
 
     def public(self) -> dict[str, Any]:
         return self._asdict()
@@ -167,6 +168,7 @@ class AccessLog:
         retries: int,
         error: str,
         client: str = "",
+        translated: str = "",
     ) -> None:
         """The access line of one request, in the configured format."""
         if len(route) > LOGGED_ROUTE_MAX:  # a path may be 8 KB, sent by anyone
@@ -189,6 +191,7 @@ class AccessLog:
                         "latency_ms": round(latency_ms, 1),
                         "retries": retries,
                         "error": error or None,
+                        "translated": translated or None,
                     }
                 ).decode()
                 + "\n"
@@ -200,6 +203,7 @@ class AccessLog:
             f"{provider or '-'} {method} {route} key={key} status={status} "
             f"upstream={upstream_status} ms={latency_ms:.1f} retries={retries}"
             + (f" client={client}" if client else "")
+            + (f" translated={translated}" if translated else "")
             + (f" error={error!r}" if error else ""),
         )
 

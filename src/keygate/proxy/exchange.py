@@ -7,6 +7,7 @@ from typing import Any
 
 from keygate.dialects import Dialect
 from keygate.proxy.watchdog import Watchdog
+from keygate.translate import Adapter
 
 WATCH_AFTER_S = 0.05  # quick exchanges finish before a disconnect watcher is worth a task
 
@@ -16,6 +17,7 @@ class Exchange:
     cut it short (the client leaving, the upstream going silent)."""
 
     __slots__ = (
+        "adapter",
         "disconnected",
         "dog",
         "entry",
@@ -47,6 +49,8 @@ class Exchange:
         self.dog: Watchdog | None = None
         self.watcher: asyncio.Task[Any] | None = None
         self.wire: Dialect | None = None  # the dialect spoken on the upstream path
+        # set when the client's API family differs from the provider's (keygate.translate)
+        self.adapter: Adapter | None = None
 
     def arm(self, receive: Any) -> Watchdog:
         """Set up the watchdog, and a disconnect watcher that starts only if the exchange

@@ -42,8 +42,10 @@ from keygate.proxy.forward import (
 )
 from keygate.proxy.redact import StreamScrubber, redactor_for
 from keygate.proxy.route import apply_model, find_model, resolve_dots, split_prefix
+from keygate.proxy.translated import answer_locally, relay_translated, translate_request
 from keygate.proxy.watchdog import absorb_cancel
 from keygate.runtime import ProviderRuntime
+from keygate.translate import adapter_for, client_family
 
 ERROR_BODY_LIMIT = 1 << 20
 WHOLE_BODY_LIMIT = 1 << 20  # a 2xx body up to this length is read whole before it is relayed
@@ -74,7 +76,10 @@ def error_dialect(
 ) -> Dialect:
     """The family whose error shape the client reads (for Gemini it depends on the path).
     Decided only when there is an error to send, so the request path pays nothing for it."""
-    return rt.dialect.route(rest, headers)[1] if rt is not None else OPENAI
+    if rt is None:
+        return OPENAI
+    adapter = adapter_for(client_family(rest), rt.dialect, rest, rt.cfg.name)
+    return adapter.client if adapter is not None else rt.dialect.route(rest, headers)[1]
 
 
 async def send_error(send: Any, err: GatewayError, dialect: Dialect) -> None:
@@ -128,9 +133,18 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
                 400, f"path leaves the base of provider '{name}'", "invalid_path"
             ) from None
         up_path, ex.wire = rt.dialect.route(rest, headers)
+        if method == "POST":  # translate in: a client of another family than the provider's
+            ex.adapter = adapter_for(client_family(rest), rt.dialect, rest, name)
         # body
         body = await read_body(receive, headers, cfg.max_body_bytes)
-        if body and method == "POST":
+        if ex.adapter is not None:
+            up_path, ex.wire = ex.adapter.path, ex.adapter.wire
+            body = translate_request(ex.adapter, body, cfg)
+            ex.model = ex.adapter.model
+            if ex.adapter.local is not None:
+                await answer_locally(ex, send)
+                return
+        elif body and method == "POST":
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
         if not rt.pool.entries:
@@ -142,7 +156,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.status = err.status
         ex.error = err.message
         ex.finishing = True
-        await send_error(send, err, ex.wire or error_dialect(rt, rest, headers))
+        client_dialect = ex.adapter.client if ex.adapter is not None else ex.wire
+        await send_error(send, err, client_dialect or error_dialect(rt, rest, headers))
     except ClientGone:
         ex.status = 499
         ex.error = "client disconnected"
@@ -305,6 +320,8 @@ async def _give_up(
         redactor = redactor_for(cfg.name)
         err_body = redactor.scrub(err_body, rt.pool.entries, injected)
         headers = redactor.scrub_headers(response_headers(raw_headers), rt.pool.entries, injected)
+        if ex.adapter is not None:  # the refusal in the client's family, status kept
+            err_body, headers = ex.adapter.error(status, err_body, headers)
         if retried or status in (401, 403):
             headers = [h for h in headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
         # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
@@ -356,6 +373,9 @@ async def relay(
     length = resp.content_length
     try:
         dog.watch(idle)
+        if ex.adapter is not None:
+            event = await relay_translated(ex, send, resp, headers, secret, masked, idle)
+            return
         if length is not None and 0 < length <= WHOLE_BODY_LIMIT and not head:
             event = await _relay_whole(ex, send, resp, headers, secret, masked, idle)
             return
@@ -512,6 +532,7 @@ def _account(
             round(latency_ms, 2),
             ex.retries,
             ex.error,
+            ex.adapter.label if ex.adapter is not None else "",
         )
     )
     if access_log.enabled:
@@ -529,4 +550,5 @@ def _account(
             ex.retries,
             ex.error,
             client[0] if client else "",
+            ex.adapter.label if ex.adapter is not None else "",
         )

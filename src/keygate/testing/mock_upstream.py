@@ -37,7 +37,15 @@ from keygate.testing.mock_openai import (
     _openai_stream,
 )
 from keygate.testing.mock_script import _DEFAULTS, Recorded, _normalize_knobs
-from keygate.testing.mock_wire import _error_body, _extract_key, _json, _parse_json, _send, _stream
+from keygate.testing.mock_wire import (
+    _error_after,
+    _error_body,
+    _extract_key,
+    _json,
+    _parse_json,
+    _send,
+    _stream,
+)
 
 try:  # pragma: no cover - depends on the platform
     import uvloop
@@ -376,13 +384,19 @@ class MockUpstream:
                     opts = data.get("stream_options")
                     usage = isinstance(opts, dict) and opts.get("include_usage") is True
                     events = _openai_stream(self._ids, model, body, beh, usage)
+                    events = _error_after(events, 1, beh["error_after_chunks"], False)
                     return await _stream(request, status, events, 1, beh, state)
-                out = _openai_completion(self._ids, model, body, beh["text"])
+                out = _openai_completion(
+                    self._ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
+                )
             else:
                 if stream:
                     events = _anthropic_stream(self._ids, model, body, beh)
+                    events = _error_after(events, 3, beh["error_after_chunks"], True)
                     return await _stream(request, status, events, 3, beh, state)
-                out = _anthropic_message(self._ids, model, body, beh["text"])
+                out = _anthropic_message(
+                    self._ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
+                )
             return await _send(request, status, out, beh, state)
         if method == "POST" and path.endswith((":generateContent", ":streamGenerateContent")):
             return await _gemini(request, path, body, beh, state)
