@@ -311,6 +311,11 @@ SCHEMAS: dict[str, Any] = {
             "latency_ms": {"type": "number"},
             "retries": {"type": "integer"},
             "error": {"type": "string"},
+            "translated": {
+                "type": "string",
+                "description": "client→provider API family when the request was translated "
+                "(e.g. anthropic→openai); empty when it passed as it is",
+            },
         },
     },
     "Ok": {"type": "object", "properties": {"ok": {"type": "boolean", "const": True}}},
