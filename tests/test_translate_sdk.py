@@ -55,9 +55,8 @@ def gw(gateway_factory: Any) -> Any:
 
 
 def claude_on(gw: Any, prefix: str = "/cerebras", **kw: Any) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
-        base_url=f"{gw.url}{prefix}", api_key=PASSWORD, max_retries=0, timeout=10, **kw
-    )
+    kw.setdefault("api_key", PASSWORD)
+    return anthropic.Anthropic(base_url=f"{gw.url}{prefix}", max_retries=0, timeout=10, **kw)
 
 
 def oai_on(gw: Any, prefix: str = "/claude/v1") -> openai.OpenAI:
@@ -325,6 +324,42 @@ def test_translation_in_access_log_and_recent_requests(gw: Any, mock: MockUpstre
     recent = gw.api("GET", "/api/requests").json()["requests"]
     assert recent[0]["translated"] == "anthropic→openai"
     assert recent[0]["path"] == "/cerebras/v1/messages"
+
+
+def test_keygate_errors_in_the_clients_shape(
+    gw: Any, mock: MockUpstream, gateway_factory: Any
+) -> None:
+    # a wrong password: the shape of the client's family, not of the provider's
+    with pytest.raises(openai.AuthenticationError) as oai_info:
+        openai.OpenAI(
+            base_url=f"{gw.url}/claude/v1", api_key="wrong", max_retries=0
+        ).chat.completions.create(model="c", messages=[{"role": "user", "content": "x"}])
+    assert oai_info.value.body["type"] == "authentication_error"  # type: ignore[index]
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        claude_on(gw, api_key="wrong").messages.create(
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    # no key configured: keygate's own 503, still in the client's shape
+    bare = gateway_factory(env={}, config=CONFIG)
+    with pytest.raises(anthropic.InternalServerError) as info2:
+        claude_on(bare).messages.create(
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert info2.value.body["type"] == "error"  # type: ignore[index]
+    assert "no API key configured" in info2.value.body["error"]["message"]  # type: ignore[index]
+    assert mock.records() == []
+
+
+def test_client_query_parameters_stay_behind(gw: Any, mock: MockUpstream) -> None:
+    claude_on(gw).messages.create(
+        model="m",
+        max_tokens=5,
+        messages=[{"role": "user", "content": "x"}],
+        extra_query={"beta": "true"},
+    )
+    [rec] = mock.records()
+    assert rec.path == "/v1/chat/completions" and rec.query == ""
 
 
 def test_same_family_stays_byte_for_byte(gw: Any, mock: MockUpstream) -> None:

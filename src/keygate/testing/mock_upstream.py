@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk-interval", type=float, default=None, help="default seconds between stream events"
     )
+    parser.add_argument("--text", default=None, help="default answer text")
     args = parser.parse_args(argv)
 
     async def run() -> None:
@@ -475,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             defaults["chunks"] = args.chunks
         if args.chunk_interval is not None:
             defaults["chunk_interval_s"] = args.chunk_interval
+        if args.text is not None:
+            defaults["text"] = args.text
         if defaults:
             mock.set_behavior(None, **defaults)
         await mock.start_async()
