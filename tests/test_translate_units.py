@@ -515,3 +515,36 @@ def test_cut_stream_ends_as_an_error(
     assert ending in out
     assert b"[DONE]" not in out and b"message_stop" not in out and b"response.completed" not in out
     assert translator.abort == (client != "anthropic")  # OpenAI SDKs: no [DONE], a cut connection
+
+
+def test_reasoning_becomes_thinking_only_when_asked() -> None:
+    chat = {"choices": [{"message": {"content": "A", "reasoning_content": "hmm"}}]}
+    assert [b["type"] for b in messages_chat.answer(chat, "m")["content"]] == ["text"]
+    asked = messages_chat.answer(chat, "m", thinking=True)["content"]
+    assert asked[0] == {"type": "thinking", "thinking": "hmm", "signature": ""}
+    adapter: Any = adapter_for("anthropic", OPENAI, "/v1/messages")
+    adapter.request(
+        b'{"model":"m","max_tokens":99,"messages":[],"stream":true,'
+        b'"thinking":{"type":"enabled","budget_tokens":50}}'
+    )
+    head = b'data: {"id":"c","choices":[{"index":0,"delta":'
+    upstream = (
+        head
+        + b'{"reasoning_content":"let me see"}}]}\n\n'
+        + head
+        + b'{"content":"42"}}]}\n\n'
+        + head
+        + b'{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    translator = adapter.stream()
+    out = translator.feed(upstream) + translator.end()
+    starts = re.findall(rb'"content_block":\{"type":"(\w+)"', out)
+    assert starts == [b"thinking", b"text"]
+    assert b'"thinking_delta","thinking":"let me see"' in out
+
+
+def test_max_tokens_field_per_provider() -> None:
+    body = b'{"model":"m","max_tokens":99,"messages":[]}'
+    for provider, field in (("openai", "max_completion_tokens"), ("groq", "max_tokens")):
+        adapter: Any = adapter_for("anthropic", OPENAI, "/v1/messages", provider)
+        assert orjson.loads(adapter.request(body))[field] == 99

@@ -46,6 +46,8 @@ CLIENT_FAMILIES: dict[str, str] = {
 UPSTREAM_PATHS: dict[str, str] = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 # Built-ins whose upstream serves the Responses API itself: their /v1/responses passes as is.
 NATIVE_RESPONSES = frozenset({"openai", "xai", "groq", "openrouter"})
+# Chat upstreams that want `max_completion_tokens` (OpenAI's reasoning models refuse max_tokens).
+MAX_COMPLETION_TOKENS = frozenset({"openai"})
 MAX_ANSWER_BYTES = 32 << 20  # a whole answer held for translation
 
 JSON_TYPE = b"application/json"
@@ -80,7 +82,7 @@ def adapter_for(
     if client == "responses" and upstream == "openai" and provider in NATIVE_RESPONSES:
         return None
     up_path, wire = provider_dialect.route(UPSTREAM_PATHS[upstream], ())
-    return Adapter(client, upstream, up_path, wire)
+    return Adapter(client, upstream, up_path, wire, provider)
 
 
 class Adapter:
@@ -95,13 +97,18 @@ class Adapter:
         "local",
         "model",
         "path",
+        "provider",
         "streaming",
+        "thinking",
         "upstream",
         "wire",
     )
 
-    def __init__(self, client: str, upstream: str, path: str, wire: Dialect) -> None:
+    def __init__(
+        self, client: str, upstream: str, path: str, wire: Dialect, provider: str = ""
+    ) -> None:
         self.client_family = client
+        self.provider = provider
         self.upstream = upstream
         self.path = path  # the upstream path
         self.wire = wire  # the dialect spoken there (key style, usage, reset hints)
@@ -111,6 +118,7 @@ class Adapter:
         self.streaming = False
         self.include_usage = False
         self.model = ""
+        self.thinking = False  # an Anthropic client asked for thinking blocks
         self.echo: Doc = {}
         self.local: bytes | None = None  # an answer made here; nothing goes upstream
 
@@ -134,12 +142,15 @@ class Adapter:
             return b""
         if client == "anthropic":
             out = messages_chat.request(doc)
+            self.thinking = messages_chat.wants_thinking(doc)
         elif client == "openai":
             out, self.include_usage = chat_messages.request(doc)
         else:
             out, self.echo = responses_chat.request(doc)
             if self.upstream == "anthropic":
                 out, _ = chat_messages.request(out)
+        if self.provider in MAX_COMPLETION_TOKENS and "max_tokens" in out:
+            out["max_completion_tokens"] = out.pop("max_tokens")
         return orjson.dumps(out)
 
     # -- answers --------------------------------------------------------------------------
@@ -151,7 +162,7 @@ class Adapter:
             raise ValueError("the upstream answer is not a JSON object")
         client = self.client_family
         if client == "anthropic":
-            return orjson.dumps(messages_chat.answer(doc, self.model))
+            return orjson.dumps(messages_chat.answer(doc, self.model, self.thinking))
         if self.upstream == "anthropic":
             doc = chat_messages.answer(doc, self.model)
         if client == "openai":
@@ -171,7 +182,7 @@ class Adapter:
         client = self.client_family
         if client == "anthropic":
             writer = AnthropicWriter()
-            stage: Stage = messages_chat.ChatToMessages(writer, self.model)
+            stage: Stage = messages_chat.ChatToMessages(writer, self.model, self.thinking)
         elif client == "openai":
             writer = OpenAIWriter()
             stage = chat_messages.MessagesToChat(writer, self.model, self.include_usage)

@@ -294,12 +294,27 @@ def message_id(chat_id: Any) -> str:
     return text if text.startswith("msg_") else ("msg_" + text if text else new_id("msg_"))
 
 
-def answer(doc: Doc, model: str) -> Doc:
+def reasoning_of(message: Doc) -> str:
+    """The reasoning text providers put beside the answer (`reasoning_content`, `reasoning`)."""
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+def wants_thinking(doc: Doc) -> bool:
+    """Thinking blocks only for a client that asked for them, as Anthropic's API does."""
+    thinking = doc.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def answer(doc: Doc, model: str, thinking: bool = False) -> Doc:
     """A chat.completion as a Messages answer."""
     choices = doc.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     msg = choice.get("message") or {}
     content: list[Doc] = []
+    reasoning = reasoning_of(msg) if thinking else ""
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = msg.get("content")
     if isinstance(text, list):
         text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
@@ -334,14 +349,15 @@ class ChatToMessages(Stage):
     argument pieces become input_json_delta. The closing message_delta waits for [DONE] (the
     usage chunk comes after the finish_reason)."""
 
-    __slots__ = ("block", "finish", "index", "model", "started", "tools", "usage")
+    __slots__ = ("block", "finish", "index", "model", "started", "thinking", "tools", "usage")
 
-    def __init__(self, out: Sink, model: str) -> None:
+    def __init__(self, out: Sink, model: str, thinking: bool = False) -> None:
         super().__init__(out)
         self.model = model
+        self.thinking = thinking  # reasoning deltas become a thinking block (client asked)
         self.started = False
         self.index = -1  # the Anthropic index of the open block, -1 none
-        self.block = ""  # "text" | "tool" | ""
+        self.block = ""  # "text" | "thinking" | "tool" | ""
         self.tools: dict[int, int] = {}  # the chunk's tool_calls index → block index
         self.finish: str | None = None
         self.usage: Doc = {"input_tokens": 0, "output_tokens": 0}
@@ -384,7 +400,7 @@ class ChatToMessages(Stage):
     def event(self, name: str | None, data: Doc) -> None:
         if self.failed or self.finished:
             return
-        if "error" in data:
+        if data.get("error"):
             self.fail(_error_text(data["error"]))
             return
         if not self.started:
@@ -393,6 +409,18 @@ class ChatToMessages(Stage):
             self.usage = usage_of(data["usage"])
         for choice in data.get("choices") or ():
             delta = choice.get("delta") or {}
+            reasoning = reasoning_of(delta) if self.thinking else ""
+            if reasoning:
+                if self.block != "thinking":
+                    self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+                self.out.event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": self.index,
+                        "delta": {"type": "thinking_delta", "thinking": reasoning},
+                    },
+                )
             text = delta.get("content")
             if text:
                 if self.block != "text":

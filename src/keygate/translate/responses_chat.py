@@ -445,7 +445,7 @@ class ChatToResponses(Stage):
     def event(self, name: str | None, data: Doc) -> None:
         if self.failed or self.finished:
             return
-        if "error" in data:
+        if data.get("error"):
             err = data["error"]
             self.fail(str(err.get("message") if isinstance(err, dict) else err))
             return
