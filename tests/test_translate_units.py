@@ -548,3 +548,44 @@ def test_max_tokens_field_per_provider() -> None:
     for provider, field in (("openai", "max_completion_tokens"), ("groq", "max_tokens")):
         adapter: Any = adapter_for("anthropic", OPENAI, "/v1/messages", provider)
         assert orjson.loads(adapter.request(body))[field] == 99
+
+
+def test_responses_tools_hosted_left_out_namespaces_flattened() -> None:
+    shell = {"type": "function", "name": "exec_command", "parameters": {"type": "object"}}
+    spawn = {"type": "function", "name": "spawn_agent", "parameters": {"type": "object"}}
+    tools = [
+        shell,
+        {"type": "web_search"},
+        {"type": "namespace", "name": "agents", "tools": [spawn]},
+    ]
+    chat, echo = responses_chat.request({"model": "m", "input": "x", "tools": tools})
+    assert [t["function"]["name"] for t in chat["tools"]] == ["exec_command", "spawn_agent"]
+    answer = {
+        "choices": [
+            {
+                "message": {
+                    "tool_calls": [
+                        {"id": "c1", "function": {"name": "spawn_agent", "arguments": "{}"}},
+                        {"id": "c2", "function": {"name": "exec_command", "arguments": "{}"}},
+                    ]
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+    }
+    first, second = responses_chat.answer(answer, echo)["output"]
+    assert first["namespace"] == "agents" and "namespace" not in second
+
+
+def test_mid_conversation_system_turn() -> None:
+    chat = messages_chat.request(
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "system", "content": [{"type": "text", "text": "note"}]},
+            ],
+        }
+    )
+    assert chat["messages"][1] == {"role": "system", "content": "note"}

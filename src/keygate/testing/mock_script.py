@@ -29,6 +29,9 @@ _DEFAULTS: dict[str, Any] = {
     # (OpenAI finish_reason or Anthropic stop_reason, verbatim; None: the natural one); an
     # error event in the family's shape after this many content chunks, then the stream ends
     "tool_calls": None,
+    # {tool name: arguments}: call the first of these the request offers, unless the
+    # conversation already ends with a tool result (an agent's round trip: call, then text)
+    "tool_on_offer": None,
     "finish": None,
     "error_after_chunks": None,
 }
@@ -102,6 +105,14 @@ def _normalize_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
             value = None if value is None else max(0, int(value))
         elif name == "tool_calls":
             value = _tool_calls(value)
+        elif name == "tool_on_offer":
+            value = (
+                None
+                if value is None
+                else dict(
+                    _tool_calls([{"name": k, "arguments": v} for k, v in value.items()]) or ()
+                )
+            )
         elif name == "finish":
             value = None if value is None else str(value)
         elif name in ("delay_s", "chunk_interval_s"):

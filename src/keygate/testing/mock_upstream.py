@@ -58,6 +58,27 @@ _CLIENT_MAX_SIZE = 64 * 1024 * 1024  # gateways may forward large bodies; aiohtt
 _SHUTDOWN_TIMEOUT = 0.1  # stop() must not wait for hanging handlers
 
 
+def _offered_call(beh: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`tool_on_offer`: a call of the first scripted tool the request offers, while the
+    conversation does not yet end with a tool result."""
+    messages = data.get("messages") or [{}]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    content = last.get("content")
+    answered = last.get("role") == "tool" or (
+        isinstance(content, list)
+        and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    )
+    offered = {
+        (t.get("function") or t).get("name") for t in data.get("tools") or () if isinstance(t, dict)
+    }
+    if answered:
+        return beh
+    for name, args in beh["tool_on_offer"].items():
+        if name in offered:
+            return {**beh, "tool_calls": ((name, args),), "text": ""}
+    return beh
+
+
 def _check_loopback(host: str) -> None:
     """Refuse to listen anywhere but loopback: this mock must never be reachable from outside."""
     if host == "localhost":
@@ -379,6 +400,8 @@ class MockUpstream:
             if not isinstance(model, str):
                 model = "mock-model"
             stream = data.get("stream") is True
+            if beh["tool_on_offer"]:
+                beh = _offered_call(beh, data)
             if path.endswith("/chat/completions"):
                 if stream:
                     opts = data.get("stream_options")

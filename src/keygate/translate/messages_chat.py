@@ -2,9 +2,9 @@
 and its stream back to Messages.
 
 Deliberately not carried over (they change nothing the other family could act on): the
-model's own `thinking` blocks in the history, `cache_control` hints, `metadata`, and the
-`thinking` / `service_tier` / `context_management` settings. Everything else that has no
-Chat equivalent is refused with a 400 naming it.
+model's own `thinking` blocks in the history, `cache_control` hints, `metadata`, the
+`thinking` / `service_tier` / `context_management` settings and `output_config.effort`.
+Everything else that has no Chat equivalent is refused with a 400 naming it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ LEFT_OUT = frozenset(
         "workspace_id",
     }
 )
-EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
@@ -222,6 +221,8 @@ def request(doc: Doc) -> Doc:
             _user(msg, where, messages)
         elif role == "assistant":
             _assistant(msg, where, messages)
+        elif role == "system":  # a system turn mid-conversation (a beta of Messages)
+            messages.append({"role": "system", "content": _text_of(msg.get("content"), where)})
         else:
             raise Untranslatable(f"{where}.role", f"role {role!r} cannot be translated")
     chat: Doc = {"model": doc.get("model"), "messages": messages}
@@ -244,14 +245,10 @@ def request(doc: Doc) -> Doc:
 
 
 def _output_config(config: Any, chat: Doc) -> None:
-    """`effort` → reasoning_effort, a JSON-schema `format` → response_format."""
+    """A JSON-schema `format` → response_format. `effort` is a hint left out: Claude Code
+    always sends it, and most Chat models refuse `reasoning_effort`."""
     if not isinstance(config, dict):
         raise Untranslatable("output_config", "must be an object")
-    effort = config.get("effort")
-    if effort is not None:
-        if effort not in EFFORT:
-            raise Untranslatable("output_config.effort", f"{effort!r} is unknown")
-        chat["reasoning_effort"] = EFFORT[effort]
     fmt = config.get("format")
     if fmt is not None:
         if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":

@@ -45,9 +45,14 @@ LEFT_OUT = frozenset(
         "prompt_cache_key",
         "safety_identifier",
         "stream_options",
+        "client_metadata",
     }
 )
 STATEFUL = ("conversation", "prompt")
+# Tools OpenAI's servers run themselves.
+HOSTED_TOOLS = frozenset(
+    {"web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation"}
+)
 # What a `response` object echoes of the request.
 ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p", "tool_choice", "tools")
 
@@ -173,22 +178,44 @@ def _messages(doc: Doc) -> list[Doc]:
     return messages
 
 
-def _tools(tools: Any) -> list[Doc]:
+def _tools(tools: Any, namespaces: dict[str, str]) -> list[Doc]:
+    """Function tools as Chat tools; a namespace's tools flattened (`namespaces` remembers
+    whose they are, for the calls going back). Hosted tools (OpenAI runs them: web search,
+    file search…) are offers a Chat provider cannot take up: left out beside other tools,
+    refused when they are all the request offers."""
     if not isinstance(tools, list):
         raise Untranslatable("tools", "must be a list")
-    out = []
+    out: list[Doc] = []
+    hosted = 0
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "namespace":
+            inner = tool.get("tools") if isinstance(tool.get("tools"), list) else []
+            for j, member in enumerate(inner):
+                if not isinstance(member, dict) or member.get("type") != "function":
+                    raise Untranslatable(f"tools[{i}].tools[{j}].type", "only functions")
+                namespaces[str(member.get("name", ""))] = str(tool.get("name", ""))
+                out.append(_function(member))
+            continue
+        if kind in HOSTED_TOOLS:
+            hosted += 1
+            continue
         if kind != "function":
             raise Untranslatable(f"tools[{i}].type", f"tool type {kind!r} cannot be translated")
-        function: Doc = {"name": tool.get("name", "")}
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        function["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
-        if tool.get("strict") is not None:
-            function["strict"] = tool["strict"]
-        out.append({"type": "function", "function": function})
+        out.append(_function(tool))
+    if hosted and not out:
+        raise Untranslatable("tools[0].type", "hosted tools cannot run on this provider")
     return out
+
+
+def _function(tool: Doc) -> Doc:
+    function: Doc = {"name": tool.get("name", "")}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    function["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
+    if tool.get("strict") is not None:
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -218,8 +245,9 @@ def request(doc: Doc) -> tuple[Doc, Doc]:
     """A Responses request as a Chat Completions request, and what the answer echoes."""
     _check(doc)
     chat: Doc = {"model": doc.get("model"), "messages": _messages(doc)}
+    namespaces: dict[str, str] = {}
     if doc.get("tools"):
-        chat["tools"] = _tools(doc["tools"])
+        chat["tools"] = _tools(doc["tools"], namespaces)
     if doc.get("tool_choice") is not None:
         chat["tool_choice"] = _tool_choice(doc["tool_choice"])
     if doc.get("max_output_tokens") is not None:
@@ -237,6 +265,7 @@ def request(doc: Doc) -> tuple[Doc, Doc]:
     echo = {name: doc.get(name) for name in ECHOED}
     echo["parallel_tool_calls"] = doc.get("parallel_tool_calls", True)
     echo["model"] = doc.get("model")
+    echo["namespaces"] = namespaces
     return chat, echo
 
 
@@ -308,8 +337,10 @@ def message_item(text: str, item_id: str, status: str = "completed") -> Doc:
     }
 
 
-def call_item(call_id: str, name: str, arguments: str, item_id: str, status: str) -> Doc:
-    return {
+def call_item(
+    call_id: str, name: str, arguments: str, item_id: str, status: str, echo: Doc | None = None
+) -> Doc:
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -317,6 +348,10 @@ def call_item(call_id: str, name: str, arguments: str, item_id: str, status: str
         "name": name,
         "arguments": arguments,
     }
+    namespace = (echo or {}).get("namespaces", {}).get(name)
+    if namespace:
+        item["namespace"] = namespace  # a namespace's tool, flattened on the way out
+    return item
 
 
 def answer(doc: Doc, echo: Doc) -> Doc:
@@ -346,6 +381,7 @@ def answer(doc: Doc, echo: Doc) -> Doc:
                 str(function.get("arguments") or ""),
                 new_id("fc_"),
                 "completed",
+                echo,
             )
         )
     out = response_doc(
@@ -438,7 +474,9 @@ class ChatToResponses(Stage):
                 "response.function_call_arguments.done",
                 {"item_id": item["id"], "output_index": index, "arguments": joined},
             )
-            done = call_item(item["call_id"], item["name"], joined, item["id"], "completed")
+            done = call_item(
+                item["call_id"], item["name"], joined, item["id"], "completed", self.echo
+            )
         self._emit("response.output_item.done", {"output_index": index, "item": done})
         self.items.append(done)
 
@@ -490,6 +528,7 @@ class ChatToResponses(Stage):
                 "",
                 new_id("fc_"),
                 "in_progress",
+                self.echo,
             )
             self._open(item)
             at = self.tools[key] = len(self.items)
