@@ -589,3 +589,18 @@ def test_mid_conversation_system_turn() -> None:
         }
     )
     assert chat["messages"][1] == {"role": "system", "content": "note"}
+
+
+def test_request_doc_leaves_the_parsed_body_alone() -> None:
+    doc = {
+        "model": "fast",
+        "max_tokens": 5,
+        "system": "s",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}],
+    }
+    before = orjson.dumps(doc)
+    for target in ("llama3.1-8b", "llama-3.1-8b-instant"):
+        adapter: Any = adapter_for("anthropic", OPENAI, "/v1/messages")
+        assert orjson.loads(adapter.request_doc(doc, model=target))["model"] == target
+        assert adapter.model == target
+    assert orjson.dumps(doc) == before

@@ -141,6 +141,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             up_path, ex.wire = ex.adapter.path, ex.adapter.wire
             body = translate_request(ex.adapter, body, cfg)
             ex.model = ex.adapter.model
+            query = b""  # the client API's parameters (Claude Code's ?beta=true) mean nothing there
             if ex.adapter.local is not None:
                 await answer_locally(ex, send)
                 return
@@ -150,10 +151,6 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
-        if ex.adapter is not None:
-            query = (
-                b""  # the client's API's parameters (Claude Code's ?beta=true) mean nothing there
-            )
         url = cfg.base_url + up_path + ("?" + query.decode("latin-1") if query else "")
         await forward(gw, rt, ex, send, method, url, headers, body or None)
     except GatewayError as err:

@@ -132,9 +132,22 @@ class Adapter:
             raise Untranslatable("body", "is not valid JSON") from None
         if not isinstance(doc, dict):
             raise Untranslatable("body", "must be a JSON object")
-        if default_model and (force_model or not doc.get("model")):
-            doc["model"] = default_model
-        self.model = str(doc.get("model") or "")
+        return self.request_doc(doc, default_model, force_model)
+
+    def request_doc(
+        self,
+        doc: Doc,
+        default_model: str = "",
+        force_model: bool = False,
+        model: str | None = None,
+    ) -> bytes:
+        """`request` for a body already parsed. `doc` is left as it is, so a fallback loop can
+        translate one parsed body for each target, each with its own `model` (the name sent
+        to that target) and default."""
+        name = model if model is not None else doc.get("model")
+        if default_model and (force_model or not name):
+            name = default_model
+        self.model = str(name or "")
         self.streaming = doc.get("stream") is True
         client = self.client_family
         if client == "anthropic-count":
@@ -149,6 +162,8 @@ class Adapter:
             out, self.echo = responses_chat.request(doc)
             if self.upstream == "anthropic":
                 out, _ = chat_messages.request(out)
+        out["model"] = name
+        self.echo["model"] = name
         if self.provider in MAX_COMPLETION_TOKENS and "max_tokens" in out:
             out["max_completion_tokens"] = out.pop("max_tokens")
         return orjson.dumps(out)
