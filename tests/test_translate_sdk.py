@@ -8,6 +8,7 @@ speaks only Chat Completions. The mock's records tell what really went upstream.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import anthropic
@@ -704,3 +705,21 @@ def test_mid_stream_reset_ends_a_responses_stream_with_an_error(
         for event in stream:
             kinds.append(event.type)
     assert kinds[-1] == "response.failed"
+
+
+def test_silent_upstream_mid_stream_is_an_sdk_error_not_a_hang(
+    gateway_factory: Any, mock: MockUpstream
+) -> None:
+    config = {"providers": {"cerebras": {"rps": 0, "max_conn": 0, "timeout_idle_s": 1}}}
+    gw = gateway_factory(env=ENV, config=config)
+    mock.set_behavior(chunks=3, chunk_interval_s=3)
+    started = time.monotonic()
+    with (
+        pytest.raises(anthropic.APIStatusError, match="went silent"),
+        claude_on(gw).messages.stream(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream,
+    ):
+        for _ in stream:
+            pass
+    assert time.monotonic() - started < 2.5  # cut at the idle timeout, long before the mock
