@@ -723,3 +723,25 @@ def test_silent_upstream_mid_stream_is_an_sdk_error_not_a_hang(
         for _ in stream:
             pass
     assert time.monotonic() - started < 2.5  # cut at the idle timeout, long before the mock
+
+
+def test_provider_key_masked_in_translated_answers(gw: Any, mock: MockUpstream) -> None:
+    # one content event: the echoed key is split across two reads (the scrubber's job), not
+    # spread over two events' texts, which no byte-level scrub sees (plain relays alike)
+    mock.set_behavior(echo_key=True, chunks=1)
+    client = claude_on(gw)
+    whole = client.messages.create(
+        model="m", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+    )
+    with client.messages.stream(
+        model="m", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        streamed = "".join(stream.text_stream)
+    mock.set_behavior(status=401, echo_key=True)
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        client.messages.create(
+            model="m", max_tokens=16, messages=[{"role": "user", "content": "x"}]
+        )
+    for text in (whole.content[0].text, streamed, str(info.value.body)):  # type: ignore[union-attr]
+        assert CEREBRAS_KEY not in text
+        assert "csk-" in text  # the masked form is there instead
