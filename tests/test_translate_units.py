@@ -604,3 +604,28 @@ def test_request_doc_leaves_the_parsed_body_alone() -> None:
         assert orjson.loads(adapter.request_doc(doc, model=target))["model"] == target
         assert adapter.model == target
     assert orjson.dumps(doc) == before
+
+
+@pytest.mark.parametrize("client", ["anthropic", "responses"])
+def test_whole_calls_at_one_index_stay_apart(client: str) -> None:
+    # some providers send each call whole, every one at index 0 (or with no index)
+    head = b'data: {"id":"c","choices":[{"index":0,"delta":{"tool_calls":['
+    upstream = b"".join(
+        head + b'{"index":0,"id":"call_' + n + b'","type":"function","function":{"name":"f",'
+        b'"arguments":"{\\"n\\":' + n + b'}"}}]}}]}\n\n'
+        for n in (b"1", b"2")
+    )
+    upstream += (
+        b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n'
+    )
+    adapter: Any = adapter_for(client, OPENAI, "/v1/messages")
+    adapter.request(STREAM_REQUESTS[client])
+    translator = adapter.stream()
+    out = translator.feed(upstream) + translator.end()
+    assert not translator.failed
+    if client == "anthropic":
+        assert out.count(b'"type":"tool_use"') == 2
+        assert b'"partial_json":"{\\"n\\":2}"' in out
+    else:
+        done = [e for e in out.split(b"\n\n") if b"response.output_item.done" in e]
+        assert len(done) == 2 and b'"call_id":"call_2"' in done[1]

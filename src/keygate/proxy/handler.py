@@ -45,7 +45,7 @@ from keygate.proxy.route import apply_model, find_model, resolve_dots, split_pre
 from keygate.proxy.translated import answer_locally, relay_translated, translate_request
 from keygate.proxy.watchdog import absorb_cancel
 from keygate.runtime import ProviderRuntime
-from keygate.translate import adapter_for, client_family
+from keygate.translate import adapter_for
 
 ERROR_BODY_LIMIT = 1 << 20
 WHOLE_BODY_LIMIT = 1 << 20  # a 2xx body up to this length is read whole before it is relayed
@@ -78,7 +78,7 @@ def error_dialect(
     Decided only when there is an error to send, so the request path pays nothing for it."""
     if rt is None:
         return OPENAI
-    adapter = adapter_for(client_family(rest), rt.dialect, rest, rt.cfg.name)
+    adapter = adapter_for(None, rt.dialect, rest, rt.cfg.name)
     return adapter.client if adapter is not None else rt.dialect.route(rest, headers)[1]
 
 
@@ -133,8 +133,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
                 400, f"path leaves the base of provider '{name}'", "invalid_path"
             ) from None
         up_path, ex.wire = rt.dialect.route(rest, headers)
-        if method == "POST":  # translate in: a client of another family than the provider's
-            ex.adapter = adapter_for(client_family(rest), rt.dialect, rest, name)
+        if method == "POST":  # translate in: the client's family (by path) vs the provider's
+            ex.adapter = adapter_for(None, rt.dialect, rest, name)
         # body
         body = await read_body(receive, headers, cfg.max_body_bytes)
         if ex.adapter is not None:

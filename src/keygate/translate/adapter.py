@@ -69,11 +69,14 @@ def upstream_family(dialect: Dialect) -> str:
 def adapter_for(
     client: str | None, provider_dialect: Dialect, path: str, provider: str = ""
 ) -> Adapter | None:
-    """The adapter for a `client`-family request on `path` to a provider of `provider_dialect`
-    (named `provider`, for the Responses API's native speakers), or None when it passes as is.
-    Cheap when None: the request path calls it for every POST."""
+    """The adapter for a `client`-family request (None: the family `path` tells, the path
+    after the provider prefix) to a provider of `provider_dialect` (named `provider`, for the
+    Responses API's native speakers), or None when it passes as is. Cheap when None: the
+    request path calls it for every POST; a fallback loop can call it once per target."""
     if client is None:
-        return None
+        client = CLIENT_FAMILIES.get(path)
+        if client is None:
+            return None
     upstream = upstream_family(provider_dialect)
     if client == upstream:
         return None

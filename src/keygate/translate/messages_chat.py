@@ -15,7 +15,7 @@ import orjson
 
 from keygate.translate.errors import Untranslatable
 from keygate.translate.tables import ANTHROPIC_TOOL_CHOICE_TO_CHAT, FINISH_TO_STOP
-from keygate.translate.wire import Doc, Sink, Stage, new_id
+from keygate.translate.wire import Doc, Sink, Stage, call_key, new_id
 
 # Top-level fields: carried over (by the code below) or knowingly left out.
 CARRIED = frozenset(
@@ -346,7 +346,17 @@ class ChatToMessages(Stage):
     argument pieces become input_json_delta. The closing message_delta waits for [DONE] (the
     usage chunk comes after the finish_reason)."""
 
-    __slots__ = ("block", "finish", "index", "model", "started", "thinking", "tools", "usage")
+    __slots__ = (
+        "block",
+        "finish",
+        "index",
+        "latest",
+        "model",
+        "started",
+        "thinking",
+        "tools",
+        "usage",
+    )
 
     def __init__(self, out: Sink, model: str, thinking: bool = False) -> None:
         super().__init__(out)
@@ -355,7 +365,8 @@ class ChatToMessages(Stage):
         self.started = False
         self.index = -1  # the Anthropic index of the open block, -1 none
         self.block = ""  # "text" | "thinking" | "tool" | ""
-        self.tools: dict[int, int] = {}  # the chunk's tool_calls index → block index
+        self.tools: dict[Any, int] = {}  # a call's key (`call_key`) → its block index
+        self.latest: dict[int, tuple[Any, Any]] = {}
         self.finish: str | None = None
         self.usage: Doc = {"input_tokens": 0, "output_tokens": 0}
 
@@ -437,7 +448,7 @@ class ChatToMessages(Stage):
                 self._close_block()
 
     def _tool_delta(self, call: Doc, position: int) -> None:
-        key = call.get("index", position)
+        key = call_key(call, position, self.latest)
         function = call.get("function") or {}
         at = self.tools.get(key)
         if at is None:

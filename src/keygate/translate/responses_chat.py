@@ -14,7 +14,7 @@ from typing import Any
 
 from keygate.translate.errors import Untranslatable
 from keygate.translate.tables import FINISH_TO_RESPONSE_STATUS, RESPONSES_ROLE_TO_CHAT
-from keygate.translate.wire import Doc, Sink, Stage, new_id, now_s
+from keygate.translate.wire import Doc, Sink, Stage, call_key, new_id, now_s
 
 CARRIED = frozenset(
     {
@@ -403,6 +403,7 @@ class ChatToResponses(Stage):
         "finish",
         "item",
         "items",
+        "latest",
         "model",
         "pieces",
         "rid",
@@ -423,7 +424,8 @@ class ChatToResponses(Stage):
         self.items: list[Doc] = []  # finished output items
         self.item: Doc | None = None  # the open one
         self.pieces: list[str] = []  # its text or arguments so far
-        self.tools: dict[int, int] = {}  # the chunk's tool_calls index → output index
+        self.tools: dict[Any, int] = {}  # a call's key (`call_key`) → its output index
+        self.latest: dict[int, tuple[Any, Any]] = {}
         self.finish: str | None = None
         self.usage: Doc | None = None
 
@@ -518,7 +520,7 @@ class ChatToResponses(Stage):
                 self._close()
 
     def _tool_delta(self, call: Doc, position: int) -> None:
-        key = call.get("index", position)
+        key = call_key(call, position, self.latest)
         function = call.get("function") or {}
         at = self.tools.get(key)
         if at is None:

@@ -126,6 +126,28 @@ class ResponsesWriter(NamedWriter):
         self.closed = self.failed = self.abort = True
 
 
+def call_key(call: Doc, position: int, latest: dict[int, tuple[Any, Any]]) -> Any:
+    """Which tool call a Chat `tool_calls` delta continues: the one at its `index` (its place
+    in the list when a provider leaves the index out), unless it brings another id than that
+    call's: then it begins a new call (providers that send each call whole at index 0).
+    `latest` maps an index to (the key of its newest call, that call's id)."""
+    index = call.get("index")
+    if not isinstance(index, int):
+        index = position
+    cid = call.get("id") or None
+    seen = latest.get(index)
+    if seen is None:
+        latest[index] = (index, cid)
+        return index
+    key, known = seen
+    if cid and known and cid != known:
+        key = (index, cid)
+        latest[index] = (key, cid)
+    elif cid and not known:
+        latest[index] = (key, cid)
+    return key
+
+
 def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
