@@ -629,3 +629,31 @@ def test_whole_calls_at_one_index_stay_apart(client: str) -> None:
     else:
         done = [e for e in out.split(b"\n\n") if b"response.output_item.done" in e]
         assert len(done) == 2 and b'"call_id":"call_2"' in done[1]
+
+
+def test_chat_reasoning_as_responses_reasoning_summary() -> None:
+    head = b'data: {"id":"c","choices":[{"index":0,"delta":'
+    upstream = (
+        head
+        + b'{"reasoning_content":"think "}}]}\n\n'
+        + head
+        + b'{"reasoning_content":"hard"}}]}\n\n'
+        + head
+        + b'{"content":"42"}}]}\n\n'
+        + head
+        + b'{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    adapter: Any = adapter_for("responses", OPENAI, "/v1/responses")
+    adapter.request(STREAM_REQUESTS["responses"])
+    translator = adapter.stream()
+    out = translator.feed(upstream) + translator.end()
+    events = [
+        (m[0].decode(), orjson.loads(m[1]))
+        for m in re.findall(rb"event: (\S+)\ndata: (.*)\n\n", out)
+    ]
+    names = [n for n, _ in events]
+    assert names.count("response.reasoning_summary_text.delta") == 2
+    final = events[-1][1]["response"]
+    assert [i["type"] for i in final["output"]] == ["reasoning", "message"]
+    assert final["output"][0]["summary"] == [{"type": "summary_text", "text": "think hard"}]
+    assert [i["output_index"] for n, i in events if n == "response.output_item.done"] == [0, 1]

@@ -354,6 +354,10 @@ def call_item(
     return item
 
 
+def reasoning_item(text: str, item_id: str) -> Doc:
+    return {"id": item_id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]}
+
+
 def answer(doc: Doc, echo: Doc) -> Doc:
     """A chat.completion as a `response`."""
     choices = doc.get("choices") or [{}]
@@ -362,13 +366,7 @@ def answer(doc: Doc, echo: Doc) -> Doc:
     output: list[Doc] = []
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        output.append(
-            {
-                "id": new_id("rs_"),
-                "type": "reasoning",
-                "summary": [{"type": "summary_text", "text": reasoning}],
-            }
-        )
+        output.append(reasoning_item(reasoning, new_id("rs_")))
     text = msg.get("content")
     if isinstance(text, str) and text:
         output.append(message_item(text, new_id("msg_")))
@@ -456,6 +454,16 @@ class ChatToResponses(Stage):
                 "response.content_part.added",
                 {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
             )
+        elif item["type"] == "reasoning":
+            self._emit(
+                "response.reasoning_summary_part.added",
+                {
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "summary_index": 0,
+                    "part": {"type": "summary_text", "text": ""},
+                },
+            )
 
     def _close(self) -> None:
         item = self.item
@@ -471,6 +479,12 @@ class ChatToResponses(Stage):
             part = {"type": "output_text", "text": joined, "annotations": []}
             self._emit("response.content_part.done", {**ids, "part": part})
             done = message_item(joined, item["id"])
+        elif item["type"] == "reasoning":
+            ids = {"item_id": item["id"], "output_index": index, "summary_index": 0}
+            self._emit("response.reasoning_summary_text.done", {**ids, "text": joined})
+            part = {"type": "summary_text", "text": joined}
+            self._emit("response.reasoning_summary_part.done", {**ids, "part": part})
+            done = reasoning_item(joined, item["id"])
         else:
             self._emit(
                 "response.function_call_arguments.done",
@@ -495,6 +509,9 @@ class ChatToResponses(Stage):
             self.usage = usage_of(data["usage"])
         for choice in data.get("choices") or ():
             delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                self._reasoning(reasoning)
             text = delta.get("content")
             if text:
                 item = self.item
@@ -518,6 +535,22 @@ class ChatToResponses(Stage):
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
                 self._close()
+
+    def _reasoning(self, text: str) -> None:
+        """The model's reasoning (`reasoning_content`) as a reasoning item's summary text."""
+        if self.item is None or self.item["type"] != "reasoning":
+            self._open({"id": new_id("rs_"), "type": "reasoning", "summary": []})
+        assert self.item is not None
+        self.pieces.append(text)
+        self._emit(
+            "response.reasoning_summary_text.delta",
+            {
+                "item_id": self.item["id"],
+                "output_index": len(self.items),
+                "summary_index": 0,
+                "delta": text,
+            },
+        )
 
     def _tool_delta(self, call: Doc, position: int) -> None:
         key = call_key(call, position, self.latest)
