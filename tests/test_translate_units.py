@@ -7,6 +7,7 @@ translator that uses it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -657,3 +658,77 @@ def test_chat_reasoning_as_responses_reasoning_summary() -> None:
     assert [i["type"] for i in final["output"]] == ["reasoning", "message"]
     assert final["output"][0]["summary"] == [{"type": "summary_text", "text": "think hard"}]
     assert [i["output_index"] for n, i in events if n == "response.output_item.done"] == [0, 1]
+
+
+# ------------------------------------------------ whatever arrives: a 400, a 502 or an error event
+
+_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "role",
+                    "content",
+                    "text",
+                    "source",
+                    "tool_calls",
+                    "function",
+                    "index",
+                    "arguments",
+                    "name",
+                    "id",
+                    "input",
+                    "delta",
+                    "choices",
+                    "message",
+                    "usage",
+                    "content_block",
+                    "partial_json",
+                    "finish_reason",
+                    "stop_reason",
+                    "tools",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=15,
+)
+_PAIRS = [
+    ("anthropic", OPENAI),
+    ("openai", ANTHROPIC),
+    ("responses", OPENAI),
+    ("responses", ANTHROPIC),
+    ("anthropic-count", OPENAI),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pair=st.sampled_from(_PAIRS),
+    doc=st.dictionaries(
+        st.sampled_from(["model", "messages", "system", "tools", "tool_choice", "input", "stop"]),
+        _VALUE,
+    ),
+)
+def test_odd_requests_are_400s(pair: Any, doc: Any) -> None:
+    adapter: Any = adapter_for(pair[0], pair[1], "")
+    with contextlib.suppress(Untranslatable):
+        adapter.request(orjson.dumps(doc))
+
+
+@settings(max_examples=150, deadline=None)
+@given(pair=st.sampled_from(_PAIRS[:4]), doc=_VALUE, events=st.lists(_VALUE, max_size=4))
+def test_odd_upstream_answers_and_events(pair: Any, doc: Any, events: list[Any]) -> None:
+    adapter: Any = adapter_for(pair[0], pair[1], "")
+    adapter.request(STREAM_REQUESTS[pair[0]])
+    with contextlib.suppress(ValueError):  # the relay answers 502
+        adapter.answer(orjson.dumps(doc))
+    translator = adapter.stream()
+    for event in events:
+        translator.feed(b"event: x\ndata: " + orjson.dumps(event) + b"\n\n")
+    translator.end()  # never raises: the stream ends, as an error if it must

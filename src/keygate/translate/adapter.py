@@ -147,6 +147,15 @@ class Adapter:
         """`request` for a body already parsed. `doc` is left as it is, so a fallback loop can
         translate one parsed body for each target, each with its own `model` (the name sent
         to that target) and default."""
+        try:
+            return self._request(doc, default_model, force_model, model)
+        except Untranslatable:
+            raise
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+            # a value of a type the translators did not check for: still the client's 400
+            raise Untranslatable("body", "a field has a value of the wrong type") from None
+
+    def _request(self, doc: Doc, default_model: str, force_model: bool, model: str | None) -> bytes:
         name = model if model is not None else doc.get("model")
         if default_model and (force_model or not name):
             name = default_model
@@ -174,10 +183,16 @@ class Adapter:
     # -- answers --------------------------------------------------------------------------
 
     def answer(self, body: bytes) -> bytes:
-        """A whole 2xx answer in the client's family (ValueError when it is not JSON)."""
+        """A whole 2xx answer in the client's family (ValueError when it cannot be read)."""
         doc = orjson.loads(body)
         if not isinstance(doc, dict):
             raise ValueError("the upstream answer is not a JSON object")
+        try:
+            return self._answer(doc)
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:
+            raise ValueError(f"unexpected upstream answer: {exc}") from None
+
+    def _answer(self, doc: Doc) -> bytes:
         client = self.client_family
         if client == "anthropic":
             return orjson.dumps(messages_chat.answer(doc, self.model, self.thinking))
@@ -269,7 +284,10 @@ class StreamTranslator:
             self.stage.fail("the upstream sent an event that is not JSON")
             return
         if isinstance(doc, dict):
-            self.stage.event(name, doc)
+            try:
+                self.stage.event(name, doc)
+            except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+                self.stage.fail("the upstream sent an event keygate cannot read")
 
     def end(self) -> bytes:
         """The upstream's stream ended: what the client still needs (or the error it gets)."""

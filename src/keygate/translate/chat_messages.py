@@ -183,7 +183,9 @@ def _tools(tools: Any) -> list[Doc]:
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
             raise Untranslatable(f"tools[{i}].type", "only function tools can be translated")
-        function = tool.get("function") or {}
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise Untranslatable(f"tools[{i}].function", "must be an object")
         item: Doc = {"name": function.get("name", "")}
         if function.get("description"):
             item["description"] = function["description"]

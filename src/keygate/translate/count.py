@@ -74,7 +74,8 @@ def estimate(doc: dict[str, Any]) -> int:
             s, f = _block_tokens(block)
             size += s
             fixed += f
-    for tool in doc.get("tools") or ():
+    tools = doc.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
         fixed += PER_TOOL
         size += _text_bytes(tool)
     return max(1, (size + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN + fixed)

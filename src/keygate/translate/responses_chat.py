@@ -189,6 +189,8 @@ def _tools(tools: Any, namespaces: dict[str, str]) -> list[Doc]:
     hosted = 0
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
+        if not isinstance(kind, str):
+            raise Untranslatable(f"tools[{i}].type", "must be a string")
         if kind == "namespace":
             inner = tool.get("tools") if isinstance(tool.get("tools"), list) else []
             for j, member in enumerate(inner):
