@@ -642,7 +642,7 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
             "cerebras",
         ]
         fields = {"ts", "provider", "method", "path", "model", "key_id", "key", "status"}
-        assert fields | {"latency_ms", "retries", "error", "route"} == set(recent[0])
+        assert fields | {"latency_ms", "retries", "error", "route", "translated"} == set(recent[0])
         assert recent[0]["key"] == mask(bad) and recent[-1]["key"] == mask(good)
         assert recent[-1]["path"] == CHAT and recent[-1]["model"] == "m"
 

@@ -152,12 +152,45 @@ def test_streaming_through_prefix_plain_and_alias(
     assert provider_of(rec) == provider
 
 
-def test_a_target_of_the_other_api_family_is_refused_until_translation(gw: Any) -> None:
-    """An OpenAI-format client asking for a Claude model: 400 naming the model (§11 will
-    translate here); never a silent pass to the wrong API."""
-    with pytest.raises(openai.BadRequestError) as exc:
-        chat(gw, "opus")
-    assert "opus" in str(exc.value)
+def test_a_target_of_the_other_api_family_is_reached_through_translation(
+    gw: Any, mock: MockUpstream
+) -> None:
+    """An OpenAI-format client asking for a Claude model: the request reaches claude as an
+    Anthropic Messages request, and the answer comes back as a Chat Completion."""
+    raw = chat(gw, "opus")
+    assert raw.parse().choices[0].message.content == "Hello from mock"
+    assert raw.headers["x-keygate-provider"] == "claude"
+    [rec] = mock.records()
+    assert provider_of(rec) == "claude" and rec.path == "/v1/messages"
+    sent = json.loads(rec.body)
+    assert sent["model"] == "claude-opus-4" and sent["messages"][0]["role"] == "user"
+    assert "max_tokens" in sent  # Anthropic requires it; the translation fills it in
+    [last] = httpx.get(f"{gw.url}/api/requests", headers=gw.admin()).json()["requests"][:1]
+    assert last["translated"] == "openai→anthropic"
+
+
+def test_a_fallback_group_may_mix_api_families(gateway_factory: Any, mock: MockUpstream) -> None:
+    """claude refuses (529, overloaded): the chain moves on to cerebras, which speaks the
+    client's own family; streamed, the client reads one clean stream from the second."""
+    models = {**MODELS, "mixed": {"targets": ["claude/claude-opus-4", "cerebras/llama3.1-8b"]}}
+    gw = gateway_factory(env=ENV, config={**config(), "models": models})
+    mock.set_behavior(KEYS["claude"], status=529)
+    with oai(gw).chat.completions.with_streaming_response.create(
+        model="mixed", messages=MESSAGES, stream=True
+    ) as resp:
+        assert resp.headers["x-keygate-provider"] == "cerebras"
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text == "Hello from mock"
+    assert [provider_of(r) for r in mock.records()] == ["claude", "cerebras"]
+    assert mock.records()[0].path == "/v1/messages"
+    # the other way round: cerebras fails, claude's answer is translated back
+    mock.set_behavior(KEYS["claude"], status=200)
+    mock.set_behavior(KEYS["cerebras"], status=503)
+    models["mixed"] = {"targets": ["cerebras/llama3.1-8b", "claude/claude-opus-4"]}
+    assert gw.api("PUT", "/api/models/mixed", json=models["mixed"]).status_code == 200
+    raw = chat(gw, "mixed")
+    assert raw.headers["x-keygate-provider"] == "claude"
+    assert raw.parse().choices[0].message.content == "Hello from mock"
 
 
 @pytest.mark.parametrize("status", [429, 500, 503, 529])
@@ -516,7 +549,7 @@ def test_a_reload_applies_a_changed_models_table(gateway_factory: Any, mock: Moc
 
 def test_anthropic_sdk_on_the_unified_endpoint(gw: Any, mock: MockUpstream) -> None:
     """/v1/messages routes by model too: `claude/…` reaches claude, prefix stripped; a target
-    of the other family is a 400 in Anthropic's shape (translation will serve it)."""
+    of the other family is reached through translation."""
     client = anthropic.Anthropic(base_url=gw.url, api_key=PASSWORD, max_retries=0, timeout=10)
     raw = client.messages.with_raw_response.create(
         model="claude/claude-3-5-haiku", max_tokens=32, messages=MESSAGES
@@ -526,11 +559,15 @@ def test_anthropic_sdk_on_the_unified_endpoint(gw: Any, mock: MockUpstream) -> N
     [rec] = mock.records()
     assert provider_of(rec) == "claude" and rec.headers["x-api-key"] == KEYS["claude"]
     assert json.loads(rec.body)["model"] == "claude-3-5-haiku"
-    with pytest.raises(anthropic.BadRequestError) as exc:
-        client.messages.create(model="groq/llama-3.1-8b-instant", max_tokens=32, messages=MESSAGES)
-    assert exc.value.body["type"] == "error"
-    assert "groq/llama-3.1-8b-instant" in exc.value.message
-    assert len(mock.records()) == 1  # nothing went upstream
+    # a target of the other family: translated both ways (an OpenAI request reaches groq)
+    raw = client.messages.with_raw_response.create(
+        model="groq/llama-3.1-8b-instant", max_tokens=32, messages=MESSAGES
+    )
+    assert raw.parse().content[0].text == "Hello from mock"
+    assert raw.headers["x-keygate-provider"] == "groq"
+    rec = mock.records()[1]
+    assert provider_of(rec) == "groq" and rec.path.endswith("/v1/chat/completions")
+    assert json.loads(rec.body)["model"] == "llama-3.1-8b-instant"
 
 
 @pytest.mark.parametrize("failure", ["timeout", "connection refused"])

@@ -35,6 +35,7 @@ class RequestRecord(NamedTuple):
     retries: int
     error: str
     route: str = ""  # a routed request's targets as tried: "groq/x (429) → cerebras/y"
+    translated: str = ""  # `anthropic→openai` when the request changed API family
 
     def public(self) -> dict[str, Any]:
         return self._asdict()
@@ -176,6 +177,7 @@ class AccessLog:
         client: str = "",
         model: str = "",
         via: str = "",
+        translated: str = "",
     ) -> None:
         """The access line of one request, in the configured format."""
         if len(route) > LOGGED_ROUTE_MAX:  # a path may be 8 KB, sent by anyone
@@ -200,6 +202,7 @@ class AccessLog:
                         "error": error or None,
                         "model": model or None,
                         "via": via or None,
+                        "translated": translated or None,
                     }
                 ).decode()
                 + "\n"
@@ -213,6 +216,7 @@ class AccessLog:
             + (f" client={client}" if client else "")
             + (f" model={_word(model)}" if model else "")
             + (f" via={via!r}" if via else "")
+            + (f" translated={translated}" if translated else "")
             + (f" error={error!r}" if error else ""),
         )
 

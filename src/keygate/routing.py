@@ -25,7 +25,6 @@ ROUTED_PATHS = frozenset(
         "/v1/messages/count_tokens",
     }
 )
-ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 
 
 class RouteError(ValueError):
@@ -55,22 +54,6 @@ class Route:
     strategy: str  # "alias" | "fallback" | "spread"
     targets: tuple[Target, ...]
     spec: Any  # as written (a string, or {strategy, targets}), for the admin API and the list
-
-
-def client_family(path: str) -> str:
-    """The API family the client speaks on the unified endpoint: its path says."""
-    return "anthropic" if path in ANTHROPIC_PATHS else "openai"
-
-
-def target_family(wire_key_style: str) -> str:
-    """The family a provider's upstream path speaks (the dialect `route` answered)."""
-    return "anthropic" if wire_key_style == "x-api-key" else "openai"
-
-
-def family_mismatch(path: str, wire_key_style: str) -> bool:
-    """Whether a target speaks another API family than the client: the one decision point
-    where format translation (§11) plugs in. Until it does, such a target is passed over."""
-    return client_family(path) != target_family(wire_key_style)
 
 
 def split_target(text: str, providers: Collection[str]) -> Target | None:

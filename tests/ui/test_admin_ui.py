@@ -965,3 +965,38 @@ def test_models_view_shows_and_edits_the_model_table(
         page.locator("dialog .btn-danger").click()
         expect(mine).to_have_count(0)
         assert "mine" not in gw.api("GET", "/api/models").json()["routes"]
+
+
+def test_translated_request_shows_its_family_pair(gateway_factory: Any, chromium: Browser) -> None:
+    gw = gateway_factory()
+    entry = {
+        "ts": time.time(),
+        "provider": "cerebras",
+        "method": "POST",
+        "model": "llama3.1-8b",
+        "key_id": 1,
+        "key": "sk-a…0001",
+        "status": 200,
+        "latency_ms": 9.5,
+        "retries": 0,
+        "error": "",
+    }
+    listing = [
+        {**entry, "path": "/cerebras/v1/messages", "translated": "anthropic→openai"},
+        {**entry, "path": "/cerebras/v1/chat/completions", "translated": ""},
+    ]
+
+    def requests_api(route: Any) -> None:
+        route.fulfill(
+            status=200, content_type="application/json", body=json.dumps({"requests": listing})
+        )
+
+    for viewport in (DESKTOP, PHONE):
+        with signed_in(chromium, gw, "dashboard", viewport=viewport) as page:
+            page.route("**/api/requests*", requests_api)
+            goto_view(page, "requests")
+            badge = page.locator(".req-table .col-path .translated")
+            expect(badge).to_have_count(1)
+            expect(badge).to_have_text("anthropic→openai")
+            assert badge.get_attribute("title")
+            assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")

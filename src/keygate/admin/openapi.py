@@ -311,6 +311,11 @@ SCHEMAS: dict[str, Any] = {
             "latency_ms": {"type": "number"},
             "retries": {"type": "integer"},
             "error": {"type": "string"},
+            "translated": {
+                "type": "string",
+                "description": "client→provider API family when the request was translated "
+                "(e.g. anthropic→openai); empty when it passed as it is",
+            },
             "route": {
                 "type": "string",
                 "description": "a routed request's targets as tried, e.g. "

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k",
+        help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, translated",
     )
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")

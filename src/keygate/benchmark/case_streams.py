@@ -50,11 +50,12 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def stream_load(bench: Bench, target: Target) -> dict[str, Any]:
+def stream_load(bench: Bench, target: Target, fmt: str = "openai") -> dict[str, Any]:
     """Run the stream client process against `target` and summarise its figures."""
     o = bench.opts
     per_stream = o.chunks * o.chunk_interval_s + 30.0
     cmd = [sys.executable, "-m", "keygate.benchmark.streams", "--url", target.url]
+    cmd += ["--format", fmt]
     cmd += ["--streams", str(o.streams), "--model", MODEL, "--timeout", f"{per_stream:.0f}"]
     cmd += ["--header", f"Authorization: Bearer {ACCESS_PASSWORD}"]
     code, out, err = run_bounded(bench.pin.load(cmd), per_stream + 60.0, child_env())

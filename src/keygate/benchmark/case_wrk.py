@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from keygate.benchmark.case_translated import run_translated_wrk
 from keygate.benchmark.common import _diff, _mb, _ms, log
 from keygate.benchmark.nginx import start_nginx
 from keygate.benchmark.procs import Pinning, free_port, http_request, rss_mb
@@ -53,6 +54,10 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
             for t in [direct, *servers]:
                 if t.proc is None or t.proc.alive():
                     bench.refs[t.name].setdefault("wrk", {})[str(c)] = bench.wrk_case(t, c)
+        if bench.want("translated"):
+            for t in servers:
+                if t.name == "keygate" and t.proc is not None and t.proc.alive():
+                    run_translated_wrk(bench, t)
         if bench.pin.enabled and 1 in bench.opts.concurrency:
             calibrate_cross_cpu(
                 bench,

@@ -20,6 +20,7 @@ from typing import Any
 from keygate.benchmark import report
 from keygate.benchmark.case_scale import run_many_keys, run_redis
 from keygate.benchmark.case_streams import run_streaming
+from keygate.benchmark.case_translated import run_translated_streams
 from keygate.benchmark.case_wrk import run_nonstreaming
 from keygate.benchmark.common import _ms, log
 from keygate.benchmark.nginx import nginx_binary, start_nginx
@@ -46,7 +47,7 @@ from keygate.benchmark.wrk import WrkResult, lua_script, run_wrk, wrk_binary
 __all__ = ["ALIASES", "CASES", "SERVER_REFS", "Bench", "Options", "log", "write_outputs"]
 
 SERVER_REFS = ("bare", "keygate", "litellm")
-CASES = ("wrk", "stream", "memory", "keys100k", "redis")
+CASES = ("wrk", "stream", "memory", "keys100k", "redis", "translated")
 ALIASES = {"nonstream": "wrk", "streams": "stream", "100k": "keys100k", "many-keys": "keys100k"}
 
 
@@ -81,6 +82,7 @@ class Bench:
         self.notes: list[str] = []
         self.keys100k: dict[str, Any] = {}
         self.redis: dict[str, Any] = {}
+        self.translated: dict[str, Any] = {}  # Anthropic client → OpenAI-format provider
         self.targets: list[Target] = []
         self.calibration: dict[str, Any] = {}
         self.tmp = Path()
@@ -192,6 +194,8 @@ class Bench:
             started = {r for r in self.server_refs() if r not in self.failures}
             if self.want("stream"):
                 run_streaming(self, started)
+                if self.want("translated") and "keygate" in started:
+                    run_translated_streams(self)
         return self.result(time.perf_counter() - t0)
 
     def _stop_all(self) -> None:
@@ -240,6 +244,7 @@ class Bench:
             "references": {r: self.refs[r] for r in report.REFS if r in self.refs},
             "keys100k": self.keys100k or None,
             "redis": self.redis or None,
+            "translated": self.translated or None,
             "calibration": self.calibration or None,
             "failures": self.failures,
             "flags": flags,

@@ -296,7 +296,12 @@ def start_litellm(
 
 
 def start_mock(
-    pin: Pinning, log_dir: Path, chunks: int, interval_s: float, timeout_s: float = 15.0
+    pin: Pinning,
+    log_dir: Path,
+    chunks: int,
+    interval_s: float,
+    timeout_s: float = 15.0,
+    text: str | None = None,
 ) -> Target:
     """The project's mock upstream, streaming `chunks` content events `interval_s` apart."""
     if importlib.util.find_spec("keygate.testing.mock_upstream") is None:
@@ -304,6 +309,8 @@ def start_mock(
     port = free_port()
     cmd = [sys.executable, "-m", "keygate.testing.mock_upstream", "--port", str(port)]
     cmd += ["--no-record", "--chunks", str(chunks), "--chunk-interval", str(interval_s)]
+    if text is not None:
+        cmd += ["--text", text]
     proc = spawn(f"mock-{port}", pin.load(cmd), log_dir, child_env())
     if not wait_port(port, proc, timeout_s):
         raise _fail("mock upstream", proc, "did not listen in time")

@@ -59,8 +59,21 @@ def _content_of(payload: bytes) -> bool:
         return False
 
 
+def _anthropic_kind(payload: bytes) -> str:
+    """The `type` of an Anthropic stream event ("" when it is not one)."""
+    try:
+        kind = orjson.loads(payload).get("type")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return kind if isinstance(kind, str) else ""
+
+
 async def one_stream(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    anthropic: bool = False,
 ) -> StreamStat:
     """Read one SSE response event by event (split on blank lines), noting when each arrives."""
     st = StreamStat()
@@ -80,7 +93,15 @@ async def one_stream(
                         payload = line[5:].strip()
                         if st.ttfc is None:
                             st.ttfc = now - t0
-                        if payload == b"[DONE]":
+                        if anthropic:
+                            kind = _anthropic_kind(payload)
+                            if kind == "content_block_delta":
+                                st.content_times.append(now)
+                            elif kind == "message_stop":
+                                st.done = True
+                            else:
+                                st.other_events += 1
+                        elif payload == b"[DONE]":
                             st.done = True
                         elif _content_of(payload):
                             st.content_times.append(now)
@@ -92,14 +113,21 @@ async def one_stream(
 
 
 async def run_streams(
-    url: str, n: int, body: bytes, headers: dict[str, str], timeout_s: float
+    url: str,
+    n: int,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    anthropic: bool = False,
 ) -> dict[str, Any]:
     """Open all `n` streams at once on one pooled session and summarise what came back."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
     t0 = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        stats = await asyncio.gather(*(one_stream(session, url, body, headers) for _ in range(n)))
+        stats = await asyncio.gather(
+            *(one_stream(session, url, body, headers, anthropic) for _ in range(n))
+        )
     wall = time.perf_counter() - t0
     ttfc = sorted(s.ttfc * 1000.0 for s in stats if s.ttfc is not None)
     gaps = sorted((b - a) * 1000.0 for s in stats for a, b in itertools.pairwise(s.content_times))
@@ -135,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="bench-model")
     parser.add_argument("--header", action="append", default=[], help="'Name: value'")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per stream")
+    parser.add_argument(
+        "--format",
+        choices=("openai", "anthropic"),
+        default="openai",
+        help="the client's API: Chat Completions or Anthropic Messages (max_tokens, events)",
+    )
     args = parser.parse_args(argv)
+    anthropic = args.format == "anthropic"
     headers = {"Content-Type": "application/json"}
     for h in args.header:
         name, _, value = h.partition(":")
@@ -145,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model,
             "messages": [{"role": "user", "content": "Say hello."}],
             "stream": True,
+            **({"max_tokens": 1024} if anthropic else {}),
         }
     )
     gc.disable()  # a collector pause in the client would show up as a gap in every stream
@@ -154,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(run_streams(args.url, args.streams, body, headers, args.timeout))
+    result = runner(run_streams(args.url, args.streams, body, headers, args.timeout, anthropic))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
 

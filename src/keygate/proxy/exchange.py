@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from keygate.dialects import Dialect
 from keygate.proxy.watchdog import Watchdog
+from keygate.translate import Adapter
 
 WATCH_AFTER_S = 0.05  # quick exchanges finish before a disconnect watcher is worth a task
 
@@ -28,6 +29,7 @@ class Exchange:
     cut it short (the client leaving, the upstream going silent)."""
 
     __slots__ = (
+        "adapter",
         "disconnected",
         "dog",
         "entry",
@@ -67,6 +69,8 @@ class Exchange:
         self.runtime: Any = None  # its runtime, when the model chose it (a routed request)
         self.served: list[tuple[bytes, bytes]] = []  # x-keygate-provider / -model of that try
         self.via: list[str] = []  # the targets a routed request tried, in order
+        # set when the client's API family differs from the provider's (keygate.translate)
+        self.adapter: Adapter | None = None
 
     def serve(self, provider: str, model: str) -> None:
         """Name the provider and model of the try under way (the answer's x-keygate-*)."""

@@ -44,9 +44,16 @@ from keygate.proxy.forward import (
 from keygate.proxy.models import MERGED, serve_model_list
 from keygate.proxy.redact import StreamScrubber, redactor_for
 from keygate.proxy.route import apply_model, find_model, resolve_dots, split_prefix
+from keygate.proxy.translated import (
+    answer_locally,
+    relay_translated,
+    translate_doc,
+    translate_request,
+)
 from keygate.proxy.unified import Failure, Plan, plan_route
 from keygate.proxy.watchdog import absorb_cancel
 from keygate.runtime import ProviderRuntime
+from keygate.translate import adapter_for
 
 ERROR_BODY_LIMIT = 1 << 20
 WHOLE_BODY_LIMIT = 1 << 20  # a 2xx body up to this length is read whole before it is relayed
@@ -77,7 +84,10 @@ def error_dialect(
 ) -> Dialect:
     """The family whose error shape the client reads (for Gemini it depends on the path).
     Decided only when there is an error to send, so the request path pays nothing for it."""
-    return rt.dialect.route(rest, headers)[1] if rt is not None else OPENAI
+    if rt is None:
+        return OPENAI
+    adapter = adapter_for(None, rt.dialect, rest, rt.cfg.name)
+    return adapter.client if adapter is not None else rt.dialect.route(rest, headers)[1]
 
 
 async def send_error(send: Any, err: GatewayError, dialect: Dialect) -> None:
@@ -135,6 +145,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
                 400, f"path leaves the base of provider '{name}'", "invalid_path"
             ) from None
         up_path, ex.wire = rt.dialect.route(rest, headers)
+        if method == "POST":  # translate in: the client's family (by path) vs the provider's
+            ex.adapter = adapter_for(None, rt.dialect, rest, name)
         # body
         body = await read_body(receive, headers, cfg.max_body_bytes)
         qs = "?" + query.decode("latin-1") if query else ""
@@ -145,6 +157,15 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
                 ex.arm(receive)
                 await forward_chain(gw, ex, send, plan, headers, qs)
                 return
+        if ex.adapter is not None:
+            up_path, ex.wire = ex.adapter.path, ex.adapter.wire
+            body = translate_request(ex.adapter, body, cfg)
+            ex.model = ex.adapter.model
+            qs = ""  # the client API's parameters (Claude Code's ?beta=true) mean nothing there
+            if ex.adapter.local is not None:
+                await answer_locally(ex, send)
+                return
+        elif body and method == "POST":
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
         ex.serve(name, ex.model)
@@ -160,7 +181,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.error = err.message
         ex.finishing = True
         err.headers = err.headers + ex.served
-        await send_error(send, err, ex.wire or error_dialect(rt, rest, headers))
+        client_dialect = ex.adapter.client if ex.adapter is not None else ex.wire
+        await send_error(send, err, client_dialect or error_dialect(rt, rest, headers))
     except ClientGone:
         ex.status = 499
         ex.error = "client disconnected"
@@ -327,21 +349,31 @@ async def forward_chain(
     retry budget; a target that cannot serve now is passed over at once; the last target's
     failure is the answer."""
     ex.wire = plan.client_dialect()  # until a target is tried: errors in the client's shape
-    tries = await plan.order(gw, client_headers)
-    budget = plan.budget(len(tries), [rt for rt, _ in tries])
+    tries = await plan.order(gw)
+    budget = plan.budget(len(tries), [rt for rt, _, _ in tries])
     failure = None
-    for i, (rt, target) in enumerate(tries):
+    for i, (rt, target, adapter) in enumerate(tries):
         last = i == len(tries) - 1
         if not last and not rt.pool.usable_now():
             ex.via.append(f"{target} (no usable key)")
             continue
         cfg = rt.cfg
-        up_path, ex.wire = rt.dialect.route(plan.path, client_headers)
         ex.runtime = rt
+        ex.adapter = adapter
         ex.model = cfg.default_model if cfg.force_model and cfg.default_model else target.model
+        if adapter is None:
+            up_path, ex.wire = rt.dialect.route(plan.path, client_headers)
+            body = plan.body_for(target, ex.model if cfg.force_model else "")
+            url = cfg.base_url + up_path + qs
+        else:  # another API family: the parsed body translated for this target (§11)
+            ex.wire = adapter.wire
+            body = translate_doc(adapter, plan.doc, cfg, ex.model)
+            url = cfg.base_url + adapter.path
+            if adapter.local is not None:
+                ex.serve(cfg.name, ex.model)
+                await answer_locally(ex, send)
+                return
         ex.serve(cfg.name, ex.model)
-        body = plan.body_for(target, ex.model if cfg.force_model else "")
-        url = cfg.base_url + up_path + qs
         left = 0 if not last else max(0, budget - ex.retries)
         failure = await forward(gw, rt, ex, send, "POST", url, client_headers, body, left, not last)
         if failure is None:
@@ -372,6 +404,8 @@ async def _give_up(ex: Exchange, send: Any, failure: Failure) -> None:
         redactor = redactor_for(cfg.name)
         err_body = redactor.scrub(err_body, rt.pool.entries, injected)
         headers = redactor.scrub_headers(response_headers(raw_headers), rt.pool.entries, injected)
+        if ex.adapter is not None:  # the refusal in the client's family, status kept
+            err_body, headers = ex.adapter.error(status, err_body, headers)
         if retried or status in (401, 403):
             headers = [h for h in headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
         # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
@@ -426,6 +460,9 @@ async def relay(
     length = resp.content_length
     try:
         dog.watch(idle)
+        if ex.adapter is not None:
+            event = await relay_translated(ex, send, resp, headers, secret, masked, idle, first)
+            return
         if length is not None and 0 < length <= WHOLE_BODY_LIMIT and not head:
             event = await _relay_whole(ex, send, resp, headers, secret, masked, idle)
             return
@@ -591,6 +628,7 @@ def _account(
             ex.retries,
             ex.error,
             " → ".join(ex.via),
+            ex.adapter.label if ex.adapter is not None else "",
         )
     )
     if access_log.enabled:
@@ -610,4 +648,5 @@ def _account(
             client[0] if client else "",
             ex.model,
             " → ".join(ex.via),
+            ex.adapter.label if ex.adapter is not None else "",
         )

@@ -18,7 +18,8 @@ from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.openai import OPENAI
 from keygate.proxy.errors import GatewayError
 from keygate.proxy.route import find_model
-from keygate.routing import ROUTED_PATHS, Route, Target, client_family, family_mismatch
+from keygate.routing import ROUTED_PATHS, Route, Target
+from keygate.translate import Adapter, adapter_for, client_family
 
 if TYPE_CHECKING:
     from keygate.gateway import Gateway
@@ -69,38 +70,32 @@ class Plan:
 
     def client_dialect(self) -> Dialect:
         """The family whose shape the client reads keygate's own errors in."""
-        return ANTHROPIC if client_family(self.path) == "anthropic" else OPENAI
+        family = client_family(self.path)
+        return ANTHROPIC if family is not None and family.startswith("anthropic") else OPENAI
 
     def budget(self, targets: int, rts: list[ProviderRuntime]) -> int:
         """One retry budget for the whole chain: enough to reach every target, and at least
         what the most patient provider would allow on its own."""
         return max(targets - 1, max((rt.cfg.retries for rt in rts), default=0))
 
-    async def order(
-        self, gw: Gateway, headers: list[tuple[bytes, bytes]]
-    ) -> list[tuple[ProviderRuntime, Target]]:
+    async def order(self, gw: Gateway) -> list[tuple[ProviderRuntime, Target, Adapter | None]]:
         """The targets to try, in order: as written (fallback), or the freest provider first
-        (spread). A target of the other API family is left out here (`family_mismatch`)."""
+        (spread); each with the adapter that translates for it when it speaks another API
+        family than the client (None: the body passes as it is)."""
         tries = []
         for target in self.route.targets:
             rt = gw.providers.get(target.provider)
             if rt is None:
                 continue  # removed since the table was built (a reload)
-            wire = rt.dialect.route(self.path, headers)[1]
-            if family_mismatch(self.path, wire.key_style):
-                continue  # translation (§11) plugs in here
-            tries.append((rt, target))
+            tries.append((rt, target, adapter_for(None, rt.dialect, self.path, rt.cfg.name)))
         if not tries:
             names = ", ".join(str(t) for t in self.route.targets)
             raise GatewayError(
-                400,
-                f"model '{self.model}' routes to {names}, which speak(s) another API format "
-                f"than {self.path}",
-                "model_not_supported",
+                503, f"model '{self.model}' routes to {names}: no such provider", "no_route"
             )
         if self.route.strategy == "spread" and len(tries) > 1:
-            scores = [await rt.admission.capacity() for rt, _ in tries]
-            usable = [rt.pool.usable_now() for rt, _ in tries]
+            scores = [await rt.admission.capacity() for rt, _, _ in tries]
+            usable = [rt.pool.usable_now() for rt, _, _ in tries]
             ranked = sorted(
                 range(len(tries)), key=lambda i: (usable[i], scores[i].score()), reverse=True
             )

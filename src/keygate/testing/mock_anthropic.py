@@ -39,15 +39,29 @@ def _anthropic_static(text: str, chunks: int) -> tuple[tuple[bytes, ...], tuple[
     return tuple(head), tail
 
 
-def _anthropic_message(ids: Iterator[int], model: str, body: bytes, text: str) -> bytes:
+def _anthropic_message(
+    ids: Iterator[int],
+    model: str,
+    body: bytes,
+    text: str,
+    tool_calls: Any = None,
+    finish: str | None = None,
+) -> bytes:
+    content: list[dict[str, Any]] = (
+        [{"type": "text", "text": text}] if text or not tool_calls else []
+    )
+    content += [
+        {"type": "tool_use", "id": f"toolu_mock{i}", "name": name, "input": orjson.loads(args)}
+        for i, (name, args) in enumerate(tool_calls or ())
+    ]
     return orjson.dumps(
         {
             "id": f"msg_mock{next(ids)}",
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
+            "content": content,
+            "stop_reason": finish or ("tool_use" if tool_calls else "end_turn"),
             "stop_sequence": None,
             "usage": {"input_tokens": _tokens(len(body)), "output_tokens": _tokens(len(text))},
         }
@@ -75,12 +89,40 @@ def _anthropic_stream(
             },
         },
     )
+    calls = beh["tool_calls"]
+    stop = beh["finish"] or ("tool_use" if calls else "end_turn")
     delta = _sse(
         "message_delta",
         {
             "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "delta": {"stop_reason": stop, "stop_sequence": None},
             "usage": {"output_tokens": _tokens(len(text))},
         },
     )
-    return [start, *head, tail[0], delta, tail[1]]
+    if not calls:
+        return [start, *head, tail[0], delta, tail[1]]
+    events = [start, *head, tail[0]] if text else [start]
+    first = 1 if text else 0
+    for i, (name, args) in enumerate(calls):
+        index = first + i
+        block = {"type": "tool_use", "id": f"toolu_mock{i}", "name": name, "input": {}}
+        events.append(
+            _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+        )
+        for piece in _split_text(args, max(1, beh["chunks"])):
+            if piece:
+                events.append(
+                    _sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
+                    )
+                )
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    return [*events, delta, tail[1]]

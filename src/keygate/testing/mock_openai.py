@@ -37,8 +37,50 @@ def _openai_tails(text: str, chunks: int) -> tuple[bytes, tuple[bytes, ...], byt
     return role, contents, final
 
 
-def _openai_completion(ids: Iterator[int], model: str, body: bytes, text: str) -> bytes:
+def _openai_calls(tool_calls: Any) -> list[dict[str, Any]]:
+    return [
+        {"id": f"call_mock{i}", "type": "function", "function": {"name": name, "arguments": args}}
+        for i, (name, args) in enumerate(tool_calls or ())
+    ]
+
+
+def _openai_completion(
+    ids: Iterator[int],
+    model: str,
+    body: bytes,
+    text: str,
+    tool_calls: Any = None,
+    finish: str | None = None,
+) -> bytes:
     pt, ct = _tokens(len(body)), _tokens(len(text))
+    if tool_calls:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text or None,
+            "refusal": None,
+            "tool_calls": _openai_calls(tool_calls),
+        }
+        return orjson.dumps(
+            {
+                "id": f"chatcmpl-mock{next(ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": finish or "tool_calls",
+                    }
+                ],
+                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+            }
+        )
+    if finish:
+        doc = orjson.loads(_openai_completion(ids, model, body, text))
+        doc["choices"][0]["finish_reason"] = finish
+        return orjson.dumps(doc)
     return orjson.dumps(
         {
             "id": f"chatcmpl-mock{next(ids)}",
@@ -76,7 +118,12 @@ def _openai_stream(
         )
     )
     events = [head + role]
-    events += [head + c for c in contents]
+    if text or not beh["tool_calls"]:  # a call-only answer has no content deltas
+        events += [head + c for c in contents]
+    events += [head + c for c in _openai_tool_deltas(beh["tool_calls"], beh["chunks"])]
+    if beh["finish"] or beh["tool_calls"]:
+        reason = beh["finish"] or "tool_calls"
+        final = final.replace(b'"finish_reason":"stop"', b'"finish_reason":' + orjson.dumps(reason))
     events.append(head + final)
     if include_usage:
         pt, ct = _tokens(len(body)), _tokens(len(text))
@@ -84,6 +131,32 @@ def _openai_stream(
         events.append(head + b'"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n")
     events.append(_DONE)
     return events
+
+
+def _openai_tool_deltas(tool_calls: Any, chunks: int) -> list[bytes]:
+    """`"choices":...}` tails: each call's id and name, then its arguments in `chunks` pieces."""
+    out = []
+    for i, call in enumerate(_openai_calls(tool_calls)):
+        first = {
+            "index": i,
+            **call,
+            "function": {"name": call["function"]["name"], "arguments": ""},
+        }
+        out.append(_delta_tail({"tool_calls": [first]}))
+        for piece in _split_text(call["function"]["arguments"], max(1, chunks)):
+            if piece:
+                out.append(
+                    _delta_tail({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+                )
+    return out
+
+
+def _delta_tail(delta: dict[str, Any]) -> bytes:
+    return (
+        b'"choices":[{"index":0,"delta":'
+        + orjson.dumps(delta)
+        + b',"logprobs":null,"finish_reason":null}]}\n\n'
+    )
 
 
 def _embeddings(data: dict[str, Any], body: bytes) -> bytes:

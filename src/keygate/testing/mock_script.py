@@ -28,6 +28,16 @@ _DEFAULTS: dict[str, Any] = {
     "stream_error": False,
     # the model ids GET .../models answers (None: the one `mock-model`)
     "models": None,
+    # tool calls the model "makes": [{"name": ..., "arguments": {...} or "json text"}], whole
+    # and streamed (the arguments split over `chunks` deltas); the answer's finish/stop reason
+    # (OpenAI finish_reason or Anthropic stop_reason, verbatim; None: the natural one); an
+    # error event in the family's shape after this many content chunks, then the stream ends
+    "tool_calls": None,
+    # {tool name: arguments}: call the first of these the request offers, unless the
+    # conversation already ends with a tool result (an agent's round trip: call, then text)
+    "tool_on_offer": None,
+    "finish": None,
+    "error_after_chunks": None,
 }
 
 
@@ -65,6 +75,19 @@ def _to_bytes(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
+def _tool_calls(value: Any) -> tuple[tuple[str, str], ...] | None:
+    """[(name, arguments as JSON text)], hashable so the answers can be cached."""
+    if value is None:
+        return None
+    out = []
+    for call in value:
+        args = call.get("arguments", {})
+        out.append(
+            (str(call["name"]), args if isinstance(args, str) else orjson.dumps(args).decode())
+        )
+    return tuple(out)
+
+
 def _normalize_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
     """Validate knob names/values early so a typo fails in the test, not silently."""
     out: dict[str, Any] = {}
@@ -82,8 +105,20 @@ def _normalize_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
             value = int(value)
             if value < 0 or (name == "status" and not 100 <= value <= 999):
                 raise ValueError(f"bad {name}: {value}")
-        elif name == "reset_after_chunks":
+        elif name in ("reset_after_chunks", "error_after_chunks"):
             value = None if value is None else max(0, int(value))
+        elif name == "tool_calls":
+            value = _tool_calls(value)
+        elif name == "tool_on_offer":
+            value = (
+                None
+                if value is None
+                else dict(
+                    _tool_calls([{"name": k, "arguments": v} for k, v in value.items()]) or ()
+                )
+            )
+        elif name == "finish":
+            value = None if value is None else str(value)
         elif name in ("delay_s", "chunk_interval_s"):
             value = max(0.0, float(value))
         elif name == "models":

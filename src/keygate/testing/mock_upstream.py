@@ -38,6 +38,7 @@ from keygate.testing.mock_openai import (
 )
 from keygate.testing.mock_script import _DEFAULTS, Recorded, _normalize_knobs
 from keygate.testing.mock_wire import (
+    _error_after,
     _error_body,
     _extract_key,
     _json,
@@ -57,6 +58,27 @@ __all__ = ["MockUpstream", "Recorded", "main"]
 
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024  # gateways may forward large bodies; aiohttp's default is 1 MiB
 _SHUTDOWN_TIMEOUT = 0.1  # stop() must not wait for hanging handlers
+
+
+def _offered_call(beh: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`tool_on_offer`: a call of the first scripted tool the request offers, while the
+    conversation does not yet end with a tool result."""
+    messages = data.get("messages") or [{}]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    content = last.get("content")
+    answered = last.get("role") == "tool" or (
+        isinstance(content, list)
+        and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    )
+    offered = {
+        (t.get("function") or t).get("name") for t in data.get("tools") or () if isinstance(t, dict)
+    }
+    if answered:
+        return beh
+    for name, args in beh["tool_on_offer"].items():
+        if name in offered:
+            return {**beh, "tool_calls": ((name, args),), "text": ""}
+    return beh
 
 
 def _check_loopback(host: str) -> None:
@@ -383,18 +405,26 @@ class MockUpstream:
             if stream and beh["stream_error"]:
                 events = [_stream_error(path.endswith("/messages"))]
                 return await _stream(request, status, events, 1, beh, state)
+            if beh["tool_on_offer"]:
+                beh = _offered_call(beh, data)
             if path.endswith("/chat/completions"):
                 if stream:
                     opts = data.get("stream_options")
                     usage = isinstance(opts, dict) and opts.get("include_usage") is True
                     events = _openai_stream(self._ids, model, body, beh, usage)
+                    events = _error_after(events, 1, beh["error_after_chunks"], False)
                     return await _stream(request, status, events, 1, beh, state)
-                out = _openai_completion(self._ids, model, body, beh["text"])
+                out = _openai_completion(
+                    self._ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
+                )
             else:
                 if stream:
                     events = _anthropic_stream(self._ids, model, body, beh)
+                    events = _error_after(events, 3, beh["error_after_chunks"], True)
                     return await _stream(request, status, events, 3, beh, state)
-                out = _anthropic_message(self._ids, model, body, beh["text"])
+                out = _anthropic_message(
+                    self._ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
+                )
             return await _send(request, status, out, beh, state)
         if method == "POST" and path.endswith((":generateContent", ":streamGenerateContent")):
             return await _gemini(request, path, body, beh, state)
@@ -465,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk-interval", type=float, default=None, help="default seconds between stream events"
     )
+    parser.add_argument("--text", default=None, help="default answer text")
     args = parser.parse_args(argv)
 
     async def run() -> None:
@@ -474,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             defaults["chunks"] = args.chunks
         if args.chunk_interval is not None:
             defaults["chunk_interval_s"] = args.chunk_interval
+        if args.text is not None:
+            defaults["text"] = args.text
         if defaults:
             mock.set_behavior(None, **defaults)
         await mock.start_async()

@@ -114,6 +114,23 @@ def _sse(event: str, data: Mapping[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+def _error_after(
+    events: list[bytes], first_content: int, n: int | None, anthropic: bool
+) -> list[bytes]:
+    """The stream cut after `n` content events by an error event in the family's shape (what
+    providers send when they fail after the first byte: overloaded, a quota hit)."""
+    if n is None:
+        return events
+    if anthropic:
+        err = _sse(
+            "error",
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        )
+    else:
+        err = b'data: {"error":{"message":"mock upstream failed mid-stream","type":"server_error"}}\n\n'
+    return [*events[: first_content + n], err]
+
+
 def _echo_event(key: str, anthropic: bool) -> bytes:
     """A content event that quotes the key (as a chatty model or provider might)."""
     text = f"key in use: {key}"

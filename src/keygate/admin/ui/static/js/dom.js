@@ -159,8 +159,8 @@ export function serverNow() {
 
 // ---- small widgets ---------------------------------------------------------------------------
 
-export function badge(text, kind, extra) {
-  return h('span', { class: `badge badge-${kind}${extra ? ` ${extra}` : ''}` }, text);
+export function badge(text, kind, extra, title) {
+  return h('span', { class: `badge badge-${kind}${extra ? ` ${extra}` : ''}`, title }, text);
 }
 
 export function stateBadge(status) {

@@ -136,7 +136,12 @@ export function mount(root, params, ctx) {
       td('status', badge(r.status ? String(r.status) : t('keys.unreachable'), statusKind(r.status))),
       td('latency', h('span', { class: 'num' }, fmtMs(r.latency_ms))),
       blank(td('retries', h('span', { class: `num${r.retries ? ' is-retry' : ''}` }, fmtInt(r.retries || 0))), !r.retries),
-      td('path', h('code', { class: 'mono path' }, `${r.method || ''} ${r.path || ''}`.trim())),
+      td(
+        'path',
+        h('code', { class: 'mono path' }, `${r.method || ''} ${r.path || ''}`.trim()),
+        // a request that changed API family on the way (anthropic→openai, …)
+        r.translated ? badge(r.translated, 'neutral', 'translated', t('req.translated')) : null,
+      ),
       blank(td('error', r.error ? errorText(r.error) : h('span', { class: 'muted' }, t('common.none'))), !r.error),
     );
   }
