@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from keygate.control.keypool import KeyEntry
+from keygate.control.quota import WINDOWS, empty_view
 from keygate.counters import unflushed
 from keygate.store.base import KeyRecord
 
@@ -25,8 +26,15 @@ def effective_status(status: str, until: float, now: float) -> str:
     return status
 
 
-def key_view(key: KeyEntry | KeyRecord, now: float) -> dict[str, Any]:
+def key_view(key: KeyEntry | KeyRecord, now: float, pool: Any = None) -> dict[str, Any]:
+    """`pool`: the key's live pool, whose windows give its `quota` (SPEC §12)."""
     status = effective_status(key.status, key.until, now)
+    if pool is not None and isinstance(key, KeyEntry):
+        quota = pool.quota_view(key, now)
+    else:
+        quota = empty_view()
+        for window, limit in zip(WINDOWS, key.limits(), strict=True):
+            quota[window]["limit"] = limit or None
     return {
         "id": key.id,
         "provider": key.provider,
@@ -46,7 +54,13 @@ def key_view(key: KeyEntry | KeyRecord, now: float) -> dict[str, Any]:
         "tokens_in": key.tokens_in,
         "tokens_out": key.tokens_out,
         "rpm": key.rpm,
+        "rph": key.rph,
+        "rpd": key.rpd,
+        "tpm": key.tpm,
+        "tph": key.tph,
+        "tpd": key.tpd,
         "max_conn": key.max_conn,
+        "quota": quota,
     }
 
 

@@ -23,6 +23,7 @@ from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
 from keygate.asgi import read_body as asgi_read_body
 from keygate.classify import Verdict, classify
 from keygate.control.base import Event, Rejected
+from keygate.control.quota import Ticket, quota_delay
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway
@@ -133,6 +134,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         if body and method == "POST":
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
+        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
@@ -176,7 +178,10 @@ async def forward(
     # the last upstream error answer (status, raw headers, body) and the key it was given
     last: tuple[int, Any, bytes, bytes] | None = None
     last_error: GatewayError | None = None  # or keygate's own 502/504
+    delay = 0.0
     while True:
+        if delay > 0:
+            await sleep(delay)
         # admission
         try:
             slot = await rt.admission.acquire()
@@ -195,9 +200,13 @@ async def forward(
                 ex.watch()
                 await asyncio.sleep(0)
             # pick key: one not tried yet, else one we tried, else how long until one is usable
-            pick = await pool.acquire(tried)
+            pick = await pool.acquire(tried, ex.ticket)
             held = pick.entry
             if held is None:
+                delay = quota_delay(pick, ex.ticket, cfg.queue_timeout_s)
+                if delay:  # every key's quota is spent: wait for the earliest reset
+                    ex.watch()
+                    continue
                 break
             entry = ex.entry = held
             # forward; the watchdog is stopped by whoever reads the answer
@@ -245,7 +254,14 @@ async def forward(
                 else:
                     entry.err_5xx += 1
             held = None
-            pause = await pool.release(entry, verdict.event, verdict.until, verdict.message)
+            pause = await pool.release(
+                entry,
+                verdict.event,
+                verdict.until,
+                verdict.message,
+                ex.ticket,
+                wire.read_budget(resp.headers) if last is not None else None,
+            )
             if pause:
                 rt.admission.pause_until(pause)
             # retry?
@@ -277,9 +293,7 @@ async def forward(
             if held is not None:
                 await pool.release(held, Event.CANCELLED)
             await slot.release()
-        if delay > 0:
-            await sleep(delay)
-    await _give_up(rt, ex, send, last, last_error, pick.wait)
+    await _give_up(rt, ex, send, last, last_error, pick.wait, pick.quota)
 
 
 def _backoff(base: float, n: int) -> float:
@@ -294,6 +308,7 @@ async def _give_up(
     last: tuple[int, Any, bytes, bytes] | None,
     last_error: GatewayError | None,
     wait: float | None,
+    quota: bool = False,
 ) -> None:
     """Out of tries, or no key to try with: relay the last refusal, or say why ourselves.
     Once keygate has retried, the client's SDK is told not to retry on top (x-should-retry)."""
@@ -325,6 +340,13 @@ async def _give_up(
             503,
             f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)",
             "no_usable_key",
+        )
+    if quota:
+        raise GatewayError(
+            429,
+            f"every key of provider '{cfg.name}' has spent its quota; retry in {wait:.1f}s",
+            "keys_quota_exhausted",
+            retry_after_headers(wait),
         )
     raise GatewayError(
         429,
@@ -379,7 +401,7 @@ async def relay(
             entry.err_5xx += 1
         entry.tokens_in += ex.usage[0]
         entry.tokens_out += ex.usage[1]
-        await pool.release(entry, event)
+        await pool.release(entry, event, ticket=ex.ticket, budget=ex.wire.read_budget(resp.headers))
 
 
 async def _relay_whole(
