@@ -212,7 +212,7 @@ class LocalKeyPool:
         return self._no_key(now, ticket)
 
     def _no_key(self, now: float, ticket: Ticket | None) -> Pick:
-        wait = self.ready_in_now((), ticket)
+        wait = self.ready_in_now((), ticket, now)
         if wait is None or not (self._q_on or any(e.quota for e in self._ring)):
             return Pick(None, wait)
         # Is it the quota windows that hold every usable key back (not health, not max_conn)?
@@ -304,10 +304,10 @@ class LocalKeyPool:
         return self.ready_in_now(exclude)
 
     def ready_in_now(
-        self, exclude: Iterable[int] = (), ticket: Ticket | None = None
+        self, exclude: Iterable[int] = (), ticket: Ticket | None = None, at: float = 0.0
     ) -> float | None:
         """Seconds until some key is usable (0: now); None when none will be without an admin or a re-check."""
-        now = self.clock()
+        now = at or self.clock()
         self._promote(now)
         best: float | None = None
         for entry in self._ring:
