@@ -10,6 +10,8 @@ share one budget; a restart mid-day remembers what was spent.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +181,18 @@ def test_restart_mid_day_remembers_what_was_spent(
     for _ in range(3):
         chat(first)
     assert first.stop() == 0  # SIGTERM flushes the counters
+    config = first.argv[first.argv.index("--config") + 1]
+    listed = subprocess.run(
+        [sys.executable, "-m", "keygate", "keys", "list", "--config", config],
+        env=first.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()[:2]
+    assert header.split()[5:7] == ["req/day", "tok/day"]
+    assert row.split()[5] == "3/5", "keygate keys list shows the day's use from the store"
     again = gateway_factory(env=keys_env(KEYS[:1]), config=cfg(key_rpd=5), data_dir=data)
     (q,) = quotas(again).values()
     assert q["rpd"]["used"] == 3, "the day's count came back from the store"

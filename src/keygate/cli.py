@@ -160,6 +160,27 @@ async def _keys_import(ctx: Any) -> int:
     return 0 if counts.get("added") or not results else 1
 
 
+def _today(key: Any, settings: Any) -> dict[str, int | None]:
+    """What the store says the key spent in its quota day (as of the last flush), and the
+    day limits that apply to it (its own, else the provider's; None: no limit)."""
+    from keygate.control.quota import day_window
+
+    cfg = settings.providers.get(key.provider)
+    reset = cfg.quota_day_reset if cfg is not None else "00:00 UTC"
+    start, _ = day_window(time.time(), reset)
+    current = abs(key.day - start) <= 1.0
+    return {
+        "requests": key.day_requests if current else 0,
+        "tokens": key.day_tokens if current else 0,
+        "rpd": key.rpd or (cfg.key_rpd if cfg is not None else 0) or None,
+        "tpd": key.tpd or (cfg.key_tpd if cfg is not None else 0) or None,
+    }
+
+
+def _used_of(used: int | None, limit: int | None) -> str:
+    return f"{used or 0}/{limit}" if limit else str(used or 0)
+
+
 async def _keys_list(ctx: Any) -> int:
     store, settings, args, located = ctx
     from keygate.keyops import KeyOps
@@ -188,16 +209,24 @@ async def _keys_list(ctx: Any) -> int:
             "until",
             "source",
         )
-        print(
-            orjson.dumps(
-                {"keys": [{f: getattr(k, f) for f in fields} for k in keys], "total": total}
-            ).decode()
-        )
+        rows = []
+        for k in keys:
+            row = {f: getattr(k, f) for f in fields}
+            row["today"] = _today(k, settings)
+            rows.append(row)
+        print(orjson.dumps({"keys": rows, "total": total}).decode())
         return 0
-    print(f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'uses':>7}  label")
+    print(
+        f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'uses':>7}"
+        f"  {'req/day':>13} {'tok/day':>21}  label"
+    )
     for k in keys:
+        today = _today(k, settings)
+        req = _used_of(today["requests"], today["rpd"])
+        tok = _used_of(today["tokens"], today["tpd"])
         print(
-            f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}  {k.label}"
+            f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}"
+            f"  {req:>13} {tok:>21}  {k.label}"
         )
     print(f"{len(keys)} of {total}")
     return 0

@@ -123,12 +123,12 @@ async def test_a_day_of_traffic_spends_the_quota_without_a_429(form: Form) -> No
         ticket = data or Ticket(BODY, 0, [0, 0])
         pick = await pool.acquire((), ticket)
         if pick.entry is None:
-            if pick.quota and pick.wait is not None:
-                if ticket.waited + pick.wait <= QUEUE_TIMEOUT_S:
-                    ticket.waited += pick.wait + 0.005
-                    seq += 1
-                    heapq.heappush(events, (t + pick.wait + 0.005, seq, "arrive", ticket))
-                    continue
+            wait = pick.wait
+            if pick.quota and wait is not None and ticket.waited + wait <= QUEUE_TIMEOUT_S:
+                ticket.waited += wait + 0.005
+                seq += 1
+                heapq.heappush(events, (t + wait + 0.005, seq, "arrive", ticket))
+                continue
             refused += 1
             continue
         real = KEYS[pick.entry.id][1]
