@@ -5,6 +5,7 @@ as the store has it (`KeyRecord`) looks the same, and never shows its secret.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from keygate.control.keypool import KeyEntry
@@ -69,6 +70,27 @@ def key_counts(rt: ProviderRuntime) -> dict[str, int]:
     return {**counts, "total": sum(counts.values())}
 
 
+def provider_quota(rt: ProviderRuntime, now: float) -> dict[str, dict[str, Any]]:
+    """The provider's quota windows over its keys that have a limit in them: used and limit
+    summed, the earliest reset (the admin page's provider gauges)."""
+    out: dict[str, dict[str, Any]] = {}
+    pool = rt.pool
+    for entry in list(pool.entries.values()):
+        if entry.quota is None or entry.status == "disabled":
+            continue
+        for window, row in pool.quota_view(entry, now).items():
+            if row["limit"] is None:
+                continue
+            agg = out.setdefault(window, {"used": 0, "limit": 0, "reset_at": None, "keys": 0})
+            agg["used"] += min(row["used"] or 0, row["limit"])
+            agg["limit"] += row["limit"]
+            agg["keys"] += 1
+            reset = row["reset_at"]
+            if reset is not None and (agg["reset_at"] is None or reset < agg["reset_at"]):
+                agg["reset_at"] = reset
+    return out
+
+
 def provider_view(rt: ProviderRuntime) -> dict[str, Any]:
     snap = rt.admission.snapshot()
     return {
@@ -77,6 +99,7 @@ def provider_view(rt: ProviderRuntime) -> dict[str, Any]:
         "in_flight": snap["in_flight"],
         "queued": snap["queued"],
         "paused_for_s": snap["paused_for_s"],
+        "quota": provider_quota(rt, time.time()),
     }
 
 

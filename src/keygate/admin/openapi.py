@@ -119,6 +119,20 @@ _QUOTA_WINDOW: dict[str, Any] = {
         "reset_at": _NULLABLE_TIME,
     },
 }
+_PROVIDER_QUOTA: dict[str, Any] = {
+    "type": "object",
+    "description": "per quota window, over the keys with a limit in it: used and limit summed,"
+    " the earliest reset",
+    "additionalProperties": {
+        "type": "object",
+        "properties": {
+            "used": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "reset_at": _NULLABLE_TIME,
+            "keys": {"type": "integer"},
+        },
+    },
+}
 _TUNABLE_PROPS: dict[str, Any] = {
     "base_url": {"type": "string", "format": "uri"},
     "rps": {"type": "number", "minimum": 0, "description": "tokens per second; 0 = no limit"},
@@ -227,6 +241,7 @@ SCHEMAS: dict[str, Any] = {
             "in_flight": {"type": "integer"},
             "queued": {"type": "integer"},
             "paused_for_s": {"type": "number"},
+            "quota": _PROVIDER_QUOTA,
         },
     },
     "ProviderPatch": {
@@ -264,6 +279,7 @@ SCHEMAS: dict[str, Any] = {
             "max_conn": {"type": "integer"},
             "queued": {"type": "integer"},
             "queue": {"type": "integer"},
+            "quota": _PROVIDER_QUOTA,
             "timeline": {
                 "type": "array",
                 "description": "one point per second, the last 120 s",

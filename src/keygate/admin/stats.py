@@ -12,7 +12,7 @@ from keygate.admin.http import Reply, Request, Route, bad, int_param, route
 from keygate.admin.openapi import document as openapi_document
 from keygate.gateway import Gateway
 from keygate.store.base import KEY_STATUSES
-from keygate.views import COUNTER_NAMES, key_counts, provider_counters
+from keygate.views import COUNTER_NAMES, key_counts, provider_counters, provider_quota
 
 REQUESTS_LIMIT_DEFAULT = 100
 
@@ -53,6 +53,7 @@ class StatsRoutes:
                 "queued": snap["queued"],
                 "queue": snap["queue"],
                 "timeline": rt.stats.timeline(120),
+                "quota": provider_quota(rt, time.time()),
             }
             for n in COUNTER_NAMES:
                 totals[n] += counters[n]

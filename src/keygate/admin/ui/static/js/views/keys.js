@@ -27,6 +27,7 @@ import {
 } from '../dom.js';
 import { localizeProblem } from '../errors.js';
 import { t } from '../i18n.js';
+import { quotaMeters } from '../quota.js';
 
 const STATES = ['active', 'cooling', 'invalid', 'exhausted', 'disabled'];
 const PAGE_SIZES = [25, 50, 100, 200];
@@ -133,7 +134,7 @@ export function mount(root, params, ctx) {
   );
 
   // ---- table --------------------------------------------------------------------------------
-  const cols = ['key', 'label', 'state', 'uses', 'last_used', 'last_error', 'test', 'actions'];
+  const cols = ['key', 'label', 'state', 'uses', 'quota', 'last_used', 'last_error', 'test', 'actions'];
   const tbody = h('tbody');
   const table = h(
     'table',
@@ -215,6 +216,7 @@ export function mount(root, params, ctx) {
     r.labelBtn = h('button', { type: 'button', class: 'icon-btn icon-btn-sm', title: t('keys.edit_label'), 'aria-label': t('keys.edit_label'), onclick: () => editLabel(r) }, icon('pencil'));
     r.state = h('span', { class: 'state-cell' });
     r.uses = td('uses');
+    r.quota = td('quota');
     r.lastUsed = h('span');
     r.lastError = errorText('');
     r.noError = h('span', { class: 'last-error is-empty' }, t('common.none'));
@@ -230,6 +232,7 @@ export function mount(root, params, ctx) {
       td('label', h('span', { class: 'label-cell' }, r.labelText, r.labelBtn)),
       td('state', r.state),
       r.uses,
+      r.quota,
       td('last_used', r.lastUsed),
       r.lastErrorCell,
       r.test,
@@ -251,6 +254,8 @@ export function mount(root, params, ctx) {
     }
     r.state.replaceChildren(...stateKids);
     r.uses.textContent = fmtInt(k.use_count || 0);
+    const gauges = quotaMeters(k.quota, true);
+    r.quota.replaceChildren(gauges || h('span', { class: 'is-empty' }, t('quota.none')));
     r.lastUsed.textContent = fmtAgo(k.last_used);
     r.lastUsed.title = k.last_used ? fmtDateTime(k.last_used) : '';
     if (r.lastError.textContent !== (k.last_error || '')) r.lastError.textContent = k.last_error || '';
