@@ -157,6 +157,7 @@ class KeyQuota:
 
     __slots__ = (
         "ann",
+        "cut",
         "day",
         "flushed",
         "rd",
@@ -180,6 +181,7 @@ class KeyQuota:
         self.rd = 0
         self.td = 0
         self.flushed = (0.0, 0, 0)  # (day, rd, td) at the last flush to the store
+        self.cut = 0.0  # the time of the last trim: charges after cut - span are still held
         # window -> [remaining, reset_at, limit, period, tentative]
         self.ann: dict[str, list[float]] = {}
 
@@ -198,6 +200,7 @@ class KeyQuota:
         self.flushed = (day, requests, tokens)
 
     def trim(self, now: float) -> None:
+        self.cut = now
         h = now - 60.0
         rm, tm = self.rm, self.tm
         while rm and rm[0] <= h:
@@ -247,9 +250,9 @@ class KeyQuota:
             wait = max(wait, self.rh[len(self.rh) - rph] + 3600.0 - now)
         if rpd and self.rd >= rpd:
             wait = max(wait, day_end - now)
-        if tpm:
+        if tpm and self.tm_sum + min(cost, tpm) > tpm:
             wait = max(wait, _token_wait(self.tm, self.tm_sum, tpm, cost, 60.0, now))
-        if tph:
+        if tph and self.th_sum + min(cost, tph) > tph:
             wait = max(wait, _token_wait(self.th, self.th_sum, tph, cost, 3600.0, now))
         if tpd and self.td + min(cost, tpd) > tpd:
             wait = max(wait, day_end - now)
@@ -271,26 +274,27 @@ class KeyQuota:
         """When a window has less than NEARLY_SPENT of its limit left: when the soonest such
         window resets (its quota is lost then if unused); else None."""
         rpm, rph, rpd, tpm, tph, tpd = limits
-        soonest: float | None = None
-        rows = (
-            (rpm, len(self.rm), self.rm[0] + 60.0 if self.rm else now),
-            (rph, len(self.rh), self.rh[0] + 3600.0 if self.rh else now),
-            (rpd, self.rd, day_end),
-            (tpm, self.tm_sum, self.tm[0][0] + 60.0 if self.tm else now),
-            (tph, self.th_sum, self.th[0][0] + 3600.0 if self.th else now),
-            (tpd, self.td, day_end),
-        )
-        for limit, used, reset in rows:
-            if (
-                limit
-                and limit - used < limit * NEARLY_SPENT
-                and (soonest is None or reset < soonest)
-            ):
-                soonest = reset
-        for a in self.ann.values():
-            if a[2] and a[0] < a[2] * NEARLY_SPENT and (soonest is None or a[1] < soonest):
-                soonest = a[1]
-        return soonest
+        soon: float | None = None
+        if rpm and rpm - len(self.rm) < rpm * NEARLY_SPENT:
+            soon = self.rm[0] + 60.0 if self.rm else now
+        if rph and rph - len(self.rh) < rph * NEARLY_SPENT:
+            reset = self.rh[0] + 3600.0 if self.rh else now
+            soon = reset if soon is None or reset < soon else soon
+        if (rpd and rpd - self.rd < rpd * NEARLY_SPENT) or (
+            tpd and tpd - self.td < tpd * NEARLY_SPENT
+        ):
+            soon = day_end if soon is None or day_end < soon else soon
+        if tpm and tpm - self.tm_sum < tpm * NEARLY_SPENT:
+            reset = self.tm[0][0] + 60.0 if self.tm else now
+            soon = reset if soon is None or reset < soon else soon
+        if tph and tph - self.th_sum < tph * NEARLY_SPENT:
+            reset = self.th[0][0] + 3600.0 if self.th else now
+            soon = reset if soon is None or reset < soon else soon
+        if self.ann:
+            for a in self.ann.values():
+                if a[2] and a[0] < a[2] * NEARLY_SPENT and (soon is None or a[1] < soon):
+                    soon = a[1]
+        return soon
 
     def charge(self, now: float, cost: int) -> list[float]:
         self.rm.append(now)
@@ -311,11 +315,10 @@ class KeyQuota:
         delta = tokens - item[1]
         if not delta:
             return
-        self.trim(now)
         at = item[0]
-        if at > now - 60.0:  # still in the window (trimmed just now)
+        if at > self.cut - 60.0:  # not trimmed away yet: the sum still holds it
             self.tm_sum += delta
-        if at > now - 3600.0:
+        if at > self.cut - 3600.0:
             self.th_sum += delta
         item[1] = float(tokens)
         if at >= self.day:

@@ -171,13 +171,19 @@ class LocalKeyPool:
         max_conn = self._share(entry.max_conn or self.cfg.key_max_conn)
         if max_conn and entry.inflight >= max_conn:
             return 1.0
-        if entry.quota is None and not self._q_on:
-            return 0.0
-        q = self.quota(entry, now)
+        q = entry.quota
         if q is None:
-            return 0.0
+            if not self._q_on:
+                return 0.0
+            q = entry.quota = KeyQuota()
+        q.trim(now)
+        start, end = self._day
+        if not start <= now < end:
+            start, end = self.day(now)
+        if q.day != start:
+            q.roll(start)
         cost = ticket.tokens if ticket is not None else 0
-        return q.wait(self.limits_of(entry), now, cost, self._day[1])
+        return q.wait(self.limits_of(entry), now, cost, end)
 
     def quota_wait(self, entry: KeyEntry, now: float, cost: int) -> float:
         """Seconds until the key's quota windows take a request of `cost` tokens (0: now)."""
@@ -260,14 +266,15 @@ class LocalKeyPool:
     def _prefer(
         self, first: KeyEntry, now: float, ticket: Ticket | None, exclude: Iterable[int]
     ) -> KeyEntry:
-        """Among `first` and the next few usable keys, the nearly spent one whose window
-        resets soonest (its quota is lost at the reset if unused); else `first`."""
-        ring = self._ring
-        best, soonest = first, None
+        """When `first` is nearly spent: among it and the next few usable keys that are too,
+        the one whose window resets soonest (quota unused at a reset is lost); else `first`."""
         q = first.quota
-        if q is not None:
-            soonest = q.nearly_spent(self.limits_of(first), now, self._day[1])
-        at = -1
+        assert q is not None
+        soonest = q.nearly_spent(self.limits_of(first), now, self._day[1])
+        if soonest is None:
+            return first
+        ring = self._ring
+        best, at = first, -1
         for i in range(min(LOOKAHEAD, len(ring) - 1)):
             peer = ring[i]
             pq = peer.quota
@@ -275,7 +282,7 @@ class LocalKeyPool:
                 continue
             self.quota(peer, now)
             reset = pq.nearly_spent(self.limits_of(peer), now, self._day[1])
-            if reset is None or (soonest is not None and reset >= soonest):
+            if reset is None or reset >= soonest:
                 continue
             if self._limit_wait(peer, now, ticket):
                 continue

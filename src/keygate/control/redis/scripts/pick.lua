@@ -43,10 +43,12 @@ local function take(id, l, mc)
   return leased
 end
 
--- among `first` and the next few usable keys, the nearly spent one whose window resets
--- soonest (as the local form's `_prefer`); it takes this turn, `first` keeps its place
+-- when `first` is nearly spent: among it and the next few usable keys that are too, the one
+-- whose window resets soonest (as the local form's `_prefer`); it takes this turn, `first`
+-- keeps its place
 local function prefer(first, fl, skip)
   local soonest = qsoon(prefix, first, fl, now, dayend)
+  if not soonest then return first end
   local best, at = first, -1
   local n = redis.call('LLEN', RING)
   for i = 0, math.min(4, n - 1) - 1 do
@@ -55,7 +57,7 @@ local function prefer(first, fl, skip)
     if redis.call('HGET', ST, peer) == 'a' and not skip[peer] and qhas(peer, pl) then
       qtrim(prefix, peer, now, day)
       local reset = qsoon(prefix, peer, pl, now, dayend)
-      if reset and (not soonest or reset < soonest) and limit_wait(peer, pl, pmc) == 0 then
+      if reset and reset < soonest and limit_wait(peer, pl, pmc) == 0 then
         best, soonest, at = peer, reset, i
       end
     end
