@@ -8,6 +8,7 @@ in-memory entries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -197,18 +198,39 @@ class StoreSync:
             if any(delta):
                 provider_deltas[name] = delta
                 marks.append((rt.stats, rt.stats.counters()))
-        try:
+        counting = self.settings.flush_interval_ms > 0
+
+        async def write() -> None:
             if health:
                 await self.store.save_health(health)
-            if (key_deltas or provider_deltas) and self.settings.flush_interval_ms > 0:
+            if (key_deltas or provider_deltas) and counting:
                 await self.store.add_counters(key_deltas, provider_deltas)
-            if days and self.settings.flush_interval_ms > 0:
+            if days and counting:
                 await self.store.add_day_counters(days)
+
+        batch = asyncio.ensure_future(write())
+        try:
+            # A cancel (shutdown) must not cut the batch between a commit and its marks: the
+            # next flush would add the same deltas again. The batch finishes, then the cancel.
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await batch
+            if batch.done() and not batch.cancelled() and batch.exception() is None:
+                for obj, value in marks:
+                    obj.flushed = value
+            else:
+                self._restore(taken)
+            raise
         except BaseException:
-            # nothing was marked flushed: put the dirty sets back so the next flush retries
-            for pool, touched, changed in taken:
-                pool.touched |= touched
-                pool.changed |= changed
+            self._restore(taken)
             raise
         for obj, value in marks:
             obj.flushed = value
+
+    @staticmethod
+    def _restore(taken: list[tuple[Any, set[int], set[int]]]) -> None:
+        """Nothing was marked flushed: put the dirty sets back so the next flush retries."""
+        for pool, touched, changed in taken:
+            pool.touched |= touched
+            pool.changed |= changed
