@@ -59,33 +59,15 @@ def day_window(now: float, spec: str) -> tuple[float, float]:
 
 # --- the token estimate ---------------------------------------------------------------------
 
-_MAX_NAMES = (b'"max_completion_tokens"', b'"max_tokens"', b'"maxOutputTokens"')
-
-
-def _int_after(body: bytes, at: int) -> int | None:
-    colon = body.find(b":", at)
-    if colon < 0 or colon - at > 40:
-        return None
-    i, n = colon + 1, len(body)
-    while i < n and body[i] in b" \t\r\n":
-        i += 1
-    j = i
-    while j < n and 48 <= body[j] <= 57 and j - i < 10:
-        j += 1
-    return int(body[i:j]) if j > i else None
+_MAX_RE = re.compile(rb'"(?:max_tokens|max_completion_tokens|maxOutputTokens)"\s*:\s*(\d{1,9})')
 
 
 def estimate_tokens(body: bytes, default_max_tokens: int) -> int:
     """Prompt bytes / 4 + the completion the request allows (`max_tokens`,
     `max_completion_tokens`, Gemini's `maxOutputTokens`), else `default_max_tokens`.
     A search, not a JSON parse: the body is parsed once, by the upstream."""
-    for name in _MAX_NAMES:
-        at = body.find(name)
-        if at >= 0:
-            value = _int_after(body, at + len(name))
-            if value is not None:
-                return len(body) // 4 + value
-    return len(body) // 4 + default_max_tokens
+    m = _MAX_RE.search(body)
+    return len(body) // 4 + (int(m.group(1)) if m is not None else default_max_tokens)
 
 
 class Ticket:
@@ -152,36 +134,23 @@ def window_for(kind: str, reset_in: float) -> str:
 
 
 class KeyQuota:
-    """One key's windows in process: pick times and token charges of the last minute and hour
-    (sliding, trimmed as they age), the day's counters, and what the upstream announced."""
+    """One key's windows in process: the charges of the last minute and of the last hour
+    (`[at, tokens]`, oldest first, trimmed as they age: their number is the requests, their sum
+    the tokens), the day's counters, and what the upstream announced."""
 
-    __slots__ = (
-        "ann",
-        "cut",
-        "day",
-        "flushed",
-        "rd",
-        "rh",
-        "rm",
-        "td",
-        "th",
-        "th_sum",
-        "tm",
-        "tm_sum",
-    )
+    __slots__ = ("ann", "cut", "day", "flushed", "h", "hsum", "m", "msum", "rd", "snug", "td")
 
     def __init__(self) -> None:
-        self.rm: deque[float] = deque()
-        self.rh: deque[float] = deque()
-        self.tm: deque[list[float]] = deque()  # [at, tokens], tokens corrected in place
-        self.th: deque[list[float]] = deque()
-        self.tm_sum = 0.0
-        self.th_sum = 0.0
+        self.m: deque[list[float]] = deque()  # [at, tokens], tokens corrected in place
+        self.h: deque[list[float]] = deque()  # the same items, kept for an hour
+        self.msum = 0.0
+        self.hsum = 0.0
         self.day = 0.0  # start of the day the counters belong to
         self.rd = 0
         self.td = 0
         self.flushed = (0.0, 0, 0)  # (day, rd, td) at the last flush to the store
         self.cut = 0.0  # the time of the last trim: charges after cut - span are still held
+        self.snug = False  # the last check found a window over 90% used (see nearly_spent)
         # window -> [remaining, reset_at, limit, period, tentative]
         self.ann: dict[str, list[float]] = {}
 
@@ -201,18 +170,14 @@ class KeyQuota:
 
     def trim(self, now: float) -> None:
         self.cut = now
+        m = self.m
         h = now - 60.0
-        rm, tm = self.rm, self.tm
-        while rm and rm[0] <= h:
-            rm.popleft()
-        while tm and tm[0][0] <= h:
-            self.tm_sum -= tm.popleft()[1]
+        while m and m[0][0] <= h:
+            self.msum -= m.popleft()[1]
+        hr = self.h
         h = now - 3600.0
-        rh, th = self.rh, self.th
-        while rh and rh[0] <= h:
-            rh.popleft()
-        while th and th[0][0] <= h:
-            self.th_sum -= th.popleft()[1]
+        while hr and hr[0][0] <= h:
+            self.hsum -= hr.popleft()[1]
 
     def roll(self, day: float) -> None:
         if self.day != day:
@@ -243,17 +208,31 @@ class KeyQuota:
         """0 when one more request of `cost` tokens fits every window now, else the seconds
         until it would (the longest of the waits of the windows that refuse it)."""
         rpm, rph, rpd, tpm, tph, tpd = limits
+        m, h = self.m, self.h
+        nm, nh = len(m), len(h)
+        if (
+            (not rpm or nm < rpm * 0.9)
+            and (not rph or nh < rph * 0.9)
+            and (not rpd or self.rd < rpd * 0.9)
+            and (not tpm or self.msum + cost <= tpm * 0.9)
+            and (not tph or self.hsum + cost <= tph * 0.9)
+            and (not tpd or self.td + cost <= tpd * 0.9)
+            and not self.ann
+        ):
+            self.snug = False
+            return 0.0  # the usual case: room in every window, nothing announced
+        self.snug = True
         wait = 0.0
-        if rpm and len(self.rm) >= rpm:
-            wait = max(wait, self.rm[len(self.rm) - rpm] + 60.0 - now)
-        if rph and len(self.rh) >= rph:
-            wait = max(wait, self.rh[len(self.rh) - rph] + 3600.0 - now)
+        if rpm and nm >= rpm:
+            wait = max(wait, m[nm - rpm][0] + 60.0 - now)
+        if rph and nh >= rph:
+            wait = max(wait, h[nh - rph][0] + 3600.0 - now)
         if rpd and self.rd >= rpd:
             wait = max(wait, day_end - now)
-        if tpm and self.tm_sum + min(cost, tpm) > tpm:
-            wait = max(wait, _token_wait(self.tm, self.tm_sum, tpm, cost, 60.0, now))
-        if tph and self.th_sum + min(cost, tph) > tph:
-            wait = max(wait, _token_wait(self.th, self.th_sum, tph, cost, 3600.0, now))
+        if tpm and self.msum + min(cost, tpm) > tpm:
+            wait = max(wait, _token_wait(m, self.msum, tpm, cost, 60.0, now))
+        if tph and self.hsum + min(cost, tph) > tph:
+            wait = max(wait, _token_wait(h, self.hsum, tph, cost, 3600.0, now))
         if tpd and self.td + min(cost, tpd) > tpd:
             wait = max(wait, day_end - now)
         if self.ann:
@@ -274,22 +253,21 @@ class KeyQuota:
         """When a window has less than NEARLY_SPENT of its limit left: when the soonest such
         window resets (its quota is lost then if unused); else None."""
         rpm, rph, rpd, tpm, tph, tpd = limits
+        m, h = self.m, self.h
         soon: float | None = None
-        if rpm and rpm - len(self.rm) < rpm * NEARLY_SPENT:
-            soon = self.rm[0] + 60.0 if self.rm else now
-        if rph and rph - len(self.rh) < rph * NEARLY_SPENT:
-            reset = self.rh[0] + 3600.0 if self.rh else now
+        if (rpm and rpm - len(m) < rpm * NEARLY_SPENT) or (
+            tpm and tpm - self.msum < tpm * NEARLY_SPENT
+        ):
+            soon = m[0][0] + 60.0 if m else now
+        if (rph and rph - len(h) < rph * NEARLY_SPENT) or (
+            tph and tph - self.hsum < tph * NEARLY_SPENT
+        ):
+            reset = h[0][0] + 3600.0 if h else now
             soon = reset if soon is None or reset < soon else soon
         if (rpd and rpd - self.rd < rpd * NEARLY_SPENT) or (
             tpd and tpd - self.td < tpd * NEARLY_SPENT
         ):
             soon = day_end if soon is None or day_end < soon else soon
-        if tpm and tpm - self.tm_sum < tpm * NEARLY_SPENT:
-            reset = self.tm[0][0] + 60.0 if self.tm else now
-            soon = reset if soon is None or reset < soon else soon
-        if tph and tph - self.th_sum < tph * NEARLY_SPENT:
-            reset = self.th[0][0] + 3600.0 if self.th else now
-            soon = reset if soon is None or reset < soon else soon
         if self.ann:
             for a in self.ann.values():
                 if a[2] and a[0] < a[2] * NEARLY_SPENT and (soon is None or a[1] < soon):
@@ -297,17 +275,16 @@ class KeyQuota:
         return soon
 
     def charge(self, now: float, cost: int) -> list[float]:
-        self.rm.append(now)
-        self.rh.append(now)
-        self.rd += 1
         item = [now, float(cost)]
-        self.tm.append(item)
-        self.th.append(item)
-        self.tm_sum += cost
-        self.th_sum += cost
+        self.m.append(item)
+        self.h.append(item)
+        self.msum += cost
+        self.hsum += cost
+        self.rd += 1
         self.td += cost
-        for window, a in self.ann.items():
-            a[0] -= 1 if window[0] == "r" else cost
+        if self.ann:
+            for window, a in self.ann.items():
+                a[0] -= 1 if window[0] == "r" else cost
         return item
 
     def correct(self, item: list[float], tokens: int, now: float) -> None:
@@ -317,9 +294,9 @@ class KeyQuota:
             return
         at = item[0]
         if at > self.cut - 60.0:  # not trimmed away yet: the sum still holds it
-            self.tm_sum += delta
+            self.msum += delta
         if at > self.cut - 3600.0:
-            self.th_sum += delta
+            self.hsum += delta
         item[1] = float(tokens)
         if at >= self.day:
             self.td = max(0, self.td + delta)
@@ -334,7 +311,12 @@ class KeyQuota:
             held = (others if b.window[0] == "r" else others * cost) if others > 0 else 0
             remaining = b.remaining - held
             old = self.announced(b.window, now)
-            if old is not None and not old[4] and old[0] <= remaining and b.reset_at <= old[1] + 1:
+            if (
+                old is not None
+                and not old[4]
+                and old[0] <= remaining
+                and b.reset_at <= old[1] + 0.5
+            ):
                 if b.limit:
                     old[2] = b.limit
                 continue
@@ -352,22 +334,11 @@ class KeyQuota:
         """The SPEC §12 view: per window used, limit (configured or announced, the lower) and
         when it resets."""
         self.trim(now)
-        used = (
-            len(self.rm),
-            len(self.rh),
-            self.rd,
-            round(self.tm_sum),
-            round(self.th_sum),
-            self.td,
-        )
-        resets = (
-            self.rm[0] + 60.0 if self.rm else None,
-            self.rh[0] + 3600.0 if self.rh else None,
-            day_end,
-            self.tm[0][0] + 60.0 if self.tm else None,
-            self.th[0][0] + 3600.0 if self.th else None,
-            day_end,
-        )
+        m, h = self.m, self.h
+        used = (len(m), len(h), self.rd, round(self.msum), round(self.hsum), self.td)
+        first_m = m[0][0] + 60.0 if m else None
+        first_h = h[0][0] + 3600.0 if h else None
+        resets = (first_m, first_h, day_end, first_m, first_h, day_end)
         out: dict[str, dict[str, float | int | None]] = {}
         for i, window in enumerate(WINDOWS):
             limit: int | None = limits[i] or None

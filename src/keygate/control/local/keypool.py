@@ -257,7 +257,7 @@ class LocalKeyPool:
             if entry.id in exclude:
                 passed = True
                 continue
-            if entry.quota is not None:
+            if entry.quota is not None and entry.quota.snug:
                 entry = self._prefer(entry, now, ticket, exclude)
             self.count_use(entry, now, ticket)
             return entry, passed

@@ -55,7 +55,7 @@ if #ARGV >= 20 then
     if others > 0 then held = string.sub(win, 1, 1) == 'r' and others or others * est end
     rem = rem - held
     local old = qann(prefix, id, h, win, now)
-    if old and old[5] == 0 and old[1] <= rem and reset <= old[2] + 1 then
+    if old and old[5] == 0 and old[1] <= rem and reset <= old[2] + 0.5 then
       if limit > 0 then
         old[3] = limit
         redis.call('HSET', qk, 'a:' .. win,
