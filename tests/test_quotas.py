@@ -230,6 +230,9 @@ def test_two_instances_on_one_redis_share_a_keys_budget_exactly(
     assert served == 7 and mock.count() == 7, "one budget for the fleet, spent exactly"
     refused_by_keygate(a)
     refused_by_keygate(b)
+    for gw in (a, b):
+        (q,) = quotas(gw).values()
+        assert q["rpd"]["used"] == 7 and q["rpd"]["limit"] == 7, "each shows the fleet's count"
 
 
 def test_metrics_show_what_is_left(gateway_factory: Any, mock: Any) -> None:

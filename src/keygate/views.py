@@ -70,6 +70,13 @@ def key_counts(rt: ProviderRuntime) -> dict[str, int]:
     return {**counts, "total": sum(counts.values())}
 
 
+async def load_quota_views(rt: ProviderRuntime, entries: Any = None) -> None:
+    """Read the fleet's quota windows (Redis) of `entries` (default: every key) before the
+    views below show them."""
+    pool = rt.pool
+    await pool.load_views(list(pool.entries.values()) if entries is None else entries)
+
+
 def provider_quota(rt: ProviderRuntime, now: float) -> dict[str, dict[str, Any]]:
     """The provider's quota windows over its keys that have a limit in them: used and limit
     summed, the earliest reset (the admin page's provider gauges)."""

@@ -28,7 +28,7 @@ from keygate.observe import log
 from keygate.runtime import ProviderRuntime
 from keygate.settings import BOUNDS
 from keygate.store.base import KEY_STATUSES, InvalidKey, KeyRecord, parse_key_input
-from keygate.views import key_view
+from keygate.views import key_view, load_quota_views
 
 BATCH_BODY_LIMIT = 8 << 20  # a batch import of 100,000 keys fits
 LIST_LIMIT_DEFAULT = 50
@@ -86,6 +86,10 @@ class KeyRoutes:
             raise bad("status", f"must be one of {', '.join(KEY_STATUSES)}")
         now = time.time()
         page, total = await self.ops.list(provider, status, search, limit, offset, now)
+        for name, rt in self.gw.providers.items():
+            live = [k for k in page if isinstance(k, KeyEntry) and k.provider == name]
+            if live:
+                await load_quota_views(rt, live)
         return Reply(200, {"keys": [self._view(k, now) for k in page], "total": total})
 
     async def add_key(self, req: Request) -> Reply:

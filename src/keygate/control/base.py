@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from keygate.control.keypool import KeyEntry
@@ -111,6 +111,12 @@ class KeyPool(Protocol):
         """Seconds until a key not in `exclude` is usable (0: now), without taking one."""
 
     def add(self, entry: KeyEntry) -> None: ...
+
+    async def load_views(self, entries: Iterable[KeyEntry]) -> None:
+        """Before `quota_view` of these keys from an admin view: the fleet's windows."""
+
+    def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
+        """The key's quota windows as SPEC §12 shows them."""
 
     def refresh(self) -> None:
         """The provider's settings changed (per-key quota defaults, the day's reset)."""

@@ -331,29 +331,39 @@ class KeyQuota:
     def rows(
         self, limits: tuple[int, int, int, int, int, int], now: float, day_end: float
     ) -> dict[str, dict[str, float | int | None]]:
-        """The SPEC §12 view: per window used, limit (configured or announced, the lower) and
-        when it resets."""
+        """The SPEC §12 view of these windows (see `view_rows`)."""
         self.trim(now)
         m, h = self.m, self.h
         used = (len(m), len(h), self.rd, round(self.msum), round(self.hsum), self.td)
         first_m = m[0][0] + 60.0 if m else None
         first_h = h[0][0] + 3600.0 if h else None
-        resets = (first_m, first_h, day_end, first_m, first_h, day_end)
-        out: dict[str, dict[str, float | int | None]] = {}
-        for i, window in enumerate(WINDOWS):
-            limit: int | None = limits[i] or None
-            reset = resets[i]
-            u: int | None = used[i]
-            a = self.announced(window, now)
-            if a is not None:
-                ann_limit = int(a[2]) if a[2] else None
-                if ann_limit is not None and (limit is None or ann_limit < limit):
-                    limit = ann_limit
-                if limit is not None:
-                    u = max(u or 0, limit - int(a[0]))
-                reset = a[1]
-            out[window] = {"used": u, "limit": limit, "reset_at": reset}
-        return out
+        ann = {w: a for w in list(self.ann) if (a := self.announced(w, now)) is not None}
+        return view_rows(limits, used, (first_m, first_h, day_end), ann)
+
+
+def view_rows(
+    limits: tuple[int, int, int, int, int, int],
+    used: tuple[int, int, int, int, int, int],
+    resets: tuple[float | None, float | None, float],
+    ann: dict[str, list[float]],
+) -> dict[str, dict[str, float | int | None]]:
+    """Per window: used, limit (configured or announced, the lower; None: unknown) and when it
+    resets (`resets`: the minute's, the hour's, the day's)."""
+    out: dict[str, dict[str, float | int | None]] = {}
+    for i, window in enumerate(WINDOWS):
+        limit: int | None = limits[i] or None
+        reset = resets[i % 3]
+        u: int | None = used[i]
+        a = ann.get(window)
+        if a is not None:
+            ann_limit = int(a[2]) if a[2] else None
+            if ann_limit is not None and (limit is None or ann_limit < limit):
+                limit = ann_limit
+            if limit is not None:
+                u = max(u or 0, limit - int(a[0]))
+            reset = a[1]
+        out[window] = {"used": u, "limit": limit, "reset_at": reset}
+    return out
 
 
 def _token_wait(

@@ -155,6 +155,9 @@ class LocalKeyPool:
         if q is not None:
             q.restore(day, requests, tokens)
 
+    async def load_views(self, entries: Iterable[KeyEntry]) -> None:
+        """Nothing to load: the windows are here (the Redis form reads the fleet's)."""
+
     def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
         """The key's windows as SPEC §12 shows them (used, limit, reset_at; null: unknown)."""
         q = entry.quota

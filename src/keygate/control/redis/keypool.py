@@ -12,12 +12,22 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+import orjson
+
 from keygate.control.base import Event, Pick
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, default_limits
 from keygate.control.local.keypool import LocalKeyPool
-from keygate.control.quota import Announced, Ticket
+from keygate.control.quota import Announced, Ticket, view_rows
 from keygate.control.redis.connection import Callback, RedisDown
-from keygate.control.redis.scripts import PICK, RELEASE_KEY, REMOVE, SEED, SET, SYNC
+from keygate.control.redis.scripts import (
+    PICK,
+    QUOTA_VIEW,
+    RELEASE_KEY,
+    REMOVE,
+    SEED,
+    SET,
+    SYNC,
+)
 from keygate.control.redis.state import EVENTS, SYNC_BATCH, SharedState, chunks
 from keygate.settings import ProviderConfig
 
@@ -68,6 +78,8 @@ class SharedKeyPool:
         self._last_429 = -math.inf  # on `clock`; while recent, successes are written (guard)
         self._removed: set[int] = set()  # deleted here: a pick that names one deletes it there
         self._dl = "0:0:0:0:0:0"
+        self._views: dict[int, dict[str, Any]] = {}  # the fleet's windows (load_views)
+        self._views_day = 0.0
         self.refresh()
 
     # --- the mirror's views (the admin, the flusher and the re-checker read these) -------------
@@ -102,8 +114,35 @@ class SharedKeyPool:
         self.local.refresh()
         self._dl = ":".join(str(x) for x in default_limits(self.cfg))
 
+    async def load_views(self, entries: Iterable[KeyEntry]) -> None:
+        """Read the fleet's windows of these keys from Redis (one call) for `quota_view`;
+        the admin views call it first. Without Redis the local windows answer."""
+        st = self._shared
+        ids = [e.id for e in entries if e.quota is not None or self.local._q_on]
+        self._views = {}
+        if not st.up or not ids:
+            return
+        start, end = self.local.day(self.clock())
+        self._views_day = end
+        for batch in chunks(ids, SYNC_BATCH):
+            try:
+                res = await st.run(QUOTA_VIEW, self._keys, [st.now(), self._prefix, start, *batch])
+            except RedisDown:
+                self._views = {}
+                return
+            for key_id, raw in zip(batch, res, strict=False):
+                self._views[key_id] = orjson.loads(raw)
+
     def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
-        return self.local.quota_view(entry, now)
+        """The fleet's windows when `load_views` read them, else this instance's."""
+        doc = self._views.get(entry.id)
+        if doc is None:
+            return self.local.quota_view(entry, now)
+        used = (doc["m"], doc["h"], doc["rd"], round(doc["tms"]), round(doc["ths"]), doc["td"])
+        om, oh = doc["om"], doc["oh"]
+        resets = (om + 60.0 if om else None, oh + 3600.0 if oh else None, self._views_day)
+        ann = doc["a"] if isinstance(doc["a"], dict) else {}  # cjson: an empty table is []
+        return view_rows(self.local.limits_of(entry), used, resets, ann)
 
     def restore_day(self, entry: KeyEntry, day: float, requests: int, tokens: int) -> None:
         self.local.restore_day(entry, day, requests, tokens)

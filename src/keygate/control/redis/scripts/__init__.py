@@ -40,4 +40,8 @@ SET = load("set", pool=True)
 SYNC = load("sync", pool=True)
 REMOVE = load("remove", pool=True)
 SEED = load("seed", pool=True)
-SCRIPTS = (ADMIT, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE, SEED)
+QUOTA_VIEW = load("quota_view", pool=True)
+SCRIPTS = (
+    *(ADMIT, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE),
+    *(SEED, QUOTA_VIEW),
+)
