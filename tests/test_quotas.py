@@ -249,3 +249,34 @@ def _metric(gw: Any, window: str) -> float | None:
         if line.startswith("keygate_key_quota_remaining{") and f'window="{window}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def test_cli_sets_a_keys_limits_and_the_running_server_applies_them(
+    gateway_factory: Any, mock: Any
+) -> None:
+    gw = gateway_factory(env=keys_env(KEYS[:1]), config=cfg(queue_timeout_s=0.2))
+    (key,) = gw.api("GET", "/api/keys").json()["keys"]
+    config = gw.argv[gw.argv.index("--config") + 1]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "keygate", "keys", "limit", *args, "--config", config],
+            env=gw.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    bad = cli(str(key["id"]), "--rpd", "-1")
+    assert bad.returncode != 0 and "--rpd" in bad.stderr
+    done = cli(str(key["id"]), "--rpd", "1", "--tpm", "9000")
+    assert done.returncode == 0, done.stderr
+    assert "rpd=1" in done.stdout and "tpm=9000" in done.stdout
+    wait_for(
+        lambda: next(iter(quotas(gw).values()))["rpd"]["limit"] == 1,
+        10,
+        "the server applies the CLI's change from the store",
+    )
+    chat(gw)
+    refused_by_keygate(gw)
+    assert mock.count() == 1

@@ -247,6 +247,34 @@ async def _keys_rm(ctx: Any) -> int:
     return 1 if missing else 0
 
 
+LIMIT_FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd", "max_conn")
+
+
+async def _keys_limit(ctx: Any) -> int:
+    """Set keys' own limits (SPEC §12) in the store; a running server applies them from its
+    change feed. 0 = the provider's default."""
+    store, _, args, *_ = ctx
+    from keygate.settings import BOUNDS
+
+    fields = {f: getattr(args, f) for f in LIMIT_FIELDS if getattr(args, f) is not None}
+    if not fields:
+        raise ConfigError(f"keys limit: give at least one of --{', --'.join(LIMIT_FIELDS)}")
+    for name, value in fields.items():
+        high = int(BOUNDS["key_" + name])
+        if not 0 <= value <= high:
+            raise ConfigError(f"keys limit: --{name} must be ≥ 0 and ≤ {high}, got {value}")
+    missing = 0
+    for key_id in args.ids:
+        rec = await store.update_key(key_id, **fields)
+        if rec is None:
+            print(f"no key with id {key_id}", file=sys.stderr)
+            missing += 1
+            continue
+        shown = ", ".join(f"{n}={getattr(rec, n)}" for n in LIMIT_FIELDS)
+        print(f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {shown}")
+    return 1 if missing else 0
+
+
 async def _keys_test(ctx: Any) -> int:
     """Test keys against their configured upstream and record what the test proved, like the
     admin page's test (keygate.probe.run_key_test); a running server picks it up."""
@@ -398,6 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm = with_config(ksub.add_parser("rm", help="delete keys by id"))
     rm.add_argument("ids", nargs="+", type=int)
     rm.set_defaults(func=lambda a: _run(_keys_rm, a, read=True))
+    limit = with_config(
+        ksub.add_parser(
+            "limit", help="set keys' own quota limits (0 = the provider's key_* default)"
+        )
+    )
+    limit.add_argument("ids", nargs="+", type=int)
+    for name in LIMIT_FIELDS:
+        limit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, metavar="N")
+    limit.set_defaults(func=lambda a: _run(_keys_limit, a, read=True))
     test = with_config(
         ksub.add_parser("test", help="test keys against their upstream (model list)")
     )
