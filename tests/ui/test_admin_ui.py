@@ -927,3 +927,13 @@ def test_quota_gauges_on_the_keys_view_and_the_provider_card(
         expect(cell.locator('.quota-meter[data-window="tpm"]')).to_have_count(1)
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "keys-quota-desktop.png"), full_page=True)
+        # the key's own limits, edited in a dialog: the gauge follows, the server has them
+        cell.locator(".btn-limits").click()
+        form = page.locator("dialog .limits-form")
+        form.locator('input[name="rpd"]').fill("4")
+        form.locator('input[name="rph"]').fill("50")
+        form.locator('button[type="submit"]').click()
+        expect(cell.locator('.quota-meter[data-window="rpd"] .meter-value')).to_have_text("3 / 4")
+        expect(cell.locator('.quota-meter[data-window="rph"] .meter-value')).to_have_text("3 / 50")
+        (key,) = gw.api("GET", "/api/keys").json()["keys"]
+        assert (key["rpd"], key["rph"], key["tpm"]) == (4, 50, 0)
