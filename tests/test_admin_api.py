@@ -147,7 +147,10 @@ def test_add_is_used_at_once_delete_never_again(kg: Kg) -> None:
     expected = {"id", "provider", "masked", "label", "status", "use_count", "last_used"}
     expected |= {"created_at", "last_error", "cooldown_until", "source", "inflight", "ok"}
     expected |= {"err_4xx", "err_5xx", "tokens_in", "tokens_out", "rpm", "max_conn"}
+    expected |= {"rph", "rpd", "tpm", "tph", "tpd", "quota"}
     assert set(key) == expected
+    assert set(key["quota"]) == {"rpm", "rph", "rpd", "tpm", "tph", "tpd"}
+    assert key["quota"]["rpd"] == {"used": None, "limit": None, "reset_at": None}
     assert kg.used_key() == k1  # the very next request
 
     # Delete the only key and add another: the next request uses the new one, never the old.

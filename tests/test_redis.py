@@ -22,6 +22,7 @@ from harness import CHAT, fire
 from keygate.control.base import Event, Limits
 from keygate.control.keypool import KeyEntry, mask
 from keygate.control.local import LocalAdmission, LocalKeyPool
+from keygate.control.quota import day_window
 from keygate.control.redis import SharedAdmission, SharedKeyPool, SharedState
 from keygate.control.redis.scripts import ADMIT, PICK, RELEASE_KEY, RELEASE_SLOT, RENEW, SYNC
 from keygate.control.redis.state import EVENTS
@@ -137,23 +138,36 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
     res = await state.run(RELEASE_KEY, keys, rel(1, "rl", T0, T0 + 0.5))
     assert res[:3] == [b"state", b"cooling", b"1000000.5"]
 
-    def pick(now: float, *exclude: int) -> list[Any]:
-        return [repr(now), prefix, "pick", 0, 0, "L", 15, *map(str, exclude)]
+    day = day_window(T0, "00:00 UTC")
+    leases = iter(range(1_000_000))
+
+    def pick(now: float, *exclude: int, lease: str = "") -> list[Any]:
+        lease = lease or f"L{next(leases)}"  # unique per pick, as in production
+        return [repr(now), prefix, "pick", "0:0:0:0:0:0", 0, lease, 15, 0, *day, *map(str, exclude)]
 
     seen = [(await state.run(PICK, keys, pick(T0 + 0.1)))[0] for _ in range(4)]
     assert b"1" not in seen and set(seen) == {b"2", b"3"}
-    ready = await state.run(PICK, keys, [repr(T0 + 0.1), prefix, "ready", 0, 0, "", 15, "2", "3"])
+    ready = await state.run(
+        PICK, keys, [repr(T0 + 0.1), prefix, "ready", "0:0:0:0:0:0", 0, "", 15, 0, *day, "2", "3"]
+    )
     assert float(ready[1]) == pytest.approx(0.4), "ready in: when the cooling key returns"
     seen = [(await state.run(PICK, keys, pick(T0 + 0.5)))[0] for _ in range(3)]
     assert set(seen) == {b"1", b"2", b"3"}, "key 1 is back after its cooldown"
 
     # per-key rpm (2 a minute) and max_conn (1, as a lease), in Redis
-    await state.run(SYNC, keys, ["", EVENTS, "t", 2, "a", 0, 2, 0, 3, "a", 0, 0, 1])
+    await state.run(
+        SYNC, keys, ["", EVENTS, "t", 2, "a", 0, "2:0:0:0:0:0:0", 1, 3, "a", 0, "0:1:0:0:0:0:0", 0]
+    )
     t = T0 + 10
-    firsts = [(await state.run(PICK, keys, pick(t, 1)))[0] for _ in range(4)]
+    firsts = []
+    for i in range(4):
+        res = await state.run(PICK, keys, pick(t, 1, lease=f"F{i}"))
+        firsts.append(res[0])
+        if res[0] == b"3":
+            held = f"F{i}"
     assert firsts.count(b"2") == 2 and firsts.count(b"3") == 1, firsts  # 3 holds its one lease
     assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"1", "both at their limits: 1 it is"
-    await state.run(RELEASE_KEY, keys, [*rel(3, "ok", t)[:5], "L", *rel(3, "ok", t)[6:]])
+    await state.run(RELEASE_KEY, keys, [*rel(3, "ok", t)[:5], held, *rel(3, "ok", t)[6:]])
     assert (await state.run(PICK, keys, pick(t, 1)))[0] == b"3", "lease released: 3 usable again"
     assert (await state.run(PICK, keys, pick(t + 60, 1, 3)))[0] == b"2", "the rpm window moved on"
 

@@ -160,6 +160,27 @@ async def _keys_import(ctx: Any) -> int:
     return 0 if counts.get("added") or not results else 1
 
 
+def _today(key: Any, settings: Any) -> dict[str, int | None]:
+    """What the store says the key spent in its quota day (as of the last flush), and the
+    day limits that apply to it (its own, else the provider's; None: no limit)."""
+    from keygate.control.quota import day_window
+
+    cfg = settings.providers.get(key.provider)
+    reset = cfg.quota_day_reset if cfg is not None else "00:00 UTC"
+    start, _ = day_window(time.time(), reset)
+    current = abs(key.day - start) <= 1.0
+    return {
+        "requests": key.day_requests if current else 0,
+        "tokens": key.day_tokens if current else 0,
+        "rpd": key.rpd or (cfg.key_rpd if cfg is not None else 0) or None,
+        "tpd": key.tpd or (cfg.key_tpd if cfg is not None else 0) or None,
+    }
+
+
+def _used_of(used: int | None, limit: int | None) -> str:
+    return f"{used or 0}/{limit}" if limit else str(used or 0)
+
+
 async def _keys_list(ctx: Any) -> int:
     store, settings, args, located = ctx
     from keygate.keyops import KeyOps
@@ -188,16 +209,24 @@ async def _keys_list(ctx: Any) -> int:
             "until",
             "source",
         )
-        print(
-            orjson.dumps(
-                {"keys": [{f: getattr(k, f) for f in fields} for k in keys], "total": total}
-            ).decode()
-        )
+        rows = []
+        for k in keys:
+            row = {f: getattr(k, f) for f in fields}
+            row["today"] = _today(k, settings)
+            rows.append(row)
+        print(orjson.dumps({"keys": rows, "total": total}).decode())
         return 0
-    print(f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'uses':>7}  label")
+    print(
+        f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'uses':>7}"
+        f"  {'req/day':>13} {'tok/day':>21}  label"
+    )
     for k in keys:
+        today = _today(k, settings)
+        req = _used_of(today["requests"], today["rpd"])
+        tok = _used_of(today["tokens"], today["tpd"])
         print(
-            f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}  {k.label}"
+            f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}"
+            f"  {req:>13} {tok:>21}  {k.label}"
         )
     print(f"{len(keys)} of {total}")
     return 0
@@ -215,6 +244,34 @@ async def _keys_rm(ctx: Any) -> int:
         else:
             print(f"no key with id {key_id}", file=sys.stderr)
             missing += 1
+    return 1 if missing else 0
+
+
+LIMIT_FIELDS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd", "max_conn")
+
+
+async def _keys_limit(ctx: Any) -> int:
+    """Set keys' own limits (SPEC §12) in the store; a running server applies them from its
+    change feed. 0 = the provider's default."""
+    store, _, args, *_ = ctx
+    from keygate.settings import BOUNDS
+
+    fields = {f: getattr(args, f) for f in LIMIT_FIELDS if getattr(args, f) is not None}
+    if not fields:
+        raise ConfigError(f"keys limit: give at least one of --{', --'.join(LIMIT_FIELDS)}")
+    for name, value in fields.items():
+        high = int(BOUNDS["key_" + name])
+        if not 0 <= value <= high:
+            raise ConfigError(f"keys limit: --{name} must be ≥ 0 and ≤ {high}, got {value}")
+    missing = 0
+    for key_id in args.ids:
+        rec = await store.update_key(key_id, **fields)
+        if rec is None:
+            print(f"no key with id {key_id}", file=sys.stderr)
+            missing += 1
+            continue
+        shown = ", ".join(f"{n}={getattr(rec, n)}" for n in LIMIT_FIELDS)
+        print(f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {shown}")
     return 1 if missing else 0
 
 
@@ -421,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     rm = with_config(ksub.add_parser("rm", help="delete keys by id"))
     rm.add_argument("ids", nargs="+", type=int)
     rm.set_defaults(func=lambda a: _run(_keys_rm, a, read=True))
+    limit = with_config(
+        ksub.add_parser(
+            "limit", help="set keys' own quota limits (0 = the provider's key_* default)"
+        )
+    )
+    limit.add_argument("ids", nargs="+", type=int)
+    for name in LIMIT_FIELDS:
+        limit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, metavar="N")
+    limit.set_defaults(func=lambda a: _run(_keys_limit, a, read=True))
     test = with_config(
         ksub.add_parser("test", help="test keys against their upstream (model list)")
     )

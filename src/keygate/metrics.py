@@ -6,6 +6,7 @@ states and admission snapshots that already exist into metric families at scrape
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,7 +46,14 @@ class GatewayCollector:
         rejected = CounterMetricFamily(
             "keygate_rejected", "Requests refused by admission.", labels=["provider"]
         )
+        remaining = GaugeMetricFamily(
+            "keygate_key_quota_remaining",
+            "What a key has left in each quota window with a limit (configured or announced).",
+            labels=["provider", "key", "window"],
+        )
+        now = time.time()
         for name, rt in gw.providers.items():
+            _quota_gauges(remaining, name, rt, now)
             stats = rt.stats
             if not rt.pool.entries and not stats.requests:
                 continue
@@ -68,6 +76,19 @@ class GatewayCollector:
         )
         state.add_metric([gw.state_info()["state"]], 1)
         yield from (requests, tokens, keys, in_flight, max_conn, queued, rejected, state)
+        yield remaining
+
+
+def _quota_gauges(family: GaugeMetricFamily, name: str, rt: Any, now: float) -> None:
+    """One sample per key and limited window; keys without quota windows add nothing."""
+    pool = rt.pool
+    for entry in list(pool.entries.values()):
+        if entry.quota is None:
+            continue
+        for window, row in pool.quota_view(entry, now).items():
+            limit, used = row["limit"], row["used"]
+            if limit is not None:
+                family.add_metric([name, str(entry.id), window], max(0, limit - (used or 0)))
 
 
 def registry_for(gateway: Gateway) -> CollectorRegistry:

@@ -52,5 +52,6 @@ class ProviderRuntime:
 
     def reconfigure(self, fleet_size: int = 1) -> None:
         self.admission.configure(self.limits(fleet_size))
+        self.pool.refresh()
         self.timeout = self._timeout()
         self.dialect = dialect_for(self.cfg.key_style)

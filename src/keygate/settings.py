@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from keygate.control.quota import DEFAULT_DAY_RESET, parse_day_reset
 from keygate.providers import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
 from keygate.routing import RouteError, build_table
 from keygate.urls import check_upstream, mask_url
@@ -46,7 +47,14 @@ class ProviderConfig:
     exhausted_cooldown_s: float = 3600.0
     recheck_interval_s: float = 300.0
     key_rpm: int = 0
+    key_rph: int = 0
+    key_rpd: int = 0
+    key_tpm: int = 0
+    key_tph: int = 0
+    key_tpd: int = 0
     key_max_conn: int = 0
+    quota_day_reset: str = DEFAULT_DAY_RESET  # when rpd/tpd windows start again
+    default_max_tokens: int = 1024  # a request's completion estimate when it sets no max_tokens
     timeout_connect_s: float = 10.0
     timeout_first_byte_s: float = 120.0
     timeout_idle_s: float = 60.0
@@ -84,7 +92,14 @@ TUNABLE: dict[str, type] = {
     "exhausted_cooldown_s": float,
     "recheck_interval_s": float,
     "key_rpm": int,
+    "key_rph": int,
+    "key_rpd": int,
+    "key_tpm": int,
+    "key_tph": int,
+    "key_tpd": int,
     "key_max_conn": int,
+    "quota_day_reset": str,
+    "default_max_tokens": int,
     "timeout_connect_s": float,
     "timeout_first_byte_s": float,
     "timeout_idle_s": float,
@@ -109,7 +124,13 @@ BOUNDS: dict[str, float] = {
     "exhausted_cooldown_s": 30 * 86_400,
     "recheck_interval_s": 30 * 86_400,
     "key_rpm": 1_000_000,
+    "key_rph": 100_000_000,
+    "key_rpd": 1_000_000_000,
+    "key_tpm": 1_000_000_000,
+    "key_tph": 100_000_000_000,
+    "key_tpd": 1_000_000_000_000,
     "key_max_conn": 100_000,
+    "default_max_tokens": 10_000_000,
     "timeout_connect_s": 600,
     "timeout_first_byte_s": 3600,
     "timeout_idle_s": 3600,
@@ -137,6 +158,9 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
             raise ValueError(f"must be a string, got {value!r}")
         if key == "base_url":
             return check_upstream(value, allow_private)
+        if key == "quota_day_reset":
+            hour, minute, zone = parse_day_reset(value)
+            return f"{hour:02d}:{minute:02d} {zone}"
         if len(value) > MODEL_NAME_MAX or re.search(r"[\x00-\x1f\x7f]", value):
             raise ValueError(f"must be at most {MODEL_NAME_MAX} characters, no control characters")
         return value

@@ -8,6 +8,7 @@ in-memory entries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,7 @@ class StoreSync:
             status = "active"
         stored = (rec.use_count, rec.ok, rec.err_4xx, rec.err_5xx, rec.tokens_in, rec.tokens_out)
         entry = rt.pool.entries.get(rec.id)
-        limits = (entry.rpm, entry.max_conn) if entry is not None else None
+        limits = (entry.limits(), entry.max_conn) if entry is not None else None
         if entry is None:
             entry = KeyEntry(
                 rec.id, rec.provider, rec.secret, source=rec.source, created_at=rec.created_at
@@ -96,11 +97,13 @@ class StoreSync:
         entry.flushed = stored
         entry.last_used = max(entry.last_used, rec.last_used)
         entry.label = rec.label
-        entry.rpm = rec.rpm
+        entry.set_limits(rec.limits())
         entry.max_conn = rec.max_conn
         entry.last_error = rec.last_error
         known = rec.id in rt.pool.entries
-        if known and limits != (rec.rpm, rec.max_conn):
+        if not known and rec.day_requests + rec.day_tokens:
+            rt.pool.restore_day(entry, rec.day, rec.day_requests, rec.day_tokens)
+        if known and limits != (rec.limits(), rec.max_conn):
             # per-key limits changed: the pool (and the shared state, if any) hears of it
             rt.pool.add(entry)
         if known and from_feed and not store_health_wins(entry.status, status, rec.until):
@@ -173,7 +176,8 @@ class StoreSync:
         """Write counter deltas (additive) and health changes in one batch each."""
         key_deltas: list[tuple[int, int, int, int, int, int, int, float]] = []
         health: list[tuple[int, str, float, str]] = []
-        marks: list[tuple[Any, tuple[int, ...]]] = []
+        marks: list[tuple[Any, tuple[Any, ...]]] = []
+        days: list[tuple[int, float, int, int]] = []
         taken: list[tuple[Any, set[int], set[int]]] = []
         provider_deltas: dict[str, tuple[int, int, int, int, int, int]] = {}
         for name, rt in self.providers.items():
@@ -189,6 +193,11 @@ class StoreSync:
                 if any(delta):
                     key_deltas.append((key_id, *delta, entry.last_used))
                     marks.append((entry, entry.counters()))
+                q = entry.quota
+                day = q.unflushed() if q is not None else None
+                if day is not None:
+                    days.append((key_id, *day))
+                    marks.append((q, (q.day, q.rd, q.td)))
             for key_id in changed:
                 entry = pool.entries.get(key_id)
                 if entry is not None and entry.status != "disabled":
@@ -197,16 +206,39 @@ class StoreSync:
             if any(delta):
                 provider_deltas[name] = delta
                 marks.append((rt.stats, rt.stats.counters()))
-        try:
+        counting = self.settings.flush_interval_ms > 0
+
+        async def write() -> None:
             if health:
                 await self.store.save_health(health)
-            if (key_deltas or provider_deltas) and self.settings.flush_interval_ms > 0:
+            if (key_deltas or provider_deltas) and counting:
                 await self.store.add_counters(key_deltas, provider_deltas)
+            if days and counting:
+                await self.store.add_day_counters(days)
+
+        batch = asyncio.ensure_future(write())
+        try:
+            # A cancel (shutdown) must not cut the batch between a commit and its marks: the
+            # next flush would add the same deltas again. The batch finishes, then the cancel.
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await batch
+            if batch.done() and not batch.cancelled() and batch.exception() is None:
+                for obj, value in marks:
+                    obj.flushed = value
+            else:
+                self._restore(taken)
+            raise
         except BaseException:
-            # nothing was marked flushed: put the dirty sets back so the next flush retries
-            for pool, touched, changed in taken:
-                pool.touched |= touched
-                pool.changed |= changed
+            self._restore(taken)
             raise
         for obj, value in marks:
             obj.flushed = value
+
+    @staticmethod
+    def _restore(taken: list[tuple[Any, set[int], set[int]]]) -> None:
+        """Nothing was marked flushed: put the dirty sets back so the next flush retries."""
+        for pool, touched, changed in taken:
+            pool.touched |= touched
+            pool.changed |= changed

@@ -942,3 +942,29 @@ async def test_100k_keys(store: Store) -> None:
         print(f"list_keys {name}: {secs * 1000:.1f} ms")
     assert import_s < 60
     assert max(timings.values()) < 1.0
+
+
+async def test_day_counters_add_up_and_a_new_day_replaces_them(open_store: OpenStore) -> None:
+    one = await open_store()
+    two = await open_store()
+    rec = await one.add_key("groq", new_secret())
+    other = await one.add_key("groq", new_secret())
+    day, tomorrow = 1_000_000.0, 1_086_400.0
+    await one.add_day_counters([(rec.id, day, 3, 300)])
+    await two.add_day_counters([(rec.id, day, 2, 50), (other.id, day, 1, 10)])
+    [got] = await two.get_keys([rec.id])
+    assert (got.day, got.day_requests, got.day_tokens) == (day, 5, 350), "instances add up"
+    await one.add_day_counters([(rec.id, tomorrow, 1, 7)])
+    await two.add_day_counters([(rec.id, day, 4, 40)])  # a late flush of yesterday: dropped
+    [got] = await one.get_keys([rec.id])
+    assert (got.day, got.day_requests, got.day_tokens) == (tomorrow, 1, 7), "a new day replaces"
+    # the key's own limits go with it
+    updated = await one.update_key(rec.id, rph=100, rpd=1000, tpm=5, tph=6, tpd=7)
+    assert updated is not None and updated.limits() == (0, 100, 1000, 5, 6, 7)
+    with pytest.raises(ValueError):
+        await one.update_key(rec.id, tpd=-1)
+    # a deleted key's counters go with it and never come back
+    assert await one.delete_key(rec.id)
+    await two.add_day_counters([(rec.id, tomorrow, 9, 9)])
+    assert await one.get_keys([rec.id]) == []
+    assert [(k.id, k.day_requests) for k in await one.load_keys()] == [(other.id, 1)]

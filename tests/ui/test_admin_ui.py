@@ -1000,3 +1000,33 @@ def test_translated_request_shows_its_family_pair(gateway_factory: Any, chromium
             expect(badge).to_have_text("anthropic→openai")
             assert badge.get_attribute("title")
             assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
+
+def test_quota_gauges_on_the_keys_view_and_the_provider_card(
+    gateway_factory: Any, mock: Any, chromium: Browser
+) -> None:
+    config = {"providers": {"cerebras": {"key_rpd": 10, "key_tpm": 50_000}}}
+    gw = gateway_factory(env={"CEREBRAS_API_KEYS": "sk-ui-quota-xxxxxxxxxxx0001"}, config=config)
+    proxy_burst(gw, 3)
+    with signed_in(chromium, gw, "dashboard") as page:
+        card = page.locator('.prov-card[data-provider="cerebras"]')
+        rpd = card.locator('.quota-meter[data-window="rpd"]')
+        expect(rpd.locator(".meter-value")).to_have_text("3 / 10")
+        expect(rpd.locator(".meter-sub")).to_contain_text("resets in")
+        expect(card.locator('.quota-meter[data-window="rph"]')).to_have_count(0)
+        page.goto(f"{gw.url}/admin/#/keys?provider=cerebras")
+        cell = page.locator(".keys-table tbody tr .col-quota")
+        expect(cell.locator('.quota-meter[data-window="rpd"] .meter-value')).to_have_text("3 / 10")
+        expect(cell.locator('.quota-meter[data-window="tpm"]')).to_have_count(1)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "keys-quota-desktop.png"), full_page=True)
+        # the key's own limits, edited in a dialog: the gauge follows, the server has them
+        cell.locator(".btn-limits").click()
+        form = page.locator("dialog .limits-form")
+        form.locator('input[name="rpd"]').fill("4")
+        form.locator('input[name="rph"]').fill("50")
+        form.locator('button[type="submit"]').click()
+        expect(cell.locator('.quota-meter[data-window="rpd"] .meter-value')).to_have_text("3 / 4")
+        expect(cell.locator('.quota-meter[data-window="rph"] .meter-value')).to_have_text("3 / 50")
+        (key,) = gw.api("GET", "/api/keys").json()["keys"]
+        assert (key["rpd"], key["rph"], key["tpm"]) == (4, 50, 0)

@@ -21,20 +21,21 @@ from keygate.admin.http import (
     route,
 )
 from keygate.control.keypool import KeyEntry
+from keygate.control.quota import WINDOWS
 from keygate.gateway import Gateway
 from keygate.keyops import Duplicate, KeyOps
 from keygate.observe import log
 from keygate.runtime import ProviderRuntime
 from keygate.settings import BOUNDS
 from keygate.store.base import KEY_STATUSES, InvalidKey, KeyRecord, parse_key_input
-from keygate.views import key_view
+from keygate.views import key_view, load_quota_views
 
 BATCH_BODY_LIMIT = 8 << 20  # a batch import of 100,000 keys fits
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
 LIST_OFFSET_MAX = 10_000_000  # far past any real key count; SQL needs a 64-bit integer
 # Per-key limits share the bounds of their provider-wide defaults (key_rpm, key_max_conn).
-KEY_LIMIT_MAX = {"rpm": int(BOUNDS["key_rpm"]), "max_conn": int(BOUNDS["key_max_conn"])}
+KEY_LIMIT_MAX = {w: int(BOUNDS["key_" + w]) for w in (*WINDOWS, "max_conn")}
 PROVIDER_TEST_MAX = 200  # keys tested by one POST /api/providers/{name}/test
 PROVIDER_TEST_PARALLEL = 10
 LABEL_MAX = 200
@@ -55,6 +56,10 @@ class KeyRoutes:
             route("DELETE", rf"/api/keys/{_ID}", self.delete_key),
             route("POST", rf"/api/keys/{_ID}/test", self.test_key),
         ]
+
+    def _view(self, key: KeyEntry | KeyRecord, now: float) -> dict[str, Any]:
+        rt = self.gw.providers.get(key.provider)
+        return key_view(key, now, rt.pool if rt is not None else None)
 
     async def _record(self, key_id: int) -> KeyRecord:
         rec = await self.ops.record(key_id)
@@ -81,7 +86,11 @@ class KeyRoutes:
             raise bad("status", f"must be one of {', '.join(KEY_STATUSES)}")
         now = time.time()
         page, total = await self.ops.list(provider, status, search, limit, offset, now)
-        return Reply(200, {"keys": [key_view(k, now) for k in page], "total": total})
+        for name, rt in self.gw.providers.items():
+            live = [k for k in page if isinstance(k, KeyEntry) and k.provider == name]
+            if live:
+                await load_quota_views(rt, live)
+        return Reply(200, {"keys": [self._view(k, now) for k in page], "total": total})
 
     async def add_key(self, req: Request) -> Reply:
         doc = await req.json()
@@ -107,7 +116,7 @@ class KeyRoutes:
         except InvalidKey as exc:
             raise bad("key", str(exc)) from None
         log.info("admin: added %s key %s#%d", provider, key.masked, key.id)
-        return Reply(201, {"id": key.id, "key": key_view(key, time.time())})
+        return Reply(201, {"id": key.id, "key": self._view(key, time.time())})
 
     async def import_keys(self, req: Request) -> Reply:
         doc = await req.json()
@@ -147,7 +156,7 @@ class KeyRoutes:
             elif name == "status":
                 if value not in ("active", "disabled"):
                     raise bad("status", "must be 'active' or 'disabled'")
-            elif name in ("rpm", "max_conn"):
+            elif name in KEY_LIMIT_MAX:
                 high = KEY_LIMIT_MAX[name]
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)  # JSON's 5.0 is the integer 5
@@ -155,7 +164,10 @@ class KeyRoutes:
                     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
                     raise bad(name, f"must be a whole number ≥ 0 and ≤ {high}, got {shown}")
             else:
-                raise bad(name, "unknown field (label, status, rpm, max_conn)")
+                raise bad(
+                    name,
+                    "unknown field (label, status, rpm, rph, rpd, tpm, tph, tpd, max_conn)",
+                )
             fields[name] = value
         rec = await self._record(key_id)
         entry = self.ops.entry(rec.provider, key_id)
@@ -179,7 +191,7 @@ class KeyRoutes:
         entry = self.gw.adopt_key(rec)
         if entry is not None and "status" in doc:
             self.gw.providers[rec.provider].pool.set_status(key_id, doc["status"], 0.0)
-        return Reply(200, key_view(entry or rec, now))
+        return Reply(200, self._view(entry or rec, now))
 
     async def delete_key(self, req: Request, key_id_s: str) -> Reply:
         key_id = int(key_id_s)
@@ -231,5 +243,5 @@ class KeyRoutes:
             "status": result.status,
             "latency_ms": round(result.latency_ms, 1),
             "error": result.error or None,
-            "key": key_view(entry, time.time()),
+            "key": self._view(entry, time.time()),
         }

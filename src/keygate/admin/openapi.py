@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from keygate import __version__
+from keygate.control.quota import WINDOWS
 from keygate.dialects import KEY_STYLES
 from keygate.settings import BOUNDS, MODEL_NAME_MAX
 from keygate.store.base import MAX_SECRET_LEN, MIN_SECRET_LEN
@@ -110,6 +111,28 @@ _COUNTERS = {
     n: {"type": "integer"}
     for n in ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
 }
+_QUOTA_WINDOW: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "used": {"type": ["integer", "null"]},
+        "limit": {"type": ["integer", "null"]},
+        "reset_at": _NULLABLE_TIME,
+    },
+}
+_PROVIDER_QUOTA: dict[str, Any] = {
+    "type": "object",
+    "description": "per quota window, over the keys with a limit in it: used and limit summed,"
+    " the earliest reset",
+    "additionalProperties": {
+        "type": "object",
+        "properties": {
+            "used": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "reset_at": _NULLABLE_TIME,
+            "keys": {"type": "integer"},
+        },
+    },
+}
 _TUNABLE_PROPS: dict[str, Any] = {
     "base_url": {"type": "string", "format": "uri"},
     "rps": {"type": "number", "minimum": 0, "description": "tokens per second; 0 = no limit"},
@@ -123,8 +146,23 @@ _TUNABLE_PROPS: dict[str, Any] = {
     "cooldown_s": {"type": "number", "minimum": 0},
     "exhausted_cooldown_s": {"type": "number", "minimum": 0},
     "recheck_interval_s": {"type": "number", "minimum": 0},
-    "key_rpm": {"type": "integer", "minimum": 0},
+    "key_rpm": {"type": "integer", "minimum": 0, "description": "per-key requests/minute"},
+    "key_rph": {"type": "integer", "minimum": 0, "description": "per-key requests/hour"},
+    "key_rpd": {"type": "integer", "minimum": 0, "description": "per-key requests/day"},
+    "key_tpm": {"type": "integer", "minimum": 0, "description": "per-key tokens/minute"},
+    "key_tph": {"type": "integer", "minimum": 0, "description": "per-key tokens/hour"},
+    "key_tpd": {"type": "integer", "minimum": 0, "description": "per-key tokens/day"},
     "key_max_conn": {"type": "integer", "minimum": 0},
+    "quota_day_reset": {
+        "type": "string",
+        "description": 'when the rpd/tpd windows start again, "HH:MM <IANA zone>"',
+        "pattern": r"^\s*([01]?\d|2[0-3]):[0-5]\d(\s+\S+)?\s*$",
+    },
+    "default_max_tokens": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "completion tokens estimated for a request that sets no max_tokens",
+    },
     "timeout_connect_s": {"type": "number", "exclusiveMinimum": 0},
     "timeout_first_byte_s": {"type": "number", "exclusiveMinimum": 0},
     "timeout_idle_s": {"type": "number", "exclusiveMinimum": 0},
@@ -178,7 +216,18 @@ SCHEMAS: dict[str, Any] = {
             "tokens_in": {"type": "integer"},
             "tokens_out": {"type": "integer"},
             "rpm": {"type": "integer", "description": "0 = the provider's key_rpm"},
+            "rph": {"type": "integer", "description": "0 = the provider's key_rph"},
+            "rpd": {"type": "integer", "description": "0 = the provider's key_rpd"},
+            "tpm": {"type": "integer", "description": "0 = the provider's key_tpm"},
+            "tph": {"type": "integer", "description": "0 = the provider's key_tph"},
+            "tpd": {"type": "integer", "description": "0 = the provider's key_tpd"},
             "max_conn": {"type": "integer", "description": "0 = the provider's key_max_conn"},
+            "quota": {
+                "type": "object",
+                "description": "each quota window: used, limit (configured or announced by the"
+                " upstream, the lower; null where unknown) and when it resets",
+                "properties": {w: _QUOTA_WINDOW for w in WINDOWS},
+            },
         },
     },
     "Provider": {
@@ -192,6 +241,7 @@ SCHEMAS: dict[str, Any] = {
             "in_flight": {"type": "integer"},
             "queued": {"type": "integer"},
             "paused_for_s": {"type": "number"},
+            "quota": _PROVIDER_QUOTA,
         },
     },
     "ProviderPatch": {
@@ -229,6 +279,7 @@ SCHEMAS: dict[str, Any] = {
             "max_conn": {"type": "integer"},
             "queued": {"type": "integer"},
             "queue": {"type": "integer"},
+            "quota": _PROVIDER_QUOTA,
             "timeline": {
                 "type": "array",
                 "description": "one point per second, the last 120 s",
@@ -522,7 +573,10 @@ PATHS: dict[str, Any] = {
                     "properties": {
                         "label": {"type": ["string", "null"], "maxLength": 200},
                         "status": {"type": "string", "enum": ["active", "disabled"]},
-                        "rpm": {"type": "integer", "minimum": 0, "maximum": BOUNDS["key_rpm"]},
+                        **{
+                            w: {"type": "integer", "minimum": 0, "maximum": BOUNDS["key_" + w]}
+                            for w in WINDOWS
+                        },
                         "max_conn": {
                             "type": "integer",
                             "minimum": 0,

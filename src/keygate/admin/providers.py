@@ -11,7 +11,7 @@ from keygate.admin.keys import KeyRoutes
 from keygate.gateway import Gateway
 from keygate.observe import log
 from keygate.runtime import ProviderRuntime
-from keygate.views import provider_view
+from keygate.views import load_quota_views, provider_view
 
 
 class ProviderRoutes:
@@ -35,6 +35,8 @@ class ProviderRoutes:
         return rt
 
     async def list_providers(self, req: Request) -> Reply:
+        for rt in self.gw.providers.values():
+            await load_quota_views(rt)
         return Reply(200, {"providers": [provider_view(rt) for rt in self.gw.providers.values()]})
 
     async def patch_provider(self, req: Request, name: str) -> Reply:

@@ -12,7 +12,13 @@ from keygate.admin.http import Reply, Request, Route, bad, int_param, route
 from keygate.admin.openapi import document as openapi_document
 from keygate.gateway import Gateway
 from keygate.store.base import KEY_STATUSES
-from keygate.views import COUNTER_NAMES, key_counts, provider_counters
+from keygate.views import (
+    COUNTER_NAMES,
+    key_counts,
+    load_quota_views,
+    provider_counters,
+    provider_quota,
+)
 
 REQUESTS_LIMIT_DEFAULT = 100
 
@@ -45,6 +51,7 @@ class StatsRoutes:
             if not keys["total"] and not counters["requests"]:
                 continue
             snap = rt.admission.snapshot()
+            await load_quota_views(rt)
             providers[name] = {
                 **counters,
                 "keys": keys,
@@ -53,6 +60,7 @@ class StatsRoutes:
                 "queued": snap["queued"],
                 "queue": snap["queue"],
                 "timeline": rt.stats.timeline(120),
+                "quota": provider_quota(rt, time.time()),
             }
             for n in COUNTER_NAMES:
                 totals[n] += counters[n]
@@ -93,6 +101,8 @@ class StatsRoutes:
 
         if self._metrics is None:
             self._metrics = metrics.registry_for(self.gw)
+        for rt in self.gw.providers.values():
+            await load_quota_views(rt)
         return Reply(200, metrics.render(self._metrics), content_type=metrics.CONTENT_TYPE)
 
     async def health(self, req: Request) -> Reply:

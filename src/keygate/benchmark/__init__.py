@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, translated",
+        help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, redis, translated, quotas",
     )
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -81,7 +81,7 @@ def _options(args: argparse.Namespace) -> Any:
     if unknown:
         raise SystemExit(f"keygate bench: unknown --skip {', '.join(sorted(unknown))}")
     if args.quick:
-        skip.update({"keys100k", "redis"})
+        skip.update({"keys100k", "redis", "quotas"})
     try:
         concurrency = [int(c) for c in str(pick("concurrency")).split(",") if c.strip()]
     except ValueError:

@@ -173,6 +173,16 @@ def format_table(data: dict[str, Any]) -> str:
             cells = [label, *("-" for _ in refs), "-", "-"]
             cells[1 + refs.index("keygate")] = value
             rows.append(cells)
+    quota = data.get("quotas") or {}
+    if quota.get("ratio") is not None and "keygate" in refs:
+        flag = "!" if quota.get("flagged") else ""
+        for label, value in (
+            ("quotas: req/s c=50 (off, paired)", _fmt(quota.get("rps_off"), 0) + flag),
+            ("quotas: req/s c=50 (every key)", _fmt(quota.get("rps_on"), 0) + flag),
+        ):
+            cells = [label, *("-" for _ in refs), "-", "-"]
+            cells[1 + refs.index("keygate")] = value
+            rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(
@@ -316,6 +326,15 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
         None if ratio is None else 1 - ratio <= TARGET_MANY_KEYS_COST,
         "not measured" if ratio is None else f"{1 - ratio:+.1%} throughput cost",
         bool(many.get("flagged")),
+    )
+    quota = data.get("quotas") or {}
+    ratio = quota.get("ratio")
+    add(
+        "quotas on every key >= 0.95 of without",
+        ratio,
+        None if ratio is None else ratio >= 0.95,
+        "not measured" if ratio is None else f"{ratio:.2f} of the throughput without quotas",
+        bool(quota.get("flagged")),
     )
     return out
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keygate.benchmark import report
+from keygate.benchmark.case_quota import run_quotas
 from keygate.benchmark.case_scale import run_many_keys, run_redis
 from keygate.benchmark.case_streams import run_streaming
 from keygate.benchmark.case_translated import run_translated_streams
@@ -47,7 +48,7 @@ from keygate.benchmark.wrk import WrkResult, lua_script, run_wrk, wrk_binary
 __all__ = ["ALIASES", "CASES", "SERVER_REFS", "Bench", "Options", "log", "write_outputs"]
 
 SERVER_REFS = ("bare", "keygate", "litellm")
-CASES = ("wrk", "stream", "memory", "keys100k", "redis", "translated")
+CASES = ("wrk", "stream", "memory", "keys100k", "redis", "translated", "quotas")
 ALIASES = {"nonstream": "wrk", "streams": "stream", "100k": "keys100k", "many-keys": "keys100k"}
 
 
@@ -83,6 +84,7 @@ class Bench:
         self.keys100k: dict[str, Any] = {}
         self.redis: dict[str, Any] = {}
         self.translated: dict[str, Any] = {}  # Anthropic client → OpenAI-format provider
+        self.quotas: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.calibration: dict[str, Any] = {}
         self.tmp = Path()
@@ -188,6 +190,8 @@ class Bench:
                         run_many_keys(self, kg8, nginx_port)
                     if self.want("redis"):
                         run_redis(self, kg8, nginx_port)
+                    if self.want("quotas"):
+                        run_quotas(self, kg8, nginx_port)
                 finally:
                     kg8.stop()
             nginx.stop()
@@ -245,6 +249,7 @@ class Bench:
             "keys100k": self.keys100k or None,
             "redis": self.redis or None,
             "translated": self.translated or None,
+            "quotas": self.quotas or None,
             "calibration": self.calibration or None,
             "failures": self.failures,
             "flags": flags,

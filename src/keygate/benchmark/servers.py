@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keygate
 from keygate.benchmark.procs import HOST, Pinning, Proc, free_port, http_request, spawn, wait_port
@@ -160,8 +161,9 @@ def start_bare(
 # ---- keygate ----------------------------------------------------------------------------------
 
 
-def write_keygate_config(path: Path, upstream: str) -> None:
-    """Provider settings with limits out of the way; groq too, for the unified case."""
+def write_keygate_config(path: Path, upstream: str, extra: Mapping[str, Any] | None = None) -> None:
+    """Provider settings with limits out of the way (and any `extra` provider settings); groq
+    too, for the unified case."""
     lines = ["providers:"]
     for name in ("cerebras", "groq"):
         lines += [
@@ -171,6 +173,7 @@ def write_keygate_config(path: Path, upstream: str) -> None:
             "    max_conn: 0",
             "    queue: 100000",
             "    retries: 0",
+            *(f"    {key}: {value}" for key, value in (extra or {}).items()),
         ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -197,6 +200,7 @@ def start_keygate(
     probe: bool = True,
     label: str = "keygate",
     extra_env: Mapping[str, str] | None = None,
+    provider_extra: Mapping[str, Any] | None = None,
 ) -> Target:
     """Start `keygate serve` on `upstream` with auth on and 8 env keys, plus `keys` imported
     into its store first with `keygate keys import`, the way a user loads many keys."""
@@ -204,7 +208,7 @@ def start_keygate(
     data_dir = work_dir / f"{label}-{port}"
     data_dir.mkdir(parents=True)
     cfg = data_dir / "keygate.yaml"
-    write_keygate_config(cfg, upstream)
+    write_keygate_config(cfg, upstream, provider_extra)
     env = child_env(
         {
             "KEYGATE_DATA_DIR": str(data_dir),

@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from keygate.control.keypool import KeyEntry
+    from keygate.control.quota import Announced, Ticket
 
 
 class Rejected(Exception):
@@ -50,11 +51,13 @@ class Pick(NamedTuple):
     """A key pool's answer: a key to use now, or how long until one is usable.
 
     `wait` is seconds when `entry` is None (0 never: then there is a key); None means no key
-    becomes usable by itself (all invalid or disabled: an admin or a re-check must act).
+    becomes usable by itself (all invalid or disabled: an admin or a re-check must act);
+    `quota` says the wait is for a quota window's reset.
     A tuple: made on every request, so as cheap as Python makes an object."""
 
     entry: KeyEntry | None
     wait: float | None = 0.0
+    quota: bool = False  # no key: their quota windows (not their health) hold them back
 
 
 class Capacity(NamedTuple):
@@ -106,15 +109,24 @@ class KeyPool(Protocol):
     touched: set[int]  # keys used since the last counter flush
     changed: set[int]  # keys whose health changed since the last flush
 
-    async def acquire(self, avoid: Iterable[int] = ()) -> Pick:
+    async def acquire(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
         """The next usable key, one not in `avoid` if any is usable, else one of those; when
-        none is usable, how long until one is. One decision (one Redis round trip)."""
+        none is usable, how long until one is. A key whose quota windows cannot take the
+        `ticket` (one request, its estimated tokens) is not usable; the pick charges it.
+        One decision (one Redis round trip)."""
 
     async def release(
-        self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
+        self,
+        entry: KeyEntry,
+        event: Event,
+        until: float | None = None,
+        error: str = "",
+        ticket: Ticket | None = None,
+        budget: list[Announced] | None = None,
     ) -> float | None:
-        """Record how a try went; a wall-clock time to pause the provider until when the
-        pool-wide 429 guard fires."""
+        """Record how a try went: the ticket's usage corrects its estimate, `budget` (what the
+        answer's headers announce) lowers the key's windows. A wall-clock time to pause the
+        provider until when the pool-wide 429 guard fires."""
 
     async def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
         """Seconds until a key not in `exclude` is usable (0: now), without taking one."""
@@ -124,6 +136,15 @@ class KeyPool(Protocol):
         the cheap test that passes a fallback target over at once."""
 
     def add(self, entry: KeyEntry) -> None: ...
+
+    async def load_views(self, entries: Iterable[KeyEntry]) -> None:
+        """Before `quota_view` of these keys from an admin view: the fleet's windows."""
+
+    def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
+        """The key's quota windows as SPEC §12 shows them."""
+
+    def refresh(self) -> None:
+        """The provider's settings changed (per-key quota defaults, the day's reset)."""
 
     def remove(self, key_id: int) -> KeyEntry | None: ...
 

@@ -8,7 +8,8 @@ Redis form (`control.redis.keypool`) run the same state machine on these entries
 from __future__ import annotations
 
 import time
-from collections import deque
+
+from keygate.control.quota import DEFAULT_DAY_RESET, KeyQuota
 
 POOL_GUARD_WINDOW_S = 10.0
 
@@ -40,8 +41,11 @@ class KeyEntry:
         "masked",
         "max_conn",
         "ok",
+        "own",
         "provider",
-        "recent",
+        "quota",
+        "rpd",
+        "rph",
         "rpm",
         "secret",
         "source",
@@ -49,6 +53,9 @@ class KeyEntry:
         "strikes",
         "tokens_in",
         "tokens_out",
+        "tpd",
+        "tph",
+        "tpm",
         "until",
         "use_count",
     )
@@ -80,11 +87,11 @@ class KeyEntry:
         self.last_error = last_error
         self.source = source
         self.created_at = created_at or time.time()
-        self.rpm = rpm
         self.max_conn = max_conn
+        self.quota: KeyQuota | None = None  # windows, once a limit applies or is announced
+        self.set_limits((rpm, 0, 0, 0, 0, 0))
         self.strikes = 0
         self.inflight = 0
-        self.recent: deque[float] | None = None
         self.in_ring = False
         self.use_count = use_count
         self.last_used = last_used
@@ -95,6 +102,16 @@ class KeyEntry:
         self.tokens_out = 0
         # counter values at the last flush, so the flusher writes deltas
         self.flushed: tuple[int, int, int, int, int, int] = (use_count, 0, 0, 0, 0, 0)
+
+    def set_limits(self, limits: tuple[int, int, int, int, int, int]) -> None:
+        """The key's own quota limits (rpm, rph, rpd, tpm, tph, tpd; 0 = the provider's)."""
+        self.rpm, self.rph, self.rpd, self.tpm, self.tph, self.tpd = limits
+        self.own = limits if any(limits) else None
+        if self.own is not None and self.quota is None:
+            self.quota = KeyQuota()
+
+    def limits(self) -> tuple[int, int, int, int, int, int]:
+        return (self.rpm, self.rph, self.rpd, self.tpm, self.tph, self.tpd)
 
     def counters(self) -> tuple[int, int, int, int, int, int]:
         return (
@@ -114,4 +131,15 @@ class PoolSettings:
     exhausted_cooldown_s: float
     recheck_interval_s: float
     key_rpm: int
+    key_rph: int
+    key_rpd: int
+    key_tpm: int
+    key_tph: int
+    key_tpd: int
     key_max_conn: int
+    quota_day_reset: str = DEFAULT_DAY_RESET
+
+
+def default_limits(cfg: PoolSettings) -> tuple[int, int, int, int, int, int]:
+    """A provider's per-key quota defaults, in the order of `quota.WINDOWS`."""
+    return (cfg.key_rpm, cfg.key_rph, cfg.key_rpd, cfg.key_tpm, cfg.key_tph, cfg.key_tpd)

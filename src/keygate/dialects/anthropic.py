@@ -3,9 +3,13 @@ Anthropic's error shape and `anthropic-ratelimit-*-reset` hints."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+
 import orjson
 
-from keygate.dialects.base import ANTHROPIC_RESETS, RETRY_AFTER, Dialect
+from keygate.control.quota import Announced
+from keygate.dialects.base import ANTHROPIC_RESETS, RETRY_AFTER, Dialect, anthropic_budget
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -35,6 +39,9 @@ class Anthropic(Dialect):
         out.append(("x-api-key", secret))
         if not any(n == "anthropic-version" for n, _ in out):
             out.append(("anthropic-version", ANTHROPIC_VERSION))
+
+    def read_budget(self, headers: Mapping[str, str]) -> list[Announced] | None:
+        return anthropic_budget(headers, time.time())
 
     def error_body(self, status: int, message: str, code: str | None) -> bytes:
         return orjson.dumps(

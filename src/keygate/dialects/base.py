@@ -7,17 +7,20 @@ A provider is a dialect + base URL + limits. Dialects are stateless singletons: 
 calls their methods and builds nothing per request on their behalf.
 
 Seams for what comes next: `route` already answers the dialect spoken on the upstream path,
-which translation (one family's client, another family's upstream) hooks onto; `read_budget` is
-where per-key budgets announced in headers will be read.
+which translation (one family's client, another family's upstream) hooks onto; `read_budget`
+reads the per-key budgets an answer announces in its headers (SPEC §12).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import ClassVar
+
+from keygate.control.quota import Announced, window_for
 
 Headers = Sequence[tuple[bytes, bytes]]
 # A reset hint's parser: the header's value and the wall clock now → when to come back.
@@ -104,6 +107,100 @@ def read_reset(
     return None
 
 
+def _count(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return max(0, int(float(value)))
+    except ValueError:
+        return None
+
+
+def _budget(
+    out: list[Announced],
+    kind: str,
+    remaining: str | None,
+    reset: str | None,
+    limit: str | None,
+    now: float,
+    at: ResetParser,
+    window: str = "",
+) -> None:
+    """One announced window: `kind` r(equests) or t(okens); the window is named by the header
+    (Cerebras' -day, -minute) or follows from how far away its reset is."""
+    left = _count(remaining)
+    if left is None or not reset:
+        return
+    moment = at(reset, now)
+    if moment is None or moment <= now:
+        return
+    name = window or window_for(kind, moment - now)
+    out.append(Announced(name, left, moment, _count(limit) or 0))
+
+
+def openai_budget(headers: Mapping[str, str], now: float) -> list[Announced] | None:
+    """OpenAI and Groq: `x-ratelimit-{remaining,reset,limit}-{requests,tokens}`; Cerebras:
+    the same names with `-day` (requests) and `-minute` (tokens)."""
+    get = headers.get
+    rr, rt = get("x-ratelimit-remaining-requests"), get("x-ratelimit-remaining-tokens")
+    rd, tm = get("x-ratelimit-remaining-requests-day"), get("x-ratelimit-remaining-tokens-minute")
+    if rr is None and rt is None and rd is None and tm is None:
+        return None
+    out: list[Announced] = []
+    for kind, left, name, suffix in (
+        ("r", rr, "", "requests"),
+        ("t", rt, "", "tokens"),
+        ("r", rd, "rpd", "requests-day"),
+        ("t", tm, "tpm", "tokens-minute"),
+    ):
+        if left is not None:
+            _budget(
+                out,
+                kind,
+                left,
+                get("x-ratelimit-reset-" + suffix),
+                get("x-ratelimit-limit-" + suffix),
+                now,
+                after_duration,
+                name,
+            )
+    return out or None
+
+
+def anthropic_budget(headers: Mapping[str, str], now: float) -> list[Announced] | None:
+    """`anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{remaining,reset,
+    limit}`; the input and output budgets bound the total, so the lowest token one counts."""
+    get = headers.get
+    rr = get("anthropic-ratelimit-requests-remaining")
+    found: list[Announced] = []
+    if rr is not None:
+        _budget(
+            found,
+            "r",
+            rr,
+            get("anthropic-ratelimit-requests-reset"),
+            get("anthropic-ratelimit-requests-limit"),
+            now,
+            at_iso,
+        )
+    tokens: list[Announced] = []
+    for name in ("tokens", "input-tokens", "output-tokens"):
+        left = get(f"anthropic-ratelimit-{name}-remaining")
+        if left is not None:
+            _budget(
+                tokens,
+                "t",
+                left,
+                get(f"anthropic-ratelimit-{name}-reset"),
+                get(f"anthropic-ratelimit-{name}-limit"),
+                now,
+                at_iso,
+            )
+    if tokens:
+        found.append(min(tokens, key=lambda b: b.remaining))
+    return found or None
+
+
 def scan_usage(chunk: bytes, usage: list[int]) -> None:
     """Keep the largest token counts the upstream reported (input, output) in `usage`.
     Only the few hundred bytes after each `"usage"` are searched, not the whole answer."""
@@ -156,7 +253,7 @@ class Dialect:
         """`headers` with lower-case names."""
         return read_reset(headers, now, self.reset_headers)
 
-    def read_budget(self, headers: Mapping[str, str]) -> None:
+    def read_budget(self, headers: Mapping[str, str]) -> list[Announced] | None:
         """What an answer says is left of the key's budget (remaining requests and tokens,
-        and when they reset). Not read yet: per-key budgets from headers plug in here."""
-        return None
+        and when they reset); `headers` looked up case-insensitively. None: nothing said."""
+        return openai_budget(headers, time.time())

@@ -43,6 +43,7 @@ class Exchange:
         "served",
         "status",
         "task",
+        "ticket",
         "upstream_status",
         "usage",
         "via",
@@ -60,6 +61,7 @@ class Exchange:
         self.error = ""
         self.model = ""
         self.usage = [0, 0]
+        self.ticket: Any = None  # the request's quota ticket (control.quota.Ticket)
         self.task: asyncio.Task[Any] | None = None
         self.receive: Any = None
         self.dog: Watchdog | None = None

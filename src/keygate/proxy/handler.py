@@ -23,6 +23,7 @@ from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
 from keygate.asgi import read_body as asgi_read_body
 from keygate.classify import Verdict, classify
 from keygate.control.base import Event, Rejected
+from keygate.control.quota import Ticket, quota_delay
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway
@@ -169,6 +170,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
         ex.serve(name, ex.model)
+        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
@@ -222,7 +224,10 @@ async def forward(
     # the last upstream error answer (status, raw headers, body) and the key it was given
     last: tuple[int, Any, bytes, bytes] | None = None
     last_error: GatewayError | None = None  # or keygate's own 502/504
+    delay = 0.0
     while True:
+        if delay > 0:
+            await sleep(delay)
         # admission
         try:
             slot = await rt.admission.acquire()
@@ -242,10 +247,16 @@ async def forward(
                 ex.watch()
                 await asyncio.sleep(0)
             # pick key: one not tried yet, else one we tried, else how long until one is usable
-            pick = await pool.acquire(tried)
+            pick = await pool.acquire(tried, ex.ticket)
             held = pick.entry
             if held is None:
-                return Failure(rt, last, last_error, pick.wait, True)
+                # every key's quota is spent: wait for the earliest reset, unless another
+                # target may serve now (a chain passes a spent provider over at once)
+                delay = 0.0 if more else quota_delay(pick, ex.ticket, cfg.queue_timeout_s)
+                if delay:
+                    ex.watch()
+                    continue
+                return Failure(rt, last, last_error, pick.wait, True, pick.quota)
             entry = ex.entry = held
             hold = more or retries_used < budget  # a stream's first event may still be retried
             first = b""
@@ -297,7 +308,14 @@ async def forward(
                 else:
                     entry.err_5xx += 1
             held = None
-            pause = await pool.release(entry, verdict.event, verdict.until, verdict.message)
+            pause = await pool.release(
+                entry,
+                verdict.event,
+                verdict.until,
+                verdict.message,
+                ex.ticket,
+                wire.read_budget(resp.headers) if last is not None else None,
+            )
             if pause:
                 rt.admission.pause_until(pause)
             # retry?
@@ -331,9 +349,7 @@ async def forward(
             if held is not None:
                 await pool.release(held, Event.CANCELLED)
             await slot.release()
-        if delay > 0:
-            await sleep(delay)
-    return Failure(rt, last, last_error, pick.wait, True)
+    return Failure(rt, last, last_error, pick.wait, True, pick.quota)
 
 
 async def forward_chain(
@@ -374,6 +390,7 @@ async def forward_chain(
                 await answer_locally(ex, send)
                 return
         ex.serve(cfg.name, ex.model)
+        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
         left = 0 if not last else max(0, budget - ex.retries)
         failure = await forward(gw, rt, ex, send, "POST", url, client_headers, body, left, not last)
         if failure is None:
@@ -396,6 +413,7 @@ async def _give_up(ex: Exchange, send: Any, failure: Failure) -> None:
     """Out of tries, or no key to try with: relay the last refusal, or say why ourselves.
     Once keygate has retried, the client's SDK is told not to retry on top (x-should-retry)."""
     rt, last, last_error, wait = failure.rt, failure.last, failure.last_error, failure.wait
+    quota = failure.quota
     cfg = rt.cfg
     retried = ex.retries > 0
     if last is not None:
@@ -427,6 +445,13 @@ async def _give_up(ex: Exchange, send: Any, failure: Failure) -> None:
             503,
             f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)",
             "no_usable_key",
+        )
+    if quota:
+        raise GatewayError(
+            429,
+            f"every key of provider '{cfg.name}' has spent its quota; retry in {wait:.1f}s",
+            "keys_quota_exhausted",
+            retry_after_headers(wait),
         )
     raise GatewayError(
         429,
@@ -487,7 +512,7 @@ async def relay(
             entry.err_5xx += 1
         entry.tokens_in += ex.usage[0]
         entry.tokens_out += ex.usage[1]
-        await pool.release(entry, event)
+        await pool.release(entry, event, ticket=ex.ticket, budget=ex.wire.read_budget(resp.headers))
 
 
 async def _relay_whole(

@@ -38,6 +38,7 @@ class Failure:
     last_error: GatewayError | None
     wait: float | None
     retryable: bool
+    quota: bool = False  # no key's quota can cover the request (`wait`: the earliest reset)
 
     def reason(self) -> str:
         """A few words for the route shown in recent requests and the access log."""
@@ -45,7 +46,9 @@ class Failure:
             return str(self.last[0])
         if self.last_error is not None:
             return self.last_error.code or str(self.last_error.status)
-        return "no usable key" if self.wait is None else "keys cooling"
+        if self.wait is None:
+            return "no usable key"
+        return "quota spent" if self.quota else "keys cooling"
 
 
 class Plan:

@@ -43,7 +43,9 @@ KEY_SOURCES = ("env", "config", "api", "cli")
 MAX_SECRET_LEN = 512
 MIN_SECRET_LEN = 8  # every provider's keys are far longer; shorter tokens are paste debris
 # Fields an admin (or the gateway) may change on a stored key; the secret itself never changes.
-UPDATABLE_FIELDS = frozenset({"label", "status", "until", "last_error", "rpm", "max_conn"})
+UPDATABLE_FIELDS = frozenset(
+    {"label", "status", "until", "last_error", "rpm", "max_conn", "rph", "rpd", "tpm", "tph", "tpd"}
+)
 _QUOTES = "\"'`“”‘’"  # noqa: RUF001 - curly quotes come from pasted text
 
 
@@ -82,6 +84,18 @@ class KeyRecord:
     tokens_out: int = 0
     rpm: int = 0  # per-key limits, 0 = provider default
     max_conn: int = 0
+    rph: int = 0
+    rpd: int = 0
+    tpm: int = 0
+    tph: int = 0
+    tpd: int = 0
+    day: float = 0.0  # start of the quota day of the counters below (epoch s)
+    day_requests: int = 0
+    day_tokens: int = 0
+
+    def limits(self) -> tuple[int, int, int, int, int, int]:
+        """The key's own quota limits in the order of `control.quota.WINDOWS`."""
+        return (self.rpm, self.rph, self.rpd, self.tpm, self.tph, self.tpd)
 
 
 @dataclass(slots=True)
@@ -224,7 +238,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_key(self, key_id: int, **fields: Any) -> KeyRecord | None:
-        """Change label/status/until/last_error/rpm/max_conn; None if the key is gone."""
+        """Change label/status/until/last_error and the per-key limits (rpm, rph, rpd, tpm,
+        tph, tpd, max_conn); None if the key is gone."""
 
     @abc.abstractmethod
     async def delete_key(self, key_id: int) -> bool:
@@ -248,6 +263,11 @@ class Store(abc.ABC):
         last_used is max(old, new); provider tuple: (requests, ok, err_4xx, err_5xx, tokens_in,
         tokens_out).
         """
+
+    @abc.abstractmethod
+    async def add_day_counters(self, rows: list[tuple[int, float, int, int]]) -> None:
+        """(key id, quota day start, requests, tokens) spent since the last flush: added to
+        the same day's counters, replacing an older day's (several instances add up)."""
 
     @abc.abstractmethod
     async def provider_totals(self) -> dict[str, dict[str, int]]:
@@ -379,7 +399,7 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
             out[name] = value[:MAX_ERROR_LEN] if name == "last_error" else value
         elif name == "until":
             out[name] = check_number(name, value, integer=False)
-        else:  # rpm, max_conn
+        else:  # rpm, rph, rpd, tpm, tph, tpd, max_conn
             out[name] = check_number(name, value, integer=True)
     return out
 
@@ -391,9 +411,13 @@ KEY_COLUMNS = """
     k.id, k.provider, k.secret, k.masked, k.label, k.status, k.until, k.last_error, k.source,
     k.created_at, COALESCE(s.use_count, 0), COALESCE(s.last_used, 0), COALESCE(s.ok, 0),
     COALESCE(s.err_4xx, 0), COALESCE(s.err_5xx, 0), COALESCE(s.tokens_in, 0),
-    COALESCE(s.tokens_out, 0), k.rpm, k.max_conn
+    COALESCE(s.tokens_out, 0), k.rpm, k.max_conn, k.rph, k.rpd, k.tpm, k.tph, k.tpd,
+    COALESCE(d.day, 0), COALESCE(d.requests, 0), COALESCE(d.tokens, 0)
 """
-KEY_SELECT = f"SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN key_stats s ON s.key_id = k.id"
+KEY_SELECT = (
+    f"SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN key_stats s ON s.key_id = k.id"
+    " LEFT JOIN key_days d ON d.key_id = k.id"
+)
 
 
 def record_from_row(row: Sequence[Any], unseal: Callable[[str], str]) -> KeyRecord:
@@ -418,6 +442,14 @@ def record_from_row(row: Sequence[Any], unseal: Callable[[str], str]) -> KeyReco
         tokens_out=row[16],
         rpm=row[17],
         max_conn=row[18],
+        rph=row[19],
+        rpd=row[20],
+        tpm=row[21],
+        tph=row[22],
+        tpd=row[23],
+        day=row[24],
+        day_requests=row[25],
+        day_tokens=row[26],
     )
 
 

@@ -246,6 +246,7 @@ class SqlStore(SqlDriver):
             if await db.fetchval("DELETE FROM keys WHERE id = $1 RETURNING id", key_id) is None:
                 raise Rollback(False)
             await db.execute("DELETE FROM key_stats WHERE key_id = $1", key_id)
+            await db.execute("DELETE FROM key_days WHERE key_id = $1", key_id)
             now = time.time()
             await db.execute(
                 "INSERT INTO deleted_keys (key_id, seq, deleted_at) VALUES ($1, $2, $3)"
@@ -330,6 +331,16 @@ class SqlStore(SqlDriver):
 
         async def tx(db: Db) -> None:
             await self._add_counter_rows(db, keys, providers)
+
+        await self._write(tx)
+
+    async def add_day_counters(self, rows: list[tuple[int, float, int, int]]) -> None:
+        clean = sorted((int(k), float(d), int(r), int(t)) for k, d, r, t in rows)
+        if not clean:
+            return
+
+        async def tx(db: Db) -> None:
+            await db.executemany(self.DAY_UPSERT, clean)
 
         await self._write(tx)
 

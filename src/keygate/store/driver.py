@@ -84,6 +84,20 @@ class SqlDriver(Store):
 
     dialect: str  # migrations/<dialect>/NNNN_*.sql
     GREATEST = "GREATEST"  # the two-argument maximum
+    # (key_id, day, requests, tokens): add to the same day, replace an older one, drop a
+    # deleted key's row (the SET expressions all read the row as it was)
+    DAY_UPSERT = (
+        "INSERT INTO key_days (key_id, day, requests, tokens)"
+        " SELECT $1::bigint, $2::float8, $3::bigint, $4::bigint"
+        " WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1::bigint)"
+        " ON CONFLICT (key_id) DO UPDATE SET"
+        " requests = CASE WHEN key_days.day = EXCLUDED.day"
+        " THEN key_days.requests + EXCLUDED.requests"
+        " WHEN key_days.day < EXCLUDED.day THEN EXCLUDED.requests ELSE key_days.requests END,"
+        " tokens = CASE WHEN key_days.day = EXCLUDED.day THEN key_days.tokens + EXCLUDED.tokens"
+        " WHEN key_days.day < EXCLUDED.day THEN EXCLUDED.tokens ELSE key_days.tokens END,"
+        " day = GREATEST(key_days.day, EXCLUDED.day)"
+    )
     ILIKE = "ILIKE"  # case-insensitive LIKE
     SEARCH_FROM = "keys k"  # the table (and index) the admin search scans
     FOR_UPDATE = " FOR UPDATE"  # row lock on a read-modify-write, where rows can be locked

@@ -122,6 +122,17 @@ class SqliteStore(SqlStore):
 
     dialect = "sqlite"
     GREATEST = "MAX"
+    DAY_UPSERT = (
+        "INSERT INTO key_days (key_id, day, requests, tokens) SELECT $1, $2, $3, $4"
+        " WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1)"
+        " ON CONFLICT (key_id) DO UPDATE SET"
+        " requests = CASE WHEN key_days.day = excluded.day"
+        " THEN key_days.requests + excluded.requests"
+        " WHEN key_days.day < excluded.day THEN excluded.requests ELSE key_days.requests END,"
+        " tokens = CASE WHEN key_days.day = excluded.day THEN key_days.tokens + excluded.tokens"
+        " WHEN key_days.day < excluded.day THEN excluded.tokens ELSE key_days.tokens END,"
+        " day = MAX(key_days.day, excluded.day)"
+    )
     ILIKE = "LIKE"  # case-insensitive for ASCII
     # The covering index keeps the search scan off the table rows and their long secrets.
     SEARCH_FROM = "keys k INDEXED BY keys_search"

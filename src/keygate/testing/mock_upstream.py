@@ -30,6 +30,7 @@ from aiohttp import web
 
 from keygate.testing.mock_anthropic import _anthropic_message, _anthropic_stream
 from keygate.testing.mock_gemini import _gemini
+from keygate.testing.mock_limits import STYLES, KeyLimit, tokens_of
 from keygate.testing.mock_openai import (
     _MODELS_BODY,
     _embeddings,
@@ -118,6 +119,8 @@ class MockUpstream:
         self._behaviors: dict[str | None, dict[str, Any]] = {}
         self._pushes: dict[str | None, deque[list[Any]]] = {}  # key -> FIFO of [times, knobs]
         self._scripted = False  # fast path: no behaviours/pushes at all
+        self._limits: dict[str | None, KeyLimit] = {}  # None: the template every key copies
+        self.refused = 0  # 429s answered because a key was over its limits
         self.inflight = 0
         self.peak_inflight = 0
         self._ids = itertools.count(1)
@@ -261,6 +264,50 @@ class MockUpstream:
             self._pushes.setdefault(key, deque()).append([int(times), norm])
             self._scripted = True
 
+    def set_limit(
+        self,
+        key: str | None = None,
+        *,
+        requests: int = 0,
+        tokens: int = 0,
+        window_s: float = 60.0,
+        style: str = "openai",
+        announce: bool = True,
+    ) -> None:
+        """Enforce per-key limits like a provider: `key`'s own, or (None) a fresh window of
+        these for every key. Over a limit the answer is 429; the budget headers of `style`
+        (openai, cerebras, anthropic) are on every answer when `announce`. No limits: off."""
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}")
+        with self._lock:
+            if not requests and not tokens:
+                self._limits.pop(key, None)
+                if key is None:
+                    self._limits.clear()
+                return
+            self._limits[key] = KeyLimit(requests, tokens, float(window_s), style, announce)
+
+    def limit_of(self, key: str) -> KeyLimit | None:
+        with self._lock:
+            return self._limits.get(key)
+
+    def _limit(self, key: str | None, body: bytes, text: str) -> tuple[bool, dict[str, str]]:
+        """Count the request against its key's limits: whether it fits, and the headers
+        announcing what is left (with `retry-after` when it does not fit)."""
+        with self._lock:
+            lim = self._limits.get(key)
+            if lim is None:
+                template = self._limits.get(None)
+                if template is None:
+                    return True, {}
+                lim = self._limits[key] = dataclasses.replace(template, start=0.0)
+            now = time.time()
+            if lim.admit(tokens_of(body, text), now):
+                return True, lim.headers(now)
+            lim.refused += 1
+            self.refused += 1
+            return False, {**lim.headers(now), "retry-after": lim.retry_after(now)}
+
     def reset(self) -> None:
         """Forget records, behaviours, pushes and counters (inflight is live, so it stays)."""
         with self._lock:
@@ -270,6 +317,8 @@ class MockUpstream:
             self._scripted = False
             self._count = 0
             self._key_counts.clear()
+            self._limits.clear()
+            self.refused = 0
             self.peak_inflight = self.inflight
 
     def _take_push(self, key: str | None) -> dict[str, Any] | None:
@@ -353,6 +402,12 @@ class MockUpstream:
                 if rec is not None:
                     self._records.append(rec)
             beh = self._resolve(key)
+            if self._limits and key is not None and not path.endswith("/models"):
+                fits, announced = self._limit(key, body, beh["text"])
+                if not fits:  # over the key's limits: 429, as the provider would
+                    beh = {**beh, "status": 429, "body": None, "headers": announced}
+                elif announced:
+                    beh = {**beh, "headers": {**(beh["headers"] or {}), **announced}}
             if beh["hang"]:
                 await asyncio.get_running_loop().create_future()  # until the client goes away
             if beh["delay_s"]:

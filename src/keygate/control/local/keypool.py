@@ -12,9 +12,19 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from keygate.control.base import Event, Pick
-from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, PoolSettings
+from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, PoolSettings, default_limits
+from keygate.control.quota import (
+    LOOKAHEAD,
+    WINDOWS,
+    Announced,
+    KeyQuota,
+    Ticket,
+    day_window,
+    empty_view,
+)
 
 
 class LocalKeyPool:
@@ -31,6 +41,10 @@ class LocalKeyPool:
         self._cooling: list[tuple[float, int]] = []
         self._recent_429: deque[tuple[float, int]] = deque()
         self._last_ok = 0.0
+        self._dflt: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
+        self._q_on = False
+        self._day = (0.0, 0.0)
+        self.refresh()
         self.touched: set[int] = set()  # keys used since the last counter flush
         self.changed: set[int] = set()  # keys whose health changed since the last flush
 
@@ -88,46 +102,139 @@ class LocalKeyPool:
     def _share(self, limit: int) -> int:
         return max(1, limit // self.share) if limit else 0
 
-    def window(self, entry: KeyEntry) -> deque[float] | None:
-        """The key's recent pick times, sized to its rpm (None: no rpm limit)."""
-        rpm = self._share(entry.rpm or self.cfg.key_rpm)
-        if not rpm:
-            return None
-        recent = entry.recent
-        if recent is None or recent.maxlen != rpm:
-            recent = entry.recent = deque(recent or (), maxlen=rpm)
-        return recent
+    def refresh(self) -> None:
+        """The provider's settings changed: per-key defaults and the day boundary again."""
+        dflt = default_limits(self.cfg)
+        if self.share > 1:
+            dflt = tuple(self._share(x) for x in dflt)  # type: ignore[assignment]
+        self._dflt = dflt
+        self._q_on = any(dflt)
+        self._day = (0.0, 0.0)
 
-    def _limit_wait(self, entry: KeyEntry, now: float) -> float:
-        """0 when the key's own limits allow one more request now."""
+    def limits_of(self, entry: KeyEntry) -> tuple[int, int, int, int, int, int]:
+        """The key's effective quota limits: its own, else the provider's (1/share of each)."""
+        own = entry.own
+        if own is None:
+            return self._dflt
+        d = self._dflt
+        if self.share > 1:
+            own = tuple(self._share(x) for x in own)  # type: ignore[assignment]
+        return (
+            own[0] or d[0],
+            own[1] or d[1],
+            own[2] or d[2],
+            own[3] or d[3],
+            own[4] or d[4],
+            own[5] or d[5],
+        )
+
+    def day(self, now: float) -> tuple[float, float]:
+        """(start, end) of the quota day, recomputed only when a day ends."""
+        start, end = self._day
+        if not start <= now < end:
+            start, end = self._day = day_window(now, self.cfg.quota_day_reset)
+        return start, end
+
+    def quota(self, entry: KeyEntry, now: float) -> KeyQuota | None:
+        """The key's windows, aged to `now`; None when no quota applies to it."""
+        q = entry.quota
+        if q is None:
+            if not self._q_on:
+                return None
+            q = entry.quota = KeyQuota()
+        q.trim(now)
+        q.roll(self.day(now)[0])
+        return q
+
+    def restore_day(self, entry: KeyEntry, day: float, requests: int, tokens: int) -> None:
+        """What the store says the key spent today (a restart mid-day)."""
+        now = self.clock()
+        if abs(day - self.day(now)[0]) > 1.0 or not (requests or tokens):
+            return
+        q = self.quota(entry, now)
+        if q is not None:
+            q.restore(day, requests, tokens)
+
+    async def load_views(self, entries: Iterable[KeyEntry]) -> None:
+        """Nothing to load: the windows are here (the Redis form reads the fleet's)."""
+
+    def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
+        """The key's windows as SPEC §12 shows them (used, limit, reset_at; null: unknown)."""
+        q = entry.quota
+        if q is None:
+            view = empty_view()
+            for window, limit in zip(WINDOWS, self.limits_of(entry), strict=True):
+                view[window]["limit"] = limit or None
+            return view
+        self.quota(entry, now)
+        return q.rows(self.limits_of(entry), now, self.day(now)[1])
+
+    def _limit_wait(self, entry: KeyEntry, now: float, ticket: Ticket | None = None) -> float:
+        """0 when the key's own limits allow one more request (`ticket`'s tokens) now."""
         max_conn = self._share(entry.max_conn or self.cfg.key_max_conn)
         if max_conn and entry.inflight >= max_conn:
             return 1.0
-        recent = self.window(entry)
-        if recent is not None and len(recent) >= (recent.maxlen or 0) and now - recent[0] < 60.0:
-            return 60.0 - (now - recent[0])
-        return 0.0
+        q = entry.quota
+        if q is None:
+            if not self._q_on:
+                return 0.0
+            q = entry.quota = KeyQuota()
+        q.trim(now)
+        start, end = self._day
+        if not start <= now < end:
+            start, end = self.day(now)
+        if q.day != start:
+            q.roll(start)
+        cost = ticket.tokens if ticket is not None else 0
+        return q.wait(self.limits_of(entry), now, cost, end)
 
-    async def acquire(self, avoid: Iterable[int] = ()) -> Pick:
-        return self.take(avoid)
+    def quota_wait(self, entry: KeyEntry, now: float, cost: int) -> float:
+        """Seconds until the key's quota windows take a request of `cost` tokens (0: now)."""
+        q = self.quota(entry, now)
+        return 0.0 if q is None else q.wait(self.limits_of(entry), now, cost, self._day[1])
+
+    async def acquire(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
+        return self.take(avoid, ticket)
 
     async def release(
-        self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
+        self,
+        entry: KeyEntry,
+        event: Event,
+        until: float | None = None,
+        error: str = "",
+        ticket: Ticket | None = None,
+        budget: list[Announced] | None = None,
     ) -> float | None:
-        return self.record(entry, event, until, error)
+        return self.record(entry, event, until, error, ticket, budget)
 
-    def take(self, avoid: Iterable[int] = ()) -> Pick:
+    def take(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
         """The pick the request path makes: a key not in `avoid` if one is usable, else one
         of those (round-robin order either way), else how long until one is."""
         now = self.clock()
         if self._cooling and self._cooling[0][0] <= now:
             self._promote(now)
-        entry, avoided = self._scan(now, avoid)
+        entry, avoided = self._scan(now, avoid, ticket)
         if entry is None and avoided:
-            entry, _ = self._scan(now, ())
+            entry, _ = self._scan(now, (), ticket)
         if entry is not None:
             return Pick(entry)
-        return Pick(None, self.ready_in_now())
+        return self._no_key(now, ticket)
+
+    def _no_key(self, now: float, ticket: Ticket | None) -> Pick:
+        wait = self.ready_in_now((), ticket, now)
+        if wait is None or not (self._q_on or any(e.quota for e in self._ring)):
+            return Pick(None, wait)
+        # Is it the quota windows that hold every usable key back (not health, not max_conn)?
+        cost = ticket.tokens if ticket is not None else 0
+        quota = [
+            self.quota_wait(e, now, cost)
+            for e in self._ring
+            if e.status == "active"
+            and not ((mc := self._share(e.max_conn or self.cfg.key_max_conn)) and e.inflight >= mc)
+        ]
+        if quota and min(quota) > 0 and min(quota) <= wait + 1e-9:
+            return Pick(None, min(quota), True)
+        return Pick(None, wait)
 
     def pick(self, exclude: Iterable[int] = ()) -> KeyEntry | None:
         """The next usable key not in `exclude`, in round-robin order, or None."""
@@ -136,7 +243,9 @@ class LocalKeyPool:
             self._promote(now)
         return self._scan(now, exclude)[0]
 
-    def _scan(self, now: float, exclude: Iterable[int]) -> tuple[KeyEntry | None, bool]:
+    def _scan(
+        self, now: float, exclude: Iterable[int], ticket: Ticket | None = None
+    ) -> tuple[KeyEntry | None, bool]:
         """(the key taken, whether a usable key was passed over for being in `exclude`)."""
         ring = self._ring
         passed = False
@@ -146,22 +255,60 @@ class LocalKeyPool:
                 entry.in_ring = False
                 continue
             ring.append(entry)
-            if self._limit_wait(entry, now):
+            if self._limit_wait(entry, now, ticket):
                 continue
             if entry.id in exclude:
                 passed = True
                 continue
-            self.count_use(entry, now)
+            if entry.quota is not None and entry.quota.snug:
+                entry = self._prefer(entry, now, ticket, exclude)
+            self.count_use(entry, now, ticket)
             return entry, passed
         return None, passed
 
-    def count_use(self, entry: KeyEntry, now: float) -> None:
+    def _prefer(
+        self, first: KeyEntry, now: float, ticket: Ticket | None, exclude: Iterable[int]
+    ) -> KeyEntry:
+        """When `first` is nearly spent: among it and the next few usable keys that are too,
+        the one whose window resets soonest (quota unused at a reset is lost); else `first`."""
+        q = first.quota
+        assert q is not None
+        soonest = q.nearly_spent(self.limits_of(first), now, self._day[1])
+        if soonest is None:
+            return first
+        ring = self._ring
+        best, at = first, -1
+        for i in range(min(LOOKAHEAD, len(ring) - 1)):
+            peer = ring[i]
+            pq = peer.quota
+            if pq is None or peer.status != "active" or peer.id in exclude:
+                continue
+            self.quota(peer, now)
+            reset = pq.nearly_spent(self.limits_of(peer), now, self._day[1])
+            if reset is None or reset >= soonest:
+                continue
+            if self._limit_wait(peer, now, ticket):
+                continue
+            best, soonest, at = peer, reset, i
+        if at >= 0:
+            # the peer takes this turn; `first` keeps its place at the front
+            del ring[at]
+            ring.pop()
+            ring.appendleft(first)
+            ring.append(best)
+        return best
+
+    def count_use(self, entry: KeyEntry, now: float, ticket: Ticket | None = None) -> None:
         entry.inflight += 1
         entry.use_count += 1
         entry.last_used = now
         self.touched.add(entry.id)
-        if entry.recent is not None:  # sized by the limit check (or `window`) before the pick
-            entry.recent.append(now)
+        q = entry.quota
+        if q is not None:
+            cost = ticket.tokens if ticket is not None else 0
+            item = q.charge(now, cost)
+            if ticket is not None:
+                ticket.charge = (now, cost, item)
 
     async def ready_in(self, exclude: Iterable[int] = ()) -> float | None:
         return self.ready_in_now(exclude)
@@ -169,15 +316,17 @@ class LocalKeyPool:
     def usable_now(self) -> bool:
         return self.ready_in_now() == 0.0
 
-    def ready_in_now(self, exclude: Iterable[int] = ()) -> float | None:
+    def ready_in_now(
+        self, exclude: Iterable[int] = (), ticket: Ticket | None = None, at: float = 0.0
+    ) -> float | None:
         """Seconds until some key is usable (0: now); None when none will be without an admin or a re-check."""
-        now = self.clock()
+        now = at or self.clock()
         self._promote(now)
         best: float | None = None
         for entry in self._ring:
             if entry.status != "active" or entry.id in exclude:
                 continue
-            wait = self._limit_wait(entry, now)
+            wait = self._limit_wait(entry, now, ticket)
             if wait == 0.0:
                 return 0.0
             best = wait if best is None else min(best, wait)
@@ -201,12 +350,20 @@ class LocalKeyPool:
 
     # --- outcomes ----------------------------------------------------------------------------
     def record(
-        self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
+        self,
+        entry: KeyEntry,
+        event: Event,
+        until: float | None = None,
+        error: str = "",
+        ticket: Ticket | None = None,
+        budget: list[Announced] | None = None,
     ) -> float | None:
         """Record how a try went; returns a wall-clock time to pause the provider until, when
         the pool-wide 429 guard fires. The try's counters are final by now: the key is marked
         for the next flush (one may have run since the pick took it off the list)."""
         self.touched.add(entry.id)
+        if budget or (ticket is not None and ticket.charge is not None):
+            self.settle(entry, ticket, budget)
         if entry.inflight > 0:
             entry.inflight -= 1
         if event is Event.OK:
@@ -220,6 +377,27 @@ class LocalKeyPool:
         elif event is Event.EXHAUSTED:
             self._condemn(entry, "exhausted", self.cfg.exhausted_cooldown_s, error)
         return None
+
+    def settle(
+        self, entry: KeyEntry, ticket: Ticket | None, budget: list[Announced] | None
+    ) -> None:
+        """The answer's usage corrects the pick's estimate; its budget headers lower what
+        the key is known to have left (before this try leaves the in-flight count)."""
+        now = self.clock()
+        charge = ticket.charge if ticket is not None else None
+        cost = 0
+        q = entry.quota
+        if charge is not None:
+            assert ticket is not None
+            ticket.charge = None
+            cost = charge[1]
+            if q is not None and isinstance(charge[2], list):
+                q.correct(charge[2], ticket.actual(cost), now)
+        if budget:
+            if q is None:
+                q = entry.quota = KeyQuota()
+            self.quota(entry, now)
+            q.announce(budget, now, entry.inflight - 1, cost)
 
     def _condemn(self, entry: KeyEntry, status: str, hold_s: float, error: str) -> None:
         if entry.status == "disabled" or entry.status == "deleted":

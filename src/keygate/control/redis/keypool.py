@@ -10,13 +10,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from keygate.control.base import Event, Pick
-from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry
+from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, default_limits
 from keygate.control.local.keypool import LocalKeyPool
+from keygate.control.quota import Announced, Ticket, view_rows
 from keygate.control.redis.connection import Callback, RedisDown
-from keygate.control.redis.scripts import PICK, RELEASE_KEY, REMOVE, SET, SYNC
+from keygate.control.redis.scripts import (
+    PICK,
+    QUOTA_VIEW,
+    RELEASE_KEY,
+    REMOVE,
+    SEED,
+    SET,
+    SYNC,
+)
 from keygate.control.redis.state import EVENTS, SYNC_BATCH, SharedState, chunks
 from keygate.settings import ProviderConfig
 
@@ -28,6 +39,16 @@ EVENT_CODES = {
     Event.INVALID: "inv",
     Event.EXHAUSTED: "exh",
 }
+
+
+class RedisCharge(NamedTuple):
+    """What a Redis pick charged, for the release to correct: the pick's id (its members in
+    the windows), its quota day, and the local mirror's own charge."""
+
+    lease: str
+    day: float
+    end: float
+    mine: Any
 
 
 def decode_state(raw: bytes) -> tuple[str, float]:
@@ -48,11 +69,18 @@ class SharedKeyPool:
         self._shared = shared
         shared.pools[cfg.name] = self  # the supervisor resyncs it when Redis comes back
         self._prefix = prefix = f"keygate:{{{cfg.name}}}:"
-        names = ("st", "ring", "inring", "cool", "hold", "lim", "strikes", "g429", "guard", "adm")
+        names = (
+            *("st", "ring", "inring", "cool", "hold", "lim", "strikes", "g429", "guard", "adm"),
+            "qon",
+        )
         self._keys = [prefix + n for n in names]
         self.leases: dict[int, list[str]] = {}  # key id -> per-key connection leases we hold
         self._last_429 = -math.inf  # on `clock`; while recent, successes are written (guard)
         self._removed: set[int] = set()  # deleted here: a pick that names one deletes it there
+        self._dl = "0:0:0:0:0:0"
+        self._views: dict[int, dict[str, Any]] = {}  # the fleet's windows (load_views)
+        self._views_day = 0.0
+        self.refresh()
 
     # --- the mirror's views (the admin, the flusher and the re-checker read these) -------------
     @property
@@ -85,16 +113,63 @@ class SharedKeyPool:
         """From the mirror: health events from every instance reach it by pub/sub."""
         return self.local.ready_in_now() == 0.0
 
+    def refresh(self) -> None:
+        """Provider settings changed: the fleet-wide per-key quota defaults, the day."""
+        self.local.refresh()
+        self._dl = ":".join(str(x) for x in default_limits(self.cfg))
+
+    async def load_views(self, entries: Iterable[KeyEntry]) -> None:
+        """Read the fleet's windows of these keys from Redis (one call) for `quota_view`;
+        the admin views call it first. Without Redis the local windows answer."""
+        st = self._shared
+        ids = [e.id for e in entries if e.quota is not None or self.local._q_on]
+        self._views = {}
+        if not st.up or not ids:
+            return
+        start, end = self.local.day(self.clock())
+        self._views_day = end
+        for batch in chunks(ids, SYNC_BATCH):
+            try:
+                res = await st.run(QUOTA_VIEW, self._keys, [st.now(), self._prefix, start, *batch])
+            except RedisDown:
+                self._views = {}
+                return
+            for key_id, raw in zip(batch, res, strict=False):
+                self._views[key_id] = orjson.loads(raw)
+
+    def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
+        """The fleet's windows when `load_views` read them, else this instance's."""
+        doc = self._views.get(entry.id)
+        if doc is None:
+            return self.local.quota_view(entry, now)
+        used = (doc["m"], doc["h"], doc["rd"], round(doc["tms"]), round(doc["ths"]), doc["td"])
+        om, oh = doc["om"], doc["oh"]
+        resets = (om + 60.0 if om else None, oh + 3600.0 if oh else None, self._views_day)
+        ann = doc["a"] if isinstance(doc["a"], dict) else {}  # cjson: an empty table is []
+        return view_rows(self.local.limits_of(entry), used, resets, ann)
+
+    def restore_day(self, entry: KeyEntry, day: float, requests: int, tokens: int) -> None:
+        self.local.restore_day(entry, day, requests, tokens)
+        st = self._shared
+        if st.up:
+            start, end = self.local.day(self.clock())
+            if abs(day - start) <= 1.0:
+                st.fire(
+                    SEED, self._keys, [st.now(), self._prefix, entry.id, day, requests, tokens, end]
+                )
+
     def conn_key(self, key_id: int) -> str:
         return f"{self._prefix}c:{key_id}"
 
     # --- the pick ---------------------------------------------------------------------------------
-    async def acquire(self, avoid: Iterable[int] = ()) -> Pick:
+    async def acquire(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
         st = self._shared
         if not st.up:
-            return self.local.take(avoid)
+            return self.local.take(avoid, ticket)
         cfg = self.cfg
         avoid = tuple(avoid)
+        cost = ticket.tokens if ticket is not None else 0
+        start, end = self.local.day(self.clock())
         skip = [str(k) for k in avoid]  # keys Redis named that this instance does not know
         for _ in range(3):
             lease = st.lease_id()
@@ -106,20 +181,23 @@ class SharedKeyPool:
                         st.now(),
                         self._prefix,
                         "pick",
-                        cfg.key_rpm,
+                        self._dl,
                         cfg.key_max_conn,
                         lease,
                         st.lease_s,
+                        cost,
+                        start,
+                        end,
                         *skip,
                     ],
                     self._orphan_pick(lease),
                 )
             except RedisDown:
-                return self.local.take(avoid)
+                return self.local.take(avoid, ticket)
             raw_id, leased = res[0], res[2] == b"1"
             if not raw_id:
                 wait = float(res[1])
-                return Pick(None, None if wait < 0 else wait)
+                return Pick(None, None if wait < 0 else wait, res[3] == b"1")
             key_id = int(raw_id)
             entry = self.local.entries.get(key_id)
             if entry is None:
@@ -135,9 +213,12 @@ class SharedKeyPool:
                 self.leases.setdefault(key_id, []).append(lease)
             if entry.status != "active":  # Redis let it out of cooling (or an admin did)
                 self._mirror(entry, "active", 0.0)
-            if entry.rpm or cfg.key_rpm:
-                self.local.window(entry)  # the fallback's rpm window counts Redis's picks too
-            self.local.count_use(entry, self.clock())
+            now = self.clock()
+            self.local.quota(entry, now)  # the fallback's windows count Redis's picks too
+            self.local.count_use(entry, now, ticket)
+            if ticket is not None:
+                mine = ticket.charge[2] if ticket.charge is not None else None
+                ticket.charge = (float(res[4]), cost, RedisCharge(lease, start, end, mine))
             return Pick(entry)
         return Pick(None, 1.0)
 
@@ -161,10 +242,12 @@ class SharedKeyPool:
                     st.now(),
                     self._prefix,
                     "ready",
-                    cfg.key_rpm,
+                    self._dl,
                     cfg.key_max_conn,
                     "",
                     st.lease_s,
+                    0,
+                    *self.local.day(self.clock()),
                     *map(str, exclude),
                 ],
             )
@@ -175,7 +258,13 @@ class SharedKeyPool:
 
     # --- outcomes ---------------------------------------------------------------------------------
     async def release(
-        self, entry: KeyEntry, event: Event, until: float | None = None, error: str = ""
+        self,
+        entry: KeyEntry,
+        event: Event,
+        until: float | None = None,
+        error: str = "",
+        ticket: Ticket | None = None,
+        budget: list[Announced] | None = None,
     ) -> float | None:
         st = self._shared
         self.local.touched.add(entry.id)  # counters are final: flushed next time (see record)
@@ -183,16 +272,21 @@ class SharedKeyPool:
         lease = held.pop() if held else None
         if held is not None and not held:
             del self.leases[entry.id]
+        quota = self._settle(entry, ticket, budget) if (budget or ticket) else None
         if not st.up:
             return self.local.record(entry, event, until, error)
         code = EVENT_CODES.get(event, "none")
         if code in ("ok", "none"):
             # Health does not change: no answer to wait for (and often nothing to write).
-            if lease is not None or (
-                code == "ok"
-                and (entry.strikes or self.clock() - self._last_429 < POOL_GUARD_WINDOW_S)
+            if (
+                lease is not None
+                or quota
+                or (
+                    code == "ok"
+                    and (entry.strikes or self.clock() - self._last_429 < POOL_GUARD_WINDOW_S)
+                )
             ):
-                self._fire_release(entry.id, code, lease or "")
+                self._fire_release(entry.id, code, lease or "", quota)
             return self.local.record(entry, event, until, error)
         if code == "rl":
             self._last_429 = self.clock()
@@ -200,7 +294,7 @@ class SharedKeyPool:
             res = await st.run(
                 RELEASE_KEY,
                 self._keys,
-                self._release_args(entry.id, code, lease or "", until, error),
+                self._release_args(entry.id, code, lease or "", until, error) + (quota or []),
             )
         except RedisDown:
             return self.local.record(entry, event, until, error)
@@ -237,10 +331,45 @@ class SharedKeyPool:
             POOL_GUARD_WINDOW_S,
         ]
 
-    def _fire_release(self, key_id: int, code: str, lease: str) -> None:
+    def _fire_release(
+        self, key_id: int, code: str, lease: str, quota: list[Any] | None = None
+    ) -> None:
         self._shared.fire(
-            RELEASE_KEY, self._keys, self._release_args(key_id, code, lease, None, "")
+            RELEASE_KEY,
+            self._keys,
+            self._release_args(key_id, code, lease, None, "") + (quota or []),
         )
+
+    def _settle(
+        self, entry: KeyEntry, ticket: Ticket | None, budget: list[Announced] | None
+    ) -> list[Any] | None:
+        """The quota's part of a release: corrected in the local mirror at once, and the
+        RELEASE_KEY arguments that correct Redis (None: nothing to say)."""
+        charge = ticket.charge if ticket is not None else None
+        handle = charge[2] if charge is not None else None
+        if not isinstance(handle, RedisCharge):  # picked locally (Redis was away)
+            if charge is not None or budget:
+                self.local.settle(entry, ticket, budget)
+            return None
+        assert ticket is not None and charge is not None
+        at, cost = charge[0], charge[1]
+        ticket.charge = (at, cost, handle.mine) if handle.mine is not None else None
+        self.local.settle(entry, ticket, budget)  # the fallback's (and the view's) windows
+        used = ticket.actual(cost)
+        if used == cost and not budget:
+            return None
+        args: list[Any] = [
+            at,
+            handle.lease,
+            cost,
+            used,
+            handle.day,
+            handle.end,
+            max(0, entry.inflight - 1),
+        ]
+        for b in budget or ():
+            args += [b.window, b.remaining, b.reset_at, b.limit]
+        return args
 
     # --- membership and admin (sync callers: written now, answers applied when they come) -------
     def add(self, entry: KeyEntry) -> None:
@@ -297,7 +426,13 @@ class SharedKeyPool:
     def _sync_args(self, entries: Sequence[KeyEntry]) -> list[Any]:
         args: list[Any] = [self._shared.now(), EVENTS, self.name]
         for e in entries:
-            args += [e.id, CODES.get(e.status, "a"), e.until, e.rpm, e.max_conn]
+            own = e.own
+            lim = (
+                f"{e.rpm}:{e.max_conn}:{e.rph}:{e.rpd}:{e.tpm}:{e.tph}:{e.tpd}"
+                if own is not None or e.max_conn
+                else ""
+            )
+            args += [e.id, CODES.get(e.status, "a"), e.until, lim, 1 if own is not None else 0]
         return args
 
     def _apply_sync(self, entries: Sequence[KeyEntry], res: list[bytes | None]) -> None:

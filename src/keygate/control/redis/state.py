@@ -17,12 +17,14 @@ Keys (all under the `{provider}` hash tag):
   keygate:{p}:inring   set   ids in the ring, so each is there once
   keygate:{p}:cool     zset  cooling key id -> until
   keygate:{p}:hold     zset  invalid/exhausted key id -> until
-  keygate:{p}:lim      hash  key id -> "rpm:max_conn" (keys with their own limits only)
+  keygate:{p}:lim      hash  key id -> "rpm:max_conn:rph:rpd:tpm:tph:tpd" (own limits only)
+  keygate:{p}:qon      hash  key id -> 1: quota windows apply (own limits or announced)
   keygate:{p}:strikes  hash  key id -> consecutive 429s (cooldown backoff)
   keygate:{p}:g429     zset  key id -> time of its latest 429 (the guard's window)
   keygate:{p}:guard    hash  ok -> time of the latest success
   keygate:{p}:c:<id>   zset  per-key connection leases -> expiry (key max_conn)
-  keygate:{p}:r:<id>   list  per-key pick times, newest first (key rpm)
+  keygate:{p}:q:<id>   hash  the key's quota day counters and announced budgets (quota.lua)
+  keygate:{p}:qm:<id> qh:<id> tm:<id> th:<id>  zsets: its minute and hour windows
 Channels: `keygate:events` (JSON: health, guard, 429, keys, provider), `keygate:release`
 (a provider name: a slot was freed while its gate was full).
 """

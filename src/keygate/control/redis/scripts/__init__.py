@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis form, as `.lua` files next to this loader.
 
-Each script is sent as the prelude (the clock), then the pool helpers for the key-pool scripts,
-then its own file; its SHA1 is what EVALSHA names."""
+Each script is sent as the prelude (the clock), then the pool helpers and the quota windows for
+the key-pool scripts, then its own file; its SHA1 is what EVALSHA names."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Script:
 
 
 def load(name: str, pool: bool = False) -> Script:
-    parts = ["prelude", "pool", name] if pool else ["prelude", name]
+    parts = ["prelude", "pool", "quota", name] if pool else ["prelude", name]
     return Script(name, "\n".join(_text(p) for p in parts))
 
 
@@ -40,4 +40,9 @@ RELEASE_KEY = load("release_key", pool=True)
 SET = load("set", pool=True)
 SYNC = load("sync", pool=True)
 REMOVE = load("remove", pool=True)
-SCRIPTS = (ADMIT, CAPACITY, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE)
+SEED = load("seed", pool=True)
+QUOTA_VIEW = load("quota_view", pool=True)
+SCRIPTS = (
+    *(ADMIT, CAPACITY, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE),
+    *(SEED, QUOTA_VIEW),
+)

@@ -1,18 +1,37 @@
--- KEYS: pool keys. ARGV: now, prefix, mode (pick|ready), default rpm, default max_conn,
--- lease id, ttl, ids to avoid (pick) or exclude (ready)...
--- -> {id | '', wait s (-1: none without an admin), leased 1|0}
+-- KEYS: pool keys. ARGV: now, prefix, mode (pick|ready), default quota limits
+-- ("rpm:rph:rpd:tpm:tph:tpd"), default max_conn, lease id, ttl, tokens, day start, day end,
+-- ids to avoid (pick) or exclude (ready)...
+-- -> {id | '', wait s (-1: none without an admin), leased 1|0, quota 1|0, now}
 -- pick: a key not avoided if one is usable, else one of the avoided (the same round-robin
--- order as the local form's two passes), else how long until any key is usable.
+-- order as the local form's two passes), else how long until any key is usable (quota 1: the
+-- quota windows, not health, hold every usable key back).
 -- ready: how long until a key not excluded is usable, without taking one.
 local now = now_s()
 local prefix, mode = ARGV[2], ARGV[3]
-local drpm, dmc = tonumber(ARGV[4]), tonumber(ARGV[5])
+local dl, dmc = ARGV[4], tonumber(ARGV[5])
 local ttl = tonumber(ARGV[7])
+local cost = tonumber(ARGV[8]) or 0
+local day, dayend = tonumber(ARGV[9]), tonumber(ARGV[10])
 local excl = {}
-for i = 8, #ARGV do excl[ARGV[i]] = true end
+for i = 11, #ARGV do excl[ARGV[i]] = true end
 promote(now)
+local qany = dl ~= '0:0:0:0:0:0' or redis.call('HLEN', QON) > 0
 
-local function take(id, rpm, mc)
+-- 0 when the key's own limits allow one more request now, else seconds to wait; and the
+-- quota windows' own wait (nil when max_conn holds it, or no quota applies)
+local function limit_wait(id, l, mc)
+  if mc > 0 then
+    local ck = prefix .. 'c:' .. id
+    redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
+    if redis.call('ZCARD', ck) >= mc then return 1.0, nil end
+  end
+  if not qany or not qhas(id, l) then return 0, nil end
+  qtrim(prefix, id, now, day)
+  local w = qwait(prefix, id, l, now, cost, dayend)
+  return w, w
+end
+
+local function take(id, l, mc)
   local leased = '0'
   if mc > 0 then
     local ck = prefix .. 'c:' .. id
@@ -20,19 +39,43 @@ local function take(id, rpm, mc)
     redis.call('PEXPIRE', ck, math.ceil(ttl * 3000))
     leased = '1'
   end
-  if rpm > 0 then
-    local rk = prefix .. 'r:' .. id
-    redis.call('LPUSH', rk, fmt(now))
-    redis.call('LTRIM', rk, 0, rpm - 1)
-    redis.call('PEXPIRE', rk, 61000)
-  end
+  if qany and qhas(id, l) then qcharge(prefix, id, now, cost, ARGV[6], dayend) end
   return leased
 end
 
+-- when `first` is nearly spent: among it and the next few usable keys that are too, the one
+-- whose window resets soonest (as the local form's `_prefer`); it takes this turn, `first`
+-- keeps its place
+local function prefer(first, fl, skip)
+  local soonest = qsoon(prefix, first, fl, now, dayend)
+  if not soonest then return first end
+  local best, at = first, -1
+  local n = redis.call('LLEN', RING)
+  for i = 0, math.min(4, n - 1) - 1 do
+    local peer = redis.call('LINDEX', RING, i)
+    local pl, pmc = key_limits(peer, dl, dmc)
+    if redis.call('HGET', ST, peer) == 'a' and not skip[peer] and qhas(peer, pl) then
+      qtrim(prefix, peer, now, day)
+      local reset = qsoon(prefix, peer, pl, now, dayend)
+      if reset and reset < soonest and limit_wait(peer, pl, pmc) == 0 then
+        best, soonest, at = peer, reset, i
+      end
+    end
+  end
+  if at >= 0 then
+    redis.call('LREM', RING, 1, best)
+    redis.call('RPOP', RING)
+    redis.call('LPUSH', RING, first)
+    redis.call('RPUSH', RING, best)
+  end
+  return best
+end
+
 -- one turn of the ring: the first usable key not in `skip` is taken; else the soonest wait of
--- a key at its own limits, and whether a usable key was passed over for being in `skip`
+-- a key at its own limits (and of the quota windows alone), and whether a usable key was
+-- passed over for being in `skip`
 local function scan(skip)
-  local best, passed = nil, false
+  local best, qbest, passed = nil, nil, false
   local n = redis.call('LLEN', RING)
   if n > 2000 then n = 2000 end
   for _ = 1, n do
@@ -42,17 +85,24 @@ local function scan(skip)
       redis.call('SREM', INRING, id)
     else
       redis.call('RPUSH', RING, id)
-      local rpm, mc = key_limits(id, drpm, dmc)
-      local w = limit_wait(prefix, id, now, rpm, mc)
+      local l, mc = key_limits(id, dl, dmc)
+      local w, qw = limit_wait(id, l, mc)
       if w == 0 then
-        if not skip[id] then return id, take(id, rpm, mc), nil, passed end
+        if not skip[id] then
+          if qany and qhas(id, l) then
+            id = prefer(id, l, skip)
+            l, mc = key_limits(id, dl, dmc)
+          end
+          return id, take(id, l, mc), nil, nil, passed
+        end
         passed = true
-      elseif not best or w < best then
-        best = w
+      else
+        if not best or w < best then best = w end
+        if qw and (not qbest or qw < qbest) then qbest = qw end
       end
     end
   end
-  return nil, '0', best, passed
+  return nil, '0', best, qbest, passed
 end
 
 -- the soonest a cooling key not in `skip` returns, then (none at all) an exhausted key
@@ -75,14 +125,19 @@ local function later(best, skip)
       end
     end
   end
-  return best and fmt(best) or '-1'
+  return best
 end
 
 if mode == 'pick' then
-  local id, leased, best, passed = scan(excl)
-  if not id and passed then id, leased, best = scan({}) end
-  if id then return {id, '0', leased} end
-  return {'', later(best, {}), '0'}
+  local id, leased, best, qbest, passed = scan(excl)
+  if not id and passed then id, leased, best, qbest = scan({}) end
+  if id then return {id, '0', leased, '0', fmt(now)} end
+  local wait = later(best, {})
+  local quota = '0'
+  if wait and qbest and qbest > 0 and qbest <= wait + 1e-9 then
+    wait, quota = qbest, '1'
+  end
+  return {'', wait and fmt(wait) or '-1', '0', quota, fmt(now)}
 end
 
 local best = nil
@@ -90,10 +145,11 @@ local n = redis.call('LLEN', RING)
 if n > 2000 then n = 2000 end
 for _, id in ipairs(redis.call('LRANGE', RING, 0, n - 1)) do
   if not excl[id] and redis.call('HGET', ST, id) == 'a' then
-    local rpm, mc = key_limits(id, drpm, dmc)
-    local w = limit_wait(prefix, id, now, rpm, mc)
-    if w == 0 then return {'', '0', '0'} end
+    local l, mc = key_limits(id, dl, dmc)
+    local w = limit_wait(id, l, mc)
+    if w == 0 then return {'', '0', '0', '0', fmt(now)} end
     if not best or w < best then best = w end
   end
 end
-return {'', later(best, excl), '0'}
+local wait = later(best, excl)
+return {'', wait and fmt(wait) or '-1', '0', '0', fmt(now)}

@@ -44,30 +44,20 @@ local function promote(now)
     end
   end
 end
-local function key_limits(id, drpm, dmc)
-  local rpm, mc = drpm, dmc
+-- a key's quota limits (rpm, rph, rpd, tpm, tph, tpd) and max_conn: its own, else the
+-- provider's `dl` ("rpm:rph:rpd:tpm:tph:tpd") and `dmc`
+local function key_limits(id, dl, dmc)
+  local l, mc = {}, dmc
+  for x in string.gmatch(dl, '%d+') do l[#l + 1] = tonumber(x) end
   local lim = redis.call('HGET', LIM, id)
   if lim then
-    local r, m = string.match(lim, '^(%d+):(%d+)$')
-    r, m = tonumber(r), tonumber(m)
-    if r and r > 0 then rpm = r end
-    if m and m > 0 then mc = m end
-  end
-  return rpm, mc
-end
--- 0 when the key's own limits allow one more request now, else seconds to wait
-local function limit_wait(prefix, id, now, rpm, mc)
-  if mc > 0 then
-    local ck = prefix .. 'c:' .. id
-    redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
-    if redis.call('ZCARD', ck) >= mc then return 1.0 end
-  end
-  if rpm > 0 then
-    local rk = prefix .. 'r:' .. id
-    if redis.call('LLEN', rk) >= rpm then
-      local oldest = tonumber(redis.call('LINDEX', rk, rpm - 1))
-      if oldest and now - oldest < 60 then return 60 - (now - oldest) end
+    local own = {}
+    for x in string.gmatch(lim, '%d+') do own[#own + 1] = tonumber(x) end
+    if own[1] and own[1] > 0 then l[1] = own[1] end
+    if own[2] and own[2] > 0 then mc = own[2] end
+    for i = 2, 6 do
+      if own[i + 1] and own[i + 1] > 0 then l[i] = own[i + 1] end
     end
   end
-  return 0
+  return l, mc
 end

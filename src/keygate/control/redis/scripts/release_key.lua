@@ -1,10 +1,74 @@
 -- KEYS: pool keys. ARGV: now, prefix, id, event (ok|rl|inv|exh|none), until, lease id,
--- cooldown_s, exhausted_cooldown_s, recheck_interval_s, channel, provider, error, window.
+-- cooldown_s, exhausted_cooldown_s, recheck_interval_s, channel, provider, error, window,
+-- then the quota's word: the pick's time ('' = none), its id, tokens charged, tokens used,
+-- day start, day end, other tries in flight on the key, then (window, remaining, reset,
+-- limit) of each budget the answer announced.
 -- -> {''} | {'state', status, until, strikes} | {'guard', pause, '', restored ids...}
 local now = now_s()
 local prefix, id, ev = ARGV[2], ARGV[3], ARGV[4]
 local untl = tonumber(ARGV[5])
 if ARGV[6] ~= '' then redis.call('ZREM', prefix .. 'c:' .. id, ARGV[6]) end
+if #ARGV >= 20 then
+  local day, dayend = tonumber(ARGV[18]), tonumber(ARGV[19])
+  local est = tonumber(ARGV[16]) or 0
+  qtrim(prefix, id, now, day)
+  local qk = prefix .. 'q:' .. id
+  if ARGV[14] ~= '' then
+    -- the answer's usage replaces the estimate charged at the pick
+    local at, uid, used = tonumber(ARGV[14]), ARGV[15], tonumber(ARGV[17]) or est
+    local delta = used - est
+    if delta ~= 0 then
+      for _, w in ipairs({{'tm:', 'tms'}, {'th:', 'ths'}}) do
+        local zk = prefix .. w[1] .. id
+        if redis.call('ZREM', zk, uid .. '|' .. est) == 1 then
+          redis.call('ZADD', zk, at, uid .. '|' .. used)
+          redis.call('HINCRBYFLOAT', qk, w[2], delta)
+        end
+      end
+      if at >= day then
+        local td = (tonumber(redis.call('HGET', qk, 'td') or '0') or 0) + delta
+        redis.call('HSET', qk, 'td', math.max(0, td))
+      end
+      local h = qhash(prefix, id)
+      for _, win in ipairs({'tpm', 'tph', 'tpd'}) do
+        local v = h['a:' .. win]
+        if v then
+          local a = split(v)
+          if a[5] == 0 then
+            a[1] = a[1] - delta
+            redis.call('HSET', qk, 'a:' .. win,
+              table.concat({fmt(a[1]), fmt(a[2]), fmt(a[3]), fmt(a[4]), a[5]}, '|'))
+          end
+        end
+      end
+    end
+  end
+  -- announced budgets: the lower of what was known and what the answer says (less the tries
+  -- still in flight that it may not have counted) holds until its reset
+  local others = tonumber(ARGV[20]) or 0
+  local h = nil
+  for i = 21, #ARGV - 3, 4 do
+    if not h then h = qhash(prefix, id) end
+    local win, rem, reset, limit = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+      tonumber(ARGV[i + 3])
+    local held = 0
+    if others > 0 then held = string.sub(win, 1, 1) == 'r' and others or others * est end
+    rem = rem - held
+    local old = qann(prefix, id, h, win, now)
+    if old and old[5] == 0 and old[1] <= rem and reset <= old[2] + 0.5 then
+      if limit > 0 then
+        old[3] = limit
+        redis.call('HSET', qk, 'a:' .. win,
+          table.concat({fmt(old[1]), fmt(old[2]), fmt(old[3]), fmt(old[4]), old[5]}, '|'))
+      end
+    else
+      redis.call('HSET', qk, 'a:' .. win, table.concat({fmt(rem), fmt(reset), fmt(limit),
+        fmt(math.max(0, reset - now)), 0}, '|'))
+    end
+    redis.call('HSET', QON, id, 1)
+  end
+  qexpire(prefix, id, dayend, now)
+end
 if ev == 'ok' then
   redis.call('HDEL', STRIKES, id)
   redis.call('HSET', GUARD, 'ok', now)

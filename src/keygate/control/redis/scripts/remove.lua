@@ -7,6 +7,9 @@ for i = 3, #ARGV do
   redis.call('ZREM', COOL, id)
   redis.call('ZREM', HOLD, id)
   redis.call('ZREM', G429, id)
-  redis.call('DEL', ARGV[2] .. 'c:' .. id, ARGV[2] .. 'r:' .. id)
+  redis.call('HDEL', QON, id)
+  local p = ARGV[2]
+  redis.call('DEL', p .. 'c:' .. id, p .. 'q:' .. id, p .. 'qm:' .. id, p .. 'qh:' .. id,
+    p .. 'tm:' .. id, p .. 'th:' .. id)
 end
 return #ARGV - 2

@@ -1,11 +1,12 @@
--- KEYS: pool keys. ARGV: now, channel, provider, then (id, code, until, rpm, max_conn)...
+-- KEYS: pool keys. ARGV: now, channel, provider, then (id, code, until, own limits
+-- "rpm:max_conn:rph:rpd:tpm:tph:tpd" or '', 1 when it has own quota limits)...
 -- Registers keys; Redis's health wins (it is fresher than the store), except that `disabled`
 -- is the admin's: the store's word on it wins both ways. -> the state of each key after.
 local now = now_s()
 local out = {}
 for i = 4, #ARGV, 5 do
   local id, code, untl = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]) or 0
-  local rpm, mc = tonumber(ARGV[i + 3]) or 0, tonumber(ARGV[i + 4]) or 0
+  local lim = ARGV[i + 3]
   if code == 'c' and untl <= now then code = 'a' end
   local cur = redis.call('HGET', ST, id)
   local target = nil
@@ -22,11 +23,12 @@ for i = 4, #ARGV, 5 do
   elseif cur == 'a' and redis.call('SADD', INRING, id) == 1 then
     redis.call('RPUSH', RING, id)
   end
-  if rpm > 0 or mc > 0 then
-    redis.call('HSET', LIM, id, rpm .. ':' .. mc)
+  if lim ~= '' then
+    redis.call('HSET', LIM, id, lim)
   else
     redis.call('HDEL', LIM, id)
   end
+  if ARGV[i + 4] == '1' then redis.call('HSET', QON, id, 1) end
   out[#out + 1] = redis.call('HGET', ST, id)
 end
 return out

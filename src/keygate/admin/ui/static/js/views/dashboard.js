@@ -6,6 +6,7 @@ import { api } from '../api.js';
 import { LineChart } from '../chart.js';
 import { emptyState, fmtCompact, fmtDuration, fmtInt, fmtMs, fmtNum, fmtPct, fmtTime, h, pageHeader, poller, serverNow } from '../dom.js';
 import { t } from '../i18n.js';
+import { quotaMeters } from '../quota.js';
 
 const STATES = ['active', 'cooling', 'invalid', 'exhausted', 'disabled'];
 const WINDOW_S = 120;
@@ -113,6 +114,7 @@ class ProviderCard {
     this.chips = h('div');
     this.metrics = h('div', { class: 'metrics' });
     this.meters = h('div', { class: 'meters' });
+    this.quota = h('div', { class: 'prov-quota' });
     this.note = h('p', { class: 'prov-note', hidden: true });
     this.el = h(
       'article',
@@ -126,6 +128,7 @@ class ProviderCard {
       this.chips,
       this.metrics,
       this.meters,
+      this.quota,
       this.note,
       h('div', { class: 'charts' }, this.rps.el, this.lat.el),
     );
@@ -140,6 +143,8 @@ class ProviderCard {
       metric(t('dash.tokens'), fmtCompact((p.tokens_in || 0) + (p.tokens_out || 0)), t('dash.tokens_split', { a: fmtCompact(p.tokens_in || 0), b: fmtCompact(p.tokens_out || 0) })),
     );
     this.meters.replaceChildren(meter(t('dash.conn'), p.in_flight || 0, p.max_conn || 0), meter(t('dash.queue'), p.queued || 0, p.queue || 0));
+    const quota = quotaMeters(p.quota);
+    this.quota.replaceChildren(...(quota ? [quota] : []));
     const paused = Number(p.paused_for_s || 0);
     this.note.hidden = !(paused > 0);
     this.note.textContent = paused > 0 ? t('dash.paused', { s: fmtDuration(paused) }) : '';

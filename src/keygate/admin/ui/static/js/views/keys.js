@@ -17,6 +17,7 @@ import {
   fmtMs,
   h,
   icon,
+  openDialog,
   pageHeader,
   poller,
   promptDialog,
@@ -27,6 +28,7 @@ import {
 } from '../dom.js';
 import { localizeProblem } from '../errors.js';
 import { t } from '../i18n.js';
+import { quotaMeters } from '../quota.js';
 
 const STATES = ['active', 'cooling', 'invalid', 'exhausted', 'disabled'];
 const PAGE_SIZES = [25, 50, 100, 200];
@@ -133,7 +135,7 @@ export function mount(root, params, ctx) {
   );
 
   // ---- table --------------------------------------------------------------------------------
-  const cols = ['key', 'label', 'state', 'uses', 'last_used', 'last_error', 'test', 'actions'];
+  const cols = ['key', 'label', 'state', 'uses', 'quota', 'last_used', 'last_error', 'test', 'actions'];
   const tbody = h('tbody');
   const table = h(
     'table',
@@ -215,6 +217,9 @@ export function mount(root, params, ctx) {
     r.labelBtn = h('button', { type: 'button', class: 'icon-btn icon-btn-sm', title: t('keys.edit_label'), 'aria-label': t('keys.edit_label'), onclick: () => editLabel(r) }, icon('pencil'));
     r.state = h('span', { class: 'state-cell' });
     r.uses = td('uses');
+    r.quotaBtn = h('button', { type: 'button', class: 'icon-btn icon-btn-sm btn-limits', title: t('keys.limits'), 'aria-label': t('keys.limits'), onclick: () => editLimits(r) }, icon('pencil'));
+    r.quotaBody = h('span', { class: 'quota-body' });
+    r.quota = td('quota', h('span', { class: 'quota-cell' }, r.quotaBody, r.quotaBtn));
     r.lastUsed = h('span');
     r.lastError = errorText('');
     r.noError = h('span', { class: 'last-error is-empty' }, t('common.none'));
@@ -230,6 +235,7 @@ export function mount(root, params, ctx) {
       td('label', h('span', { class: 'label-cell' }, r.labelText, r.labelBtn)),
       td('state', r.state),
       r.uses,
+      r.quota,
       td('last_used', r.lastUsed),
       r.lastErrorCell,
       r.test,
@@ -251,6 +257,8 @@ export function mount(root, params, ctx) {
     }
     r.state.replaceChildren(...stateKids);
     r.uses.textContent = fmtInt(k.use_count || 0);
+    const gauges = quotaMeters(k.quota, true);
+    r.quotaBody.replaceChildren(gauges || h('span', { class: 'is-empty' }, t('quota.none')));
     r.lastUsed.textContent = fmtAgo(k.last_used);
     r.lastUsed.title = k.last_used ? fmtDateTime(k.last_used) : '';
     if (r.lastError.textContent !== (k.last_error || '')) r.lastError.textContent = k.last_error || '';
@@ -566,6 +574,53 @@ export function mount(root, params, ctx) {
       testResults.delete(r.id);
       toast(t('keys.deleted'), 'ok');
       await Promise.all([load(), refreshProviders()]);
+    } catch (err) {
+      if (err.status !== 401) toast(err.message, 'error');
+    }
+  }
+
+  async function editLimits(r) {
+    const k = r.key;
+    const fields = ['rpm', 'rph', 'rpd', 'tpm', 'tph', 'tpd', 'max_conn'];
+    const values = await openDialog((close) => {
+      const inputs = Object.fromEntries(
+        fields.map((f, i) => [f, h('input', { type: 'number', min: 0, step: 1, class: 'input', name: f, value: String(k[f] || 0), autofocus: i === 0 })]),
+      );
+      return h(
+        'form',
+        {
+          class: 'modal-body limits-form',
+          onsubmit: (ev) => {
+            ev.preventDefault();
+            const out = {};
+            for (const f of fields) {
+              const n = Number(inputs[f].value || 0);
+              if (!Number.isInteger(n) || n < 0) {
+                inputs[f].setCustomValidity(t('v.integer'));
+                inputs[f].reportValidity();
+                return;
+              }
+              if (n !== Number(k[f] || 0)) out[f] = n;
+            }
+            close(out);
+          },
+        },
+        h('h2', { class: 'modal-title' }, `${t('keys.limits_title')} · ${k.masked}`),
+        h('p', { class: 'modal-text' }, t('keys.limits_hint')),
+        h('div', { class: 'limits-grid' }, fields.map((f) => h('label', { class: 'field' }, h('span', { class: 'field-label' }, t(`keys.limit.${f}`)), inputs[f]))),
+        h(
+          'div',
+          { class: 'modal-actions' },
+          h('button', { type: 'button', class: 'btn', onclick: () => close(null) }, t('common.cancel')),
+          h('button', { type: 'submit', class: 'btn btn-primary' }, t('common.save')),
+        ),
+      );
+    });
+    if (!values || !Object.keys(values).length) return;
+    try {
+      const updated = await api('PATCH', `/api/keys/${enc(r.id)}`, values);
+      if (updated && updated.id != null) updateRow(r, updated);
+      toast(t('keys.limits_saved'), 'ok');
     } catch (err) {
       if (err.status !== 401) toast(err.message, 'error');
     }
