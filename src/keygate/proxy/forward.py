@@ -8,12 +8,17 @@ upstream is asked for `identity` so the bytes we relay always match the headers 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from keygate.dialects import CREDENTIAL_HEADERS, Dialect
+from keygate.proxy.errors import GatewayError
 from keygate.proxy.watchdog import Watchdog, absorb_cancel
 from keygate.upstream import upstream_url
+
+if TYPE_CHECKING:
+    from keygate.proxy.exchange import Exchange
 
 _HOP_BY_HOP = frozenset(
     {
@@ -184,3 +189,42 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int, idle_s: float) 
     except (TimeoutError, aiohttp.ClientError, OSError):
         pass
     return b"".join(chunks)[:limit]
+
+
+async def read_answer(
+    resp: aiohttp.ClientResponse, ex: Exchange, idle_s: float, limit: int = 0
+) -> bytes:
+    """A whole 2xx answer, read before any of it is sent, so a broken or silent upstream
+    becomes a clean 502/504. `limit` (0: none) bounds what is held."""
+    dog = ex.dog
+    assert dog is not None
+    content = resp.content
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            chunks.append(chunk)
+            dog.touch()
+            if limit:
+                size += len(chunk)
+                if size > limit:
+                    raise GatewayError(
+                        502, "upstream answer too large to translate", "upstream_unreachable"
+                    )
+            if content.at_eof():
+                break
+    except asyncio.CancelledError:
+        if not absorb_cancel(dog.fired and not ex.disconnected):
+            raise
+        raise GatewayError(
+            504, f"upstream went silent for {idle_s:g}s mid-response", "upstream_timeout"
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise GatewayError(
+            502, f"upstream broke mid-response: {type(exc).__name__}", "upstream_unreachable"
+        ) from None
+    dog.pause()  # the upstream is done; a slow client is not its silence
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -38,6 +38,7 @@ from keygate.proxy.forward import (
     UpstreamUnreachable,
     lower_headers,
     open_upstream,
+    read_answer,
     read_limited,
     request_headers,
     response_headers,
@@ -525,31 +526,8 @@ async def _relay_whole(
     idle: float,
 ) -> Event:
     """Nothing is sent before the whole body is here: a broken upstream becomes a clean 502."""
-    dog = ex.dog
-    assert dog is not None and ex.wire is not None
-    content = resp.content
-    chunks: list[bytes] = []
-    try:
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            chunks.append(chunk)
-            dog.touch()
-            if content.at_eof():
-                break
-    except asyncio.CancelledError:
-        if not absorb_cancel(dog.fired and not ex.disconnected):
-            raise
-        raise GatewayError(
-            504, f"upstream went silent for {idle:g}s mid-response", "upstream_timeout"
-        ) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise GatewayError(
-            502, f"upstream broke mid-response: {type(exc).__name__}", "upstream_unreachable"
-        ) from None
-    dog.pause()  # the upstream is done; a slow client is not its silence
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    assert ex.dog is not None and ex.wire is not None
+    body = await read_answer(resp, ex, idle)
     ex.wire.scan_usage(body, ex.usage)
     if secret in body:
         body = body.replace(secret, masked)

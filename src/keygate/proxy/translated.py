@@ -19,7 +19,7 @@ from keygate.asgi import send_whole
 from keygate.control.base import Event
 from keygate.proxy.errors import GatewayError
 from keygate.proxy.exchange import Exchange
-from keygate.proxy.forward import EXPOSE_HEADERS
+from keygate.proxy.forward import EXPOSE_HEADERS, read_answer
 from keygate.proxy.redact import StreamScrubber
 from keygate.proxy.watchdog import absorb_cancel
 from keygate.settings import ProviderConfig
@@ -100,33 +100,7 @@ async def _whole(
 ) -> Event:
     dog, adapter, wire = ex.dog, ex.adapter, ex.wire
     assert dog is not None and adapter is not None and wire is not None
-    content = resp.content
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise GatewayError(
-                    502, "upstream answer too large to translate", "upstream_unreachable"
-                )
-            dog.touch()
-    except asyncio.CancelledError:
-        if not absorb_cancel(dog.fired and not ex.disconnected):
-            raise
-        raise GatewayError(
-            504, f"upstream went silent for {idle:g}s mid-response", "upstream_timeout"
-        ) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise GatewayError(
-            502, f"upstream broke mid-response: {type(exc).__name__}", "upstream_unreachable"
-        ) from None
-    dog.pause()
-    body = b"".join(chunks)
+    body = await read_answer(resp, ex, idle, MAX_ANSWER_BYTES)
     wire.scan_usage(body, ex.usage)
     if secret in body:
         body = body.replace(secret, masked)
