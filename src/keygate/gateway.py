@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from keygate.clients.registry import ClientRegistry
 from keygate.control.keypool import KeyEntry
 from keygate.control.redis import SharedState
 from keygate.observe import RequestRecord, access_log, log
@@ -46,7 +47,8 @@ class Gateway:
             for name, cfg in settings.providers.items()
         }
         self.store: Store = store or create_store(settings.db_location, settings.secret_key)
-        self.sync = StoreSync(self.store, self.providers, settings)
+        self.clients = ClientRegistry()  # client keys by hash (SPEC §13), kept by self.sync
+        self.sync = StoreSync(self.store, self.providers, settings, self.clients)
         self.session: aiohttp.ClientSession | None = None
         self.recent: deque[RequestRecord] = deque(maxlen=settings.recent_requests)
         self.started_at = time.time()
@@ -115,6 +117,14 @@ class Gateway:
         if self.shared is not None:
             self.shared.announce("keys")
         return self.sync.load(rec)
+
+    # --- client keys ---------------------------------------------------------------------------
+    async def clients_changed(self) -> None:
+        """A client written or deleted by this process: applied here now (the next request
+        sees it), and the other instances hear of it at once (or at their next poll)."""
+        if self.shared is not None:
+            self.shared.announce("clients")
+        await self.sync.reload_clients()
 
     def state_info(self) -> dict[str, Any]:
         """Which form of the traffic-control state is live (for /healthz and the admin page)."""

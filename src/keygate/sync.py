@@ -11,6 +11,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from keygate.clients.periods import PERIODS
+from keygate.clients.registry import ClientRegistry
 from keygate.control.keypool import KeyEntry
 from keygate.counters import plus, unflushed
 from keygate.observe import log
@@ -44,10 +46,15 @@ class StoreSync:
     """Owns the change-feed position and the flush; `providers` is the gateway's live table."""
 
     def __init__(
-        self, store: Store, providers: dict[str, ProviderRuntime], settings: Settings
+        self,
+        store: Store,
+        providers: dict[str, ProviderRuntime],
+        settings: Settings,
+        clients: ClientRegistry | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
+        self.clients = clients if clients is not None else ClientRegistry()
         self.settings = settings
         self.seq = 0
         self._lock = asyncio.Lock()
@@ -58,6 +65,19 @@ class StoreSync:
         self.seq = await self.store.current_seq()
         for rec in await self.store.load_keys():
             self.load(rec)
+        await self.reload_clients()
+
+    async def reload_clients(self) -> None:
+        """The client table as the store has it; new clients' windows start from the store's
+        usage of today and this month. Client changes are rare admin writes: a full reload
+        (one query, even with 10,000 clients) keeps this simple and always exact."""
+        records = await self.store.load_clients()
+        fresh = [r.id for r in records if r.id not in self.clients.by_id]
+        usage: dict[int, dict[str, dict[str, int]]] = {}
+        if fresh:
+            p = PERIODS.at(time.time())
+            usage = await self.store.client_usage([p.day, p.month])
+        self.clients.replace(records, usage)
 
     def load(self, rec: KeyRecord, from_feed: bool = False) -> KeyEntry | None:
         """Make the pool agree with a store record; an existing entry is updated in place so
@@ -143,6 +163,8 @@ class StoreSync:
                     await asyncio.sleep(0)
                 if changes.providers_changed:
                     self.apply_overrides(await self.store.get_provider_overrides())
+                if changes.clients_changed:
+                    await self.reload_clients()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -189,16 +211,36 @@ class StoreSync:
             if any(delta):
                 provider_deltas[name] = delta
                 marks.append((rt.stats, rt.stats.counters()))
+        client_taken = self._take_client_usage() if self.settings.flush_interval_ms > 0 else []
         try:
             if health:
                 await self.store.save_health(health)
             if (key_deltas or provider_deltas) and self.settings.flush_interval_ms > 0:
                 await self.store.add_counters(key_deltas, provider_deltas)
+            if client_taken:
+                await self.store.add_client_counters(
+                    [
+                        (c.id, period, *row, c.usage.last_used)  # type: ignore[misc]
+                        for c, pending in client_taken
+                        for period, row in pending.items()
+                    ]
+                )
         except BaseException:
             # nothing was marked flushed: put the dirty sets back so the next flush retries
             for pool, touched, changed in taken:
                 pool.touched |= touched
                 pool.changed |= changed
+            for client, pending in client_taken:
+                client.usage.give_back(pending)
             raise
         for obj, value in marks:
             obj.flushed = value
+
+    def _take_client_usage(self) -> list[tuple[Any, dict[str, list[int]]]]:
+        """Every client's unflushed usage (the retired ones' last counts too)."""
+        retired, self.clients.retired = self.clients.retired, []
+        out = []
+        for client in [*self.clients.by_id.values(), *retired]:
+            if client.usage.pending:
+                out.append((client, client.usage.take()))
+        return out

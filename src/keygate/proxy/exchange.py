@@ -16,6 +16,7 @@ class Exchange:
     cut it short (the client leaving, the upstream going silent)."""
 
     __slots__ = (
+        "client",
         "disconnected",
         "dog",
         "entry",
@@ -23,6 +24,7 @@ class Exchange:
         "finishing",
         "model",
         "receive",
+        "reserved",
         "retries",
         "status",
         "task",
@@ -39,6 +41,8 @@ class Exchange:
         self.upstream_status = 0
         self.retries = 0
         self.entry: Any = None
+        self.client: Any = None  # the client key's Client (None: master password or open)
+        self.reserved: int | None = None  # tokens the client's limits reserved for it
         self.error = ""
         self.model = ""
         self.usage = [0, 0]

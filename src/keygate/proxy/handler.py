@@ -22,12 +22,13 @@ import aiohttp
 from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
 from keygate.asgi import read_body as asgi_read_body
 from keygate.classify import Verdict, classify
+from keygate.clients import access as clients
 from keygate.control.base import Event, Rejected
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway
 from keygate.observe import RequestRecord, access_log
-from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
+from keygate.proxy.auth import split_key_param
 from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.exchange import Exchange
 from keygate.proxy.forward import (
@@ -115,8 +116,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             return
         # auth: one decoding of the query decides both the credential and what goes upstream
         query_key, query = split_key_param(scope["query_string"])
-        if gw.passwords and not password_ok(presented_credential(headers, query_key), gw.passwords):
-            raise refused(gw, scope, query_key)
+        ex.client = clients.authenticate(gw, scope, query_key)  # None: master password / open
         # route
         if rt is None:
             raise GatewayError(404, f"no such provider or route: /{name}", "not_found")
@@ -133,6 +133,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         if body and method == "POST":
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
+        if ex.client is not None:
+            clients.admit(ex, name, body)  # 403/429 for this client key, before any upstream
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
@@ -179,7 +181,7 @@ async def forward(
     while True:
         # admission
         try:
-            slot = await rt.admission.acquire()
+            slot = await rt.admission.acquire(ex.client.id if ex.client is not None else None)
         except Rejected as rej:
             raise GatewayError(
                 429,
@@ -494,6 +496,9 @@ def _account(
         stats.tokens_out += ex.usage[1]
     key_id = entry.id if entry is not None else None
     masked = entry.masked if entry is not None else ""
+    client = ex.client.name if ex.client is not None else ""
+    if client:
+        clients.account(ex, now)
     if ex.error and rt is not None:
         # what goes to the log and the ring never carries a key, whoever wrote the text
         ex.error = redactor_for(name).scrub_text(
@@ -512,10 +517,11 @@ def _account(
             round(latency_ms, 2),
             ex.retries,
             ex.error,
+            client,
         )
     )
     if access_log.enabled:
-        client = scope.get("client")
+        peer = scope.get("client")
         access_log.request(
             now,
             name if rt is not None else "",
@@ -528,5 +534,6 @@ def _account(
             latency_ms,
             ex.retries,
             ex.error,
-            client[0] if client else "",
+            peer[0] if peer else "",
+            client,
         )

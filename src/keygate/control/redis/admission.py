@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 from keygate.control.base import Limits, Rejected
-from keygate.control.local.gate import LocalAdmission
+from keygate.control.local.gate import FairQueue, LocalAdmission
 from keygate.control.redis.connection import Callback, RedisDown
 from keygate.control.redis.scripts import ADMIT, PAUSE, RELEASE_SLOT
 from keygate.control.redis.state import RELEASES, SharedState
@@ -58,7 +58,7 @@ class SharedAdmission:
         self._keys = [prefix + "adm", self.leases_key]
         self.held: dict[str, SharedSlot] = {}  # leased slots, for renewal
         self._unleased: set[SharedSlot] = set()  # taken while Redis was away
-        self._queue: deque[asyncio.Future[SharedSlot | None]] = deque()
+        self._queue: FairQueue[SharedSlot | None] = FairQueue()  # one FIFO per client
         self._queued = 0
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
@@ -121,14 +121,14 @@ class SharedAdmission:
         if self._queue:
             self._wake.set()
 
-    async def acquire(self) -> SharedSlot:
+    async def acquire(self, client: Hashable | None = None) -> SharedSlot:
         if not self._shared.up:
-            return await self._acquire_local()
+            return await self._acquire_local(client)
         wait = 0.0
         if not self._queue:
             got = await self._try()
             if got is None:
-                return await self._acquire_local()
+                return await self._acquire_local(client)
             if isinstance(got, SharedSlot):
                 return got
             wait = got
@@ -137,7 +137,7 @@ class SharedAdmission:
             self.local.rejected += 1
             raise Rejected("queue full", self._estimate_wait())
         fut: asyncio.Future[SharedSlot | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(fut)
+        self._queue.push(client, fut)
         self._queued += 1
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = asyncio.get_running_loop().create_task(self._serve_queue(wait))
@@ -162,7 +162,7 @@ class SharedAdmission:
         finally:
             self._queued -= 1
         if slot is None:  # Redis went away while we waited: carry on in the local queue
-            return await self._acquire_local()
+            return await self._acquire_local(client)
         slot.queued = True
         return slot
 
@@ -177,9 +177,7 @@ class SharedAdmission:
         """The head waiter asks Redis; after the wait Redis named, or at a release notice."""
         q = self._queue
         while True:
-            while q and q[0].done():
-                q.popleft()
-            if not q:
+            if q.head() is None:
                 return
             if not self._shared.up:
                 self._spill()
@@ -195,25 +193,22 @@ class SharedAdmission:
                 self._spill()
                 return
             if isinstance(got, SharedSlot):
-                while q and q[0].done():
-                    q.popleft()
-                if q:
-                    q.popleft().set_result(got)
+                if q.head() is not None:
+                    q.pop().set_result(got)  # the next client in turn
                 else:
                     got.give_back()
             else:
                 wait = got
 
     def _spill(self) -> None:
-        while self._queue:
-            fut = self._queue.popleft()
+        for fut in self._queue.drain():
             if not fut.done():
                 fut.set_result(None)
 
-    async def _acquire_local(self) -> SharedSlot:
+    async def _acquire_local(self, client: Hashable | None = None) -> SharedSlot:
         # The local grant is counted there; `_give_back` counts it out (count_out), so the
         # local slot object itself is not kept.
-        local = await self.local.acquire()
+        local = await self.local.acquire(client)
         slot = SharedSlot(self, None)
         slot.queued = local.queued
         self._unleased.add(slot)

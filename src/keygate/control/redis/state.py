@@ -355,7 +355,7 @@ class SharedState:
             asyncio.get_running_loop().call_soon(self.fail, f"Redis error: {value}")
 
     def announce(self, kind: str) -> None:
-        """Tell every instance that keys or provider settings changed in the store."""
+        """Tell every instance that keys, clients or provider settings changed in the store."""
         pipe = self._pipe
         if pipe is not None and self.up:
             pipe.send(
@@ -371,7 +371,7 @@ class SharedState:
             return
         msg = orjson.loads(data)
         kind = msg.get("t")
-        if kind in ("keys", "provider"):
+        if kind in ("keys", "provider", "clients"):
             if msg.get("src") != self.instance:
                 self._changed()
             return

@@ -1,0 +1,72 @@
+"""The request path's three calls for client keys (`proxy.handler`): who is asking, may this
+client send this request now, and what it used. Nothing here touches the store or Redis."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from keygate.clients import limits
+from keygate.clients.registry import Client
+from keygate.proxy.auth import password_ok, presented_credential, refused
+from keygate.proxy.errors import GatewayError, retry_after_headers
+
+if TYPE_CHECKING:
+    from keygate.gateway import Gateway
+    from keygate.proxy.exchange import Exchange
+
+
+def authenticate(gw: Gateway, scope: dict[str, Any], query_key: bytes | None) -> Client | None:
+    """The client whose key was presented; None for the master password (unrestricted) or an
+    open proxy (no password and no client keys). Anything else is a 401 (or the throttle's
+    429). The passwords are compared first, in constant time; a client key is then found by
+    its hash (a timing difference there tells nothing about the key, only about its hash)."""
+    clients = gw.clients
+    if not gw.passwords and not clients:
+        return None
+    credential = presented_credential(scope["headers"], query_key)
+    if gw.passwords and password_ok(credential, gw.passwords):
+        return None
+    client = clients.find(credential) if credential and clients else None
+    if client is None:
+        raise refused(gw, scope, query_key)
+    why = client.refusal(time.time())
+    if why:
+        raise GatewayError(401, why, "invalid_api_key", retry=False)
+    return client
+
+
+def admit(ex: Exchange, provider: str, body: bytes) -> None:
+    """403 `model_not_allowed` or 429 `client_quota_exceeded` before anything goes upstream;
+    otherwise the request is counted against the client's limits (tokens estimated from the
+    body's size, corrected by `account`)."""
+    client: Client = ex.client
+    if not client.allows(provider, ex.model):
+        what = (
+            f"model '{ex.model}' of provider '{provider}'" if ex.model else f"provider '{provider}'"
+        )
+        raise GatewayError(
+            403, f"{what} is not allowed for this client key", "model_not_allowed", retry=False
+        )
+    estimate = len(body) // 4
+    over = limits.check(client, estimate, time.time())
+    if over is not None:
+        limit, wait = over
+        raise GatewayError(
+            429,
+            f"client key over its {limit} limit; it resets in {math.ceil(wait)}s",
+            "client_quota_exceeded",
+            retry_after_headers(wait),
+            retry=False,  # the SDK's own retries would only hit the same limit
+        )
+    ex.reserved = estimate
+
+
+def account(ex: Exchange, now: float) -> None:
+    """Usage counted in memory (flushed by sync.py); the token reservation settled."""
+    client: Client = ex.client
+    tokens_in, tokens_out = ex.usage
+    client.usage.count(now, tokens_in, tokens_out, ex.status >= 400)
+    if ex.reserved is not None:
+        limits.settle(client, ex.reserved, tokens_in + tokens_out, now)

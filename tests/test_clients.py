@@ -1,0 +1,223 @@
+"""Client keys (SPEC §13) driven by the real OpenAI and Anthropic SDKs: a client key works as
+the api_key; its limits, model list, disabling, deletion and expiry refuse requests in the
+SDK's own error shape without anything reaching the upstream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from keygate.testing.mock_upstream import MockUpstream
+
+CEREBRAS_KEY = "csk-cerebras-aaaa1111"
+CLAUDE_KEY = "sk-ant-api03-bbbb2222"
+ENV = {"CEREBRAS_API_KEYS": CEREBRAS_KEY, "CLAUDE_API_KEYS": CLAUDE_KEY}
+NO_WAIT = {name: {"rps": 0, "max_conn": 0} for name in ("cerebras", "claude")}
+MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+def gw(gateway_factory: Any) -> Any:
+    return gateway_factory(env=ENV, config={"providers": NO_WAIT})
+
+
+def add_client(gw: Any, **doc: Any) -> tuple[int, str]:
+    r = gw.api("POST", "/api/clients", json={"name": "alice", **doc})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["key"].startswith("kgc-") and len(body["key"]) == 44
+    assert body["client"]["masked"] != body["key"]
+    return body["id"], body["key"]
+
+
+def oai(gw: Any, key: str, path: str = "/cerebras/v1") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}{path}", api_key=key, max_retries=0, timeout=10)
+
+
+def claude(gw: Any, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=f"{gw.url}/claude", api_key=key, max_retries=0, timeout=10)
+
+
+def chat(client: openai.OpenAI, model: str = "llama3.1-8b") -> Any:
+    return client.chat.completions.create(model=model, messages=MESSAGES)
+
+
+def message(client: anthropic.Anthropic, model: str = "claude-sonnet-4") -> Any:
+    return client.messages.create(model=model, max_tokens=16, messages=MESSAGES)
+
+
+def test_client_key_works_in_both_sdks_and_never_goes_upstream(gw: Any, mock: MockUpstream) -> None:
+    _, key = add_client(gw)
+    assert chat(oai(gw, key)).choices[0].message.content
+    assert message(claude(gw, key)).content[0].text
+    assert mock.count() == 2
+    for rec in mock.records():
+        assert key.encode() not in (str(rec.headers) + rec.query).encode() + rec.body
+    assert {r.key for r in mock.records()} == {CEREBRAS_KEY, CLAUDE_KEY}
+    # the other header forms: x-api-key, x-goog-api-key, ?key=
+    with gw.client() as c:
+        for kw in (
+            {"headers": {"x-api-key": key}},
+            {"headers": {"x-goog-api-key": key}},
+            {"params": {"key": key}},
+        ):
+            r = c.post(
+                "/cerebras/v1/chat/completions", json={"model": "m", "messages": MESSAGES}, **kw
+            )
+            assert r.status_code == 200, (kw, r.text)
+
+
+def test_over_rpd_is_429_client_quota_exceeded_and_nothing_upstream(
+    gw: Any, mock: MockUpstream
+) -> None:
+    _, key = add_client(gw, rpd=2)
+    client = oai(gw, key)
+    chat(client)
+    chat(client)
+    sent = mock.count()
+    with pytest.raises(openai.RateLimitError) as exc:
+        chat(client)
+    err = exc.value
+    assert err.code == "client_quota_exceeded"
+    retry_after = int(err.response.headers["retry-after"])
+    until_midnight = 86400 - time.time() % 86400
+    assert abs(retry_after - until_midnight) < 5
+    assert mock.count() == sent
+    # the Anthropic SDK reads the same refusal in its own shape
+    with pytest.raises(anthropic.RateLimitError) as aexc:
+        message(claude(gw, key))
+    assert aexc.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "rpd" in aexc.value.message
+    assert mock.count() == sent
+    # the master password is not limited
+    ok = openai.OpenAI(base_url=f"{gw.url}/cerebras/v1", api_key=gw.password, max_retries=0)
+    chat(ok)
+
+
+def test_model_outside_the_list_is_403_model_not_allowed(gw: Any, mock: MockUpstream) -> None:
+    _, key = add_client(gw, models=["llama3.1-8b", "claude/*"])
+    client = oai(gw, key)
+    chat(client, "llama3.1-8b")
+    message(claude(gw, key), "claude-anything")  # under claude/*
+    sent = mock.count()
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        chat(client, "gpt-oss-120b")
+    assert exc.value.code == "model_not_allowed"
+    assert mock.count() == sent
+    _, only_claude = add_client(gw, name="bob", providers=["claude"])
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        chat(oai(gw, only_claude))
+    assert exc.value.code == "model_not_allowed"
+    message(claude(gw, only_claude))
+    assert mock.count() == sent + 1
+
+
+def test_disabled_deleted_expired_are_401(gw: Any, mock: MockUpstream) -> None:
+    disabled_id, disabled = add_client(gw, name="d")
+    deleted_id, deleted = add_client(gw, name="x")
+    expired_id, expired = add_client(gw, name="e", expires_at=time.time() + 2)
+    for key in (disabled, deleted):
+        chat(oai(gw, key))
+    assert (
+        gw.api("PATCH", f"/api/clients/{disabled_id}", json={"enabled": False}).status_code == 200
+    )
+    assert gw.api("DELETE", f"/api/clients/{deleted_id}").status_code == 200
+    sent = mock.count()
+    for key in (disabled, deleted):
+        with pytest.raises(openai.AuthenticationError):
+            chat(oai(gw, key))
+        with pytest.raises(anthropic.AuthenticationError):
+            message(claude(gw, key))
+    # expiry: refused once its time has come (the key worked before)
+    deadline = time.time() + 2.5
+    while time.time() < deadline:
+        try:
+            chat(oai(gw, expired))
+        except openai.AuthenticationError as exc:
+            assert "expired" in exc.message
+            break
+    else:
+        pytest.fail("an expired client key was still accepted")
+    assert (
+        gw.api("PATCH", f"/api/clients/{expired_id}", json={"expires_at": None}).status_code == 200
+    )
+    chat(oai(gw, expired))
+    assert mock.count() > sent
+    # enabled again: accepted again at once
+    gw.api("PATCH", f"/api/clients/{disabled_id}", json={"enabled": True})
+    chat(oai(gw, disabled))
+
+
+def test_no_password_with_client_keys_closes_the_proxy(
+    gateway_factory: Any, mock: MockUpstream
+) -> None:
+    gw = gateway_factory(env=ENV, config={"providers": NO_WAIT}, password=None)
+    with gw.client() as c:
+        body = {"model": "m", "messages": MESSAGES}
+        assert c.post("/cerebras/v1/chat/completions", json=body).status_code == 200  # open
+        _, key = add_client(gw)
+        assert c.post("/cerebras/v1/chat/completions", json=body).status_code == 401
+        r = c.post("/claude/v1/messages", json={**body, "max_tokens": 5})
+        assert r.status_code == 401 and r.json()["type"] == "error"  # Anthropic's shape
+        sent = mock.count()
+        assert (
+            c.post(
+                "/cerebras/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"}
+            ).status_code
+            == 401
+        )
+        assert mock.count() == sent
+    chat(oai(gw, key))
+
+
+def test_admin_api_validation_names_the_field(gw: Any) -> None:
+    for doc, field in (
+        ({}, "name"),
+        ({"name": "a", "rpd": -1}, "rpd"),
+        ({"name": "a", "rpm": "5"}, "rpm"),
+        ({"name": "a", "models": "x"}, "models"),
+        ({"name": "a", "providers": ["Not A Name"]}, "providers"),
+        ({"name": "a", "expires_at": "yesterday"}, "expires_at"),
+        ({"name": "a", "expires_at": 1000}, "expires_at"),
+        ({"name": "a", "colour": 1}, "colour"),
+    ):
+        r = gw.api("POST", "/api/clients", json=doc)
+        assert r.status_code == 400, (doc, r.text)
+        assert r.json()["error"]["message"].startswith(field), r.text
+        assert r.json()["error"]["param"] == field
+    cid, _ = add_client(gw)
+    r = gw.api("PATCH", f"/api/clients/{cid}", json={"enabled": "no"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "enabled"
+    assert gw.api("PATCH", "/api/clients/999", json={"rpm": 1}).status_code == 404
+    assert gw.api("DELETE", "/api/clients/999").status_code == 404
+    listed = gw.api("GET", "/api/clients").json()
+    assert listed["total"] == 1 and "key" not in listed["clients"][0]
+
+
+def test_usage_is_counted_and_listed(gw: Any, mock: MockUpstream) -> None:
+    cid, key = add_client(gw)
+    client = oai(gw, key)
+    for _ in range(3):
+        chat(client)
+    with pytest.raises(openai.PermissionDeniedError):
+        gw.api("PATCH", f"/api/clients/{cid}", json={"models": ["other"]})
+        chat(client)
+    listed = {c["id"]: c for c in gw.api("GET", "/api/clients").json()["clients"]}
+    usage = listed[cid]["usage"]
+    assert usage["today"]["requests"] == 4 and usage["month"]["requests"] == 4
+    assert usage["all"]["errors"] == 1
+    assert usage["today"]["tokens_in"] > 0
+    assert listed[cid]["last_used"] and sum(listed[cid]["timeline"]) == 4
+    stats = gw.api("GET", "/api/stats").json()
+    assert stats["clients"][str(cid)]["today"]["requests"] == 4
+    recent = gw.api("GET", "/api/requests").json()["requests"]
+    assert recent[0]["client_name"] == "alice"
+    metrics = gw.api("GET", "/metrics").text
+    assert 'keygate_client_requests_total{client="alice"} 4' in metrics
+    assert "client_name=alice" in gw.log()
+    assert httpx  # the module is used by the fair-share tests
