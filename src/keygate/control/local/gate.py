@@ -68,6 +68,24 @@ class FairQueue(Generic[T]):
             del self._queues[client]
         return fut
 
+    def head_client(self) -> tuple[Hashable, int]:
+        """The client whose turn it is (after `head`) and how many more of its waiters follow."""
+        client = self._turns[0]
+        return client, len(self._queues[client]) - 1
+
+    def rotate(self) -> None:
+        """Pass the turn on without serving (the fleet said another client goes first)."""
+        if len(self._turns) > 1:
+            self._turns.rotate(-1)
+
+    def clients(self) -> int:
+        return len(self._turns)
+
+    def waiting(self, client: Hashable) -> int:
+        """Waiters of `client` still queued (ones that left are counted until dropped)."""
+        q = self._queues.get(client)
+        return sum(1 for f in q if not f.done()) if q else 0
+
     def drain(self) -> Iterator[asyncio.Future[T]]:
         """Every waiter, emptying the queue (a switch of form hands them all on)."""
         queues, self._queues, self._turns = self._queues, {}, deque()

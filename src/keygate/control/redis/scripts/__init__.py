@@ -34,9 +34,22 @@ RELEASE_SLOT = load("release_slot")
 RENEW = load("renew")
 CLEAN = load("clean")
 PAUSE = load("pause")
+UNREGISTER = load("unregister")
 PICK = load("pick", pool=True)
 RELEASE_KEY = load("release_key", pool=True)
 SET = load("set", pool=True)
 SYNC = load("sync", pool=True)
 REMOVE = load("remove", pool=True)
-SCRIPTS = (ADMIT, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE)
+SCRIPTS = (
+    ADMIT,
+    RELEASE_SLOT,
+    RENEW,
+    CLEAN,
+    PAUSE,
+    UNREGISTER,
+    PICK,
+    RELEASE_KEY,
+    SET,
+    SYNC,
+    REMOVE,
+)
