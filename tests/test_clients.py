@@ -4,14 +4,19 @@ SDK's own error shape without anything reaching the upstream."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx
 import openai
+import orjson
 import pytest
 
+from harness import wait_for
 from keygate.testing.mock_upstream import MockUpstream
 
 CEREBRAS_KEY = "csk-cerebras-aaaa1111"
@@ -220,4 +225,79 @@ def test_usage_is_counted_and_listed(gw: Any, mock: MockUpstream) -> None:
     metrics = gw.api("GET", "/metrics").text
     assert 'keygate_client_requests_total{client="alice"} 4' in metrics
     assert "client_name=alice" in gw.log()
-    assert httpx  # the module is used by the fair-share tests
+
+
+def cli(gw: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """`keygate clients ...` against `gw`'s store, as an operator would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "keygate", "clients", *args],
+        env=gw.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_cli_add_update_rm_reach_the_running_server(gw: Any, mock: MockUpstream) -> None:
+    done = cli(gw, "add", "carol", "--rpd", "100", "--models", "cerebras/*")
+    assert done.returncode == 0, done.stderr
+    key = re.search(r"key: (kgc-\S{40})", done.stdout).group(1)  # type: ignore[union-attr]
+    assert done.stdout.count(key) == 1
+    client = oai(gw, key)
+    # (polling with a key not known yet would trip the wrong-password throttle)
+    wait_for(lambda: known_clients(gw) == 1, 5, "the server loads a client added by the CLI")
+    chat(client)
+    listed = cli(gw, "list", "--json")
+    assert key not in listed.stdout
+    cid = orjson.loads(listed.stdout)["clients"][0]["id"]
+    assert cli(gw, "update", str(cid), "--disable").returncode == 0
+    wait_for(lambda: not _works(client), 5, "a client disabled by the CLI is refused")
+    bad = cli(gw, "update", str(cid), "--rpm", "-3")
+    assert bad.returncode == 2 and "rpm:" in bad.stderr
+    assert cli(gw, "update", str(cid), "--enable").returncode == 0
+    wait_for(lambda: _works(client), 5, "enabled again")
+    assert cli(gw, "rm", str(cid)).returncode == 0
+    wait_for(lambda: not _works(client), 5, "a client deleted by the CLI is refused")
+    assert cli(gw, "rm", str(cid)).returncode == 1
+
+
+def status_of(client: openai.OpenAI) -> int:
+    try:
+        chat(client)
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    return 200
+
+
+def known_clients(gw: Any) -> int:
+    return int(gw.api("GET", "/healthz").json()["clients"])
+
+
+def _works(client: openai.OpenAI) -> bool:
+    try:
+        chat(client)
+    except openai.AuthenticationError:
+        return False
+    return True
+
+
+def test_changes_apply_on_the_other_instance(gateway_factory: Any, tmp_path: Path) -> None:
+    shared = tmp_path / "shared-data"
+    one = gateway_factory(env=ENV, config={"providers": NO_WAIT}, data_dir=shared)
+    two = gateway_factory(env=ENV, config={"providers": NO_WAIT}, data_dir=shared)
+    cid, key = add_client(one, rpd=1000)
+    other = oai(two, key)
+    wait_for(lambda: known_clients(two) == 1, 5, "the other instance loads the new client")
+    chat(other)
+    one.api("PATCH", f"/api/clients/{cid}", json={"models": ["nothing-else"]})
+
+    def refused_403() -> bool:
+        try:
+            chat(other)
+        except openai.PermissionDeniedError:
+            return True
+        return False
+
+    wait_for(refused_403, 5, "a model list changed on one instance applies on the other")
+    one.api("DELETE", f"/api/clients/{cid}")
+    wait_for(lambda: status_of(other) == 401, 5, "deleted on the other instance too")
