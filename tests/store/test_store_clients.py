@@ -75,7 +75,9 @@ async def test_usage_is_additive_per_period_and_survives_a_reopen(open_store: Op
     await st.add_client_counters(
         [(rec.id, "all", 2, 10, 20, 1, 5.0), (rec.id, "d:2026-12-02", 2, 10, 20, 1, 5.0)]
     )
-    await st.add_client_counters([(rec.id, "all", 1, 1, 1, 0, 9.0), (rec.id, "all", 1, 0, 0, 0, 7.0)])
+    await st.add_client_counters(
+        [(rec.id, "all", 1, 1, 1, 0, 9.0), (rec.id, "all", 1, 0, 0, 0, 7.0)]
+    )
     await st.close()
     st = await open_store()
     usage = await st.client_usage(["all", "d:2026-12-02", "m:2026-12"])
