@@ -57,7 +57,7 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
     for t in servers:
         if t.proc and t.proc.alive():
             bench.refs[t.name]["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid)
-        keep_for = bench.want("keys100k") or bench.want("redis")
+        keep_for = bench.want("keys100k") or bench.want("redis") or bench.want("clients10k")
         if t.name == "keygate" and keep_for and t.proc and t.proc.alive():
             keep = t
         else:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keygate.benchmark import report
+from keygate.benchmark.case_clients import run_clients
 from keygate.benchmark.case_scale import run_many_keys, run_redis
 from keygate.benchmark.case_streams import run_streaming
 from keygate.benchmark.case_wrk import run_nonstreaming
@@ -46,8 +47,14 @@ from keygate.benchmark.wrk import WrkResult, lua_script, run_wrk, wrk_binary
 __all__ = ["ALIASES", "CASES", "SERVER_REFS", "Bench", "Options", "log", "write_outputs"]
 
 SERVER_REFS = ("bare", "keygate", "litellm")
-CASES = ("wrk", "stream", "memory", "keys100k", "redis")
-ALIASES = {"nonstream": "wrk", "streams": "stream", "100k": "keys100k", "many-keys": "keys100k"}
+CASES = ("wrk", "stream", "memory", "keys100k", "redis", "clients10k")
+ALIASES = {
+    "nonstream": "wrk",
+    "streams": "stream",
+    "100k": "keys100k",
+    "many-keys": "keys100k",
+    "clients": "clients10k",
+}
 
 
 @dataclass(slots=True)
@@ -62,6 +69,7 @@ class Options:
     chunk_interval_s: float = 0.05
     post_load_wait_s: float = 60.0
     many_keys: int = 100_000
+    clients: int = 10_000
     skip: set[str] = field(default_factory=set)
     out: Path = Path("bench/results")
     start_timeout_s: float = 30.0
@@ -81,6 +89,7 @@ class Bench:
         self.notes: list[str] = []
         self.keys100k: dict[str, Any] = {}
         self.redis: dict[str, Any] = {}
+        self.clients10k: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.calibration: dict[str, Any] = {}
         self.tmp = Path()
@@ -122,8 +131,10 @@ class Bench:
             raise ValueError(ref)
         return self.track(t)
 
-    def wrk(self, target: Target, concurrency: int, duration_s: float) -> WrkResult:
-        r = run_wrk(target.url, self.script, concurrency, duration_s, self.pin)
+    def wrk(
+        self, target: Target, concurrency: int, duration_s: float, script: Path | None = None
+    ) -> WrkResult:
+        r = run_wrk(target.url, script or self.script, concurrency, duration_s, self.pin)
         if r.non_2xx:  # show what the failures were: one more request, outside the timing
             try:
                 status, body = http_request(
@@ -186,6 +197,8 @@ class Bench:
                         run_many_keys(self, kg8, nginx_port)
                     if self.want("redis"):
                         run_redis(self, kg8, nginx_port)
+                    if self.want("clients10k"):
+                        run_clients(self, kg8, nginx_port)
                 finally:
                     kg8.stop()
             nginx.stop()
@@ -234,12 +247,14 @@ class Bench:
                 "chunk_interval_s": o.chunk_interval_s,
                 "post_load_wait_s": o.post_load_wait_s,
                 "many_keys": o.many_keys,
+                "clients": o.clients,
                 "skip": sorted(o.skip),
                 "pinning": {"server_cpu": self.pin.server_cpu, "load_cpu": self.pin.load_cpu},
             },
             "references": {r: self.refs[r] for r in report.REFS if r in self.refs},
             "keys100k": self.keys100k or None,
             "redis": self.redis or None,
+            "clients10k": self.clients10k or None,
             "calibration": self.calibration or None,
             "failures": self.failures,
             "flags": flags,
