@@ -301,3 +301,35 @@ def test_changes_apply_on_the_other_instance(gateway_factory: Any, tmp_path: Pat
     wait_for(refused_403, 5, "a model list changed on one instance applies on the other")
     one.api("DELETE", f"/api/clients/{cid}")
     wait_for(lambda: status_of(other) == 401, 5, "deleted on the other instance too")
+
+
+def test_the_model_check_sees_the_model_the_upstream_sees(gw: Any, mock: MockUpstream) -> None:
+    """A restricted client cannot slip a forbidden model past the byte scan: a nested or
+    repeated "model", an escaped key, or Gemini's model in the path."""
+    _, key = add_client(gw, models=["llama3.1-8b"])
+    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    sent = mock.count()
+    tricks = [
+        b'{"metadata": {"model": "llama3.1-8b"}, "model": "gpt-oss-120b", "messages": []}',
+        b'{"model": "llama3.1-8b", "model": "gpt-oss-120b", "messages": []}',
+        b'{"mod\\u0065l": "gpt-oss-120b", "messages": []}',
+        b'{"model": "' + b"x" * 300 + b'", "messages": []}',
+    ]
+    with gw.client() as c:
+        for body in tricks:
+            r = c.post("/cerebras/v1/chat/completions", content=body, headers=headers)
+            assert r.status_code == 403, (body, r.text)
+            assert r.json()["error"]["code"] == "model_not_allowed"
+        r = c.post(
+            "/gemini/v1beta/models/gemini-2.5-pro:generateContent",
+            json={"contents": []},
+            headers={"x-goog-api-key": key},
+        )
+        assert r.status_code == 403, r.text
+        ok = c.post(
+            "/cerebras/v1/chat/completions",
+            content=b'{"model": "llama3.1-8b", "messages": [{"role": "user", "content": "\\u00e9"}]}',
+            headers=headers,
+        )
+        assert ok.status_code == 200, ok.text
+    assert mock.count() == sent + 1

@@ -7,6 +7,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from keygate.clients import limits
 from keygate.clients.registry import Client
 from keygate.proxy.auth import password_ok, presented_credential, refused
@@ -37,15 +39,37 @@ def authenticate(gw: Gateway, scope: dict[str, Any], query_key: bytes | None) ->
     return client
 
 
-def admit(ex: Exchange, provider: str, body: bytes) -> None:
+def checked_model(found: str, path: str, body: bytes) -> str:
+    """The model the upstream will act on, for a client whose models are restricted.
+
+    `find_model`'s scan (`found`) is trusted when the body names `"model"` exactly once with
+    no escapes: every ordinary request. Anything that could make the scan and the upstream's
+    parser disagree (a nested or repeated `"model"`, a key spelt with backslash-u escapes, a
+    value the scan gives up on) is parsed properly, once, and only then. Gemini's native paths
+    carry the model in the path (`/v1beta/models/NAME:generateContent`)."""
+    if body and (body.count(b'"model"') != 1 or b"\\u" in body or not found):
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and "model" in doc:
+            value = doc["model"]
+            return value if isinstance(value, str) else orjson.dumps(value).decode()
+        if doc is not None:
+            found = ""
+    if not found and "/models/" in path:
+        found = path.split("/models/", 1)[1].split(":", 1)[0].split("/", 1)[0]
+    return found
+
+
+def admit(ex: Exchange, provider: str, path: str, body: bytes) -> None:
     """403 `model_not_allowed` or 429 `client_quota_exceeded` before anything goes upstream;
     otherwise the request is counted against the client's limits (tokens estimated from the
     body's size, corrected by `account`)."""
     client: Client = ex.client
-    if not client.allows(provider, ex.model):
-        what = (
-            f"model '{ex.model}' of provider '{provider}'" if ex.model else f"provider '{provider}'"
-        )
+    model = ex.model if client.any_model else checked_model(ex.model, path, body)
+    if not client.allows(provider, model):
+        what = f"model '{model}' of provider '{provider}'" if model else f"provider '{provider}'"
         raise GatewayError(
             403, f"{what} is not allowed for this client key", "model_not_allowed", retry=False
         )

@@ -134,7 +134,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
         if ex.client is not None:
-            clients.admit(ex, name, body)  # 403/429 for this client key, before any upstream
+            clients.admit(ex, name, up_path, body)  # 403/429 for this client, before upstream
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive)
