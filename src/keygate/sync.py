@@ -58,6 +58,7 @@ class StoreSync:
         self.settings = settings
         self.seq = 0
         self._lock = asyncio.Lock()
+        self._clients_lock = asyncio.Lock()  # one reload at a time: the last one read last
 
     # --- loading -----------------------------------------------------------------------------
     async def load_all(self) -> None:
@@ -70,14 +71,17 @@ class StoreSync:
     async def reload_clients(self) -> None:
         """The client table as the store has it; new clients' windows start from the store's
         usage of today and this month. Client changes are rare admin writes: a full reload
-        (one query, even with 10,000 clients) keeps this simple and always exact."""
-        records = await self.store.load_clients()
-        fresh = [r.id for r in records if r.id not in self.clients.by_id]
-        usage: dict[int, dict[str, dict[str, int]]] = {}
-        if fresh:
-            p = PERIODS.at(time.time())
-            usage = await self.store.client_usage([p.day, p.month])
-        self.clients.replace(records, usage)
+        (one query, even with 10,000 clients) keeps this simple and always exact. Reloads run
+        one at a time, so one that read the store before a change never lands after one that
+        read it after."""
+        async with self._clients_lock:
+            records = await self.store.load_clients()
+            fresh = [r.id for r in records if r.id not in self.clients.by_id]
+            usage: dict[int, dict[str, dict[str, int]]] = {}
+            if fresh:
+                p = PERIODS.at(time.time())
+                usage = await self.store.client_usage([p.day, p.month])
+            self.clients.replace(records, usage)
 
     def load(self, rec: KeyRecord, from_feed: bool = False) -> KeyEntry | None:
         """Make the pool agree with a store record; an existing entry is updated in place so
