@@ -12,6 +12,7 @@ import aiohttp
 import openai
 import pytest
 
+from harness import wait_for
 from keygate.testing.mock_upstream import MockUpstream
 from servers import RedisServer, redis_bin, start_redis
 
@@ -110,3 +111,40 @@ def test_fair_share_across_two_instances_sharing_redis(
         assert_fair(done)
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(redis_bin() is None, reason="redis-server is not installed")
+def test_with_redis_a_change_reaches_the_other_instance_at_once(
+    gateway_factory: Any, mock: MockUpstream, tmp_path: Path
+) -> None:
+    """Through Redis pub/sub, not the once-a-second store poll: well within that second."""
+    server: RedisServer = start_redis(tmp_path / "redis")
+    try:
+        env = {"CEREBRAS_API_KEYS": KEY, "KEYGATE_REDIS_URL": server.url}
+        shared = tmp_path / "shared-data"
+        gw1 = gateway_factory(env=env, data_dir=shared)
+        gw2 = gateway_factory(env=env, data_dir=shared)
+        r = gw1.api("POST", "/api/clients", json={"name": "quick"})
+        cid, key = r.json()["id"], r.json()["key"]
+        other = openai.OpenAI(base_url=f"{gw2.url}/cerebras/v1", api_key=key, max_retries=0)
+        took = wait_for(lambda: known(gw2) == 1, 5, "the new client reaches the other instance")
+        assert took < 0.5, took
+        other.chat.completions.create(model="m", messages=MESSAGES)
+        assert gw1.api("PATCH", f"/api/clients/{cid}", json={"enabled": False}).status_code == 200
+
+        def refused() -> bool:
+            try:
+                other.chat.completions.create(model="m", messages=MESSAGES)
+            except openai.AuthenticationError:
+                return True
+            return False
+
+        took = wait_for(refused, 5, "disabled on the other instance")
+        assert took < 0.5, took
+    finally:
+        server.stop()
+
+
+def known(gw: Any) -> int:
+    return int(gw.api("GET", "/healthz").json()["clients"])
