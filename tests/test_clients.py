@@ -178,6 +178,17 @@ def test_no_password_with_client_keys_closes_the_proxy(
         )
         assert mock.count() == sent
     chat(oai(gw, key))
+    # after a restart too: the banner says so, and the proxy stays closed
+    assert gw.stop() == 0
+    again = gateway_factory(
+        env=ENV, config={"providers": NO_WAIT}, password=None, data_dir=gw.data_dir
+    )
+    assert "proxy auth    on (client keys only: 1" in again.log()
+    assert "proxy auth is OFF" not in again.log()
+    with again.client() as c:
+        r = c.post("/cerebras/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
+        assert r.status_code == 401
+    chat(oai(again, key))
 
 
 def test_admin_api_validation_names_the_field(gw: Any) -> None:
@@ -333,3 +344,18 @@ def test_the_model_check_sees_the_model_the_upstream_sees(gw: Any, mock: MockUps
         )
         assert ok.status_code == 200, ok.text
     assert mock.count() == sent + 1
+
+
+def test_day_usage_and_limits_survive_a_restart(gateway_factory: Any, mock: MockUpstream) -> None:
+    gw = gateway_factory(env=ENV, config={"providers": NO_WAIT})
+    cid, key = add_client(gw, rpd=2)
+    chat(oai(gw, key))
+    chat(oai(gw, key))
+    assert gw.stop() == 0  # a clean stop flushes the counters
+    again = gateway_factory(env=ENV, config={"providers": NO_WAIT}, data_dir=gw.data_dir)
+    sent = mock.count()
+    with pytest.raises(openai.RateLimitError) as exc:
+        chat(oai(again, key))
+    assert exc.value.code == "client_quota_exceeded" and mock.count() == sent
+    listed = again.api("GET", "/api/clients").json()["clients"]
+    assert listed[0]["id"] == cid and listed[0]["usage"]["today"]["requests"] == 3
