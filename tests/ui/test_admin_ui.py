@@ -952,6 +952,11 @@ def test_clients_view_create_copy_usage_disable(
         expect(row.locator(".client-today")).to_have_text("3", timeout=TIMEOUT_MS)
         expect(row.locator(".client-spark")).to_have_attribute("data-total", "3")
         page.screenshot(path=str(SHOTS / "clients-desktop.png"), full_page=True)
+        goto_view(page, "requests")  # recent requests name the client
+        expect(page.locator(".req-table .req-client").first).to_have_text(f"ui team {XSS}")
+        goto_view(page, "clients")
+        row = page.locator(".clients-table tbody tr").first
+        expect(row.locator(".client-today")).to_have_text("3")
         row.locator(".btn-toggle").click()
         expect(row.locator(".client-status")).to_have_text("disabled")
         with httpx.Client(timeout=30) as c:
