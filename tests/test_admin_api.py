@@ -35,6 +35,10 @@ ADMIN_ROUTES = {
     ("PATCH", "/api/keys/{id}"),
     ("DELETE", "/api/keys/{id}"),
     ("POST", "/api/keys/{id}/test"),
+    ("GET", "/api/clients"),
+    ("POST", "/api/clients"),
+    ("PATCH", "/api/clients/{id}"),
+    ("DELETE", "/api/clients/{id}"),
     ("GET", "/api/stats"),
     ("GET", "/api/config"),
     ("PUT", "/api/config/default-model"),
@@ -510,7 +514,9 @@ def _concrete(path: str) -> str:
     return path.replace("{id}", "1").replace("{name}", "cerebras")
 
 
-def test_no_admin_endpoint_answers_without_auth(kg: Kg) -> None:
+def test_no_admin_endpoint_answers_without_auth(gateway_factory: Any, mock: MockUpstream) -> None:
+    # one wrong password per route: more routes than the default throttle's 20 a minute
+    kg = Kg(gateway_factory(env={"KEYGATE_AUTH_FAILURES_PER_MIN": "100"}), mock)
     kg.add(kg.secret())
     doc = kg.ok("GET", "/api/openapi.json")
     routes = [(m.upper(), p) for p, ops in doc["paths"].items() for m in ops]
@@ -539,6 +545,7 @@ def test_no_admin_endpoint_answers_without_auth(kg: Kg) -> None:
     assert resp.status_code == 404 and error_of(resp)["code"]
     assert kg.api("PUT", "/api/keys").status_code == 405
     kg.assert_no_secrets()
+    kg.close()
 
 
 def test_wrong_passwords_are_answered_at_once_then_throttled(kg: Kg) -> None:
@@ -645,7 +652,14 @@ def test_requests_and_stats(gateway_factory: Any, mock: MockUpstream) -> None:
             "cerebras",
         ]
         fields = {"ts", "provider", "method", "path", "model", "key_id", "key", "status"}
-        assert fields | {"latency_ms", "retries", "error", "route", "translated"} == set(recent[0])
+        assert fields | {
+            "latency_ms",
+            "retries",
+            "error",
+            "route",
+            "translated",
+            "client_name",
+        } == set(recent[0])
         assert recent[0]["key"] == mask(bad) and recent[-1]["key"] == mask(good)
         assert recent[-1]["path"] == CHAT and recent[-1]["model"] == "m"
 

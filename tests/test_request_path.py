@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from keygate.clients.registry import ClientRegistry
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalKeyPool
 from keygate.proxy import handler
@@ -135,6 +136,7 @@ async def make_gw() -> AsyncIterator[Callable[..., Any]]:
             providers={"p": rt},
             default_provider="p",
             passwords=[],
+            clients=ClientRegistry(),
             session=session,
             recent=deque(maxlen=100),
         )

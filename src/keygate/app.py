@@ -183,10 +183,15 @@ def banner(gw: Gateway, credentials: AdminCredentials, workers_line: str = "") -
     idle = [name for name, rt in gw.providers.items() if not rt.pool.entries and rt.cfg.builtin]
     if idle:
         lines.append(f"    (no keys yet: {', '.join(idle)})")
+    clients = len(gw.clients.by_id)
+    with_clients = f", {clients} client key{'s' if clients != 1 else ''}" if clients else ""
     if gw.passwords:
         lines.append(
-            f"  proxy auth    on ({len(gw.passwords)} password{'s' if len(gw.passwords) > 1 else ''})"
+            f"  proxy auth    on ({len(gw.passwords)} password{'s' if len(gw.passwords) > 1 else ''}"
+            f"{with_clients})"
         )
+    elif clients:
+        lines.append(f"  proxy auth    on (client keys only: {clients}; no ACCESS_PASSWORD)")
     else:
         lines.append("  " + "!" * 72)
         lines.append(

@@ -1,4 +1,4 @@
-"""Command line: serve, reload, keys, providers, config check, bench.
+"""Command line: serve, reload, keys, clients, providers, config check, bench.
 
 Key and provider commands work on the same store as the server (SQLite's WAL or PostgreSQL make
 that safe while it runs); a running server picks their changes up within a second.
@@ -494,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--provider", help="test every key of this provider")
     test.set_defaults(func=lambda a: _run(_keys_test, a, read=True))
 
+    from keygate.clients.cli import register as register_clients
+
+    register_clients(sub, with_config, _run)
     prov = with_config(sub.add_parser("providers", help="list providers, limits and key counts"))
     prov.add_argument("--json", action="store_true")
     prov.set_defaults(func=lambda a: _run(_providers, a, read=True))

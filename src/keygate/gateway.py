@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from keygate.clients.registry import ClientRegistry
 from keygate.control.keypool import KeyEntry
 from keygate.control.redis import SharedState
 from keygate.modellist import ModelLists
@@ -59,7 +60,10 @@ class Gateway:
         self.stored_models: dict[str, Any] = {}
         self.models = ModelTable(build_table(settings.models, self.providers), self.providers)
         self.model_lists = ModelLists(self)
-        self.sync = StoreSync(self.store, self.providers, settings, self.load_models)
+        self.clients = ClientRegistry()  # client keys by hash (SPEC §13), kept by self.sync
+        self.sync = StoreSync(
+            self.store, self.providers, settings, on_models=self.load_models, clients=self.clients
+        )
         self.session: aiohttp.ClientSession | None = None
         self.recent: deque[RequestRecord] = deque(maxlen=settings.recent_requests)
         self.started_at = time.time()
@@ -130,6 +134,14 @@ class Gateway:
         if self.shared is not None:
             self.shared.announce("keys")
         return self.sync.load(rec)
+
+    # --- client keys ---------------------------------------------------------------------------
+    async def clients_changed(self) -> None:
+        """A client written or deleted by this process: applied here now (the next request
+        sees it), and the other instances hear of it at once (or at their next poll)."""
+        if self.shared is not None:
+            self.shared.announce("clients")
+        await self.sync.reload_clients()
 
     def state_info(self) -> dict[str, Any]:
         """Which form of the traffic-control state is live (for /healthz and the admin page)."""

@@ -24,6 +24,7 @@ def details(gw: Gateway) -> dict[str, Any]:
         "uptime_s": round(time.time() - gw.started_at, 1),
         "store": gw.settings.store_kind,
         **gw.state_info(),
+        "clients": len(gw.clients.by_id),  # client keys this instance knows (SPEC §13)
         "providers": {
             name: {"keys": len(rt.pool.entries), **rt.admission.snapshot()}
             for name, rt in gw.providers.items()

@@ -69,6 +69,27 @@ class GatewayCollector:
             max_conn.add_metric([name], snap.get("max_conn", 0))
             queued.add_metric([name], snap.get("queued", 0))
             rejected.add_metric([name], snap.get("rejected", 0))
+        by_client = [
+            CounterMetricFamily(
+                f"keygate_client_{what}",
+                f"Client-key {what} served by this instance since start (SPEC §13).",
+                labels=["client"],
+            )
+            for what in ("requests", "errors")
+        ]
+        client_tokens = CounterMetricFamily(
+            "keygate_client_tokens",
+            "Tokens the upstreams reported for a client key's requests, by direction.",
+            labels=["client", "direction"],
+        )
+        for client in list(gw.clients.by_id.values()):
+            n = client.usage.since_start
+            if n[0]:
+                by_client[0].add_metric([client.name], n[0])
+                by_client[1].add_metric([client.name], n[3])
+                client_tokens.add_metric([client.name, "in"], n[1])
+                client_tokens.add_metric([client.name, "out"], n[2])
+        yield from (*by_client, client_tokens)
         state = GaugeMetricFamily(
             "keygate_shared_state",
             "1 for the form of traffic-control state in use (local, redis, local-fallback).",

@@ -36,6 +36,7 @@ class RequestRecord(NamedTuple):
     error: str
     route: str = ""  # a routed request's targets as tried: "groq/x (429) → cerebras/y"
     translated: str = ""  # `anthropic→openai` when the request changed API family
+    client_name: str = ""  # the client key's name (SPEC §13); "" for the password or open
 
     def public(self) -> dict[str, Any]:
         return self._asdict()
@@ -178,8 +179,10 @@ class AccessLog:
         model: str = "",
         via: str = "",
         translated: str = "",
+        client_name: str = "",
     ) -> None:
-        """The access line of one request, in the configured format."""
+        """The access line of one request, in the configured format; `client` is the peer's
+        address, `client_name` the client key's name."""
         if len(route) > LOGGED_ROUTE_MAX:  # a path may be 8 KB, sent by anyone
             route = route[:LOGGED_ROUTE_MAX] + f"…(+{len(route) - LOGGED_ROUTE_MAX})"
         if self.json:
@@ -195,6 +198,7 @@ class AccessLog:
                         "key_id": key_id,
                         "key": masked or None,
                         "client": client or None,
+                        "client_name": client_name or None,
                         "status": status,
                         "upstream_status": upstream_status,
                         "latency_ms": round(latency_ms, 1),
@@ -217,6 +221,7 @@ class AccessLog:
             + (f" model={_word(model)}" if model else "")
             + (f" via={via!r}" if via else "")
             + (f" translated={translated}" if translated else "")
+            + (f" client_name={_word(client_name)}" if client_name else "")
             + (f" error={error!r}" if error else ""),
         )
 
@@ -329,3 +334,8 @@ def setup_logging(level: str = "info", log_format: str = "text") -> None:
     root.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO")
     root.propagate = False
     access_log.enabled = root.isEnabledFor(logging.INFO)
+
+
+def _word(text: str) -> str:
+    """A name as one token of the text line (quoted when it has spaces or quotes)."""
+    return text if text.isprintable() and not any(c in text for c in " '\"=") else repr(text)

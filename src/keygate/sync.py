@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from keygate.clients.periods import PERIODS
+from keygate.clients.registry import ClientRegistry
 from keygate.control.keypool import KeyEntry
 from keygate.counters import plus, unflushed
 from keygate.observe import log
@@ -51,13 +53,16 @@ class StoreSync:
         providers: dict[str, ProviderRuntime],
         settings: Settings,
         on_models: Callable[[], Awaitable[None]] | None = None,
+        clients: ClientRegistry | None = None,
     ) -> None:
         self.store = store
         self.on_models = on_models  # the model table changed in the store
         self.providers = providers
+        self.clients = clients if clients is not None else ClientRegistry()
         self.settings = settings
         self.seq = 0
         self._lock = asyncio.Lock()
+        self._clients_lock = asyncio.Lock()  # one reload at a time: the last one read last
 
     # --- loading -----------------------------------------------------------------------------
     async def load_all(self) -> None:
@@ -65,6 +70,22 @@ class StoreSync:
         self.seq = await self.store.current_seq()
         for rec in await self.store.load_keys():
             self.load(rec)
+        await self.reload_clients()
+
+    async def reload_clients(self) -> None:
+        """The client table as the store has it; new clients' windows start from the store's
+        usage of today and this month. Client changes are rare admin writes: a full reload
+        (one query, even with 10,000 clients) keeps this simple and always exact. Reloads run
+        one at a time, so one that read the store before a change never lands after one that
+        read it after."""
+        async with self._clients_lock:
+            records = await self.store.load_clients()
+            fresh = [r.id for r in records if r.id not in self.clients.by_id]
+            usage: dict[int, dict[str, dict[str, int]]] = {}
+            if fresh:
+                p = PERIODS.at(time.time())
+                usage = await self.store.client_usage([p.day, p.month])
+            self.clients.replace(records, usage)
 
     def load(self, rec: KeyRecord, from_feed: bool = False) -> KeyEntry | None:
         """Make the pool agree with a store record; an existing entry is updated in place so
@@ -154,6 +175,8 @@ class StoreSync:
                     self.apply_overrides(await self.store.get_provider_overrides())
                 if changes.models_changed and self.on_models is not None:
                     await self.on_models()
+                if changes.clients_changed:
+                    await self.reload_clients()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -207,6 +230,7 @@ class StoreSync:
                 provider_deltas[name] = delta
                 marks.append((rt.stats, rt.stats.counters()))
         counting = self.settings.flush_interval_ms > 0
+        client_taken = self._take_client_usage() if counting else []
 
         async def write() -> None:
             if health:
@@ -215,6 +239,14 @@ class StoreSync:
                 await self.store.add_counters(key_deltas, provider_deltas)
             if days and counting:
                 await self.store.add_day_counters(days)
+            if client_taken:
+                await self.store.add_client_counters(
+                    [
+                        (c.id, period, *row, c.usage.last_used)  # type: ignore[misc]
+                        for c, pending in client_taken
+                        for period, row in pending.items()
+                    ]
+                )
 
         batch = asyncio.ensure_future(write())
         try:
@@ -228,17 +260,31 @@ class StoreSync:
                 for obj, value in marks:
                     obj.flushed = value
             else:
-                self._restore(taken)
+                self._restore(taken, client_taken)
             raise
         except BaseException:
-            self._restore(taken)
+            self._restore(taken, client_taken)
             raise
         for obj, value in marks:
             obj.flushed = value
 
     @staticmethod
-    def _restore(taken: list[tuple[Any, set[int], set[int]]]) -> None:
+    def _restore(
+        taken: list[tuple[Any, set[int], set[int]]],
+        client_taken: list[tuple[Any, dict[str, list[int]]]],
+    ) -> None:
         """Nothing was marked flushed: put the dirty sets back so the next flush retries."""
         for pool, touched, changed in taken:
             pool.touched |= touched
             pool.changed |= changed
+        for client, pending in client_taken:
+            client.usage.give_back(pending)
+
+    def _take_client_usage(self) -> list[tuple[Any, dict[str, list[int]]]]:
+        """Every client's unflushed usage (the retired ones' last counts too)."""
+        retired, self.clients.retired = self.clients.retired, []
+        out = []
+        for client in [*self.clients.by_id.values(), *retired]:
+            if client.usage.pending:
+                out.append((client, client.usage.take()))
+        return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness import wait_for_async
 from keygate.control.base import Event, Rejected
 from keygate.control.keypool import POOL_GUARD_WINDOW_S
 
@@ -367,3 +368,58 @@ async def test_usable_now_follows_key_health(form: Form) -> None:
     assert not pool.usable_now()
     form.clock.advance(61)
     assert pool.usable_now()
+
+
+# --- fair share (SPEC §13): one FIFO per client, clients served in turn ---------------------------
+
+
+async def _queue_up(adm: Any, client: Any, label: str, order: list[str]) -> asyncio.Task[None]:
+    """One waiter of `client`, in the queue once this returns."""
+    before = adm.snapshot()["queued"]
+
+    async def waiter() -> None:
+        slot = await adm.acquire(client)
+        order.append(label)
+        await asyncio.sleep(0)
+        await slot.release()
+
+    task = asyncio.create_task(waiter())
+    await wait_for_async(lambda: adm.snapshot()["queued"] > before, 5, f"{label} queued")
+    return task
+
+
+async def test_clients_take_turns_in_the_queue(form: Form) -> None:
+    adm = form.admission(rps=0, burst=1, max_conn=1, queue=50, queue_timeout_s=5)
+    first = await adm.acquire()
+    order: list[str] = []
+    tasks = [await _queue_up(adm, 1, f"A{i}", order) for i in range(6)]
+    tasks += [await _queue_up(adm, 2, f"B{i}", order) for i in range(2)]
+    tasks.append(await _queue_up(adm, None, "N0", order))  # no client key: a client of its own
+    await first.release()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks)
+    assert order == ["A0", "B0", "N0", "A1", "B1", "A2", "A3", "A4", "A5"]
+    assert adm.snapshot()["in_flight"] == 0 and adm.snapshot()["queued"] == 0
+
+
+async def test_fair_queue_keeps_bound_timeout_and_cancel(form: Form) -> None:
+    adm = form.admission(rps=0, burst=1, max_conn=1, queue=3, queue_timeout_s=0.3)
+    held = await adm.acquire()
+    order: list[str] = []
+    a0 = await _queue_up(adm, 1, "A0", order)
+    a1 = await _queue_up(adm, 1, "A1", order)
+    b0 = await _queue_up(adm, 2, "B0", order)
+    with pytest.raises(Rejected) as full:  # the bound is for the queue, whatever the client
+        await adm.acquire(3)
+    assert full.value.reason == "queue full"
+    a0.cancel()  # a client that leaves its turn to the next one
+    await held.release()
+    async with asyncio.timeout(5):
+        await asyncio.gather(a1, b0)
+    assert order == ["A1", "B0"]  # A's turn passed over its cancelled waiter to its next
+    held = await adm.acquire()
+    with pytest.raises(Rejected) as late:
+        await adm.acquire(2)
+    assert late.value.reason == "queue timeout"
+    await held.release()
+    assert adm.snapshot()["in_flight"] == 0

@@ -43,7 +43,7 @@ ARGS = [
 ]
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
-PAGES = ("dashboard", "keys", "providers", "models", "requests", "connect")
+PAGES = ("dashboard", "keys", "providers", "models", "clients", "requests", "connect")
 XSS = "<img src=x onerror=alert(1)>"
 DASH = "\u2013"  # ranges on the page read "1<en dash>50 of 100"
 TIMEOUT_MS = 10_000
@@ -93,6 +93,7 @@ def settle(page: Page, view: str) -> None:
         "dashboard": ".prov-card .chart-svg, .empty",
         "keys": ".keys-table tbody tr, .empty",
         "providers": ".prov-table tbody tr",
+        "clients": ".clients-table tbody tr, .empty",
         "requests": ".req-table tbody tr, .empty",
         "models": "#models-routes .models-table, #models-routes .empty",
         "connect": "#immersive-url, #snippet-python",
@@ -1030,3 +1031,64 @@ def test_quota_gauges_on_the_keys_view_and_the_provider_card(
         expect(cell.locator('.quota-meter[data-window="rph"] .meter-value')).to_have_text("3 / 50")
         (key,) = gw.api("GET", "/api/keys").json()["keys"]
         assert (key["rpd"], key["rph"], key["tpm"]) == (4, 50, 0)
+
+
+def test_clients_view_create_copy_usage_disable(
+    gateway_factory: Any, mock: Any, chromium: Browser
+) -> None:
+    """Create a client, copy its key (shown once), see its usage rise after requests made with
+    that key, disable it (the key is then refused)."""
+    gw = gateway_factory(env={"CEREBRAS_API_KEYS": "sk-ui-clients-xxxxxxxx0001"})
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with signed_in(chromium, gw, "clients") as page:
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        settle(page, "clients")
+        page.screenshot(path=str(SHOTS / "clients-empty-desktop.png"), full_page=True)
+        page.click("#client-add")
+        page.fill("#client-name", f"ui team {XSS}")
+        page.fill("#client-rpd", "100")
+        page.fill("#client-models", "cerebras/*")
+        page.screenshot(path=str(SHOTS / "clients-create-desktop.png"))
+        page.click("#client-create")
+        key_box = page.locator("#client-new-key")
+        expect(key_box).to_be_visible()
+        key = key_box.input_value()
+        assert re.fullmatch(r"kgc-[A-Za-z0-9_-]{40}", key), key
+        page.screenshot(path=str(SHOTS / "clients-key-desktop.png"))
+        page.click("#client-copy-key")
+        expect(page.locator(".toast-ok")).to_be_visible()
+        assert page.evaluate("navigator.clipboard.readText()") == key
+        page.click("#client-key-done")
+        row = page.locator(".clients-table tbody tr").first
+        expect(row.locator(".client-name")).to_have_text(f"ui team {XSS}")  # text, not HTML
+        expect(row.locator(".client-today")).to_have_text("0")
+        assert key not in page.content()  # shown once: gone with its dialog
+        chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(timeout=30) as c:
+            for _ in range(3):
+                r = c.post(
+                    f"{gw.url}/cerebras/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json=chat,
+                )
+                assert r.status_code == 200, r.text
+        expect(row.locator(".client-today")).to_have_text("3", timeout=TIMEOUT_MS)
+        expect(row.locator(".client-spark")).to_have_attribute("data-total", "3")
+        page.screenshot(path=str(SHOTS / "clients-desktop.png"), full_page=True)
+        goto_view(page, "requests")  # recent requests name the client
+        expect(page.locator(".req-table .req-client").first).to_have_text(f"ui team {XSS}")
+        goto_view(page, "clients")
+        row = page.locator(".clients-table tbody tr").first
+        expect(row.locator(".client-today")).to_have_text("3")
+        row.locator(".btn-toggle").click()
+        expect(row.locator(".client-status")).to_have_text("disabled")
+        with httpx.Client(timeout=30) as c:
+            r = c.post(
+                f"{gw.url}/cerebras/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json=chat,
+            )
+        assert r.status_code == 401
+        page.screenshot(path=str(SHOTS / "clients-disabled-desktop.png"), full_page=True)
+        page.set_viewport_size(PHONE)
+        page.screenshot(path=str(SHOTS / "clients-phone.png"), full_page=True)

@@ -1,5 +1,5 @@
-"""The admin JSON API under /api (docs/admin-api.md): keys, providers, stats, config, requests,
-models.
+"""The admin JSON API under /api (docs/admin-api.md): keys, providers, clients, stats, config,
+requests, models.
 
 A raw ASGI callable over one route table gathered from the route modules (session, keys,
 providers, stats), with the request/response helpers of admin/http.py. Every write goes to the
@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from keygate.admin.auth import AdminAuth
+from keygate.admin.clients import ClientRoutes
 from keygate.admin.credentials import AdminCredentials
 from keygate.admin.http import ApiError, Request, error_reply, match, send_reply
 from keygate.admin.keys import KeyRoutes
@@ -38,6 +39,7 @@ class AdminAPI:
             *keys.routes(),
             *StatsRoutes(gateway).routes(),
             *ModelRoutes(gateway).routes(),
+            *ClientRoutes(gateway).routes(),
         ]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from keygate import __version__
+from keygate.admin import openapi_clients
 from keygate.control.quota import WINDOWS
 from keygate.dialects import KEY_STYLES
 from keygate.settings import BOUNDS, MODEL_NAME_MAX
@@ -764,6 +765,18 @@ PATHS: dict[str, Any] = {
     },
 }
 
+PATHS.update(openapi_clients.paths(_op, _json, _body, _ref, _path_param))
+SCHEMAS.update(openapi_clients.SCHEMAS)
+SCHEMAS["Stats"]["properties"]["clients"] = {
+    "type": "object",
+    "description": "usage per client key, by client id",
+    "additionalProperties": _ref("ClientUsage"),
+}
+SCHEMAS["RequestRecord"]["properties"]["client_name"] = {
+    "type": "string",
+    "description": "the client key's name; empty for the gateway password",
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -778,7 +791,9 @@ OPENAPI: dict[str, Any] = {
     },
     "servers": [{"url": "/"}],
     "security": [{"bearer": []}, {"session": []}],
-    "tags": [{"name": t} for t in (_SESSION, _PROVIDERS, _KEYS, _MODELS, _STATUS)],
+    "tags": [
+        {"name": t} for t in (_SESSION, _PROVIDERS, _KEYS, _MODELS, openapi_clients.TAG, _STATUS)
+    ],
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,

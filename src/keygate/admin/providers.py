@@ -60,7 +60,7 @@ class ProviderRoutes:
             "version": __version__,
             "default_provider": self.gw.default_provider,
             "admin_path": s.admin_path,
-            "proxy_auth": bool(self.gw.passwords),
+            "proxy_auth": bool(self.gw.passwords or self.gw.clients),
             "store": s.store_description,
             "shared_state": self.gw.state_info()["state"],
             "flush_interval_ms": s.flush_interval_ms,

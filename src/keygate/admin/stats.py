@@ -10,6 +10,7 @@ from typing import Any
 
 from keygate.admin.http import Reply, Request, Route, bad, int_param, route
 from keygate.admin.openapi import document as openapi_document
+from keygate.clients import ops as client_ops
 from keygate.gateway import Gateway
 from keygate.store.base import KEY_STATUSES
 from keygate.views import (
@@ -75,6 +76,15 @@ class StatsRoutes:
             "state": gw.state_info(),
             "totals": totals,
             "providers": providers,
+            "clients": {
+                str(c["id"]): {
+                    "name": c["name"],
+                    "status": c["status"],
+                    **c["usage"],
+                    "last_used": c["last_used"],
+                }
+                for c in await client_ops.listing(gw.store, gw.clients, time.time())
+            },
         }
         return Reply(200, doc)
 

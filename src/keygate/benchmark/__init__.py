@@ -55,11 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-interval", type=float, help="seconds between chunks (default 0.05)")
     p.add_argument("--post-load-wait", type=float, help="seconds before after-load RSS (60)")
     p.add_argument("--many-keys", type=int, default=100_000, help="keys for the keys100k case")
+    p.add_argument("--clients", type=int, default=10_000, help="client keys for clients10k")
     p.add_argument("--start-timeout", type=float, help="seconds a server may take to come up")
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, redis, translated, quotas",
+        help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, redis,"
+        " translated, quotas, clients10k",
     )
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -81,7 +83,7 @@ def _options(args: argparse.Namespace) -> Any:
     if unknown:
         raise SystemExit(f"keygate bench: unknown --skip {', '.join(sorted(unknown))}")
     if args.quick:
-        skip.update({"keys100k", "redis", "quotas"})
+        skip.update({"keys100k", "redis", "quotas", "clients10k"})
     try:
         concurrency = [int(c) for c in str(pick("concurrency")).split(",") if c.strip()]
     except ValueError:
@@ -97,6 +99,7 @@ def _options(args: argparse.Namespace) -> Any:
         chunk_interval_s=max(0.0, pick("chunk_interval")),
         post_load_wait_s=max(0.0, pick("post_load_wait")),
         many_keys=max(1, args.many_keys),
+        clients=max(1, args.clients),
         skip=skip,
         out=args.out,
         start_timeout_s=pick("start_timeout"),

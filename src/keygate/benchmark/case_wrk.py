@@ -68,7 +68,7 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
     for t in servers:
         if t.proc and t.proc.alive():
             bench.refs[t.name]["memory"]["after_wrk_mb"] = rss_mb(t.proc.pid)
-        keep_for = bench.want("keys100k") or bench.want("redis") or bench.want("quotas")
+        keep_for = any(bench.want(c) for c in ("keys100k", "redis", "quotas", "clients10k"))
         if t.name == "keygate" and keep_for and t.proc and t.proc.alive():
             keep = t
         else:

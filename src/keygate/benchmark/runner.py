@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keygate.benchmark import report
+from keygate.benchmark.case_clients import run_clients
 from keygate.benchmark.case_quota import run_quotas
 from keygate.benchmark.case_scale import run_many_keys, run_redis
 from keygate.benchmark.case_streams import run_streaming
@@ -48,8 +49,14 @@ from keygate.benchmark.wrk import WrkResult, lua_script, run_wrk, wrk_binary
 __all__ = ["ALIASES", "CASES", "SERVER_REFS", "Bench", "Options", "log", "write_outputs"]
 
 SERVER_REFS = ("bare", "keygate", "litellm")
-CASES = ("wrk", "stream", "memory", "keys100k", "redis", "translated", "quotas")
-ALIASES = {"nonstream": "wrk", "streams": "stream", "100k": "keys100k", "many-keys": "keys100k"}
+CASES = ("wrk", "stream", "memory", "keys100k", "redis", "translated", "quotas", "clients10k")
+ALIASES = {
+    "nonstream": "wrk",
+    "streams": "stream",
+    "100k": "keys100k",
+    "many-keys": "keys100k",
+    "clients": "clients10k",
+}
 
 
 @dataclass(slots=True)
@@ -64,6 +71,7 @@ class Options:
     chunk_interval_s: float = 0.05
     post_load_wait_s: float = 60.0
     many_keys: int = 100_000
+    clients: int = 10_000
     skip: set[str] = field(default_factory=set)
     out: Path = Path("bench/results")
     start_timeout_s: float = 30.0
@@ -85,6 +93,7 @@ class Bench:
         self.redis: dict[str, Any] = {}
         self.translated: dict[str, Any] = {}  # Anthropic client → OpenAI-format provider
         self.quotas: dict[str, Any] = {}
+        self.clients10k: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.calibration: dict[str, Any] = {}
         self.tmp = Path()
@@ -126,8 +135,12 @@ class Bench:
             raise ValueError(ref)
         return self.track(t)
 
-    def wrk(self, target: Target, concurrency: int, duration_s: float) -> WrkResult:
-        r = run_wrk(target.url, target.script or self.script, concurrency, duration_s, self.pin)
+    def wrk(
+        self, target: Target, concurrency: int, duration_s: float, script: Path | None = None
+    ) -> WrkResult:
+        r = run_wrk(
+            target.url, script or target.script or self.script, concurrency, duration_s, self.pin
+        )
         if r.non_2xx:  # show what the failures were: one more request, outside the timing
             try:
                 status, body = http_request(
@@ -192,6 +205,8 @@ class Bench:
                         run_redis(self, kg8, nginx_port)
                     if self.want("quotas"):
                         run_quotas(self, kg8, nginx_port)
+                    if self.want("clients10k"):
+                        run_clients(self, kg8, nginx_port)
                 finally:
                     kg8.stop()
             nginx.stop()
@@ -242,6 +257,7 @@ class Bench:
                 "chunk_interval_s": o.chunk_interval_s,
                 "post_load_wait_s": o.post_load_wait_s,
                 "many_keys": o.many_keys,
+                "clients": o.clients,
                 "skip": sorted(o.skip),
                 "pinning": {"server_cpu": self.pin.server_cpu, "load_cpu": self.pin.load_cpu},
             },
@@ -250,6 +266,7 @@ class Bench:
             "redis": self.redis or None,
             "translated": self.translated or None,
             "quotas": self.quotas or None,
+            "clients10k": self.clients10k or None,
             "calibration": self.calibration or None,
             "failures": self.failures,
             "flags": flags,

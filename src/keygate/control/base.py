@@ -8,7 +8,7 @@ health, and holds a local form as its fallback. The form is picked once at start
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -86,10 +86,12 @@ class Slot(Protocol):
 
 
 class Admission(Protocol):
-    """Token bucket + max-in-flight gate + bounded FIFO queue for one provider."""
+    """Token bucket + max-in-flight gate + bounded fair queue for one provider."""
 
-    async def acquire(self) -> Slot:
-        """Wait in FIFO order for a token and a free slot; raises `Rejected` on full or timeout."""
+    async def acquire(self, client: Hashable | None = None) -> Slot:
+        """Wait for a token and a free slot; raises `Rejected` on full or timeout. Waiters
+        queue in one FIFO per `client` (None: requests without a client key), and the
+        clients take turns (SPEC §13 fair share)."""
 
     def configure(self, limits: Limits) -> None: ...
 

@@ -30,6 +30,7 @@ class Exchange:
 
     __slots__ = (
         "adapter",
+        "client",
         "disconnected",
         "dog",
         "entry",
@@ -38,6 +39,7 @@ class Exchange:
         "model",
         "provider",
         "receive",
+        "reserved",
         "retries",
         "runtime",
         "served",
@@ -58,6 +60,8 @@ class Exchange:
         self.upstream_status = 0
         self.retries = 0
         self.entry: Any = None
+        self.client: Any = None  # the client key's Client (None: master password or open)
+        self.reserved: int | None = None  # tokens the client's limits reserved for it
         self.error = ""
         self.model = ""
         self.usage = [0, 0]

@@ -22,13 +22,14 @@ import aiohttp
 from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
 from keygate.asgi import read_body as asgi_read_body
 from keygate.classify import Verdict, classify
+from keygate.clients import access as clients
 from keygate.control.base import Event, Rejected
 from keygate.control.quota import Ticket, quota_delay
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway
 from keygate.observe import RequestRecord, access_log
-from keygate.proxy.auth import password_ok, presented_credential, refused, split_key_param
+from keygate.proxy.auth import split_key_param
 from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.exchange import Exchange
 from keygate.proxy.firstevent import error_status, hold_first, opens_with_error
@@ -130,8 +131,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             return
         # auth: one decoding of the query decides both the credential and what goes upstream
         query_key, query = split_key_param(scope["query_string"])
-        if gw.passwords and not password_ok(presented_credential(headers, query_key), gw.passwords):
-            raise refused(gw, scope, query_key)
+        ex.client = clients.authenticate(gw, scope, query_key)  # None: master password / open
         # route
         if path == "/v1/models" and method == "GET":
             ex.serve(MERGED, "")
@@ -170,6 +170,8 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         elif body and method == "POST":
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
+        if ex.client is not None:
+            clients.admit(ex, name, up_path, body)  # 403/429 for this client, before upstream
         ex.serve(name, ex.model)
         ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
         if not rt.pool.entries:
@@ -231,7 +233,7 @@ async def forward(
             await sleep(delay)
         # admission
         try:
-            slot = await rt.admission.acquire()
+            slot = await rt.admission.acquire(ex.client.id if ex.client is not None else None)
         except Rejected as rej:
             busy = GatewayError(
                 429,
@@ -367,6 +369,9 @@ async def forward_chain(
     failure is the answer."""
     ex.wire = plan.client_dialect()  # until a target is tried: errors in the client's shape
     tries = await plan.order(gw)
+    if ex.client is not None:  # the targets this client may use, and its limits: 403/429 here
+        tries = clients.allowed_targets(ex.client, plan.model, tries)
+        clients.charge(ex, plan.body)
     budget = plan.budget(len(tries), [rt for rt, _, _ in tries])
     failure = None
     for i, (rt, target, adapter) in enumerate(tries):
@@ -612,6 +617,9 @@ def _account(
         stats.tokens_out += ex.usage[1]
     key_id = entry.id if entry is not None else None
     masked = entry.masked if entry is not None else ""
+    client = ex.client.name if ex.client is not None else ""
+    if client:
+        clients.account(ex, now)
     if ex.error and rt is not None:
         # what goes to the log and the ring never carries a key, whoever wrote the text
         ex.error = redactor_for(name).scrub_text(
@@ -632,10 +640,11 @@ def _account(
             ex.error,
             " → ".join(ex.via),
             ex.adapter.label if ex.adapter is not None else "",
+            client,
         )
     )
     if access_log.enabled:
-        client = scope.get("client")
+        peer = scope.get("client")
         access_log.request(
             now,
             name if rt is not None else "",
@@ -648,8 +657,9 @@ def _account(
             latency_ms,
             ex.retries,
             ex.error,
-            client[0] if client else "",
+            peer[0] if peer else "",
             ex.model,
             " → ".join(ex.via),
             ex.adapter.label if ex.adapter is not None else "",
+            client,
         )

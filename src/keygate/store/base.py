@@ -15,9 +15,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keygate.control.keypool import mask
+
+if TYPE_CHECKING:
+    from keygate.store.clients import ClientRecord
 
 __all__ = [
     "KEY_SOURCES",
@@ -120,6 +123,7 @@ class Changes:
     # replaced): reload everything with load_keys/get_provider_overrides instead.
     full: bool = False
     models_changed: bool = False  # the model table (aliases, groups) changed
+    clients_changed: bool = False  # a client key was added, changed or deleted
 
 
 def check_secret(secret: str) -> str:
@@ -329,6 +333,33 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def current_seq(self) -> int:
         """The feed position now; pass it to changes_since later."""
+
+    # client keys (SPEC §13; `store.clients` has the one implementation)
+
+    @abc.abstractmethod
+    async def add_client(self, key_hash: str, masked: str, doc: dict[str, Any]) -> ClientRecord:
+        """A new client from checked fields (`clients.fields`); raises ValueError."""
+
+    @abc.abstractmethod
+    async def load_clients(self) -> list[ClientRecord]: ...
+
+    @abc.abstractmethod
+    async def get_client(self, client_id: int) -> ClientRecord | None: ...
+
+    @abc.abstractmethod
+    async def update_client(self, client_id: int, doc: dict[str, Any]) -> ClientRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_client(self, client_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def add_client_counters(
+        self, deltas: list[tuple[int, str, int, int, int, int, float]]
+    ) -> None:
+        """Additive usage deltas per (client, period)."""
+
+    @abc.abstractmethod
+    async def client_usage(self, periods: list[str]) -> dict[int, dict[str, dict[str, Any]]]: ...
 
 
 # --- validation shared by the store implementations ---------------------------------------

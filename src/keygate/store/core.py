@@ -33,6 +33,7 @@ from keygate.store.base import (
     mask,
     plan_import,
 )
+from keygate.store.clients import ClientStore
 from keygate.store.crypto import CRYPTO_META
 from keygate.store.driver import (
     BIG_RESULT,
@@ -41,7 +42,6 @@ from keygate.store.driver import (
     KeyDelta,
     ProviderDelta,
     Rollback,
-    SqlDriver,
 )
 
 _UPSERT_META = (
@@ -50,7 +50,7 @@ _UPSERT_META = (
 )
 
 
-class SqlStore(SqlDriver):
+class SqlStore(ClientStore):
     """Every `Store` operation over the driver; SQLite and PostgreSQL subclass it."""
 
     # keys
@@ -510,7 +510,9 @@ class SqlStore(SqlDriver):
                 # Deletions before `pruned` are forgotten, or this is another database: hand back
                 # every key and ask for a full reload.
                 ids = [r[0] for r in await db.fetch("SELECT id FROM keys ORDER BY id")]
-                return Changes(current, ids, [], True, full=True, models_changed=True)
+                return Changes(
+                    current, ids, [], True, full=True, models_changed=True, clients_changed=True
+                )
             # Sorted here, not by ORDER BY id: with that, a planner that knows most keys share
             # one seq walks the whole table in id order instead of the updated_seq index.
             key_ids = sorted(
@@ -526,8 +528,14 @@ class SqlStore(SqlDriver):
                     seq,
                 )
             )
+            clients_changed = await self._clients_changed(db, seq)
             return Changes(
-                current, key_ids, deleted, providers_changed, models_changed=models_seq > seq
+                current,
+                key_ids,
+                deleted,
+                providers_changed,
+                models_changed=models_seq > seq,
+                clients_changed=clients_changed,
             )
 
         return await self._read(read)

@@ -1,8 +1,10 @@
-"""In-process admission: token bucket + max-in-flight gate + bounded FIFO queue.
+"""In-process admission: token bucket + max-in-flight gate + bounded fair queue.
 
-A request is admitted when the bucket has a token and the gate a free slot, in arrival order.
-The fast path (nobody waiting, capacity free) allocates nothing but the slot handle. Waiters are
-futures granted by `_pump`, which runs when a slot frees up or when the next token is due.
+A request is admitted when the bucket has a token and the gate a free slot. Waiting requests
+form one FIFO per client (SPEC §13: requests without a client key are one client of their own),
+and the clients take turns, so one client's burst cannot starve another. The fast path (nobody
+waiting, capacity free) allocates nothing but the slot handle. Waiters are futures granted by
+`_pump`, which runs when a slot frees up or when the next token is due.
 """
 
 from __future__ import annotations
@@ -11,10 +13,84 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, TypeVar
 
 from keygate.control.base import Capacity, Limits, Rejected
 from keygate.control.local.bucket import TokenBucket
+
+T = TypeVar("T")
+
+
+class FairQueue(Generic[T]):
+    """A queue of queues: one FIFO per client, served round-robin (the client at the head of
+    `turns` goes next, then moves to the back if it still waits). Entries that gave up (done
+    futures) are dropped when they reach a head. Shared by the local and the Redis form."""
+
+    __slots__ = ("_queues", "_turns")
+
+    def __init__(self) -> None:
+        self._queues: dict[Hashable, deque[asyncio.Future[T]]] = {}
+        self._turns: deque[Hashable] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._turns)
+
+    def push(self, client: Hashable, fut: asyncio.Future[T]) -> None:
+        q = self._queues.get(client)
+        if q is None:
+            q = self._queues[client] = deque()
+            self._turns.append(client)
+        q.append(fut)
+
+    def head(self) -> asyncio.Future[T] | None:
+        """The next waiter still waiting, or None; drops the ones that left."""
+        turns, queues = self._turns, self._queues
+        while turns:
+            client = turns[0]
+            q = queues[client]
+            while q and q[0].done():
+                q.popleft()
+            if q:
+                return q[0]
+            turns.popleft()
+            del queues[client]
+        return None
+
+    def pop(self) -> asyncio.Future[T]:
+        """Take the head waiter (after `head`) and pass the turn to the next client."""
+        client = self._turns.popleft()
+        q = self._queues[client]
+        fut = q.popleft()
+        if q:
+            self._turns.append(client)
+        else:
+            del self._queues[client]
+        return fut
+
+    def head_client(self) -> tuple[Hashable, int]:
+        """The client whose turn it is (after `head`) and how many more of its waiters follow."""
+        client = self._turns[0]
+        return client, len(self._queues[client]) - 1
+
+    def rotate(self) -> None:
+        """Pass the turn on without serving (the fleet said another client goes first)."""
+        if len(self._turns) > 1:
+            self._turns.rotate(-1)
+
+    def clients(self) -> int:
+        return len(self._turns)
+
+    def waiting(self, client: Hashable) -> int:
+        """Waiters of `client` still queued (ones that left are counted until dropped)."""
+        q = self._queues.get(client)
+        return sum(1 for f in q if not f.done()) if q else 0
+
+    def drain(self) -> Iterator[asyncio.Future[T]]:
+        """Every waiter, emptying the queue (a switch of form hands them all on)."""
+        queues, self._queues, self._turns = self._queues, {}, deque()
+        for q in queues.values():
+            yield from q
 
 
 class LocalSlot:
@@ -36,7 +112,7 @@ class LocalAdmission:
         self._limits = limits
         self._bucket = TokenBucket(limits.rps, limits.burst, clock())
         self._in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: FairQueue[None] = FairQueue()
         self._waiting = 0
         self._timer: asyncio.TimerHandle | None = None
         self._paused_until = 0.0  # on `clock`'s scale
@@ -77,7 +153,8 @@ class LocalAdmission:
         self._in_flight += 1
         self.admitted += 1
 
-    async def acquire(self) -> LocalSlot:
+    async def acquire(self, client: Hashable | None = None) -> LocalSlot:
+        """A slot now, or after waiting in `client`'s FIFO for its turn among the clients."""
         if not self._waiting:
             now = self._clock()
             if self._wait_needed(now) == 0.0:
@@ -88,7 +165,7 @@ class LocalAdmission:
             self.rejected += 1
             raise Rejected("queue full", self._estimate_wait())
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._waiters.push(client, fut)
         self._waiting += 1
         try:
             self._pump()
@@ -115,11 +192,7 @@ class LocalAdmission:
     def _pump(self) -> None:
         self._timer = None
         waiters = self._waiters
-        while waiters:
-            fut = waiters[0]
-            if fut.done():
-                waiters.popleft()
-                continue
+        while waiters.head() is not None:
             now = self._clock()
             wait = self._wait_needed(now)
             if wait > 0.0:
@@ -127,8 +200,7 @@ class LocalAdmission:
                     self._timer = asyncio.get_running_loop().call_later(wait, self._pump)
                 return
             self._grant(now)
-            waiters.popleft()
-            fut.set_result(None)
+            waiters.pop().set_result(None)
 
     def _release(self) -> None:
         self._in_flight -= 1

@@ -1,6 +1,9 @@
-"""The Redis form of admission: token bucket and gate in Redis, the FIFO queue in process.
+"""The Redis form of admission: token bucket and gate in Redis, the fair queue in process.
 
-One ADMIT script per decision. It holds a local admission as its fallback, with the fleet's
+One ADMIT script per decision. Fair share reaches across the fleet: each instance queues its
+waiters in one FIFO per client and asks for its head client's turn; ADMIT registers the
+clients waiting anywhere and gives a free slot to the one served longest ago, refusing the
+others (-2: "not your turn", and a release notice wakes the instances so the right one asks). It holds a local admission as its fallback, with the fleet's
 share of the limits; every slot is counted there too, so a switch to local mid-flight knows what
 this instance holds.
 """
@@ -10,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 from keygate.control.base import Capacity, Limits, Rejected
-from keygate.control.local.gate import LocalAdmission
+from keygate.control.local.gate import FairQueue, LocalAdmission
 from keygate.control.redis.connection import Callback, RedisDown
-from keygate.control.redis.scripts import ADMIT, CAPACITY, PAUSE, RELEASE_SLOT
+from keygate.control.redis.scripts import ADMIT, CAPACITY, PAUSE, RELEASE_SLOT, UNREGISTER
 from keygate.control.redis.state import RELEASES, SharedState
 from keygate.observe import log
 from keygate.settings import ProviderConfig
 
 FULL_POLL_S = 1.0  # a head waiter at a full gate re-asks at least this often (lost notices)
+TURN_POLL_S = 0.2  # every local client was told "not your turn": ask again after this at most
+TURN_BACKOFF_S = 0.02
+NOT_YOUR_TURN = -1.0  # what `_try` answers when another waiting client goes first
 
 
 class SharedSlot:
@@ -56,17 +62,18 @@ class SharedAdmission:
         shared.admissions[cfg.name] = self  # the supervisor hands leases back after outages
         prefix = f"keygate:{{{cfg.name}}}:"
         self.leases_key = prefix + "leases"
-        self._keys = [prefix + "adm", self.leases_key]
+        self._keys = [prefix + "adm", self.leases_key, prefix + "fair", prefix + "waiting"]
         self.held: dict[str, SharedSlot] = {}  # leased slots, for renewal
         self._unleased: set[SharedSlot] = set()  # taken while Redis was away
-        self._queue: deque[asyncio.Future[SharedSlot | None]] = deque()
+        self._queue: FairQueue[SharedSlot | None] = FairQueue()  # one FIFO per client
         self._queued = 0
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
 
     # --- the decision ---------------------------------------------------------------------------
-    async def _try(self) -> SharedSlot | float | None:
-        """A slot, or seconds to wait before asking again, or None: Redis is away."""
+    async def _try(self, client: Hashable | None, more: int) -> SharedSlot | float | None:
+        """A slot, or seconds to wait before asking again (NOT_YOUR_TURN: another client's
+        turn), or None: Redis is away. `more`: this client's waiters here after this one."""
         cfg, st = self._cfg, self._shared
         self._wake.clear()
         if cfg.rps <= 0 and cfg.max_conn <= 0:  # nothing to share but the guard's pause
@@ -77,7 +84,18 @@ class SharedAdmission:
             res = await st.run(
                 ADMIT,
                 self._keys,
-                ["", cfg.rps, max(1, cfg.burst), cfg.max_conn, lease, st.lease_s],
+                [
+                    "",
+                    cfg.rps,
+                    max(1, cfg.burst),
+                    cfg.max_conn,
+                    lease,
+                    st.lease_s,
+                    _token(client),
+                    more,
+                    RELEASES,
+                    self.name,
+                ],
                 self._orphan_admit(lease),
             )
         except RedisDown:
@@ -85,6 +103,8 @@ class SharedAdmission:
         if res[0] == 1:
             return self._granted(lease or None)
         wait = float(res[1])
+        if wait == -2:
+            return NOT_YOUR_TURN
         if wait < 0:  # full: a release notice wakes us; the earliest lease expiry at the latest
             return max(0.001, min(float(res[2]), FULL_POLL_S))
         return max(wait, 0.0005)
@@ -122,23 +142,23 @@ class SharedAdmission:
         if self._queue:
             self._wake.set()
 
-    async def acquire(self) -> SharedSlot:
+    async def acquire(self, client: Hashable | None = None) -> SharedSlot:
         if not self._shared.up:
-            return await self._acquire_local()
+            return await self._acquire_local(client)
         wait = 0.0
         if not self._queue:
-            got = await self._try()
+            got = await self._try(client, 0)
             if got is None:
-                return await self._acquire_local()
+                return await self._acquire_local(client)
             if isinstance(got, SharedSlot):
                 return got
-            wait = got
+            wait = max(got, 0.0)
         limits = self.local.limits
         if self.local.waiting + self._queued >= limits.queue:
             self.local.rejected += 1
             raise Rejected("queue full", self._estimate_wait())
         fut: asyncio.Future[SharedSlot | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(fut)
+        self._queue.push(client, fut)
         self._queued += 1
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = asyncio.get_running_loop().create_task(self._serve_queue(wait))
@@ -150,6 +170,7 @@ class SharedAdmission:
         except TimeoutError:
             if not (fut.done() and not fut.cancelled()):
                 self.local.rejected += 1
+                self._left(client)
                 raise Rejected("queue timeout", self._estimate_wait()) from None
             slot = fut.result()  # granted in the same instant: keep it
         except BaseException:
@@ -159,11 +180,12 @@ class SharedAdmission:
                     got_slot.give_back()  # granted but nobody will use it
             else:
                 fut.cancel()
+                self._left(client)
             raise
         finally:
             self._queued -= 1
         if slot is None:  # Redis went away while we waited: carry on in the local queue
-            return await self._acquire_local()
+            return await self._acquire_local(client)
         slot.queued = True
         return slot
 
@@ -177,10 +199,9 @@ class SharedAdmission:
     async def _serve(self, wait: float) -> None:
         """The head waiter asks Redis; after the wait Redis named, or at a release notice."""
         q = self._queue
+        refused = 0  # local clients told "not your turn" in a row
         while True:
-            while q and q[0].done():
-                q.popleft()
-            if not q:
+            if q.head() is None:
                 return
             if not self._shared.up:
                 self._spill()
@@ -191,30 +212,48 @@ class SharedAdmission:
                         await self._wake.wait()
                 wait = 0.0
                 continue
-            got = await self._try()
+            client, more = q.head_client()
+            got = await self._try(client, more)
             if got is None:
                 self._spill()
                 return
             if isinstance(got, SharedSlot):
-                while q and q[0].done():
-                    q.popleft()
-                if q:
-                    q.popleft().set_result(got)
+                refused = 0
+                if q.head() is not None:
+                    q.pop().set_result(got)  # the next client in turn
                 else:
                     got.give_back()
+            elif got == NOT_YOUR_TURN:
+                # A client waiting elsewhere (or behind ours here) goes first: offer the turn
+                # to our next client; once all were refused, wait for a notice.
+                refused += 1
+                q.rotate()
+                if refused >= q.clients():
+                    # At most one ask per TURN_BACKOFF_S meanwhile: the refusal's own notice
+                    # (or a client whose instance died, until its registration expires) must
+                    # not set the instances asking each other in a tight loop.
+                    refused = 0
+                    await asyncio.sleep(TURN_BACKOFF_S)
+                    wait = TURN_POLL_S
             else:
+                refused = 0
                 wait = got
 
+    def _left(self, client: Hashable | None) -> None:
+        """A waiter left without a slot: if it was its client's last one here, the fleet's
+        turn is not kept for that client."""
+        if not self._queue.waiting(client) and self._shared.up:
+            self._shared.fire(UNREGISTER, self._keys[2:], ["", _token(client)])
+
     def _spill(self) -> None:
-        while self._queue:
-            fut = self._queue.popleft()
+        for fut in self._queue.drain():
             if not fut.done():
                 fut.set_result(None)
 
-    async def _acquire_local(self) -> SharedSlot:
+    async def _acquire_local(self, client: Hashable | None = None) -> SharedSlot:
         # The local grant is counted there; `_give_back` counts it out (count_out), so the
         # local slot object itself is not kept.
-        local = await self.local.acquire()
+        local = await self.local.acquire(client)
         slot = SharedSlot(self, None)
         slot.queued = local.queued
         self._unleased.add(slot)
@@ -278,3 +317,8 @@ class SharedAdmission:
         if self._shared.up:
             snap["max_conn"] = self._cfg.max_conn  # the fleet's gate; in_flight is ours
         return snap
+
+
+def _token(client: Hashable | None) -> str:
+    """A client's name in Redis ('-' for requests without a client key)."""
+    return "-" if client is None else str(client)

@@ -357,7 +357,7 @@ class SharedState:
             asyncio.get_running_loop().call_soon(self.fail, f"Redis error: {value}")
 
     def announce(self, kind: str) -> None:
-        """Tell every instance that keys, provider settings or models changed in the store."""
+        """Tell every instance that keys, clients, provider settings or models changed in the store."""
         pipe = self._pipe
         if pipe is not None and self.up:
             pipe.send(
@@ -373,7 +373,7 @@ class SharedState:
             return
         msg = orjson.loads(data)
         kind = msg.get("t")
-        if kind in ("keys", "provider", "models"):
+        if kind in ("keys", "provider", "models", "clients"):
             if msg.get("src") != self.instance:
                 self._changed()
             return

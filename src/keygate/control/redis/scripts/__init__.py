@@ -35,6 +35,7 @@ RELEASE_SLOT = load("release_slot")
 RENEW = load("renew")
 CLEAN = load("clean")
 PAUSE = load("pause")
+UNREGISTER = load("unregister")
 PICK = load("pick", pool=True)
 RELEASE_KEY = load("release_key", pool=True)
 SET = load("set", pool=True)
@@ -43,6 +44,6 @@ REMOVE = load("remove", pool=True)
 SEED = load("seed", pool=True)
 QUOTA_VIEW = load("quota_view", pool=True)
 SCRIPTS = (
-    *(ADMIT, CAPACITY, RELEASE_SLOT, RENEW, CLEAN, PAUSE, PICK, RELEASE_KEY, SET, SYNC, REMOVE),
-    *(SEED, QUOTA_VIEW),
+    *(ADMIT, CAPACITY, RELEASE_SLOT, RENEW, CLEAN, PAUSE, UNREGISTER, PICK, RELEASE_KEY, SET),
+    *(SYNC, REMOVE, SEED, QUOTA_VIEW),
 )

@@ -4,6 +4,7 @@
 import { api, setUnauthorizedHandler } from './api.js';
 import { h, toast } from './dom.js';
 import { applyStatic, getLang, onLangChange, setLang, t } from './i18n.js';
+import * as clients from './views/clients.js';
 import * as connect from './views/connect.js';
 import * as dashboard from './views/dashboard.js';
 import * as keys from './views/keys.js';
@@ -11,7 +12,7 @@ import * as models from './views/models.js';
 import * as providers from './views/providers.js';
 import * as requests from './views/requests.js';
 
-const VIEWS = { dashboard, keys, providers, models, requests, connect };
+const VIEWS = { dashboard, keys, providers, models, clients, requests, connect };
 const $ = (id) => document.getElementById(id);
 
 let current = null; // { name, instance }

@@ -132,7 +132,11 @@ export function mount(root, params, ctx) {
       td('provider', r.provider || ''),
       td('model', r.model ? h('code', { class: 'mono' }, r.model) : h('span', { class: 'muted' }, t('common.none'))),
       blank(td('route', r.route ? h('code', { class: 'mono route' }, r.route) : h('span', { class: 'muted' }, t('common.none'))), !r.route),
-      td('key', r.key ? h('code', { class: 'mono' }, r.key) : h('span', { class: 'muted' }, t('common.none'))),
+      td(
+        'key',
+        r.key ? h('code', { class: 'mono' }, r.key) : h('span', { class: 'muted' }, t('common.none')),
+        r.client_name ? h('div', { class: 'muted req-client', title: t('req.client') }, r.client_name) : null,
+      ),
       td('status', badge(r.status ? String(r.status) : t('keys.unreachable'), statusKind(r.status))),
       td('latency', h('span', { class: 'num' }, fmtMs(r.latency_ms))),
       blank(td('retries', h('span', { class: `num${r.retries ? ' is-retry' : ''}` }, fmtInt(r.retries || 0))), !r.retries),

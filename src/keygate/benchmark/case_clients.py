@@ -1,0 +1,80 @@
+"""keygate with 10,000 client keys vs the single-password instance (SPEC §13): a client key is
+found by its hash in one dict lookup, so throughput at c=50 should not depend on how many
+clients exist. Interleaved so that drift hits both alike."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keygate.benchmark.common import log
+from keygate.benchmark.servers import CHAT_BODY, StartError, Target
+from keygate.benchmark.wrk import lua_script
+
+if TYPE_CHECKING:
+    from keygate.benchmark.runner import Bench
+
+CLIENTS_CONCURRENCY = 50
+
+
+async def _issue(location: str, n: int) -> str:
+    """`n` client keys in a fresh store (no limits, as the single password has none); the
+    key of one in the middle, the one the load uses."""
+    from keygate.clients import ops
+    from keygate.store import create_store
+
+    store = create_store(location, "")
+    await store.open()
+    try:
+        used = ""
+        for i in range(n):
+            _, key = await ops.create(store, {"name": f"bench-client-{i:05d}"})
+            if i == n // 2:
+                used = key
+        return used
+    finally:
+        await store.close()
+
+
+def run_clients(bench: Bench, kg8: Target, nginx_port: int) -> None:
+    n = bench.opts.clients
+    info: dict[str, Any] = {"clients": n, "concurrency": CLIENTS_CONCURRENCY}
+    bench.clients10k = info
+    db = Path(bench.tmp) / "clients-store" / "keygate.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    location = f"sqlite:///{db}"
+    key = asyncio.run(_issue(location, n))
+    script = Path(bench.tmp) / "post-client.lua"
+    script.write_text(lua_script(CHAT_BODY, {"Authorization": f"Bearer {key}"}), encoding="utf-8")
+    try:
+        t = bench.start(
+            "keygate",
+            f"http://127.0.0.1:{nginx_port}",
+            probe=True,
+            label="keygate-clients",
+            extra_env={"KEYGATE_DB": location},
+        )
+    except StartError as exc:
+        info["error"] = str(exc)
+        bench.failures[f"keygate with {n:,} clients"] = str(exc)
+        log(f"{n:,} clients: {exc}")
+        return
+    try:
+        info["startup_s"] = t.startup_s
+        if bench.opts.warmup_s > 0:
+            bench.wrk(t, 10, bench.opts.warmup_s, script)
+        half = max(1.0, bench.opts.duration_s / 2)
+        runs: dict[str, list[dict[str, Any]]] = {"password": [], "clients": []}
+        for _ in range(2):
+            for label, target, lua in (("password", kg8, None), ("clients", t, script)):
+                r = bench.wrk(target, CLIENTS_CONCURRENCY, half, lua)
+                runs[label].append(r.to_json())
+                log(f"keygate  c={CLIENTS_CONCURRENCY} {label:8} {r.rps:10,.0f} req/s")
+        info["runs"] = runs
+        info["rps_password"] = sum(r["rps"] for r in runs["password"]) / 2
+        info["rps_clients"] = sum(r["rps"] for r in runs["clients"]) / 2
+        info["ratio"] = info["rps_clients"] / info["rps_password"] if info["rps_password"] else None
+        info["flagged"] = any(r["flagged"] for rs in runs.values() for r in rs)
+    finally:
+        t.stop()
