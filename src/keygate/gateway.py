@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from keygate.clients.fleet import ClientLimits
 from keygate.clients.registry import ClientRegistry
 from keygate.control.keypool import KeyEntry
 from keygate.control.redis import SharedState
@@ -61,6 +62,7 @@ class Gateway:
         self.models = ModelTable(build_table(settings.models, self.providers), self.providers)
         self.model_lists = ModelLists(self)
         self.clients = ClientRegistry()  # client keys by hash (SPEC §13), kept by self.sync
+        self.client_limits = ClientLimits(self.shared)  # their limits, fleet-wide on Redis
         self.sync = StoreSync(
             self.store, self.providers, settings, on_models=self.load_models, clients=self.clients
         )

@@ -1,5 +1,6 @@
 """The request path's three calls for client keys (`proxy.handler`): who is asking, may this
-client send this request now, and what it used. Nothing here touches the store or Redis."""
+client send this request now, and what it used. Nothing here touches the store; the limits
+are the gateway's `client_limits` (`clients.fleet`: on Redis when the fleet shares one)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from keygate.clients import limits
+from keygate.clients.fleet import Reservation
 from keygate.clients.registry import Client
+from keygate.control.quota import estimate_tokens
 from keygate.proxy.auth import password_ok, presented_credential, refused
 from keygate.proxy.errors import GatewayError, retry_after_headers
 
@@ -64,7 +66,7 @@ def checked_model(found: str, path: str, body: bytes) -> str:
     return found
 
 
-def admit(ex: Exchange, provider: str, path: str, body: bytes) -> None:
+async def admit(gw: Gateway, ex: Exchange, provider: str, path: str, body: bytes) -> None:
     """403 `model_not_allowed` or 429 `client_quota_exceeded` before anything goes upstream;
     otherwise the request is counted against the client's limits (`charge`)."""
     client: Client = ex.client
@@ -72,7 +74,7 @@ def admit(ex: Exchange, provider: str, path: str, body: bytes) -> None:
     if not client.allows(provider, model):
         what = f"model '{model}' of provider '{provider}'" if model else f"provider '{provider}'"
         raise _not_allowed(what)
-    charge(ex, body)
+    await charge(gw, ex, body, gw.providers[provider].cfg.default_max_tokens)
 
 
 def allowed_targets(client: Client, name: str, tries: list[T]) -> list[T]:
@@ -93,13 +95,14 @@ def allowed_targets(client: Client, name: str, tries: list[T]) -> list[T]:
     return kept
 
 
-def charge(ex: Exchange, body: bytes) -> None:
-    """Count the request against the client's limits (tokens estimated from the body's size,
-    corrected by `account`), or a 429 `client_quota_exceeded` until the limit resets."""
-    estimate = len(body) // 4
-    over = limits.check(ex.client, estimate, time.time())
-    if over is not None:
-        limit, wait = over
+async def charge(gw: Gateway, ex: Exchange, body: bytes, default_max_tokens: int) -> None:
+    """Count the request against the client's limits, or a 429 `client_quota_exceeded` until
+    the limit resets. Tokens are estimated as the per-key quotas do (`estimate_tokens`: prompt
+    bytes / 4 + the completion allowed) and corrected by `account`."""
+    estimate = estimate_tokens(body, default_max_tokens) if body else 0
+    decision = await gw.client_limits.check(ex.client, estimate)
+    if not isinstance(decision, Reservation):
+        limit, wait = decision
         raise GatewayError(
             429,
             f"client key over its {limit} limit; it resets in {math.ceil(wait)}s",
@@ -107,7 +110,7 @@ def charge(ex: Exchange, body: bytes) -> None:
             retry_after_headers(wait),
             retry=False,  # the SDK's own retries would only hit the same limit
         )
-    ex.reserved = estimate
+    ex.reserved = decision
 
 
 def _not_allowed(what: str) -> GatewayError:
@@ -116,10 +119,10 @@ def _not_allowed(what: str) -> GatewayError:
     )
 
 
-def account(ex: Exchange, now: float) -> None:
+def account(gw: Gateway, ex: Exchange, now: float) -> None:
     """Usage counted in memory (flushed by sync.py); the token reservation settled."""
     client: Client = ex.client
     tokens_in, tokens_out = ex.usage
     client.usage.count(now, tokens_in, tokens_out, ex.status >= 400)
     if ex.reserved is not None:
-        limits.settle(client, ex.reserved, tokens_in + tokens_out, now)
+        gw.client_limits.settle(client, ex.reserved, tokens_in + tokens_out)

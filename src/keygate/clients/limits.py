@@ -1,9 +1,9 @@
 """The one interface that counts a client's limits: `check` before a request goes anywhere,
 `settle` once its answer told the real token count.
 
-Kept deliberately small and self-contained (a sliding minute, the UTC day, the UTC month) so
-that the per-key quota windows (SPEC §12) can take over its insides: callers only ever use
-`seed`, `check` and `settle`.
+Kept deliberately small and self-contained (a sliding minute, the UTC day, the UTC month):
+one instance's form, and the fallback of the fleet's (`clients.fleet`, on Redis), which
+mirrors its counts here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from keygate.clients.periods import PERIODS
 class Limited(Protocol):
     """What the windows read of a client: its limits (0 = none) and its window state."""
 
+    id: int
     rpm: int
     rpd: int
     tpd: int
@@ -35,7 +36,7 @@ class Windows:
         self.day = self.month = ""
         self.day_requests = self.day_tokens = self.month_tokens = 0
 
-    def _roll(self, now: float) -> None:
+    def roll(self, now: float) -> None:
         p = PERIODS.at(now)
         if self.day != p.day:
             self.day, self.day_requests, self.day_tokens = p.day, 0, 0
@@ -49,7 +50,7 @@ def seed(
     """Start from what the store holds for today and this month (a restart forgets nothing
     but the sliding minute)."""
     w = client.windows
-    w._roll(now)
+    w.roll(now)
     w.day_requests, w.day_tokens, w.month_tokens = day_requests, day_tokens, month_tokens
 
 
@@ -57,7 +58,7 @@ def check(client: Limited, estimated_tokens: int, now: float) -> tuple[str, floa
     """None when the request may go (it is then counted, with `estimated_tokens` reserved);
     else (the limit, seconds until it resets)."""
     w = client.windows
-    w._roll(now)
+    w.roll(now)
     p = PERIODS.at(now)
     if client.rpm:
         minute = w.minute
@@ -84,7 +85,7 @@ def settle(client: Limited, reserved: int, actual_tokens: int, now: float) -> No
     if not actual_tokens:
         return
     w = client.windows
-    w._roll(now)
+    w.roll(now)
     diff = actual_tokens - reserved
     w.day_tokens = max(0, w.day_tokens + diff)
     w.month_tokens = max(0, w.month_tokens + diff)

@@ -61,7 +61,7 @@ class Exchange:
         self.retries = 0
         self.entry: Any = None
         self.client: Any = None  # the client key's Client (None: master password or open)
-        self.reserved: int | None = None  # tokens the client's limits reserved for it
+        self.reserved: Any = None  # what the client's limits reserved for it (a Reservation)
         self.error = ""
         self.model = ""
         self.usage = [0, 0]

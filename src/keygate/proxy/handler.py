@@ -171,7 +171,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             body = apply_model(body, cfg, up_path)
             ex.model = find_model(body)
         if ex.client is not None:
-            clients.admit(ex, name, up_path, body)  # 403/429 for this client, before upstream
+            await clients.admit(gw, ex, name, up_path, body)  # 403/429, before upstream
         ex.serve(name, ex.model)
         ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
         if not rt.pool.entries:
@@ -371,7 +371,7 @@ async def forward_chain(
     tries = await plan.order(gw)
     if ex.client is not None:  # the targets this client may use, and its limits: 403/429 here
         tries = clients.allowed_targets(ex.client, plan.model, tries)
-        clients.charge(ex, plan.body)
+        await clients.charge(gw, ex, plan.body, tries[0][0].cfg.default_max_tokens)
     budget = plan.budget(len(tries), [rt for rt, _, _ in tries])
     failure = None
     for i, (rt, target, adapter) in enumerate(tries):
@@ -619,7 +619,7 @@ def _account(
     masked = entry.masked if entry is not None else ""
     client = ex.client.name if ex.client is not None else ""
     if client:
-        clients.account(ex, now)
+        clients.account(gw, ex, now)
     if ex.error and rt is not None:
         # what goes to the log and the ring never carries a key, whoever wrote the text
         ex.error = redactor_for(name).scrub_text(

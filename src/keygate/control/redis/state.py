@@ -25,6 +25,7 @@ Keys (all under the `{provider}` hash tag):
   keygate:{p}:c:<id>   zset  per-key connection leases -> expiry (key max_conn)
   keygate:{p}:q:<id>   hash  the key's quota day counters and announced budgets (quota.lua)
   keygate:{p}:qm:<id> qh:<id> tm:<id> th:<id>  zsets: its minute and hour windows
+  keygate:client:{<id>}:d:<day> m:<month> rpm  a client key's limit windows (clients/fleet.py)
 Channels: `keygate:events` (JSON: health, guard, 429, keys, provider), `keygate:release`
 (a provider name: a slot was freed while its gate was full).
 """

@@ -43,7 +43,9 @@ SYNC = load("sync", pool=True)
 REMOVE = load("remove", pool=True)
 SEED = load("seed", pool=True)
 QUOTA_VIEW = load("quota_view", pool=True)
+CLIENT_CHARGE = load("client_charge")
+CLIENT_SETTLE = load("client_settle")
 SCRIPTS = (
     *(ADMIT, CAPACITY, RELEASE_SLOT, RENEW, CLEAN, PAUSE, UNREGISTER, PICK, RELEASE_KEY, SET),
-    *(SYNC, REMOVE, SEED, QUOTA_VIEW),
+    *(SYNC, REMOVE, SEED, QUOTA_VIEW, CLIENT_CHARGE, CLIENT_SETTLE),
 )
