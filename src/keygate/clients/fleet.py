@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, NamedTuple
 from keygate.clients import limits
 from keygate.clients.limits import Limited
 from keygate.clients.periods import PERIODS
-from keygate.control.redis.connection import RedisDown
-from keygate.control.redis.scripts import CLIENT_CHARGE, CLIENT_SETTLE
 
 if TYPE_CHECKING:
     from keygate.control.redis.state import SharedState
@@ -66,6 +64,10 @@ class ClientLimits:
         now = self._now()
         if st is None or not st.up or not has_limits(client):
             return limits.check(client, estimate, now) or Reservation(estimate, False)
+        # the Redis form is imported only by a gateway that has one (it is slow to import)
+        from keygate.control.redis.connection import RedisDown
+        from keygate.control.redis.scripts import CLIENT_CHARGE
+
         w = client.windows
         w.roll(now)
         p = PERIODS.at(now)
@@ -95,6 +97,8 @@ class ClientLimits:
         limits.settle(client, reserved.tokens, actual, now)
         st = self.shared
         if reserved.shared and actual and actual != reserved.tokens and st is not None:
+            from keygate.control.redis.scripts import CLIENT_SETTLE
+
             p = PERIODS.at(now)
             keys = _keys(client.id, p.day, p.month, False)
             st.fire(CLIENT_SETTLE, keys, [st.now(), actual - reserved.tokens])
