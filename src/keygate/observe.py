@@ -42,12 +42,6 @@ class RequestRecord(NamedTuple):
         return self._asdict()
 
 
-def _word(text: str) -> str:
-    """A value for the text access line: as it is when it is one printable word, else quoted
-    (a model name comes from the client's body and must not forge a field or a line)."""
-    return text if text.isprintable() and " " not in text and "=" not in text else repr(text)
-
-
 class Second:
     __slots__ = ("count", "errors", "latencies", "t")
 

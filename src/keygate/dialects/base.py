@@ -27,9 +27,8 @@ Headers = Sequence[tuple[bytes, bytes]]
 ResetParser = Callable[[str, float], "float | None"]
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_USAGE_RE = re.compile(
-    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)'
-)
+_USAGE_RE = re.compile(rb'"(prompt|completion|input|output)_tokens"\s*:\s*(\d+)')
+_INPUT_NAMES = frozenset((b"prompt", b"input"))
 
 
 def parse_duration(text: str) -> float | None:
@@ -208,7 +207,7 @@ def scan_usage(chunk: bytes, usage: list[int]) -> None:
     while at >= 0:
         for name, value in _USAGE_RE.findall(chunk, at, at + 400):
             n = int(value)
-            slot = 0 if name in (b"prompt_tokens", b"input_tokens") else 1
+            slot = 0 if name in _INPUT_NAMES else 1
             if n > usage[slot]:
                 usage[slot] = n
         at = chunk.find(b'"usage"', at + 7)

@@ -13,15 +13,24 @@ from keygate.translate import Adapter
 WATCH_AFTER_S = 0.05  # quick exchanges finish before a disconnect watcher is worth a task
 
 
-def served_headers(provider: str, model: str) -> list[tuple[bytes, bytes]]:
+_SERVED: dict[tuple[str, str], tuple[tuple[bytes, bytes], ...]] = {}
+
+
+def served_headers(provider: str, model: str) -> tuple[tuple[bytes, bytes], ...]:
     """`x-keygate-provider` and `x-keygate-model` (when the request named one); a model name
-    that is not plain printable ASCII is percent-encoded, so it can never break the header."""
+    that is not plain printable ASCII is percent-encoded, so it can never break the header.
+    Built once per provider and model: a gateway serves the same few again and again."""
+    found = _SERVED.get((provider, model))
+    if found is not None:
+        return found
     out = [(b"x-keygate-provider", provider.encode())]
     if model:
-        if not (model.isascii() and model.isprintable()):
-            model = quote(model, safe="/:@-._~")
-        out.append((b"x-keygate-model", model.encode()))
-    return out
+        shown = model if model.isascii() and model.isprintable() else quote(model, safe="/:@-._~")
+        out.append((b"x-keygate-model", shown.encode()))
+    if len(_SERVED) >= 4096:  # model names come from clients: the cache stays bounded
+        _SERVED.clear()
+    found = _SERVED[(provider, model)] = tuple(out)
+    return found
 
 
 class Exchange:
@@ -73,7 +82,7 @@ class Exchange:
         self.wire: Dialect | None = None  # the dialect spoken on the upstream path
         self.provider = ""  # the provider of the try that answers
         self.runtime: Any = None  # its runtime, when the model chose it (a routed request)
-        self.served: list[tuple[bytes, bytes]] = []  # x-keygate-provider / -model of that try
+        self.served: tuple[tuple[bytes, bytes], ...] = ()  # x-keygate-provider / -model of that try
         self.via: list[str] = []  # the targets a routed request tried, in order
         # set when the client's API family differs from the provider's (keygate.translate)
         self.adapter: Adapter | None = None

@@ -185,7 +185,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.status = err.status
         ex.error = err.message
         ex.finishing = True
-        err.headers = err.headers + ex.served
+        err.headers = [*err.headers, *ex.served]
         client_dialect = ex.adapter.client if ex.adapter is not None else ex.wire
         await send_error(send, err, client_dialect or error_dialect(rt, rest, headers))
     except ClientGone:
