@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -330,6 +331,9 @@ def setup_logging(level: str = "info", log_format: str = "text") -> None:
     access_log.enabled = root.isEnabledFor(logging.INFO)
 
 
+_NOT_IN_A_WORD = re.compile(r"[ '\"=]")
+
+
 def _word(text: str) -> str:
     """A name as one token of the text line (quoted when it has spaces or quotes)."""
-    return text if text.isprintable() and not any(c in text for c in " '\"=") else repr(text)
+    return text if text.isprintable() and not _NOT_IN_A_WORD.search(text) else repr(text)
