@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from keygate.clients.fleet import Reservation
+from keygate.clients.fleet import Reservation, has_limits
 from keygate.clients.registry import Client
 from keygate.control.quota import estimate_tokens
 from keygate.proxy.auth import password_ok, presented_credential, refused
@@ -99,6 +99,8 @@ async def charge(gw: Gateway, ex: Exchange, body: bytes, default_max_tokens: int
     """Count the request against the client's limits, or a 429 `client_quota_exceeded` until
     the limit resets. Tokens are estimated as the per-key quotas do (`estimate_tokens`: prompt
     bytes / 4 + the completion allowed) and corrected by `account`."""
+    if not has_limits(ex.client):
+        return  # nothing to count against: no estimate, no window, no round trip
     estimate = estimate_tokens(body, default_max_tokens) if body else 0
     decision = await gw.client_limits.check(ex.client, estimate)
     if not isinstance(decision, Reservation):
