@@ -99,23 +99,28 @@ class StoreSync:
         stored = (rec.use_count, rec.ok, rec.err_4xx, rec.err_5xx, rec.tokens_in, rec.tokens_out)
         entry = rt.pool.entries.get(rec.id)
         limits = (entry.limits(), entry.max_conn) if entry is not None else None
+        total: tuple[int, ...] | None = stored
         if entry is None:
             entry = KeyEntry(
                 rec.id, rec.provider, rec.secret, source=rec.source, created_at=rec.created_at
             )
-            total = stored
-        else:
+        elif from_feed:
             # The store holds what every instance flushed; add what this one counted since.
+            # (Only under the feed's lock, which a flush also holds: read while a flush's
+            # write was committed but not yet marked, `stored` would count its deltas twice.)
             total = plus(stored, unflushed(entry))
-        (
-            entry.use_count,
-            entry.ok,
-            entry.err_4xx,
-            entry.err_5xx,
-            entry.tokens_in,
-            entry.tokens_out,
-        ) = total
-        entry.flushed = stored
+        else:
+            total = None  # this process's own admin write: its counters stay as they are
+        if total is not None:
+            (
+                entry.use_count,
+                entry.ok,
+                entry.err_4xx,
+                entry.err_5xx,
+                entry.tokens_in,
+                entry.tokens_out,
+            ) = total
+            entry.flushed = stored
         entry.last_used = max(entry.last_used, rec.last_used)
         entry.label = rec.label
         entry.set_limits(rec.limits())
@@ -196,7 +201,12 @@ class StoreSync:
                 log.warning("counter flush failed (will retry): %s", exc)
 
     async def flush(self) -> None:
-        """Write counter deltas (additive) and health changes in one batch each."""
+        """Write counter deltas (additive) and health changes in one batch each; never while
+        the change poll merges the store's counters into the pool's (the feed's lock)."""
+        async with self._lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         key_deltas: list[tuple[int, int, int, int, int, int, int, float]] = []
         health: list[tuple[int, str, float, str]] = []
         marks: list[tuple[Any, tuple[Any, ...]]] = []
