@@ -22,13 +22,13 @@ import aiohttp
 from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
 from keygate.asgi import read_body as asgi_read_body
 from keygate.classify import Verdict, classify
-from keygate.clients import access as clients
 from keygate.control.base import Event, Rejected
 from keygate.control.quota import Ticket, quota_delay
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.gateway import Gateway
 from keygate.observe import RequestRecord, access_log
+from keygate.proxy import clients
 from keygate.proxy.auth import split_key_param
 from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.exchange import Exchange
