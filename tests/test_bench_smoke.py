@@ -104,3 +104,43 @@ Transfer/sec:      2.50MB
     script = lua_script(b'{"a":"b\\\\c\\n"}', {"Authorization": "Bearer x"})
     assert 'wrk.body = "{\\034a\\034:\\034b\\092\\092c\\092n\\034}"' in script
     assert 'wrk.headers["Authorization"] = "Bearer x"' in script
+
+
+def test_rounds_take_the_median_of_each_rounds_own_ratio() -> None:
+    """One drifting round must not decide the verdict: with rounds, the check reads the median
+    of the per-round ratios, and each reference's figure is its median round."""
+    sys.path.insert(0, str(SRC))
+    from keygate.benchmark import report
+    from keygate.benchmark.case_wrk import run_rounds
+    from keygate.benchmark.servers import Target
+
+    rps = {  # bare drifts: round 2 is fast for everyone, round 3 slow for keygate only
+        "bare": iter([5000.0, 8000.0, 5000.0]),
+        "keygate": iter([4250.0, 6800.0, 2500.0]),
+        "unified": iter([4250.0, 6800.0, 2500.0]),
+    }
+
+    class FakeBench:
+        opts = type("O", (), {"rounds": 3})()
+        refs: dict[str, dict[str, object]] = {"bare": {}, "keygate": {}, "unified": {}}
+        ratios: dict[str, dict[str, object]] = {}
+
+        def wrk_case(self, t: Target, c: int) -> dict[str, object]:
+            return {"rps": next(rps[t.name]), "flagged": False, "p50_ms": 1.0}
+
+    bench = FakeBench()
+    targets = [Target(n, 1, "/") for n in ("bare", "keygate", "unified")]
+    run_rounds(bench, targets, 50)  # type: ignore[arg-type]
+    paired = bench.ratios["50"]["keygate/bare"]
+    assert paired["rounds"] == [0.85, 0.85, 0.5]
+    assert paired["median"] == pytest.approx(0.85)
+    assert bench.refs["keygate"]["wrk"]["50"]["rps"] == 4250.0  # the median round, not the mean
+    assert bench.refs["keygate"]["wrk"]["50"]["rounds_rps"] == [4250.0, 6800.0, 2500.0]
+    data = {"references": bench.refs, "ratios": bench.ratios}
+    check = next(v for v in report.verdict(data) if v["target"].startswith("throughput c=50"))
+    assert check["status"] == "pass" and check["value"] == pytest.approx(0.85)
+    assert "(median of rounds 0.85, 0.85, 0.50)" in check["shown"]
+    # one round only: the single pair decides, as before
+    single = {"references": bench.refs, "ratios": None}
+    check = next(v for v in report.verdict(single) if v["target"].startswith("throughput c=50"))
+    assert check["value"] == pytest.approx(4250.0 / 5000.0)

@@ -135,6 +135,7 @@ async def make_gw() -> AsyncIterator[Callable[..., Any]]:
         return SimpleNamespace(
             providers={"p": rt},
             default_provider="p",
+            loop=None,
             passwords=[],
             clients=ClientRegistry(),
             session=session,

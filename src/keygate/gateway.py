@@ -69,12 +69,14 @@ class Gateway:
             self.store, self.providers, settings, on_models=self.load_models, clients=self.clients
         )
         self.session: aiohttp.ClientSession | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, set by `start`
         self.recent: deque[RequestRecord] = deque(maxlen=settings.recent_requests)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         await self.store.open()
         self.sync.apply_overrides(await self.store.get_provider_overrides())
         await self.load_models()

@@ -20,6 +20,7 @@ __all__ = ["main"]
 
 FULL = {
     "duration": 10.0,
+    "rounds": 4,
     "concurrency": "1,10,50,200",
     "streams": 500,
     "chunks": 64,
@@ -31,6 +32,7 @@ FULL = {
 }
 QUICK = {
     "duration": 2.0,
+    "rounds": 1,
     "concurrency": "1,10",
     "streams": 20,
     "chunks": 8,
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="smoke run: ~30 s, few cases")
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10, quick 2)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="interleaved rounds of the wrk cases (default 4, quick 1); ratios are their median",
+    )
     p.add_argument("--concurrency", help="wrk concurrencies (default 1,10,50,200; quick 1,10)")
     p.add_argument("--streams", type=int, help="concurrent SSE streams (default 500, quick 20)")
     p.add_argument("--chunks", type=int, help="content chunks per stream (default 64, quick 8)")
@@ -93,6 +100,7 @@ def _options(args: argparse.Namespace) -> Any:
     return Options(
         quick=args.quick,
         duration_s=max(1.0, float(pick("duration"))),
+        rounds=max(1, int(pick("rounds"))),
         concurrency=concurrency,
         streams=max(1, pick("streams")),
         chunks=max(1, pick("chunks")),

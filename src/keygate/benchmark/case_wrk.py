@@ -3,7 +3,8 @@ calibration that tells the VM's wake-up floor apart from what a proxy adds."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import statistics
+from typing import TYPE_CHECKING, Any
 
 from keygate.benchmark.case_translated import run_translated_wrk
 from keygate.benchmark.common import _diff, _mb, _ms, log
@@ -51,9 +52,7 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
             if bench.opts.warmup_s > 0:
                 bench.wrk(t, 10, bench.opts.warmup_s)
         for c in bench.opts.concurrency:
-            for t in [direct, *servers]:
-                if t.proc is None or t.proc.alive():
-                    bench.refs[t.name].setdefault("wrk", {})[str(c)] = bench.wrk_case(t, c)
+            run_rounds(bench, [direct, *servers], c)
         if bench.want("translated"):
             for t in servers:
                 if t.name == "keygate" and t.proc is not None and t.proc.alive():
@@ -74,6 +73,43 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
         else:
             t.stop()
     return keep
+
+
+PAIRS = {"keygate/bare": ("keygate", "bare"), "unified/keygate": ("unified", "keygate")}
+
+
+def run_rounds(bench: Bench, targets: list[Target], c: int) -> None:
+    """`--rounds` passes over the targets at concurrency `c`, back to back in each pass, the
+    order reversed every other pass.
+
+    A target's figure is its median round (by req/s), with every round's req/s beside it. The
+    ratios the checks read are the median of the rounds' own ratios: on a shared machine one
+    pair drifts by ±20% from the next (0.66 to 1.16 of bare in five pairs of one run), and a
+    ratio taken within one round, seconds apart, is what drift disturbs least.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for i in range(bench.opts.rounds):
+        # every other round in reverse (direct stays first): what the position in a round
+        # does to a server (the one after bare, say) falls on each side alike
+        for t in targets if i % 2 == 0 else [targets[0], *targets[:0:-1]]:
+            if t.proc is None or t.proc.alive():
+                runs.setdefault(t.name, []).append(bench.wrk_case(t, c))
+    for name, results in runs.items():
+        figure = dict(sorted(results, key=lambda r: r["rps"])[len(results) // 2])
+        figure["rounds_rps"] = [r["rps"] for r in results]
+        figure["flagged"] = any(r["flagged"] for r in results)
+        bench.refs[name].setdefault("wrk", {})[str(c)] = figure
+    for label, (top, base) in PAIRS.items():
+        a, b = runs.get(top) or [], runs.get(base) or []
+        ratios = [x["rps"] / y["rps"] for x, y in zip(a, b, strict=False) if y["rps"]]
+        if ratios and len(a) == len(b):
+            bench.ratios.setdefault(str(c), {})[label] = {
+                "median": statistics.median(ratios),
+                "rounds": [round(r, 3) for r in ratios],
+            }
+            if len(ratios) > 1:
+                shown = ", ".join(f"{r:.2f}" for r in ratios)
+                log(f"{label} c={c}: median {statistics.median(ratios):.3f} of rounds {shown}")
 
 
 def unified_target(bench: Bench, keygate: Target) -> Target:

@@ -65,6 +65,7 @@ class Options:
 
     quick: bool = False
     duration_s: float = 10.0
+    rounds: int = 4  # interleaved rounds of each wrk concurrency; ratios are their median
     concurrency: list[int] = field(default_factory=lambda: [1, 10, 50, 200])
     streams: int = 500
     chunks: int = 64
@@ -96,6 +97,7 @@ class Bench:
         self.clients10k: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.calibration: dict[str, Any] = {}
+        self.ratios: dict[str, dict[str, Any]] = {}  # per concurrency: median of rounds' ratios
         self.tmp = Path()
         self.script = Path()
         self.machine = report.machine_info()  # before the harness pins itself to one CPU
@@ -251,6 +253,7 @@ class Bench:
             "settings": {
                 "quick": o.quick,
                 "duration_s": o.duration_s,
+                "rounds": o.rounds,
                 "concurrency": o.concurrency,
                 "streams": o.streams,
                 "chunks": o.chunks,
@@ -268,6 +271,7 @@ class Bench:
             "quotas": self.quotas or None,
             "clients10k": self.clients10k or None,
             "calibration": self.calibration or None,
+            "ratios": self.ratios or None,
             "failures": self.failures,
             "flags": flags,
             "notes": self.notes,

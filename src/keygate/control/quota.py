@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from keygate.budget import Announced
 
 WINDOWS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 SLIDING = {"rpm": 60.0, "rph": 3600.0, "tpm": 60.0, "tph": 3600.0}
@@ -108,26 +109,6 @@ def quota_delay(pick: Any, ticket: Ticket | None, timeout_s: float) -> float:
 
 
 # --- announced budgets ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Announced:
-    """What one answer says is left in one window: `remaining` until `reset_at` (wall clock),
-    of `limit` per window when the upstream said."""
-
-    window: str
-    remaining: int
-    reset_at: float
-    limit: int = 0
-
-
-def window_for(kind: str, reset_in: float) -> str:
-    """`r`/`t` + the window an announced reset belongs to: within a minute, an hour, a day."""
-    if reset_in <= 60.0:
-        return kind + "pm"
-    if reset_in <= 3600.0:
-        return kind + "ph"
-    return kind + "pd"
 
 
 # --- the in-process windows ---------------------------------------------------------------------

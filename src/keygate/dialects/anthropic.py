@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from keygate.control.quota import Announced
+from keygate.budget import Announced
 from keygate.dialects.base import ANTHROPIC_RESETS, RETRY_AFTER, Dialect, anthropic_budget
 
 ANTHROPIC_VERSION = "2023-06-01"

@@ -20,7 +20,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
-from keygate.control.quota import Announced, window_for
+from keygate.budget import Announced, window_for
 
 Headers = Sequence[tuple[bytes, bytes]]
 # A reset hint's parser: the header's value and the wall clock now → when to come back.

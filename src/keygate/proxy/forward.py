@@ -116,7 +116,7 @@ def response_headers(
             cors = True
         elif lname == b"access-control-expose-headers":
             expose = True
-        if secret in value:
+        if value.find(secret) != -1:  # not `in`: on bytes it raises and swallows a TypeError first
             value = value.replace(secret, masked)
         out.append((lname, value))
     if not cors:

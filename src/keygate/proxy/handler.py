@@ -156,7 +156,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             # route by model: the unified endpoint only (`proxy.unified`)
             plan = plan_route(gw, path, body) if path.startswith("/v1/") else None
             if plan is not None:
-                ex.arm(receive)
+                ex.arm(receive, gw.loop)
                 await forward_chain(gw, ex, send, plan, headers, qs)
                 return
         if ex.adapter is not None:
@@ -176,7 +176,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
-        ex.arm(receive)
+        ex.arm(receive, gw.loop)
         url = cfg.base_url + up_path + qs
         failure = await forward(gw, rt, ex, send, method, url, headers, body or None)
         if failure is not None:
@@ -534,7 +534,7 @@ async def _relay_whole(
     assert ex.dog is not None and ex.wire is not None
     body = await read_answer(resp, ex, idle)
     ex.wire.scan_usage(body, ex.usage)
-    if secret in body:
+    if body.find(secret) != -1:
         body = body.replace(secret, masked)
         headers = [h for h in headers if h[0] != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
@@ -625,6 +625,8 @@ def _account(
         ex.error = redactor_for(name).scrub_text(
             ex.error, rt.pool.entries, entry.secret.encode() if entry is not None else b""
         )
+    via = " → ".join(ex.via) if ex.via else ""
+    label = ex.adapter.label if ex.adapter is not None else ""
     gw.recent.append(
         RequestRecord(
             now,
@@ -635,11 +637,11 @@ def _account(
             key_id,
             masked,
             ex.status,
-            round(latency_ms, 2),
+            latency_ms,
             ex.retries,
             ex.error,
-            " → ".join(ex.via),
-            ex.adapter.label if ex.adapter is not None else "",
+            via,
+            label,
             client,
         )
     )
@@ -659,7 +661,7 @@ def _account(
             ex.error,
             peer[0] if peer else "",
             ex.model,
-            " → ".join(ex.via),
-            ex.adapter.label if ex.adapter is not None else "",
+            via,
+            label,
             client,
         )

@@ -143,7 +143,7 @@ class StreamScrubber:
             chunk = self.tail + chunk
             self.tail = b""
         secret = self.secret
-        if secret in chunk:
+        if chunk.find(secret) != -1:
             chunk = chunk.replace(secret, self.masked)
         n = len(chunk)
         start = n - len(secret) + 1
