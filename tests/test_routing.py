@@ -634,3 +634,31 @@ def test_fallback_passes_over_a_full_queue_at_once(
         assert last["route"] == "groq/llama-3.1-8b-instant (rate_limited) → cerebras/llama3.1-8b"
     finally:
         busy.join()
+
+
+@pytest.mark.parametrize(
+    ("body", "spliced"),
+    [
+        # the one top-level "model", spelt plainly: only its string changes, byte for byte
+        (b'{"model" : "groq/m",\n "messages":[{"role":"user","content":"x"}], "n":1.50}', True),
+        # escapes in the name, a second "model" (nested), a guess that is not the real one:
+        # the parsed body is re-encoded instead
+        (b'{"model": "groq/\\u006d", "messages": []}', False),
+        (b'{"model": "groq/m", "metadata": {"model": "other"}, "messages": []}', False),
+        (b'{"metadata": {"model": "x"}, "model": "groq/m", "messages": []}', False),
+    ],
+)
+def test_a_routed_body_changes_only_its_model(body: bytes, spliced: bool) -> None:
+    from types import SimpleNamespace
+
+    from keygate.proxy.unified import plan_route
+    from keygate.routing import ModelTable
+
+    gw = SimpleNamespace(models=ModelTable({}, {"groq": None, "cerebras": None}))
+    plan = plan_route(gw, "/v1/chat/completions", body)  # type: ignore[arg-type]
+    assert plan is not None and plan.model == "groq/m"
+    target = plan.route.targets[0]
+    sent = plan.body_for(target, "")
+    doc = json.loads(body)
+    assert json.loads(sent) == {**doc, "model": "m"}
+    assert (sent == body.replace(b'"groq/m"', b'"m"')) is spliced

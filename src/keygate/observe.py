@@ -236,10 +236,11 @@ class AccessLog:
         if model:
             shown_model = words.get((model,)) or self._word_of((model,), _word(model).encode())
             line += b" model=" + shown_model
-        if via or translated or client_name or error:
+        if via:  # a routed request's targets: the same few routes again and again
+            line += words.get((via, 0)) or self._word_of((via, 0), f" via={via!r}".encode())
+        if translated or client_name or error:
             line += (
-                (f" via={via!r}" if via else "")
-                + (f" translated={translated}" if translated else "")
+                (f" translated={translated}" if translated else "")
                 + (f" client_name={_word(client_name)}" if client_name else "")
                 + (f" error={error!r}" if error else "")
             ).encode("utf-8", "replace")

@@ -9,7 +9,7 @@ once (config load, admin write) and flattened, so a lookup on the request path i
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 STRATEGIES = ("fallback", "spread")
@@ -41,9 +41,13 @@ class Target:
 
     provider: str
     model: str
+    name: str = field(init=False, repr=False, compare=False)  # `provider/model`, built once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"{self.provider}/{self.model}")
 
     def __str__(self) -> str:
-        return f"{self.provider}/{self.model}"
+        return self.name
 
 
 @dataclass(frozen=True, slots=True)

@@ -368,11 +368,13 @@ async def forward_chain(
     retry budget; a target that cannot serve now is passed over at once; the last target's
     failure is the answer."""
     ex.wire = plan.client_dialect()  # until a target is tried: errors in the client's shape
-    tries = await plan.order(gw)
+    tries = plan.order(gw)
+    if plan.route.strategy == "spread" and len(tries) > 1:
+        tries = await plan.spread(tries)
     if ex.client is not None:  # the targets this client may use, and its limits: 403/429 here
         tries = clients.allowed_targets(ex.client, plan.model, tries)
         await clients.charge(gw, ex, plan.body, tries[0][0].cfg.default_max_tokens)
-    budget = plan.budget(len(tries), [rt for rt, _, _ in tries])
+    budget = plan.budget(tries)
     failure = None
     for i, (rt, target, adapter) in enumerate(tries):
         last = i == len(tries) - 1

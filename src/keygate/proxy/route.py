@@ -68,15 +68,22 @@ def apply_model(body: bytes, cfg: ProviderConfig, path: str) -> bytes:
     return orjson.dumps(doc)
 
 
-def find_model(body: bytes) -> str:
-    """The model name for logs and the recent-requests view, without parsing the body."""
+def model_span(body: bytes) -> tuple[int, int] | None:
+    """Where the first `"model"` key's string value lies in `body` (the offsets of its two
+    quotes), found without parsing; None when there is none (or it is over 200 bytes)."""
     at = body.find(b'"model"')
     if at < 0:
-        return ""
+        return None
     start = body.find(b'"', body.find(b":", at + 7) + 1)
     if start < 0:
-        return ""
+        return None
     end = body.find(b'"', start + 1)
     if end < 0 or end - start > 200:
-        return ""
-    return body[start + 1 : end].decode("utf-8", "replace")
+        return None
+    return start, end
+
+
+def find_model(body: bytes) -> str:
+    """The model name for logs and the recent-requests view, without parsing the body."""
+    span = model_span(body)
+    return "" if span is None else body[span[0] + 1 : span[1]].decode("utf-8", "replace")

@@ -17,13 +17,15 @@ from keygate.dialects import Dialect
 from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.openai import OPENAI
 from keygate.proxy.errors import GatewayError
-from keygate.proxy.route import find_model
+from keygate.proxy.route import model_span
 from keygate.routing import ROUTED_PATHS, Route, Target
 from keygate.translate import Adapter, adapter_for, client_family
 
 if TYPE_CHECKING:
     from keygate.gateway import Gateway
     from keygate.runtime import ProviderRuntime
+
+    Try = tuple[ProviderRuntime, Target, Adapter | None]  # a target with its provider and adapter
 
 
 @dataclass(slots=True)
@@ -54,21 +56,34 @@ class Failure:
 class Plan:
     """A routed request: its route, the client's body, and that body parsed (once)."""
 
-    __slots__ = ("body", "doc", "model", "path", "route")
+    __slots__ = ("body", "doc", "model", "path", "route", "span")
 
-    def __init__(self, route: Route, path: str, body: bytes, doc: dict[str, Any], model: str):
+    def __init__(
+        self,
+        route: Route,
+        path: str,
+        body: bytes,
+        doc: dict[str, Any],
+        model: str,
+        span: tuple[int, int] | None = None,
+    ) -> None:
         self.route = route
         self.path = path
         self.body = body
         self.doc = doc
         self.model = model
+        self.span = span  # where the model's string lies in `body`, when that is certain
 
     def body_for(self, target: Target, forced: str) -> bytes:
-        """The body for `target`: the client's bytes when its model stays, else re-encoded
-        with the model changed. `forced`: the provider's forced default model, if any."""
+        """The body for `target`: the client's bytes when its model stays, else the same
+        bytes with only the model's string replaced (re-encoded from the parsed body when
+        where it lies is not certain). `forced`: the provider's forced default model."""
         model = forced or target.model
         if model == self.model:
             return self.body
+        if self.span is not None:
+            start, end = self.span
+            return self.body[:start] + orjson.dumps(model) + self.body[end + 1 :]
         return orjson.dumps({**self.doc, "model": model})
 
     def client_dialect(self) -> Dialect:
@@ -76,15 +91,20 @@ class Plan:
         family = client_family(self.path)
         return ANTHROPIC if family is not None and family.startswith("anthropic") else OPENAI
 
-    def budget(self, targets: int, rts: list[ProviderRuntime]) -> int:
+    @staticmethod
+    def budget(tries: list[Try]) -> int:
         """One retry budget for the whole chain: enough to reach every target, and at least
         what the most patient provider would allow on its own."""
-        return max(targets - 1, max((rt.cfg.retries for rt in rts), default=0))
+        most = len(tries) - 1
+        for rt, _, _ in tries:
+            if rt.cfg.retries > most:
+                most = rt.cfg.retries
+        return most
 
-    async def order(self, gw: Gateway) -> list[tuple[ProviderRuntime, Target, Adapter | None]]:
-        """The targets to try, in order: as written (fallback), or the freest provider first
-        (spread); each with the adapter that translates for it when it speaks another API
-        family than the client (None: the body passes as it is)."""
+    def order(self, gw: Gateway) -> list[Try]:
+        """The targets to try, as written; each with the adapter that translates for it when
+        it speaks another API family than the client (None: the body passes as it is). A
+        `spread` route is then ranked by `spread`."""
         tries = []
         for target in self.route.targets:
             rt = gw.providers.get(target.provider)
@@ -96,14 +116,17 @@ class Plan:
             raise GatewayError(
                 503, f"model '{self.model}' routes to {names}: no such provider", "no_route"
             )
-        if self.route.strategy == "spread" and len(tries) > 1:
-            scores = [await rt.admission.capacity() for rt, _, _ in tries]
-            usable = [rt.pool.usable_now() for rt, _, _ in tries]
-            ranked = sorted(
-                range(len(tries)), key=lambda i: (usable[i], scores[i].score()), reverse=True
-            )
-            tries = [tries[i] for i in ranked]
         return tries
+
+    @staticmethod
+    async def spread(tries: list[Try]) -> list[Try]:
+        """The freest provider first: usable keys now, then free capacity."""
+        scores = [await rt.admission.capacity() for rt, _, _ in tries]
+        usable = [rt.pool.usable_now() for rt, _, _ in tries]
+        ranked = sorted(
+            range(len(tries)), key=lambda i: (usable[i], scores[i].score()), reverse=True
+        )
+        return [tries[i] for i in ranked]
 
 
 def plan_route(gw: Gateway, path: str, body: bytes) -> Plan | None:
@@ -111,11 +134,13 @@ def plan_route(gw: Gateway, path: str, body: bytes) -> Plan | None:
     request to the default provider, its body untouched."""
     if path not in ROUTED_PATHS:
         return None
-    model = find_model(body)
-    if not model:
+    span = model_span(body)
+    if span is None:
         return None
+    model = body[span[0] + 1 : span[1]].decode("utf-8", "replace")
     route = gw.models.resolve(model)
-    if route is None and body.find(b'"model"', body.find(b'"model"') + 7) < 0:
+    once = body.find(b'"model"', body.find(b'"model"') + 7) < 0
+    if route is None and once:
         return None  # one "model" in the body, naming nothing routed: the usual case
     try:
         doc = orjson.loads(body)
@@ -126,6 +151,10 @@ def plan_route(gw: Gateway, path: str, body: bytes) -> Plan | None:
         return None
     if real != model:  # the guess found a nested "model": route by the real one
         model, route = real, gw.models.resolve(real)
+        once = False
     if route is None:
         return None
-    return Plan(route, path, body, doc, model)
+    # the model's bytes may be replaced in place when the one "model" is the real one and
+    # spelt without escapes (then the bytes between its quotes are exactly the name)
+    exact = once and body.find(b"\\", span[0], span[1]) < 0
+    return Plan(route, path, body, doc, model, span if exact else None)
