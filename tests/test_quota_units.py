@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from keygate.control.quota import Announced, Ticket, day_window, estimate_tokens, parse_day_reset
+from keygate.control.quota import Announced, Ticket, estimate_tokens
 from keygate.dialects import DIALECTS
+from keygate.quotaday import day_window, parse_day_reset
 from keygate.settings import ConfigError, load_settings
 from keygate.testing.mock_upstream import MockUpstream
 

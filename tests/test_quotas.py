@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from harness import PASSWORD, wait_for
-from keygate.control.quota import day_window
+from keygate.quotaday import day_window
 from servers import RedisServer, redis_bin, start_redis
 
 KEYS = ["sk-quota-aaaa-0001", "sk-quota-bbbb-0002", "sk-quota-cccc-0003"]

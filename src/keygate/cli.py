@@ -163,7 +163,7 @@ async def _keys_import(ctx: Any) -> int:
 def _today(key: Any, settings: Any) -> dict[str, int | None]:
     """What the store says the key spent in its quota day (as of the last flush), and the
     day limits that apply to it (its own, else the provider's; None: no limit)."""
-    from keygate.control.quota import day_window
+    from keygate.quotaday import day_window
 
     cfg = settings.providers.get(key.provider)
     reset = cfg.quota_day_reset if cfg is not None else "00:00 UTC"

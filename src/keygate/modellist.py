@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import orjson
@@ -21,8 +21,20 @@ import orjson
 from keygate.observe import log
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
+    from keygate.routing import ModelTable
     from keygate.runtime import ProviderRuntime
+    from keygate.settings import Settings
+
+
+class Source(Protocol):
+    """What the lists read of the running gateway (the `Gateway` is one), live: providers,
+    the default provider and the routing table change at run time, the session at start."""
+
+    providers: dict[str, ProviderRuntime]
+    default_provider: str
+    models: ModelTable
+    session: aiohttp.ClientSession | None
+    settings: Settings
 
 FIRST_WAIT_S = 10.0  # the first request waits at most this long for the lists
 FETCH_LIMIT = 4 << 20  # an upstream list larger than this is cut (and likely not a list)
@@ -51,7 +63,7 @@ def parse_ids(body: bytes) -> list[str]:
 class ModelLists:
     """Per-provider upstream lists (last good), their age, and the merged answer, cached."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Source) -> None:
         self.gw = gw
         self.upstream: dict[str, list[str]] = {}  # last good list per provider
         self.fetched_at: dict[str, float] = {}  # monotonic time of the last attempt

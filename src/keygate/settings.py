@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from keygate.control.quota import DEFAULT_DAY_RESET, parse_day_reset
 from keygate.providers import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
+from keygate.quotaday import DEFAULT_DAY_RESET, parse_day_reset
 from keygate.routing import RouteError, build_table
 from keygate.urls import check_upstream, mask_url
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from keygate.control.base import Event
-from keygate.control.quota import Announced, Ticket, day_window
+from keygate.control.quota import Announced, Ticket
+from keygate.quotaday import day_window
 
 from .conftest import T0, Form
 

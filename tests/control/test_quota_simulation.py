@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keygate.control.base import Event
-from keygate.control.quota import Announced, Ticket, day_window
+from keygate.control.quota import Announced, Ticket
+from keygate.quotaday import day_window
 
 from .conftest import Form
 

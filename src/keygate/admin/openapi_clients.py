@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from keygate.clients.fields import ITEM_MAX, LIMIT_MAX, LIST_MAX, NAME_MAX
+from keygate.client_fields import ITEM_MAX, LIMIT_MAX, LIST_MAX, NAME_MAX
 
 TAG = "clients"
 _LIMIT = {

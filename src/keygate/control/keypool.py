@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from keygate.control.quota import DEFAULT_DAY_RESET, KeyQuota
+from keygate.control.quota import KeyQuota
+from keygate.quotaday import DEFAULT_DAY_RESET
 
 POOL_GUARD_WINDOW_S = 10.0
 

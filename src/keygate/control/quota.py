@@ -3,8 +3,9 @@ or announced by the upstream, whichever is lower.
 
 Why here: the key pool's "usable now" grows from health alone to health + every window that
 applies, and both control forms must give the same answers. This module holds what they share
-(the day boundary, the token estimate, the announced budgets a dialect reads) and the in-process
-windows; `scripts/pick.lua` and `release_key.lua` are their Redis twins.
+(the token estimate, the views) and the in-process windows; `scripts/pick.lua` and
+`release_key.lua` are their Redis twins. The day boundary is `keygate.quotaday`'s and the shape
+of an announced budget `keygate.budget`'s (the settings and the dialects, below, use them too).
 
 A key with no quota configured and nothing announced has `entry.quota is None` and the pick
 does no extra work for it.
@@ -15,9 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from keygate.budget import Announced
 
@@ -25,37 +24,6 @@ WINDOWS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 SLIDING = {"rpm": 60.0, "rph": 3600.0, "tpm": 60.0, "tph": 3600.0}
 NEARLY_SPENT = 0.1  # a window with less than this share left: use the key before it resets
 LOOKAHEAD = 4  # usable keys compared by the pick when the first one is nearly spent
-DEFAULT_DAY_RESET = "00:00 UTC"
-_RESET_RE = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)(?:\s+(\S+))?\s*$")
-
-
-# --- the day window -------------------------------------------------------------------------
-
-
-def parse_day_reset(text: str) -> tuple[int, int, str]:
-    """`"HH:MM <IANA zone>"` → (hour, minute, zone); ValueError naming the problem."""
-    m = _RESET_RE.match(text) if isinstance(text, str) else None
-    if m is None:
-        raise ValueError(f'must be "HH:MM <IANA zone>", e.g. "00:00 UTC", got {text!r}')
-    zone = m.group(3) or "UTC"
-    try:
-        ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {zone!r}") from None
-    return int(m.group(1)), int(m.group(2)), zone
-
-
-def day_window(now: float, spec: str) -> tuple[float, float]:
-    """(start, end) in epoch seconds of the quota day containing `now`."""
-    hour, minute, zone = parse_day_reset(spec)
-    tz = ZoneInfo(zone)
-    local = datetime.fromtimestamp(now, tz)
-    start = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if start > local:
-        start -= timedelta(days=1)
-    # wall-clock arithmetic in the zone (a DST day is 23 or 25 hours long)
-    end = (start.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=tz)
-    return start.timestamp(), end.timestamp()
 
 
 # --- the token estimate ---------------------------------------------------------------------

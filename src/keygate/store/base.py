@@ -338,7 +338,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_client(self, key_hash: str, masked: str, doc: dict[str, Any]) -> ClientRecord:
-        """A new client from checked fields (`clients.fields`); raises ValueError."""
+        """A new client from checked fields (`keygate.client_fields`); raises ValueError."""
 
     @abc.abstractmethod
     async def load_clients(self) -> list[ClientRecord]: ...

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from keygate.clients.fields import clean
+from keygate.client_fields import clean
 from keygate.store.driver import Db, Rollback, SqlDriver
 
 _COLUMNS = (

@@ -22,9 +22,9 @@ from keygate.control.quota import (
     Announced,
     KeyQuota,
     Ticket,
-    day_window,
     empty_view,
 )
+from keygate.quotaday import day_window
 
 
 class LocalKeyPool:

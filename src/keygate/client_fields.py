@@ -1,5 +1,6 @@
 """What a client may be given (POST/PATCH /api/clients, `keygate clients add|update`), checked
-once here so the API, the CLI and the store agree. Errors are `ValueError("field: problem")`."""
+once here so the API, the CLI and the store agree. Errors are `ValueError("field: problem")`.
+At the ground floor, beside the clients package, because the store checks with it too."""
 
 from __future__ import annotations
 
