@@ -36,6 +36,7 @@ class Source(Protocol):
     session: aiohttp.ClientSession | None
     settings: Settings
 
+
 FIRST_WAIT_S = 10.0  # the first request waits at most this long for the lists
 FETCH_LIMIT = 4 << 20  # an upstream list larger than this is cut (and likely not a list)
 OWNER = "keygate"  # owned_by of aliases and groups

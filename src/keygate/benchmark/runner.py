@@ -49,7 +49,17 @@ from keygate.benchmark.wrk import WrkResult, lua_script, run_wrk, wrk_binary
 __all__ = ["ALIASES", "CASES", "SERVER_REFS", "Bench", "Options", "log", "write_outputs"]
 
 SERVER_REFS = ("bare", "keygate", "litellm")
-CASES = ("wrk", "stream", "memory", "keys100k", "redis", "translated", "quotas", "clients10k")
+CASES = (
+    "wrk",
+    "together",
+    "stream",
+    "memory",
+    "keys100k",
+    "redis",
+    "translated",
+    "quotas",
+    "clients10k",
+)
 ALIASES = {
     "nonstream": "wrk",
     "streams": "stream",
