@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated: bare, keygate, litellm, wrk, together, stream, memory, keys100k,"
-        " redis, translated, quotas, clients10k",
+        help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, redis,"
+        " translated, quotas, clients10k",
     )
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")

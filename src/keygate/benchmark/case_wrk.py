@@ -4,15 +4,14 @@ calibration that tells the VM's wake-up floor apart from what a proxy adds."""
 from __future__ import annotations
 
 import statistics
-import threading
 from typing import TYPE_CHECKING, Any
 
 from keygate.benchmark.case_translated import run_translated_wrk
 from keygate.benchmark.common import _diff, _mb, _ms, log
 from keygate.benchmark.nginx import start_nginx
-from keygate.benchmark.procs import Pinning, cpu_seconds, free_port, http_request, rss_mb
+from keygate.benchmark.procs import Pinning, free_port, http_request, rss_mb
 from keygate.benchmark.servers import AUTH_HEADERS, CHAT_BODY, UNIFIED_BODY, StartError, Target
-from keygate.benchmark.wrk import WrkResult, lua_script
+from keygate.benchmark.wrk import lua_script
 
 if TYPE_CHECKING:
     from keygate.benchmark.runner import Bench
@@ -54,10 +53,6 @@ def run_nonstreaming(bench: Bench, nginx_port: int) -> Target | None:
                 bench.wrk(t, 10, bench.opts.warmup_s)
         for c in bench.opts.concurrency:
             run_rounds(bench, [direct, *servers], c)
-        if bench.want("together"):
-            pair = [next((t for t in servers if t.name == n), None) for n in ("keygate", "bare")]
-            if pair[0] is not None and pair[1] is not None:
-                run_together(bench, pair[0], pair[1])
         if bench.want("translated"):
             for t in servers:
                 if t.name == "keygate" and t.proc is not None and t.proc.alive():
@@ -115,48 +110,6 @@ def run_rounds(bench: Bench, targets: list[Target], c: int) -> None:
             if len(ratios) > 1:
                 shown = ", ".join(f"{r:.2f}" for r in ratios)
                 log(f"{label} c={c}: median {statistics.median(ratios):.3f} of rounds {shown}")
-
-
-def run_together(bench: Bench, kg: Target, bare: Target, c: int = 50) -> None:
-    """keygate and bare loaded at the same time, both on the server CPU, `--rounds` times:
-    requests served per CPU-second each. Whatever the machine does to the CPU during a round
-    it does to both, so the ratio is the work per request, without the drift that moves
-    rounds taken one after the other (it is the throughput ratio the CPU-bound c=50 case
-    would show on a quiet machine)."""
-    assert kg.proc is not None and bare.proc is not None
-    ratios: list[float] = []
-    for _ in range(bench.opts.rounds):
-        before = (cpu_seconds(kg.proc.pid), cpu_seconds(bare.proc.pid))
-        out: dict[str, WrkResult] = {}
-
-        def load(t: Target, results: dict[str, WrkResult] = out) -> None:
-            results[t.name] = bench.wrk(t, c, bench.opts.duration_s)
-
-        threads = [threading.Thread(target=load, args=(t,)) for t in (kg, bare)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        after = (cpu_seconds(kg.proc.pid), cpu_seconds(bare.proc.pid))
-        if None in before or None in after or any(r.flagged for r in out.values()):
-            bench.notes.append("together: a round had errors or a server exited; case dropped")
-            return
-        spent = [a - b for a, b in zip(after, before, strict=True)]  # type: ignore[operator]
-        per_cpu = [
-            out[t.name].requests / s if s > 0 else 0.0
-            for t, s in zip((kg, bare), spent, strict=True)
-        ]
-        if per_cpu[1] <= 0:
-            return
-        ratios.append(per_cpu[0] / per_cpu[1])
-        log(
-            f"together c={c}: keygate {per_cpu[0]:,.0f}, bare {per_cpu[1]:,.0f} requests per "
-            f"CPU-second ({ratios[-1]:.3f})"
-        )
-    bench.ratios.setdefault(str(c), {})["keygate/bare per CPU-second, together"] = {
-        "median": statistics.median(ratios),
-        "rounds": [round(r, 3) for r in ratios],
-    }
 
 
 def unified_target(bench: Bench, keygate: Target) -> Target:

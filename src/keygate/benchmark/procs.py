@@ -232,16 +232,6 @@ def _vm_rss_kb(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time `pid` has used (all its threads); None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_mb(pid: int) -> float | None:
     """Resident memory of `pid` and all its descendants, in MB (MiB); None if it is gone."""
     if not os.path.exists(f"/proc/{pid}"):

@@ -209,13 +209,6 @@ def format_table(data: dict[str, Any]) -> str:
         lines.append(
             "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
         )
-    together = dig(data, "ratios", "50", "keygate/bare per CPU-second, together")
-    if together:
-        listed = ", ".join(f"{r:.2f}" for r in together["rounds"])
-        lines.append(
-            f"Loaded together on the server CPU (c=50 each), keygate served {together['median']:.3f}"
-            f" as many requests per CPU-second as bare (median of rounds {listed})"
-        )
     if many.get("ratio") is not None:
         lines.append(f"{many['keys']:,} keys: {many['ratio']:.3f} of the 8-key throughput")
     if clients.get("ratio") is not None:

@@ -51,7 +51,6 @@ __all__ = ["ALIASES", "CASES", "SERVER_REFS", "Bench", "Options", "log", "write_
 SERVER_REFS = ("bare", "keygate", "litellm")
 CASES = (
     "wrk",
-    "together",
     "stream",
     "memory",
     "keys100k",
