@@ -141,7 +141,7 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
         self._stamp_b = b""
-        self._words: dict[Any, bytes] = {}
+        self._words: dict[tuple[Any, ...], bytes] = {}  # ("kind", value...) → its bytes
         self._iso_second = -1
         self._iso = ""
         self._timer: Any = None
@@ -212,15 +212,15 @@ class AccessLog:
         # cost of the same line as an f-string (whose masked key's `…` would also make every
         # piece of a str line two bytes wide)
         words = self._words
-        head = words.get((provider, method, route))
+        head = words.get(("head", provider, method, route))
         if head is None:
             head = self._word_of(
-                (provider, method, route), f"{provider or '-'} {method} {route}".encode()
+                ("head", provider, method, route), f"{provider or '-'} {method} {route}".encode()
             )
-        key = words.get((masked, key_id))
+        key = words.get(("key", masked, key_id))
         if key is None:
             shown = f"{masked}#{key_id}" if key_id is not None else "-"
-            key = self._word_of((masked, key_id), shown.encode())
+            key = self._word_of(("key", masked, key_id), shown.encode())
         line = b"%s,%03d INFO %s key=%s status=%d upstream=%d ms=%.1f retries=%d" % (
             self.stamp_bytes(now),
             (now % 1) * 1000,
@@ -232,12 +232,14 @@ class AccessLog:
             retries,
         )
         if client:
-            line += b" client=" + (words.get(client) or self._word_of(client, client.encode()))
+            peer = words.get(("peer", client)) or self._word_of(("peer", client), client.encode())
+            line += b" client=" + peer
         if model:
-            shown_model = words.get((model,)) or self._word_of((model,), _word(model).encode())
-            line += b" model=" + shown_model
+            word = words.get(("model", model))
+            line += b" model=" + (word or self._word_of(("model", model), _word(model).encode()))
         if via:  # a routed request's targets: the same few routes again and again
-            line += words.get((via, 0)) or self._word_of((via, 0), f" via={via!r}".encode())
+            word = words.get(("via", via))
+            line += word or self._word_of(("via", via), f" via={via!r}".encode())
         if translated or client_name or error:
             line += (
                 (f" translated={translated}" if translated else "")
@@ -246,7 +248,7 @@ class AccessLog:
             ).encode("utf-8", "replace")
         self._append(line + b"\n")
 
-    def _word_of(self, key: Any, encoded: bytes) -> bytes:
+    def _word_of(self, key: tuple[Any, ...], encoded: bytes) -> bytes:
         """Remember `encoded` for `key`: a gateway logs the same few providers, routes, keys,
         peers and models again and again (bounded: routes and models come from clients)."""
         if len(self._words) >= 4096:

@@ -95,11 +95,7 @@ class Plan:
     def budget(tries: list[Try]) -> int:
         """One retry budget for the whole chain: enough to reach every target, and at least
         what the most patient provider would allow on its own."""
-        most = len(tries) - 1
-        for rt, _, _ in tries:
-            if rt.cfg.retries > most:
-                most = rt.cfg.retries
-        return most
+        return max(len(tries) - 1, max((rt.cfg.retries for rt, _, _ in tries), default=0))
 
     def order(self, gw: Gateway) -> list[Try]:
         """The targets to try, as written; each with the adapter that translates for it when
