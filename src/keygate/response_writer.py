@@ -1,0 +1,141 @@
+"""How a response goes on the wire: uvicorn's request/response cycle with keygate's own writer.
+
+uvicorn writes a response's head as soon as the app sends `http.response.start`, then each body
+part in a write of its own, and checks every header field with two regular-expression searches.
+For the answers keygate relays whole (the common case: a JSON body with a Content-Length) that
+is two system calls and two passes through the transport where one does. `ResponseCycle`:
+
+- holds the head of a length-framed response until its first body part and writes both in one
+  call (`writelines`: one `writev`); a chunked response (a stream) gets its head at once, so a
+  client sees the status and headers before the first event, as before;
+- checks the head with two searches per response (over all names, over all values) instead of
+  two per field: the same rule (uvicorn's), the same refusal (RuntimeError, which the server
+  answers with a 500 when nothing was sent yet);
+- otherwise frames exactly as uvicorn does: Content-Length counted, chunked when neither length
+  nor Transfer-Encoding is given (not for HEAD, 204, 304), `connection: close` when the
+  connection will not be kept, HEAD bodies dropped.
+
+Measured with callgrind on the plain prefix path (instructions per request, deterministic):
+the writer saves what the extra head check and framing cost, and the kernel one `write` per
+request (strace: three writes per request before, a `write` and a `writev` after).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+# uvicorn's rules for a field (RFC 9110 token for names; no control characters but HTAB in values)
+_BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_CLOSE = b"connection: close\r\n"
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ResponseCycle(RequestResponseCycle):
+    """One request's response (see the module docstring); uvicorn's reading side, flow control
+    and keep-alive stay as they are (`server.LimitedHttpProtocol` builds these)."""
+
+    _head: bytes | None = None  # a length-framed head waiting for its first body part
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(
+                    f"Expected ASGI message 'http.response.start', but got '{kind}'."
+                )
+            self.response_started = True
+            self.waiting_for_100_continue = False
+            head = self._frame_head(message["status"], message.get("headers", ()))
+            if self.chunked_encoding:
+                self.transport.write(head)  # a stream: the head now, the events as they come
+            else:
+                self._head = head
+            return
+        if self.response_complete:
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+        body: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        head, self._head = self._head, None
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            if head is not None:
+                self.transport.write(head)
+        elif self.chunked_encoding:
+            parts = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+            if not more:
+                parts.append(_LAST_CHUNK)
+            if parts:
+                self.transport.writelines(parts)
+        else:
+            size = len(body)
+            if size > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= size
+            if head is None:
+                if body:
+                    self.transport.write(body)
+            elif body:
+                self.transport.writelines((head, body))
+            else:
+                self.transport.write(head)
+        if not more:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _frame_head(self, status: int, fields: Any) -> bytes:
+        headers = [*self.default_headers, *fields] if self.default_headers else fields
+        names = b"".join([name for name, _ in headers])
+        if _BAD_NAME.search(names):
+            raise RuntimeError("Invalid HTTP header name.")
+        if _BAD_VALUE.search(b"".join([value for _, value in headers])):
+            raise RuntimeError("Invalid HTTP header value.")
+        out = [STATUS_LINE[status]]
+        closing = False
+        for name, value in headers:
+            name = name.lower()
+            if name in _FRAMING:
+                closing = self._framing(name, value) or closing
+            out += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not closing:
+            out.append(_CLOSE)
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status not in (204, 304)
+        ):
+            self.chunked_encoding = True
+            out.append(_CHUNKED)
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def _framing(self, name: bytes, value: bytes) -> bool:
+        """A field that frames the body or ends the connection; True: `connection: close`."""
+        if name == b"content-length":
+            if self.chunked_encoding is None:
+                self.expected_content_length = int(value)
+                self.chunked_encoding = False
+        elif name == b"transfer-encoding":
+            if value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+        elif b"close" in [token.lower().strip() for token in value.split(b",")]:
+            self.keep_alive = False
+            return True
+        return False

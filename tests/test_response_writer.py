@@ -1,0 +1,169 @@
+"""keygate's response writer (`keygate.response_writer`): one write for a length-framed answer,
+the head at once for a stream, and uvicorn's framing rules otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+import pytest
+
+from harness import PASSWORD
+from keygate.response_writer import ResponseCycle
+
+
+class Recorder:
+    """A transport that keeps every call in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def writelines(self, parts: Any) -> None:
+        self.calls.append(("writelines", b"".join(parts)))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    @property
+    def wire(self) -> bytes:
+        return b"".join(data for _, data in self.calls)
+
+
+class Flow:
+    write_paused = False
+
+
+def cycle(
+    method: str = "POST", keep_alive: bool = True
+) -> tuple[ResponseCycle, Recorder, list[int]]:
+    transport = Recorder()
+    done: list[int] = []
+    c = ResponseCycle(
+        scope={"method": method, "type": "http"},  # type: ignore[typeddict-item]
+        transport=transport,  # type: ignore[arg-type]
+        flow=Flow(),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=lambda: done.append(1),
+    )
+    return c, transport, done
+
+
+def start(status: int, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def body(data: bytes, more: bool = False) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+async def test_a_whole_answer_is_one_write_of_head_and_body() -> None:
+    c, t, done = cycle()
+    await c.send(start(200, [(b"Content-Type", b"application/json"), (b"content-length", b"2")]))
+    assert t.calls == []  # the head waits for the body
+    await c.send(body(b"{}"))
+    assert len(t.calls) == 1
+    assert t.wire == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+    )
+    assert c.response_complete and done == [1] and not t.closed
+
+
+async def test_a_stream_gets_its_head_at_once_and_chunks_as_they_come() -> None:
+    c, t, done = cycle()
+    await c.send(start(200, [(b"content-type", b"text/event-stream")]))
+    assert t.wire.endswith(b"transfer-encoding: chunked\r\n\r\n")  # before any event
+    await c.send(body(b"data: 1\n\n", more=True))
+    assert t.calls[-1][1] == b"9\r\ndata: 1\n\n\r\n"
+    await c.send(body(b""))
+    assert t.calls[-1][1] == b"0\r\n\r\n" and done == [1]
+
+
+async def test_later_parts_of_a_length_framed_body_follow_the_first() -> None:
+    c, t, _ = cycle()
+    await c.send(start(200, [(b"content-length", b"6")]))
+    await c.send(body(b"abc", more=True))
+    await c.send(body(b"def"))
+    assert len(t.calls) == 2 and t.wire.endswith(b"\r\n\r\nabcdef")
+
+
+async def test_head_answers_send_the_head_only() -> None:
+    c, t, done = cycle("HEAD")
+    await c.send(start(200, [(b"content-length", b"10")]))
+    await c.send(body(b""))
+    assert t.wire == b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n" and done == [1]
+
+
+async def test_no_content_has_no_framing_and_a_closing_connection_says_so() -> None:
+    c, t, _ = cycle(keep_alive=False)
+    await c.send(start(204, [(b"access-control-max-age", b"86400")]))
+    await c.send(body(b""))
+    assert b"transfer-encoding" not in t.wire and b"connection: close\r\n" in t.wire
+    assert t.closed  # after the answer was written
+    c, t, _ = cycle()
+    await c.send(start(200, [(b"content-length", b"0"), (b"Connection", b"keep-alive, Close")]))
+    await c.send(body(b""))
+    assert t.wire.count(b"onnection") == 1 and t.closed
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        (b"x-model", b"a\r\nset-cookie: evil=1"),
+        (b"x-model", b"a\nb"),
+        (b"x-model", b"nul\x00"),
+        (b"bad name", b"v"),
+        (b"x:y", b"v"),
+    ],
+)
+async def test_a_field_that_could_break_the_head_is_refused(field: tuple[bytes, bytes]) -> None:
+    c, t, _ = cycle()
+    with pytest.raises(RuntimeError, match="Invalid HTTP header"):
+        await c.send(start(200, [(b"content-length", b"0"), field]))
+    assert t.calls == []  # nothing of the head went out
+
+
+async def test_a_tab_in_a_value_is_allowed_and_lengths_are_held_to() -> None:
+    c, _, _ = cycle()
+    await c.send(start(200, [(b"x-a", b"one\ttwo"), (b"content-length", b"1")]))
+    with pytest.raises(RuntimeError, match="longer than Content-Length"):
+        await c.send(body(b"ab"))
+    c, _, _ = cycle()
+    await c.send(start(200, [(b"content-length", b"3")]))
+    with pytest.raises(RuntimeError, match="shorter than Content-Length"):
+        await c.send(body(b"ab"))
+
+
+def test_a_relayed_answer_reaches_the_client_in_one_segment(gateway_factory: Any) -> None:
+    """End to end on loopback: head and body of a proxied answer go out in one write, so the
+    first read holds the status line and the whole body (with two writes it held the head)."""
+    gw = gateway_factory(env={"CEREBRAS_API_KEYS": "sk-writer-aaaa0001"})
+    chat = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+    request = (
+        b"POST /cerebras/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + PASSWORD.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(chat)
+        + chat
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        for _ in range(5):
+            sock.sendall(request)
+            data = sock.recv(1 << 20)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), data[:300]
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+            assert len(rest) == int(fields[b"content-length"])  # all of it, in that one read
