@@ -167,3 +167,21 @@ def test_a_relayed_answer_reaches_the_client_in_one_segment(gateway_factory: Any
             assert head.startswith(b"HTTP/1.1 200"), data[:300]
             fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
             assert len(rest) == int(fields[b"content-length"])  # all of it, in that one read
+
+
+async def test_headers_may_be_any_iterable_and_nothing_follows_a_complete_answer() -> None:
+    c, t, _ = cycle()
+    await c.send(start(200, iter([(b"content-length", b"2")])))  # type: ignore[arg-type]
+    await c.send(body(b"{}"))
+    assert t.wire == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    with pytest.raises(RuntimeError, match="after response already completed"):
+        await c.send(body(b"more"))
+    assert t.wire.endswith(b"{}")
+
+
+async def test_a_body_over_its_length_still_sends_the_head_first() -> None:
+    c, t, _ = cycle()
+    await c.send(start(200, [(b"content-length", b"1")]))
+    with pytest.raises(RuntimeError, match="longer than Content-Length"):
+        await c.send(body(b"ab"))
+    assert t.wire == b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n"
