@@ -9,9 +9,14 @@ import socket
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 from harness import PASSWORD
 from keygate.response_writer import ResponseCycle
+
+_FRAMING_NAMES = (b"content-length", b"transfer-encoding", b"connection")
 
 
 class Recorder:
@@ -185,3 +190,41 @@ async def test_a_body_over_its_length_still_sends_the_head_first() -> None:
     with pytest.raises(RuntimeError, match="longer than Content-Length"):
         await c.send(body(b"ab"))
     assert t.wire == b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "part"),
+    [
+        ((b"x-model", b"a\r\nset-cookie: evil=1"), "value"),
+        ((b"bad name", b"v"), "name"),
+        ((b"x-a", b"ok\rcontent-length: 9"), "value"),
+    ],
+)
+async def test_the_refusal_names_the_part_that_was_wrong(
+    field: tuple[bytes, bytes], part: str
+) -> None:
+    c, _, _ = cycle()
+    with pytest.raises(RuntimeError, match=f"Invalid HTTP header {part}"):
+        await c.send(start(200, [field, (b"content-length", b"0")]))
+
+
+_ANY_BYTES = st.binary(max_size=12) | st.sampled_from(
+    [b"x-a", b"ok", b"a\r\nb: c", b"\r\n", b"a:b", b" ", b"\t", b"v\x7f", b"\n", b"\r", b""]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_ANY_BYTES, _ANY_BYTES), max_size=4))
+def test_the_head_check_refuses_exactly_what_uvicorns_refuses(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """The one match over the framed fields against uvicorn's two searches per field."""
+    kept = [(n, v) for n, v in fields if n.lower() not in _FRAMING_NAMES]  # no framing here
+    uvicorn_refuses = any(HEADER_RE.search(n) or HEADER_VALUE_RE.search(v) for n, v in kept)
+    c, _, _ = cycle()
+    try:
+        c._frame_head(200, kept)
+        refused = False
+    except RuntimeError:
+        refused = True
+    assert refused == uvicorn_refuses, kept

@@ -8,9 +8,9 @@ is two system calls and two passes through the transport where one does. `Respon
 - holds the head of a length-framed response until its first body part and writes both in one
   call (`writelines`: one `writev`); a chunked response (a stream) gets its head at once, so a
   client sees the status and headers before the first event, as before;
-- checks the head with two searches per response (over all names, over all values) instead of
-  two per field: the same rule (uvicorn's), the same refusal (RuntimeError: the connection is
-  closed with nothing of that head sent);
+- checks the head in one pass over its bytes (and each distinct name once) instead of two
+  searches per field: the same rule (uvicorn's), the same refusal (RuntimeError: the
+  connection is closed with nothing of that head sent);
 - otherwise frames exactly as uvicorn does: Content-Length counted, chunked when neither length
   nor Transfer-Encoding is given (not for HEAD, 204, 304), `connection: close` when the
   connection will not be kept, HEAD bodies dropped.
@@ -31,13 +31,27 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
-# uvicorn's rules for a field (RFC 9110 token for names; no control characters but HTAB in values)
+# uvicorn's rules for a field: no separators or controls in a name (checked once per distinct
+# name: a gateway relays the same few again and again), no controls but HTAB in a value
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
-_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+_TEXT = bytes(b for b in range(256) if (b >= 0x20 and b != 0x7F) or b == 0x09)
+_NAMES: dict[bytes, bytes] = {}  # a name as given → lowercased, once it passed the check
+_NAMES_MAX = 1024
+_CRLF = b"\r\n"
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _CLOSE = b"connection: close\r\n"
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _checked_name(name: bytes) -> bytes:
+    """A name not seen before: uvicorn's check, then remembered lowercased (bounded)."""
+    if _BAD_NAME.search(name):
+        raise RuntimeError("Invalid HTTP header name.")
+    if len(_NAMES) >= _NAMES_MAX:
+        _NAMES.clear()
+    low = _NAMES[name] = name.lower()
+    return low
 
 
 class ResponseCycle(RequestResponseCycle):
@@ -108,31 +122,31 @@ class ResponseCycle(RequestResponseCycle):
             self.on_response()
 
     def _frame_head(self, status: int, fields: Any) -> bytes:
-        # read three times below: a list whatever the app gave (ASGI allows any iterable)
-        headers = [*self.default_headers, *fields]
-        names = b"".join([name for name, _ in headers])
-        if _BAD_NAME.search(names):
-            raise RuntimeError("Invalid HTTP header name.")
-        if _BAD_VALUE.search(b"".join([value for _, value in headers])):
-            raise RuntimeError("Invalid HTTP header value.")
-        out = [STATUS_LINE[status]]
+        headers = [*self.default_headers, *fields] if self.default_headers else fields
+        out: list[bytes] = []
         closing = False
-        for name, value in headers:
-            name = name.lower()
+        known = _NAMES.get
+        for name, value in headers:  # one pass: any iterable will do
+            name = known(name) or _checked_name(name)
             if name in _FRAMING:
                 closing = self._framing(name, value) or closing
-            out += (name, b": ", value, b"\r\n")
+            out += (name, b": ", value, _CRLF)
+        block = b"".join(out)
+        # the names hold no control characters, so with every allowed byte taken out what is
+        # left must be the fields' own line ends: a control character or a CR or LF in a
+        # value (which could end the head or add a field) leaves more
+        if block.translate(None, _TEXT) != _CRLF * (len(out) >> 2):
+            raise RuntimeError("Invalid HTTP header value.")
         if not self.keep_alive and not closing:
-            out.append(_CLOSE)
+            block += _CLOSE
         if (
             self.chunked_encoding is None
             and self.scope["method"] != "HEAD"
             and status not in (204, 304)
         ):
             self.chunked_encoding = True
-            out.append(_CHUNKED)
-        out.append(b"\r\n")
-        return b"".join(out)
+            block += _CHUNKED
+        return STATUS_LINE[status] + block + _CRLF
 
     def _framing(self, name: bytes, value: bytes) -> bool:
         """A field that frames the body or ends the connection; True: `connection: close`."""
