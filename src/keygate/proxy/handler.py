@@ -147,18 +147,19 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
                 400, f"path leaves the base of provider '{name}'", "invalid_path"
             ) from None
         up_path, ex.wire = rt.dialect.route(rest, headers)
-        if method == "POST":  # translate in: the client's family (by path) vs the provider's
-            ex.adapter = adapter_for(None, rt.dialect, rest, name)
         # body
         body = await read_body(receive, headers, cfg.max_body_bytes)
         qs = "?" + query.decode("latin-1") if query else ""
-        if body and method == "POST":
-            # route by model: the unified endpoint only (`proxy.unified`)
-            plan = plan_route(gw, path, body) if path.startswith("/v1/") else None
-            if plan is not None:
-                ex.arm(receive, gw.loop)
-                await forward_chain(gw, ex, send, plan, headers, qs)
-                return
+        if method == "POST":
+            if body and path.startswith("/v1/"):
+                # route by model: the unified endpoint only (`proxy.unified`)
+                plan = plan_route(gw, path, body)
+                if plan is not None:
+                    ex.arm(receive, gw.loop)
+                    await forward_chain(gw, ex, send, plan, headers, qs)
+                    return
+            # translate in: the client's family (by path) vs the provider's
+            ex.adapter = adapter_for(None, rt.dialect, rest, name)
         if ex.adapter is not None:
             up_path, ex.wire = ex.adapter.path, ex.adapter.wire
             body = translate_request(ex.adapter, body, cfg)
@@ -186,8 +187,15 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         ex.error = err.message
         ex.finishing = True
         err.headers = [*err.headers, *ex.served]
-        client_dialect = ex.adapter.client if ex.adapter is not None else ex.wire
-        await send_error(send, err, client_dialect or error_dialect(rt, rest, headers))
+        # the client's family: its adapter's, a routed try's, else as the path tells (an
+        # error before the adapter was chosen, a 413 say, still answers in the client's shape)
+        if ex.adapter is not None:
+            client_dialect = ex.adapter.client
+        elif ex.runtime is not None:
+            client_dialect = ex.wire
+        else:
+            client_dialect = error_dialect(rt, rest, headers)
+        await send_error(send, err, client_dialect)
     except ClientGone:
         ex.status = 499
         ex.error = "client disconnected"
@@ -367,14 +375,14 @@ async def forward_chain(
     keys, health). A failure before the first byte moves on to the next target, within one
     retry budget; a target that cannot serve now is passed over at once; the last target's
     failure is the answer."""
-    ex.wire = plan.client_dialect()  # until a target is tried: errors in the client's shape
+    ex.wire = plan.client_dialect  # until a target is tried: errors in the client's shape
     tries = plan.order(gw)
     if plan.route.strategy == "spread" and len(tries) > 1:
         tries = await plan.spread(tries)
     if ex.client is not None:  # the targets this client may use, and its limits: 403/429 here
         tries = clients.allowed_targets(ex.client, plan.model, tries)
         await clients.charge(gw, ex, plan.body, tries[0][0].cfg.default_max_tokens)
-    budget = plan.budget(tries)
+    budget = plan.budget(tries) if len(tries) > 1 else -1  # -1: the one provider's own
     failure = None
     for i, (rt, target, adapter) in enumerate(tries):
         last = i == len(tries) - 1
@@ -399,7 +407,7 @@ async def forward_chain(
                 return
         ex.serve(cfg.name, ex.model)
         ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
-        left = 0 if not last else max(0, budget - ex.retries)
+        left = None if budget < 0 else 0 if not last else max(0, budget - ex.retries)
         failure = await forward(gw, rt, ex, send, "POST", url, client_headers, body, left, not last)
         if failure is None:
             ex.via.append(str(target))

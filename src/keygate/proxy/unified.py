@@ -53,6 +53,14 @@ class Failure:
         return "quota spent" if self.quota else "keys cooling"
 
 
+def _client_dialect(path: str) -> Dialect:
+    family = client_family(path)
+    return ANTHROPIC if family is not None and family.startswith("anthropic") else OPENAI
+
+
+_CLIENT_DIALECTS = {path: _client_dialect(path) for path in ROUTED_PATHS}
+
+
 class Plan:
     """A routed request: its route, the client's body, and that body parsed (once)."""
 
@@ -86,10 +94,10 @@ class Plan:
             return self.body[:start] + orjson.dumps(model) + self.body[end + 1 :]
         return orjson.dumps({**self.doc, "model": model})
 
+    @property
     def client_dialect(self) -> Dialect:
         """The family whose shape the client reads keygate's own errors in."""
-        family = client_family(self.path)
-        return ANTHROPIC if family is not None and family.startswith("anthropic") else OPENAI
+        return _CLIENT_DIALECTS.get(self.path, OPENAI)
 
     @staticmethod
     def budget(tries: list[Try]) -> int:
