@@ -768,6 +768,23 @@ def test_claude_413_in_anthropic_shape(gateway_factory: Any, mock: MockUpstream)
     assert mock.records() == []
 
 
+def test_anthropic_client_413_on_a_translating_provider(
+    gateway_factory: Any, mock: MockUpstream
+) -> None:
+    """Refused before the adapter is chosen (the body is read first), still in the Anthropic
+    shape the client reads: on the prefix route and on the unified endpoint."""
+    gw = gateway_factory(
+        env={"CEREBRAS_API_KEYS": KEYS["cerebras"][0]},
+        config={"providers": {"cerebras": {"max_body_mb": 0.001}}},
+    )
+    for path in ("/cerebras/v1/messages", "/v1/messages"):
+        r = httpx.post(f"{gw.url}{path}", content=b"x" * 2000, headers=gw.auth())
+        assert assert_gateway_error(r, 413, anthropic=True)["type"] == "request_too_large"
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=b"x" * 2000, headers=gw.auth())
+    assert assert_gateway_error(r, 413)["code"] == "request_too_large"
+    assert mock.records() == []
+
+
 def test_provider_without_keys_gives_503(client: httpx.Client, mock: MockUpstream) -> None:
     r = client.post("/nvidia/v1/chat/completions", json={"model": "m"})
     assert assert_gateway_error(r, 503)["code"] == "no_keys"
