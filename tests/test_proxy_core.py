@@ -20,6 +20,7 @@ import httpx
 import orjson
 import pytest
 
+import keygate
 from harness import PASSWORD, Gateway, admission, free_port, idle, start_gateway, wait_for
 from keygate.testing.mock_upstream import MockUpstream, Recorded
 
@@ -315,6 +316,29 @@ def test_expect_not_forwarded_and_utf8_header_values(core: Gateway, mock: MockUp
     assert rec.body == body
     assert "expect" not in rec.headers  # the gateway has the body already
     assert rec.headers["x-title"] == "Überset 翻译"  # the client's bytes, not re-encoded
+
+
+def test_a_bare_client_gets_keygate_agent_and_json_type(core: Gateway, mock: MockUpstream) -> None:
+    """A client that names neither an agent nor a type (a raw socket): the upstream sees
+    keygate's agent and JSON, not the HTTP library's agent or application/octet-stream; a
+    body-less request gets no Content-Type at all."""
+    body = b'{"model":"m","messages":[]}'
+    head = b"Host: x\r\n" + f"Authorization: Bearer {PASSWORD}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", core.port), timeout=5) as s:
+        s.sendall(b"POST /cerebras/v1/chat/completions HTTP/1.1\r\n" + head)
+        s.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    rec = only_record(mock)
+    assert rec.headers["user-agent"] == f"keygate/{keygate.__version__}"
+    assert rec.headers["content-type"] == "application/json"
+    assert "aiohttp" not in str(rec.headers).lower()
+    mock.reset()
+    with socket.create_connection(("127.0.0.1", core.port), timeout=5) as s:
+        s.sendall(b"GET /cerebras/v1/models HTTP/1.1\r\n" + head + b"\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    rec = only_record(mock)
+    assert "content-type" not in rec.headers
+    assert rec.headers["user-agent"] == f"keygate/{keygate.__version__}"
 
 
 def test_claude_key_style(core: Gateway, mock: MockUpstream) -> None:

@@ -158,27 +158,25 @@ class AccessLog:
             self._iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._iso}.{int((now - second) * 1000):03d}Z"
 
-    def request(
-        self,
-        now: float,
-        provider: str,
-        method: str,
-        route: str,
-        key_id: int | None,
-        masked: str,
-        status: int,
-        upstream_status: int,
-        latency_ms: float,
-        retries: int,
-        error: str,
-        client: str = "",
-        model: str = "",
-        via: str = "",
-        translated: str = "",
-        client_name: str = "",
-    ) -> None:
-        """The access line of one request, in the configured format; `client` is the peer's
-        address, `client_name` the client key's name."""
+    def request(self, record: RequestRecord, upstream_status: int, peer: str = "") -> None:
+        """The access line of one request (its record in the recent-requests ring), in the
+        configured format; `peer` is the client's address."""
+        (
+            now,
+            provider,
+            method,
+            route,
+            model,
+            key_id,
+            masked,
+            status,
+            latency_ms,
+            retries,
+            error,
+            via,
+            translated,
+            client_name,
+        ) = record
         if len(route) > LOGGED_ROUTE_MAX:  # a path may be 8 KB, sent by anyone
             route = route[:LOGGED_ROUTE_MAX] + f"…(+{len(route) - LOGGED_ROUTE_MAX})"
         if self.json:
@@ -193,7 +191,7 @@ class AccessLog:
                         "route": route,
                         "key_id": key_id,
                         "key": masked or None,
-                        "client": client or None,
+                        "client": peer or None,
                         "client_name": client_name or None,
                         "status": status,
                         "upstream_status": upstream_status,
@@ -212,34 +210,33 @@ class AccessLog:
         # cost of the same line as an f-string (whose masked key's `…` would also make every
         # piece of a str line two bytes wide)
         words = self._words
-        head = words.get(("head", provider, method, route))
+        head = words.get(("head", provider, method, route, masked, key_id))
         if head is None:
-            head = self._word_of(
-                ("head", provider, method, route), f"{provider or '-'} {method} {route}".encode()
-            )
-        key = words.get(("key", masked, key_id))
-        if key is None:
             shown = f"{masked}#{key_id}" if key_id is not None else "-"
-            key = self._word_of(("key", masked, key_id), shown.encode())
-        line = b"%s,%03d INFO %s key=%s status=%d upstream=%d ms=%.1f retries=%d" % (
+            head = self._word_of(
+                ("head", provider, method, route, masked, key_id),
+                f"{provider or '-'} {method} {route} key={shown}".encode(),
+            )
+        tail = words.get(("tail", peer, model, via))
+        if tail is None:
+            tail = self._word_of(
+                ("tail", peer, model, via),
+                (
+                    (f" client={peer}" if peer else "")
+                    + (f" model={_word(model)}" if model else "")
+                    + (f" via={via!r}" if via else "")  # a routed request's targets
+                ).encode(),
+            )
+        line = b"%s,%03d INFO %s status=%d upstream=%d ms=%.1f retries=%d%s" % (
             self.stamp_bytes(now),
             (now % 1) * 1000,
             head,
-            key,
             status,
             upstream_status,
             latency_ms,
             retries,
+            tail,
         )
-        if client:
-            peer = words.get(("peer", client)) or self._word_of(("peer", client), client.encode())
-            line += b" client=" + peer
-        if model:
-            word = words.get(("model", model))
-            line += b" model=" + (word or self._word_of(("model", model), _word(model).encode()))
-        if via:  # a routed request's targets: the same few routes again and again
-            word = words.get(("via", via))
-            line += word or self._word_of(("via", via), f" via={via!r}".encode())
         if translated or client_name or error:
             line += (
                 (f" translated={translated}" if translated else "")

@@ -34,9 +34,12 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 # uvicorn's rules for a field: no separators or controls in a name (checked once per distinct
 # name: a gateway relays the same few again and again), no controls but HTAB in a value
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
-_TEXT = bytes(b for b in range(256) if (b >= 0x20 and b != 0x7F) or b == 0x09)
-_NAMES: dict[bytes, bytes] = {}  # a name as given → lowercased, once it passed the check
-_NAMES_MAX = 1024
+_CONTROLS = bytes(b for b in range(256) if (b < 0x20 and b != 0x09) or b == 0x7F)
+# a name as given → its field's start (`content-type: `) once it passed the check; the names
+# that frame the body or end the connection are never in it: they are looked at every time
+_FIELDS: dict[bytes, bytes] = {}
+_FRAMERS: dict[bytes, bytes] = {}  # those names, as given → lowercased (checked)
+_FIELDS_MAX = 1024
 _CRLF = b"\r\n"
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _CLOSE = b"connection: close\r\n"
@@ -45,13 +48,10 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 
 def _checked_name(name: bytes) -> bytes:
-    """A name not seen before: uvicorn's check, then remembered lowercased (bounded)."""
+    """uvicorn's check of a name, lowercased."""
     if _BAD_NAME.search(name):
         raise RuntimeError("Invalid HTTP header name.")
-    if len(_NAMES) >= _NAMES_MAX:
-        _NAMES.clear()
-    low = _NAMES[name] = name.lower()
-    return low
+    return name.lower()
 
 
 class ResponseCycle(RequestResponseCycle):
@@ -125,17 +125,26 @@ class ResponseCycle(RequestResponseCycle):
         headers = [*self.default_headers, *fields] if self.default_headers else fields
         out: list[bytes] = []
         closing = False
-        known = _NAMES.get
+        known = _FIELDS.get
         for name, value in headers:  # one pass: any iterable will do
-            name = known(name) or _checked_name(name)
-            if name in _FRAMING:
-                closing = self._framing(name, value) or closing
-            out += (name, b": ", value, _CRLF)
+            start = known(name)
+            if start is None:
+                low = _FRAMERS.get(name) or _checked_name(name)
+                start = low + b": "
+                if low in _FRAMING:
+                    if len(_FRAMERS) < _FIELDS_MAX:
+                        _FRAMERS[name] = low
+                    closing = self._framing(low, value) or closing
+                else:
+                    if len(_FIELDS) >= _FIELDS_MAX:
+                        _FIELDS.clear()
+                    _FIELDS[name] = start
+            out += (start, value, _CRLF)
         block = b"".join(out)
-        # the names hold no control characters, so with every allowed byte taken out what is
-        # left must be the fields' own line ends: a control character or a CR or LF in a
-        # value (which could end the head or add a field) leaves more
-        if block.translate(None, _TEXT) != _CRLF * (len(out) >> 2):
+        # the names hold no control characters, so taking every control character out must
+        # take exactly the fields' own line ends: a control character, CR or LF in a value
+        # (which could end the head or add a field) takes more
+        if len(block.translate(None, _CONTROLS)) != len(block) - 2 * (len(out) // 3):
             raise RuntimeError("Invalid HTTP header value.")
         if not self.keep_alive and not closing:
             block += _CLOSE

@@ -200,17 +200,31 @@ def anthropic_budget(headers: Mapping[str, str], now: float) -> list[Announced] 
     return found or None
 
 
-def scan_usage(chunk: bytes, usage: list[int]) -> None:
+def scan_usage(chunk: bytes, usage: list[int], whole: bool = False) -> None:
     """Keep the largest token counts the upstream reported (input, output) in `usage`.
-    Only the few hundred bytes after each `"usage"` are searched, not the whole answer."""
+    Only the few hundred bytes after each `"usage"` are searched, not the whole answer.
+    `whole`: `chunk` is a whole JSON answer, whose own `usage` comes last (a quote inside a
+    JSON string is escaped, so `"usage"` is a key or a string value): looked for from the
+    end first, the whole answer searched only when that one holds no counts."""
+    if whole:
+        at = chunk.rfind(b'"usage"')
+        if at < 0 or _usage_at(chunk, at, usage):
+            return
     at = chunk.find(b'"usage"')
     while at >= 0:
-        for name, value in _USAGE_RE.findall(chunk, at, at + 400):
-            n = int(value)
-            slot = 0 if name in _INPUT_NAMES else 1
-            if n > usage[slot]:
-                usage[slot] = n
+        _usage_at(chunk, at, usage)
         at = chunk.find(b'"usage"', at + 7)
+
+
+def _usage_at(chunk: bytes, at: int, usage: list[int]) -> bool:
+    found = False
+    for name, value in _USAGE_RE.findall(chunk, at, at + 400):
+        n = int(value)
+        slot = 0 if name in _INPUT_NAMES else 1
+        if n > usage[slot]:
+            usage[slot] = n
+        found = True
+    return found
 
 
 class Dialect:

@@ -64,6 +64,7 @@ _DROP_RESPONSE = _HOP_BY_HOP | {b"set-cookie"}
 # requests `*` exposes every header: retry-after, x-ratelimit-*, x-request-id, whatever a
 # provider adds, without a list to keep up to date. Set-Cookie is never exposable anyway.
 EXPOSE_HEADERS = (b"access-control-expose-headers", b"*")
+_CORS_OPEN = ((b"access-control-allow-origin", b"*"), EXPOSE_HEADERS)
 
 
 class UpstreamTimeout(Exception):
@@ -83,22 +84,45 @@ def _text(value: bytes) -> str:
 
 
 def request_headers(
-    client_headers: list[tuple[bytes, bytes]], wire: Dialect, secret: str
+    client_headers: list[tuple[bytes, bytes]], wire: Dialect, secret: str, body: bool = False
 ) -> list[tuple[str, str]]:
-    """What goes upstream: the client's headers less what never may, plus `wire`'s key."""
+    """What goes upstream: the client's headers less what never may, plus `wire`'s key. A
+    `body` the client sent without a Content-Type goes as JSON (every API here takes JSON;
+    aiohttp would call it application/octet-stream)."""
     drop = _DROP_REQUEST
+    typed = False
     for name, value in client_headers:
         if name == b"connection":
             # headers the client marked hop-by-hop stay with this hop (RFC 9110 §7.6.1)
             drop = drop | {t.strip().lower() for t in value.split(b",")}
+        elif name == b"content-type":
+            typed = True
     out = [
-        (n.decode("latin-1"), _text(v))
+        (n.decode("latin-1"), v.decode("ascii") if v.isascii() else _text(v))
         for n, v in client_headers
         if n not in drop and not n.startswith(_BROWSER_PREFIX)
     ]
+    if body and not (typed and b"content-type" not in drop):
+        out.append(("content-type", "application/json"))
     out.append(("accept-encoding", "identity"))
     wire.add_key(out, secret)
     return out
+
+
+_RELAYED_NAMES: dict[bytes, bytes] = {}  # an upstream's name as sent → lowercased; b"": dropped
+_CORS_NAMES = frozenset((b"access-control-allow-origin", b"access-control-expose-headers"))
+
+
+def _relayed_name(name: bytes) -> bytes:
+    """A name not seen before: lowercased, or b"" when it is not relayed (remembered, bounded:
+    a provider sends the same few names again and again)."""
+    lname = name.lower()
+    if lname in _DROP_RESPONSE:
+        lname = b""
+    if len(_RELAYED_NAMES) >= 1024:
+        _RELAYED_NAMES.clear()
+    _RELAYED_NAMES[name] = lname
+    return lname
 
 
 def response_headers(
@@ -108,20 +132,27 @@ def response_headers(
     injected) masked in values. Built only for the answer that is relayed."""
     out = []
     cors = expose = False
+    known = _RELAYED_NAMES.get
     for name, value in raw_headers:
-        lname = name.lower()
-        if lname in _DROP_RESPONSE:
+        lname = known(name)
+        if lname is None:
+            lname = _relayed_name(name)
+        if not lname:
             continue
-        if lname == b"access-control-allow-origin":
-            cors = True
-        elif lname == b"access-control-expose-headers":
-            expose = True
-        if value.find(secret) != -1:  # not `in`: on bytes it raises and swallows a TypeError first
-            value = value.replace(secret, masked)
-        out.append((lname, value))
-    if not cors:
+        if lname in _CORS_NAMES:  # the upstream's own CORS headers are kept, not doubled
+            if lname == b"access-control-allow-origin":
+                cors = True
+            else:
+                expose = True
+        # `replace` hands back the same object when there is nothing to mask, and costs less
+        # than a search first (`find` parses its arguments the slow way; `in` on bytes raises
+        # and swallows a TypeError before it searches)
+        out.append((lname, value.replace(secret, masked)))
+    if not (cors or expose):
+        out += _CORS_OPEN
+    elif not cors:
         out.append((b"access-control-allow-origin", b"*"))
-    if not expose:
+    elif not expose:
         out.append(EXPOSE_HEADERS)
     return out
 

@@ -19,8 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, respond
-from keygate.asgi import read_body as asgi_read_body
+from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, read_body, respond
 from keygate.classify import Verdict, classify
 from keygate.control.base import Event, Rejected
 from keygate.control.quota import Ticket, quota_delay
@@ -69,17 +68,14 @@ _NO_RETRY = (b"x-should-retry", b"false")
 sleep = asyncio.sleep  # the wait between tries (a test puts a fake clock's here)
 
 
-async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
-    """The request body (`asgi.read_body`), its refusals as the client's errors."""
-    try:
-        return await asgi_read_body(receive, headers, limit)
-    except BadContentLength:
-        raise GatewayError(400, "invalid Content-Length header") from None
-    except BodyTooLarge as exc:
-        size = f" of {exc.declared} bytes" if exc.declared is not None else ""
-        raise GatewayError(
-            413, f"request body{size} exceeds the limit of {limit} bytes", "request_too_large"
-        ) from None
+def body_refused(exc: BadContentLength | BodyTooLarge, limit: int) -> GatewayError:
+    """A refusal of `asgi.read_body` as the client's error."""
+    if isinstance(exc, BadContentLength):
+        return GatewayError(400, "invalid Content-Length header")
+    size = f" of {exc.declared} bytes" if exc.declared is not None else ""
+    return GatewayError(
+        413, f"request body{size} exceeds the limit of {limit} bytes", "request_too_large"
+    )
 
 
 def error_dialect(
@@ -148,7 +144,11 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             ) from None
         up_path, ex.wire = rt.dialect.route(rest, headers)
         # body
-        body = await read_body(receive, headers, cfg.max_body_bytes)
+        limit = cfg.max_body_bytes
+        try:
+            body = await read_body(receive, headers, limit)
+        except (BadContentLength, BodyTooLarge) as exc:
+            raise body_refused(exc, limit) from None
         qs = "?" + query.decode("latin-1") if query else ""
         if method == "POST":
             if body and path.startswith("/v1/"):
@@ -277,7 +277,7 @@ async def forward(
                     gw.session,
                     method,
                     url,
-                    request_headers(client_headers, wire, entry.secret),
+                    request_headers(client_headers, wire, entry.secret, body is not None),
                     body,
                     rt.timeout,
                     ex.dog,
@@ -528,7 +528,7 @@ async def relay(
             entry.err_5xx += 1
         entry.tokens_in += ex.usage[0]
         entry.tokens_out += ex.usage[1]
-        await pool.release(entry, event, ticket=ex.ticket, budget=ex.wire.read_budget(resp.headers))
+        await pool.release(entry, event, None, "", ex.ticket, ex.wire.read_budget(resp.headers))
 
 
 async def _relay_whole(
@@ -543,9 +543,10 @@ async def _relay_whole(
     """Nothing is sent before the whole body is here: a broken upstream becomes a clean 502."""
     assert ex.dog is not None and ex.wire is not None
     body = await read_answer(resp, ex, idle)
-    ex.wire.scan_usage(body, ex.usage)
-    if body.find(secret) != -1:
-        body = body.replace(secret, masked)
+    ex.wire.scan_usage(body, ex.usage, True)
+    scrubbed = body.replace(secret, masked)  # the same object when there was nothing to mask
+    if scrubbed is not body:
+        body = scrubbed
         headers = [h for h in headers if h[0] != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
     ex.status = resp.status
@@ -635,43 +636,23 @@ def _account(
         ex.error = redactor_for(name).scrub_text(
             ex.error, rt.pool.entries, entry.secret.encode() if entry is not None else b""
         )
-    via = " → ".join(ex.via) if ex.via else ""
-    label = ex.adapter.label if ex.adapter is not None else ""
-    gw.recent.append(
-        RequestRecord(
-            now,
-            name if rt is not None else "",
-            method,
-            path,
-            ex.model,
-            key_id,
-            masked,
-            ex.status,
-            latency_ms,
-            ex.retries,
-            ex.error,
-            via,
-            label,
-            client,
-        )
+    record = RequestRecord(
+        now,
+        name if rt is not None else "",
+        method,
+        path,
+        ex.model,
+        key_id,
+        masked,
+        ex.status,
+        latency_ms,
+        ex.retries,
+        ex.error,
+        " → ".join(ex.via) if ex.via else "",
+        ex.adapter.label if ex.adapter is not None else "",
+        client,
     )
+    gw.recent.append(record)
     if access_log.enabled:
         peer = scope.get("client")
-        access_log.request(
-            now,
-            name if rt is not None else "",
-            method,
-            path,
-            key_id,
-            masked,
-            ex.status,
-            ex.upstream_status,
-            latency_ms,
-            ex.retries,
-            ex.error,
-            peer[0] if peer else "",
-            ex.model,
-            via,
-            label,
-            client,
-        )
+        access_log.request(record, ex.upstream_status, peer[0] if peer else "")

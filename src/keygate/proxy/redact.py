@@ -143,8 +143,7 @@ class StreamScrubber:
             chunk = self.tail + chunk
             self.tail = b""
         secret = self.secret
-        if chunk.find(secret) != -1:
-            chunk = chunk.replace(secret, self.masked)
+        chunk = chunk.replace(secret, self.masked)  # itself when there is nothing to mask
         n = len(chunk)
         start = n - len(secret) + 1
         i = chunk.find(self.first, start if start > 0 else 0)

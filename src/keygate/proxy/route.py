@@ -3,6 +3,8 @@ dialect's to map (`Dialect.route`)."""
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from keygate.settings import ProviderConfig
@@ -68,22 +70,12 @@ def apply_model(body: bytes, cfg: ProviderConfig, path: str) -> bytes:
     return orjson.dumps(doc)
 
 
-def model_span(body: bytes) -> tuple[int, int] | None:
-    """Where the first `"model"` key's string value lies in `body` (the offsets of its two
-    quotes), found without parsing; None when there is none (or it is over 200 bytes)."""
-    at = body.find(b'"model"')
-    if at < 0:
-        return None
-    start = body.find(b'"', body.find(b":", at + 7) + 1)
-    if start < 0:
-        return None
-    end = body.find(b'"', start + 1)
-    if end < 0 or end - start > 200:
-        return None
-    return start, end
+# the first `"model"` key with a string value, its name (up to 199 bytes) the group: one
+# search, where four `find`s cost twice as much
+MODEL_VALUE = re.compile(rb'"model"\s*:\s*"([^"]{0,199})"')
 
 
 def find_model(body: bytes) -> str:
     """The model name for logs and the recent-requests view, without parsing the body."""
-    span = model_span(body)
-    return "" if span is None else body[span[0] + 1 : span[1]].decode("utf-8", "replace")
+    found = MODEL_VALUE.search(body)
+    return "" if found is None else found.group(1).decode("utf-8", "replace")

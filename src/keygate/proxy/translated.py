@@ -101,9 +101,8 @@ async def _whole(
     dog, adapter, wire = ex.dog, ex.adapter, ex.wire
     assert dog is not None and adapter is not None and wire is not None
     body = await read_answer(resp, ex, idle, MAX_ANSWER_BYTES)
-    wire.scan_usage(body, ex.usage)
-    if body.find(secret) != -1:
-        body = body.replace(secret, masked)
+    wire.scan_usage(body, ex.usage, True)
+    body = body.replace(secret, masked)
     try:
         body = adapter.answer(body)
     except ValueError:

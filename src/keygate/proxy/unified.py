@@ -17,7 +17,7 @@ from keygate.dialects import Dialect
 from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.openai import OPENAI
 from keygate.proxy.errors import GatewayError
-from keygate.proxy.route import model_span
+from keygate.proxy.route import MODEL_VALUE
 from keygate.routing import ROUTED_PATHS, Route, Target
 from keygate.translate import Adapter, adapter_for, client_family
 
@@ -80,7 +80,7 @@ class Plan:
         self.body = body
         self.doc = doc
         self.model = model
-        self.span = span  # where the model's string lies in `body`, when that is certain
+        self.span = span  # where the model's name lies in `body` (inside its quotes), if certain
 
     def body_for(self, target: Target, forced: str) -> bytes:
         """The body for `target`: the client's bytes when its model stays, else the same
@@ -91,7 +91,7 @@ class Plan:
             return self.body
         if self.span is not None:
             start, end = self.span
-            return self.body[:start] + orjson.dumps(model) + self.body[end + 1 :]
+            return self.body[: start - 1] + orjson.dumps(model) + self.body[end + 1 :]
         return orjson.dumps({**self.doc, "model": model})
 
     @property
@@ -138,12 +138,13 @@ def plan_route(gw: Gateway, path: str, body: bytes) -> Plan | None:
     request to the default provider, its body untouched."""
     if path not in ROUTED_PATHS:
         return None
-    span = model_span(body)
-    if span is None:
+    found = MODEL_VALUE.search(body)
+    if found is None:
         return None
-    model = body[span[0] + 1 : span[1]].decode("utf-8", "replace")
+    raw = found.group(1)
+    model = raw.decode("utf-8", "replace")
     route = gw.models.resolve(model)
-    once = body.find(b'"model"', body.find(b'"model"') + 7) < 0
+    once = body.count(b'"model"') == 1
     if route is None and once:
         return None  # one "model" in the body, naming nothing routed: the usual case
     try:
@@ -160,5 +161,5 @@ def plan_route(gw: Gateway, path: str, body: bytes) -> Plan | None:
         return None
     # the model's bytes may be replaced in place when the one "model" is the real one and
     # spelt without escapes (then the bytes between its quotes are exactly the name)
-    exact = once and body.find(b"\\", span[0], span[1]) < 0
-    return Plan(route, path, body, doc, model, span if exact else None)
+    exact = once and raw.find(b"\\") < 0
+    return Plan(route, path, body, doc, model, found.span(1) if exact else None)

@@ -37,16 +37,17 @@ class Watchdog:
     ) -> None:
         self._loop = loop
         self._task = task
-        self._handle: asyncio.TimerHandle | None = None
-        self._due = math.inf
         self._limit = math.inf  # no silence limit until `watch`
         self._paused = False
         self._wake = wake
-        self._wake_at = loop.time() + wake_after_s if wake is not None else math.inf
         self.last = 0.0
         self.fired = False
         if wake is not None:
-            self._arm(self._wake_at)
+            self._wake_at = self._due = due = loop.time() + wake_after_s
+            self._handle: asyncio.TimerHandle | None = loop.call_at(due, self._check)
+        else:
+            self._wake_at = self._due = math.inf
+            self._handle = None
 
     def _arm(self, due: float) -> None:
         if due < self._due:
@@ -57,12 +58,12 @@ class Watchdog:
 
     def watch(self, seconds: float) -> None:
         """From now on, at most `seconds` of upstream silence."""
-        now = self._loop.time()
-        self.last = now
+        now = self.last = self._loop.time()
         self._limit = seconds
         self._paused = False
         self.fired = False
-        self._arm(now + seconds)
+        if now + seconds < self._due:  # else the timer already set will look again then
+            self._arm(now + seconds)
 
     def touch(self) -> None:
         """The upstream spoke (or the client took its time): the silence starts again."""
