@@ -382,10 +382,11 @@ async def forward_chain(
     if ex.client is not None:  # the targets this client may use, and its limits: 403/429 here
         tries = clients.allowed_targets(ex.client, plan.model, tries)
         await clients.charge(gw, ex, plan.body, tries[0][0].cfg.default_max_tokens)
-    budget = plan.budget(tries) if len(tries) > 1 else -1  # -1: the one provider's own
+    final = len(tries) - 1
+    budget = plan.budget(tries) if final else -1  # -1: the one provider's own
     failure = None
     for i, (rt, target, adapter) in enumerate(tries):
-        last = i == len(tries) - 1
+        last = i == final
         if not last and not rt.pool.usable_now():
             ex.via.append(f"{target} (no usable key)")
             continue
@@ -410,9 +411,9 @@ async def forward_chain(
         left = None if budget < 0 else 0 if not last else max(0, budget - ex.retries)
         failure = await forward(gw, rt, ex, send, "POST", url, client_headers, body, left, not last)
         if failure is None:
-            ex.via.append(str(target))
+            ex.via.append(target.name)
             return
-        ex.via.append(f"{target} ({failure.reason()})")
+        ex.via.append(f"{target.name} ({failure.reason()})")
         if last or not failure.retryable or ex.retries >= budget:
             break
         ex.retries += 1

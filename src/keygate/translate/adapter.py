@@ -66,6 +66,10 @@ def upstream_family(dialect: Dialect) -> str:
     return "anthropic" if isinstance(dialect, Anthropic) else "openai"
 
 
+# (dialect, client path, provider) that need no adapter: the request path asks for every POST
+_PASSES: set[tuple[Dialect, str, str]] = set()
+
+
 def adapter_for(
     client: str | None, provider_dialect: Dialect, path: str, provider: str = ""
 ) -> Adapter | None:
@@ -73,16 +77,21 @@ def adapter_for(
     after the provider prefix) to a provider of `provider_dialect` (named `provider`, for the
     Responses API's native speakers), or None when it passes as is. Cheap when None: the
     request path calls it for every POST; a fallback loop can call it once per target."""
-    if client is None:
+    by_path = client is None
+    if by_path:
         client = CLIENT_FAMILIES.get(path)
         if client is None:
             return None
+        if (provider_dialect, path, provider) in _PASSES:
+            return None
     upstream = upstream_family(provider_dialect)
-    if client == upstream:
-        return None
-    if client == "anthropic-count" and upstream == "anthropic":
-        return None
-    if client == "responses" and upstream == "openai" and provider in NATIVE_RESPONSES:
+    if (
+        client == upstream
+        or (client == "anthropic-count" and upstream == "anthropic")
+        or (client == "responses" and upstream == "openai" and provider in NATIVE_RESPONSES)
+    ):
+        if by_path:  # few: the paths, dialects and providers configured
+            _PASSES.add((provider_dialect, path, provider))
         return None
     up_path, wire = provider_dialect.route(UPSTREAM_PATHS[upstream], ())
     return Adapter(client, upstream, up_path, wire, provider)
