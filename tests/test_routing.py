@@ -662,3 +662,30 @@ def test_a_routed_body_changes_only_its_model(body: bytes, spliced: bool) -> Non
     doc = json.loads(body)
     assert json.loads(sent) == {**doc, "model": "m"}
     assert (sent == body.replace(b'"groq/m"', b'"m"')) is spliced
+
+
+def test_a_plain_routed_body_is_parsed_only_when_a_target_needs_it() -> None:
+    """One plain "model" key and no \\u escape: the scan is what a parser reads, so the body
+    is not parsed to route it; a target of another family parses it then, and a body that is
+    no JSON object is refused there as the client's 400 (not a crash)."""
+    from types import SimpleNamespace
+
+    from keygate.proxy.errors import GatewayError
+    from keygate.proxy.unified import plan_route
+    from keygate.routing import ModelTable
+
+    gw = SimpleNamespace(models=ModelTable({}, {"groq": None}))
+    body = b'{"model":"groq/m","messages":[{"role":"user","content":"a\\nb \\"q\\""}]}'
+    plan = plan_route(gw, "/v1/chat/completions", body)  # type: ignore[arg-type]
+    assert plan is not None and plan.model == "groq/m" and plan._doc is None
+    assert plan.body_for(plan.route.targets[0], "") == body.replace(b'"groq/m"', b'"m"')
+    assert plan.doc == json.loads(body)
+    broken = plan_route(gw, "/v1/chat/completions", b'{"model":"groq/m", oops')  # type: ignore[arg-type]
+    assert broken is not None
+    with pytest.raises(GatewayError) as err:
+        _ = broken.doc
+    assert err.value.status == 400
+    # a \u escape anywhere could spell a second "model" key: parsed, routed by the real one
+    spelt = b'{"\\u006dodel":"groq/real","messages":[{"model":"groq/m"}]}'
+    plan = plan_route(gw, "/v1/chat/completions", spelt)  # type: ignore[arg-type]
+    assert plan is not None and plan.model == "groq/real" and plan.span is None
