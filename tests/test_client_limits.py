@@ -55,13 +55,33 @@ def test_allows_names_patterns_and_providers() -> None:
     c = client(models=["gpt-4o", "groq/*", "cerebras/llama3.1-8b"])
     assert c.allows("openai", "gpt-4o")
     assert c.allows("groq", "anything")
-    assert c.allows("openrouter", "groq/llama")  # a routed name under groq/*
     assert c.allows("cerebras", "llama3.1-8b")
     assert not c.allows("cerebras", "gpt-oss-120b")
-    assert c.allows("cerebras", "")  # nothing named: the provider list decides
+    assert c.allows("cerebras", "")  # nothing named: a provider the lists name
     only = client(providers=["groq"])
     assert only.allows("groq", "x") and not only.allows("openai", "x")
     assert client(models=["*"]).allows("any", "thing")
+
+
+def test_a_pattern_names_the_provider_that_serves() -> None:
+    """`provider/*` and `provider/model` match the provider that will serve the request and
+    the model as it receives it, never another provider's model id spelt the same way."""
+    c = client(models=["openai/*", "cerebras/llama3.1-8b"])
+    assert c.allows("openai", "gpt-4o")
+    assert not c.allows("openrouter", "openai/gpt-4o")  # openrouter's id, not openai's model
+    assert not c.allows("openrouter", "cerebras/llama3.1-8b")
+    assert not c.allows("groq", "openai/gpt-4o")
+    deep = client(models=["openrouter/openai/gpt-4o"])
+    assert deep.allows("openrouter", "openai/gpt-4o")
+    assert not deep.allows("openai", "gpt-4o")
+
+
+def test_a_model_less_request_goes_only_where_the_lists_name_the_provider() -> None:
+    c = client(models=["openai/*", "cerebras/llama3.1-8b", "fast"])
+    assert c.allows("openai", "") and c.allows("cerebras", "")
+    assert not c.allows("groq", "")  # GET /groq/v1/models, a model-less POST
+    assert client(models=["fast"], providers=["groq"]).allows("groq", "")
+    assert client().allows("groq", "")  # no lists: anything
 
 
 def test_refusal_disabled_and_expired() -> None:

@@ -348,9 +348,10 @@ def test_reset_hints() -> None:
     now = 1_700_000_000.0
     assert reset_hint({"retry-after-ms": "1500"}, now) == pytest.approx(now + 1.5)
     assert reset_hint({"retry-after": "2"}, now) == pytest.approx(now + 2)
-    assert reset_hint({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, now) == pytest.approx(
-        1792567680.0
+    assert reset_hint({"retry-after": "Tue, 14 Nov 2023 22:14:20 GMT"}, now) == pytest.approx(
+        now + 60
     )
+    assert reset_hint({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, now) is None, "years"
     assert reset_hint({"x-ratelimit-reset-requests": "6m0s"}, now) == pytest.approx(now + 360)
     assert reset_hint({"x-ratelimit-reset-tokens": "20ms"}, now) == pytest.approx(now + 0.02)
     assert reset_hint(

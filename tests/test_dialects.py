@@ -131,3 +131,94 @@ def test_usage_is_read_from_both_name_pairs() -> None:
     assert usage == [5, 7]
     ANTHROPIC.scan_usage(b'{"usage": {"input_tokens": 9, "output_tokens": 2}}', usage)
     assert usage == [9, 7]  # the largest seen of each
+
+
+def gemini_chunk(text: str, usage: dict[str, int]) -> bytes:
+    doc = {
+        "candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}],
+        "usageMetadata": {
+            **usage,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": usage["promptTokenCount"]}],
+        },
+        "modelVersion": "gemini-2.5-flash",
+    }
+    return b"data: " + orjson.dumps(doc) + b"\r\n\r\n"
+
+
+def test_gemini_usage_metadata_is_read() -> None:
+    # a whole answer as the API writes it (indented), thoughts counted as output
+    whole = orjson.dumps(
+        {
+            "candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {
+                "promptTokenCount": 8,
+                "candidatesTokenCount": 17,
+                "totalTokenCount": 40,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8}],
+                "thoughtsTokenCount": 15,
+            },
+            "modelVersion": "gemini-2.5-flash",
+        },
+        option=orjson.OPT_INDENT_2,
+    )
+    usage = [0, 0]
+    GEMINI.scan_usage(whole, usage, True)
+    assert usage == [8, 32]
+
+    # only the total given: output = total - prompt; cached tokens are part of the prompt
+    usage = [0, 0]
+    GEMINI.scan_usage(
+        b'{"usageMetadata": {"promptTokenCount": 100, "cachedContentTokenCount": 60, '
+        b'"totalTokenCount": 130}}',
+        usage,
+        True,
+    )
+    assert usage == [100, 30]
+
+    # a stream repeats the running totals in every chunk: the last counts, never the sum,
+    # however the chunks arrive (one per read, or several in one)
+    chunks = [
+        gemini_chunk(
+            t, {"promptTokenCount": 12, "candidatesTokenCount": n, "totalTokenCount": 12 + n}
+        )
+        for t, n in (("a", 3), ("b", 7), ("c", 11))
+    ]
+    for reads in (
+        chunks,
+        [b"".join(chunks)],
+        [chunks[0] + chunks[1][:40], chunks[1][40:] + chunks[2]],
+    ):
+        usage = [0, 0]
+        for read in reads:
+            GEMINI.scan_usage(read, usage)
+        assert usage == [12, 11], reads
+
+    # the key quoted in a text part is a string, not the answer's usage
+    quoted = gemini_chunk(
+        'say "usageMetadata": {"promptTokenCount": 999}',
+        {"promptTokenCount": 4, "candidatesTokenCount": 2, "totalTokenCount": 6},
+    )
+    usage = [0, 0]
+    GEMINI.scan_usage(quoted, usage)
+    assert usage == [4, 2]
+
+    # nothing else is read as Gemini usage, and Gemini's OpenAI-compatible paths use OPENAI's
+    usage = [0, 0]
+    GEMINI.scan_usage(b'{"usage": {"prompt_tokens": 5, "completion_tokens": 7}}', usage, True)
+    assert usage == [0, 0]
+    assert GEMINI.route("/v1/chat/completions", [])[1] is OPENAI
+
+
+@pytest.mark.parametrize("digits", [13, 30, 5000])
+def test_a_usage_count_no_answer_could_have_is_ignored(digits: int) -> None:
+    """A hostile upstream's 13+ digit counts never reach the counters (they would break every
+    sum and the admin API's JSON), nor raise (Python refuses to read 4,300+ digits)."""
+    huge = b"9" * digits
+    for answer in (
+        b'{"usage":{"prompt_tokens":' + huge + b',"completion_tokens":7}}',
+        b'{"usageMetadata":{"promptTokenCount":' + huge + b',"candidatesTokenCount":7}}',
+    ):
+        usage = [0, 0]
+        OPENAI.scan_usage(answer, usage, True)
+        GEMINI.scan_usage(answer, usage, True)
+        assert usage[0] == 0 and usage[1] in (0, 7)

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
 
-from harness import PASSWORD, wait_for
+from harness import PASSWORD, idle, wait_for
 from keygate.quotaday import day_window
 from servers import RedisServer, redis_bin, start_redis
 
@@ -280,3 +281,115 @@ def test_cli_sets_a_keys_limits_and_the_running_server_applies_them(
     chat(gw)
     refused_by_keygate(gw)
     assert mock.count() == 1
+
+
+# --- a hostile upstream's budget headers (issue 32, items 7 and 8) ----------------------------
+
+CLAUDE_KEY = "sk-ant-quota-dddd-0004"
+HUGE = "9" * 7000
+HOSTILE_OPENAI = [
+    {"x-ratelimit-remaining-requests": "inf", "x-ratelimit-reset-requests": "30s"},
+    {
+        "x-ratelimit-remaining-tokens": "1e308",
+        "x-ratelimit-limit-tokens": "1e308",
+        "x-ratelimit-reset-tokens": "30s",
+    },
+    {"x-ratelimit-remaining-tokens": HUGE, "x-ratelimit-reset-tokens": "1m"},
+    {"x-ratelimit-remaining-requests": "nan", "x-ratelimit-reset-requests": "nan"},
+    {"x-ratelimit-remaining-requests": "-5", "x-ratelimit-reset-requests": "-inf"},
+    # a reset far away, with nothing left: each would hold every key for good
+    {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1e308s"},
+    {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1e308"},
+    {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "inf"},
+    {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "9999999h"},
+    {"x-ratelimit-remaining-requests-day": "0", "x-ratelimit-reset-requests-day": "1e308"},
+    {"x-ratelimit-remaining-tokens-minute": "0", "x-ratelimit-reset-tokens-minute": "3600"},
+    {"retry-after": "inf", "retry-after-ms": "1e308"},
+]
+HOSTILE_ANTHROPIC = [
+    {"anthropic-ratelimit-requests-remaining": "inf", "anthropic-ratelimit-requests-reset": "x"},
+    {
+        "anthropic-ratelimit-tokens-remaining": "1e308",
+        "anthropic-ratelimit-tokens-limit": HUGE,
+        "anthropic-ratelimit-tokens-reset": "2099-01-01T00:00:00Z",
+    },
+    {
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": "9999-12-31T23:59:59Z",
+    },
+]
+
+
+@pytest.mark.parametrize("shared", ["local", pytest.param("redis", marks=pytest.mark.redis)])
+def test_hostile_budget_headers_leave_keys_released_and_the_admin_api_up(
+    gateway_factory: Any, mock: Any, tmp_path: Path, shared: str
+) -> None:
+    """An upstream answering 200 with budget headers that are no sane numbers (`inf`, `nan`,
+    `1e308`, 7,000 digits, negatives) or resets far away: every client gets its 200, the key is
+    released each time, `/api/keys` and `/api/stats` keep answering, and nothing is held back
+    beyond what a window allows."""
+    env = {**keys_env(KEYS[:1]), "CLAUDE_API_KEYS": CLAUDE_KEY}
+    server = None
+    if shared == "redis":
+        if redis_bin() is None:
+            pytest.skip("redis-server is not installed")
+        server = start_redis(tmp_path / "redis")
+        env["KEYGATE_REDIS_URL"] = server.url
+    try:
+        config = cfg(queue_timeout_s=2, cooldown_s=0.3)
+        config["providers"]["claude"] = {"rps": 0, "burst": 0, "max_conn": 0, "retries": 0}
+        gw = gateway_factory(env=env, config=config)
+        claude = anthropic.Anthropic(
+            base_url=f"{gw.url}/claude", api_key=PASSWORD, max_retries=0, timeout=10
+        )
+
+        def admin_api_answers() -> None:
+            for path in ("/api/keys", "/api/stats"):
+                r = gw.api("GET", path)
+                assert r.status_code == 200, (path, r.text[:300])
+            keys = gw.api("GET", "/api/keys").json()["keys"]
+            assert [k["inflight"] for k in keys] == [0] * len(keys), "every key released"
+            for provider in ("cerebras", "claude"):
+                wait_for(lambda p=provider: idle(gw, p), 5, f"{provider} idle")
+
+        for headers in HOSTILE_OPENAI:
+            mock.set_behavior(None, headers=headers)
+            for _ in range(2):  # the second finds what the first announced
+                assert chat(gw).choices[0].message.content, headers
+            admin_api_answers()
+        for headers in HOSTILE_ANTHROPIC:
+            mock.set_behavior(None, headers=headers)
+            for _ in range(2):
+                msg = claude.messages.create(model="claude-x", max_tokens=16, messages=MSG)  # type: ignore[arg-type]
+                assert msg.content, headers
+            admin_api_answers()
+        mock.set_behavior(None)
+        for _ in range(3):
+            assert chat(gw).choices[0].message.content, "served after every hostile answer"
+        assert mock.refused == 0
+        assert "Traceback" not in gw.log(), gw.log()[-3000:]
+        # a 429 whose hint is no sane time: the key cools for the default, not for good
+        mock.push(None, status=429, headers={"retry-after": "1e308", "retry-after-ms": "inf"})
+
+        def served() -> bool:
+            try:
+                return bool(chat(gw).choices[0].message.content)
+            except openai.RateLimitError:
+                return False
+
+        served()
+        wait_for(served, 5, "served again once the default cooldown is over")
+        admin_api_answers()
+        # a sane announcement still counts, bounded by its window
+        mock.set_behavior(
+            None,
+            headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"},
+        )
+        chat(gw)
+        mock.set_behavior(None)
+        started = time.monotonic()
+        chat(gw)  # waits in the queue for the announced reset, then is served
+        assert 0.5 <= time.monotonic() - started <= 3
+    finally:
+        if server is not None:
+            server.stop()

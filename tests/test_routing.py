@@ -689,3 +689,96 @@ def test_a_plain_routed_body_is_parsed_only_when_a_target_needs_it() -> None:
     spelt = b'{"\\u006dodel":"groq/real","messages":[{"model":"groq/m"}]}'
     plan = plan_route(gw, "/v1/chat/completions", spelt)  # type: ignore[arg-type]
     assert plan is not None and plan.model == "groq/real" and plan.span is None
+
+
+# --- bounds of a group (issue 32, item 11) ------------------------------------------------------
+
+
+def _targets(n: int, provider: str = "groq", tag: str = "m") -> list[str]:
+    return [f"{provider}/{tag}{i}" for i in range(n)]
+
+
+def test_a_group_holds_at_most_32_targets_from_the_admin_api(gw: Any) -> None:
+    api = httpx.Client(base_url=gw.url, headers=gw.admin(), timeout=30)
+    for n in (33, 10_000):
+        r = api.put("/api/models/big", json={"strategy": "fallback", "targets": _targets(n)})
+        assert r.status_code == 400, (n, r.text[:300])
+        err = r.json()["error"]
+        assert err["param"] == "models.big.targets", err
+        assert err["message"].startswith("models.big.targets: at most 32 targets"), err
+    assert api.get("/api/models").json()["routes"].get("big") is None, "nothing applied"
+    r = api.put("/api/models/big", json={"strategy": "fallback", "targets": _targets(32)})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["targets"]) == 32
+    # an entry naming groups holds at most 32 targets once they are flattened
+    other = {"strategy": "spread", "targets": _targets(20, "cerebras")}
+    assert api.put("/api/models/other", json=other).status_code == 200
+    r = api.put("/api/models/both", json={"targets": ["big", "other"]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "models.both", err
+    assert "52 targets" in err["message"] and "at most 32" in err["message"], err
+    r = api.put("/api/models/both", json={"target": "big"})  # an alias of a 32-target group
+    assert r.status_code == 200, r.text
+    # a group that would grow another entry past the bound is refused, naming that entry
+    r = api.put("/api/models/other", json={"targets": _targets(13, "xai")})
+    assert r.status_code == 200, r.text
+    r = api.put("/api/models/big", json={"targets": [*_targets(31), "other"]})
+    assert r.status_code == 400 and "models.big" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize(
+    ("models", "problem"),
+    [
+        ({"big": {"targets": _targets(33)}}, "models.big.targets: at most 32 targets"),
+        (
+            {
+                "a": {"targets": _targets(20)},
+                "b": {"targets": _targets(20, "cerebras")},
+                "both": {"strategy": "spread", "targets": ["a", "b"]},
+            },
+            "models.both: ",
+        ),
+    ],
+)
+def test_config_check_refuses_a_group_of_more_than_32_targets(
+    tmp_path: Any, models: Any, problem: str
+) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "keygate", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0, proc.stdout
+    [line] = proc.stderr.strip().splitlines()
+    assert f"config file {path}: {problem}" in line, line
+    assert "at most 32" in line
+
+
+def test_a_chains_retry_budget_is_capped() -> None:
+    from types import SimpleNamespace
+
+    from keygate.proxy.unified import Plan
+
+    def tries(n: int, retries: int = 2) -> list[Any]:
+        rt = SimpleNamespace(cfg=SimpleNamespace(retries=retries))
+        return [(rt, None, None) for _ in range(n)]
+
+    assert Plan.budget(tries(3)) == 2 and Plan.budget(tries(3, retries=5)) == 5
+    assert Plan.budget(tries(32)) == 31
+    assert Plan.budget(tries(10_000)) == 31, "32 tries in all, however many targets"
+    assert Plan.budget(tries(2, retries=10)) == 10
+
+
+def test_a_chain_of_32_failing_targets_makes_32_tries(
+    gateway_factory: Any, mock: MockUpstream
+) -> None:
+    models = {"big": {"strategy": "fallback", "targets": _targets(32)}}
+    gw = gateway_factory(env=ENV, config={**config(groq={"retries": 10}), "models": models})
+    mock.set_behavior(None, status=500)
+    with pytest.raises(openai.InternalServerError):
+        chat(gw, "big")
+    assert len(mock.records()) == 32

@@ -41,7 +41,8 @@ class Verdict:
 
 def reset_hint(headers: Mapping[str, str], now: float) -> float | None:
     """Wall-clock time the upstream says to come back, from whichever family's header it used
-    (a dialect reads only its own family's: `Dialect.reset_hint`)."""
+    (a dialect reads only its own family's: `Dialect.reset_hint`). Never raises; a value that
+    is no plain number, duration or date, or one more than a day away, is no hint (None)."""
     return read_reset(headers, now, EVERY_RESET)
 
 

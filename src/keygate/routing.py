@@ -14,6 +14,9 @@ from typing import Any
 
 STRATEGIES = ("fallback", "spread")
 NAME_MAX = 200
+# Targets of one entry, its nested aliases and groups flattened: a chain tries each at most
+# once, so this also bounds the upstream tries one request can make (`Plan.budget`).
+TARGETS_MAX = 32
 # Paths on the unified endpoint whose body's model chooses the provider (SPEC §10).
 ROUTED_PATHS = frozenset(
     {
@@ -94,6 +97,10 @@ def check_spec(field: str, spec: Any) -> Any:
     targets = spec.get("targets")
     if not isinstance(targets, list) or not targets:
         raise RouteError(f"{field}.targets", "must be a non-empty list of targets")
+    if len(targets) > TARGETS_MAX:
+        raise RouteError(
+            f"{field}.targets", f"at most {TARGETS_MAX} targets in a group, got {len(targets)}"
+        )
     return {
         "strategy": strategy,
         "targets": [_check_name(f"{field}.targets[{i}]", t) for i, t in enumerate(targets)],
@@ -104,8 +111,9 @@ def build_table(
     specs: Mapping[str, Any], providers: Collection[str], prefix: str = "models"
 ) -> dict[str, Route]:
     """Validate every entry and flatten it into concrete targets. A target is another entry's
-    name, or `provider/model` of a configured provider; an unknown provider, an empty group or
-    a cycle is a `RouteError` naming the field."""
+    name, or `provider/model` of a configured provider; an unknown provider, an empty group,
+    a cycle or more than TARGETS_MAX targets once flattened is a `RouteError` naming the
+    field."""
     clean = {}
     for name, spec in specs.items():
         _check_name(f"{prefix}.{name}", name)
@@ -136,7 +144,14 @@ def build_table(
                 )
             out.append(target)
         strategy = "alias" if isinstance(spec, str) else spec["strategy"]
-        route = Route(name, strategy, tuple(dict.fromkeys(out)), specs[name])
+        flat = tuple(dict.fromkeys(out))
+        if len(flat) > TARGETS_MAX:
+            raise RouteError(
+                f"{prefix}.{name}",
+                f"names {len(flat)} targets once its aliases and groups are flattened, "
+                f"at most {TARGETS_MAX}",
+            )
+        route = Route(name, strategy, flat, specs[name])
         table[name] = route
         return route.targets
 

@@ -14,6 +14,7 @@ from keygate import __version__
 from keygate.admin import openapi_clients
 from keygate.control.quota import WINDOWS
 from keygate.dialects import KEY_STYLES
+from keygate.routing import TARGETS_MAX
 from keygate.settings import BOUNDS, MODEL_NAME_MAX
 from keygate.store.base import MAX_SECRET_LEN, MIN_SECRET_LEN
 
@@ -382,6 +383,7 @@ SCHEMAS: dict[str, Any] = {
             "strategy": {"type": "string", "enum": ["alias", "fallback", "spread"]},
             "targets": {
                 "type": "array",
+                "maxItems": TARGETS_MAX,
                 "items": {"type": "string"},
                 "description": "provider/model, nested names resolved",
             },
@@ -713,7 +715,10 @@ PATHS: dict[str, Any] = {
     "/api/models/{name}": {
         "put": _op(
             "Set an alias (target) or a group (strategy, targets); applied at once on every "
-            "instance. An unknown provider, empty targets or a cycle is a 400 naming the field",
+            "instance. An unknown provider, empty targets, a cycle or more than "
+            f"{TARGETS_MAX} targets (in the list, or once the aliases and groups it names are "
+            "flattened) is a 400 naming the field. A request routed to a group has one retry "
+            f"budget of at most {TARGETS_MAX - 1} ({TARGETS_MAX} tries)",
             _json(_ref("ModelRoute"), "the entry now"),
             body=_body(
                 {
@@ -730,7 +735,14 @@ PATHS: dict[str, Any] = {
                             "additionalProperties": False,
                             "properties": {
                                 "strategy": {"type": "string", "enum": ["fallback", "spread"]},
-                                "targets": {"type": "array", "minItems": 1, "items": _TARGET},
+                                "targets": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": TARGETS_MAX,
+                                    "items": _TARGET,
+                                    "description": f"at most {TARGETS_MAX}, tried in order "
+                                    "(fallback) or by free capacity (spread)",
+                                },
                             },
                         },
                     ]

@@ -19,21 +19,26 @@ class Client:
 
     __slots__ = (
         "any_model",
+        "checks_body",
         "created_at",
         "enabled",
         "expires_at",
         "id",
+        "implied_providers",
         "key_hash",
         "masked",
         "model_names",
-        "model_prefixes",
         "models",
         "monthly_tokens",
         "name",
+        "pair_names",
+        "plain_names",
         "provider_set",
         "providers",
         "rpd",
         "rpm",
+        "star_providers",
+        "token_limited",
         "tpd",
         "usage",
         "windows",
@@ -58,8 +63,17 @@ class Client:
         self.models = list(rec.models)
         self.provider_set = frozenset(rec.providers) if rec.providers else None
         self.any_model = not rec.models or "*" in rec.models
+        # every name as listed (an alias or group is allowed by its own name); a name with a
+        # slash is `provider/model`, one without a model's name on any provider
         self.model_names = frozenset(m for m in rec.models if not m.endswith("/*"))
-        self.model_prefixes = tuple(m[:-1] for m in rec.models if m.endswith("/*"))
+        self.plain_names = frozenset(m for m in self.model_names if "/" not in m)
+        self.pair_names = self.model_names - self.plain_names
+        self.star_providers = frozenset(m[:-2] for m in rec.models if m.endswith("/*"))
+        # the providers a model list names: where a request that names no model may go
+        self.implied_providers = self.star_providers | {m.split("/", 1)[0] for m in self.pair_names}
+        self.token_limited = bool(rec.tpd or rec.monthly_tokens)
+        # the body is read strictly (parsed) for a client with lists or token limits
+        self.checks_body = not self.any_model or self.provider_set is not None or self.token_limited
 
     def refusal(self, now: float) -> str:
         """Why this key may not be used now ('' when it may)."""
@@ -73,16 +87,21 @@ class Client:
         return self.provider_set is None or provider in self.provider_set
 
     def allows(self, provider: str, model: str) -> bool:
-        """Provider in its providers (if listed); model (if the request names one) a listed
-        name, `provider/model` listed, or under a listed `provider/*`."""
+        """Provider in its providers (if listed); the model as `provider` receives it: a
+        listed plain name, `provider/model` listed, or under a listed `provider/*` — a
+        pattern names a provider, so `openai/*` never matches openrouter's `openai/gpt-4o`.
+        A request that names no model may go only where the lists name the provider."""
         if not self.provider_allowed(provider):
             return False
-        if self.any_model or not model:
+        if self.any_model:
             return True
-        if model in self.model_names or f"{provider}/{model}" in self.model_names:
-            return True
-        prefixes = self.model_prefixes
-        return f"{provider}/".startswith(prefixes) or model.startswith(prefixes)
+        if not model:
+            return self.provider_set is not None or provider in self.implied_providers
+        return (
+            provider in self.star_providers
+            or model in self.plain_names
+            or f"{provider}/{model}" in self.pair_names
+        )
 
 
 class ClientRegistry:

@@ -18,7 +18,7 @@ import re
 from collections import deque
 from typing import Any
 
-from keygate.budget import Announced
+from keygate.budget import Announced, within
 
 WINDOWS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 SLIDING = {"rpm": 60.0, "rph": 3600.0, "tpm": 60.0, "tph": 3600.0}
@@ -34,9 +34,32 @@ _MAX_RE = re.compile(rb'"(?:max_tokens|max_completion_tokens|maxOutputTokens)"\s
 def estimate_tokens(body: bytes, default_max_tokens: int) -> int:
     """Prompt bytes / 4 + the completion the request allows (`max_tokens`,
     `max_completion_tokens`, Gemini's `maxOutputTokens`), else `default_max_tokens`.
-    A search, not a JSON parse: the body is parsed once, by the upstream."""
-    m = _MAX_RE.search(body)
-    return len(body) // 4 + (int(m.group(1)) if m is not None else default_max_tokens)
+    A search, not a JSON parse: the body is parsed once, by the upstream. The largest such
+    field counts, so a small one nested in a tool's schema cannot shrink the estimate
+    (`estimate_parsed` reads the top level's own, where the body was parsed anyway)."""
+    found = _MAX_RE.findall(body)
+    return len(body) // 4 + (max(map(int, found)) if found else default_max_tokens)
+
+
+_MAX_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+MAX_ESTIMATE = 10**9  # a completion allowance past this is no real request's
+
+
+def estimate_parsed(doc: dict[str, Any], size: int, default_max_tokens: int) -> int:
+    """`estimate_tokens` for a body already parsed: the request's own top-level allowance
+    (a `max_tokens` nested in a tool's schema says nothing about the answer's length)."""
+    allowed: Any = None
+    for name in _MAX_FIELDS:
+        if name in doc:
+            allowed = doc[name]
+            break
+    else:
+        config = doc.get("generationConfig")
+        if isinstance(config, dict):
+            allowed = config.get("maxOutputTokens")
+    if isinstance(allowed, bool) or not isinstance(allowed, int | float) or not allowed >= 0:
+        allowed = default_max_tokens
+    return size // 4 + int(min(allowed, MAX_ESTIMATE))
 
 
 class Ticket:
@@ -45,10 +68,12 @@ class Ticket:
 
     __slots__ = ("_tokens", "body", "charge", "default_max", "usage", "waited")
 
-    def __init__(self, body: bytes | None, default_max: int, usage: list[int]) -> None:
+    def __init__(
+        self, body: bytes | None, default_max: int, usage: list[int], tokens: int = -1
+    ) -> None:
         self.body = body or b""
         self.default_max = default_max
-        self._tokens = -1
+        self._tokens = tokens  # -1: estimated from the body when a pick first needs it
         self.usage = usage  # the request's [tokens_in, tokens_out], filled by the relay
         self.charge: tuple[float, int, object] | None = None  # (at, tokens, form's handle)
         self.waited = 0.0  # seconds spent waiting for a quota reset
@@ -255,8 +280,12 @@ class KeyQuota:
 
     def announce(self, found: list[Announced], now: float, others: int, cost: int) -> None:
         """An answer's budgets: the lower of what we knew and what it says (less the tries
-        still in flight that it may not have counted yet) holds until its reset."""
+        still in flight that it may not have counted yet) holds until its reset. One whose
+        reset is further away than its window allows says nothing (the dialects drop those
+        already; a minute's budget never holds a key for a day)."""
         for b in found:
+            if not within(b.window, b.reset_at - now):
+                continue
             held = (others if b.window[0] == "r" else others * cost) if others > 0 else 0
             remaining = b.remaining - held
             old = self.announced(b.window, now)

@@ -20,59 +20,101 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
-from keygate.budget import Announced, window_for
+from keygate.budget import COUNT_MAX, LONGEST_RESET_S, Announced, window_for, within
 
 Headers = Sequence[tuple[bytes, bytes]]
 # A reset hint's parser: the header's value and the wall clock now → when to come back.
 ResetParser = Callable[[str, float], "float | None"]
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_USAGE_RE = re.compile(rb'"(prompt|completion|input|output)_tokens"\s*:\s*(\d+)')
+# Numbers in headers (SPEC §12) are read strictly, in ASCII, and bounded: anything else (inf,
+# nan, signs, exponents, hex, other scripts' digits, thousands of digits, a date years away) is
+# ignored, never an exception (a budget is read in the relay's `finally`, before the key goes
+# back). No number, duration or date a provider sends is longer than _LONGEST_VALUE.
+_LONGEST_VALUE = 64
+_DECIMAL_RE = re.compile(r"([0-9]+)(?:\.[0-9]+)?")
+_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_COUNT_DIGITS = len(str(COUNT_MAX)) - 1  # this many digits are always below COUNT_MAX
+_DATE_ERRORS = (ArithmeticError, LookupError, TypeError, ValueError, OSError)
+# a count of more than 12 digits is no answer's usage (it would break every sum it joins)
+_USAGE_RE = re.compile(rb'"(prompt|completion|input|output)_tokens"\s*:\s*(\d{1,12})(?!\d)')
 _INPUT_NAMES = frozenset((b"prompt", b"input"))
 
 
+def parse_count(value: str | None) -> int | None:
+    """An announced count (remaining, limit): ASCII digits, a fraction dropped, more than
+    COUNT_MAX clamped to it (that much is plenty); anything else None."""
+    if not value:
+        return None
+    if not (value.isdigit() and value.isascii()):  # plain digits, the usual case, skip this
+        m = _DECIMAL_RE.fullmatch(value.strip()) if len(value) <= _LONGEST_VALUE else None
+        if m is None:
+            return None
+        value = m.group(1)
+    if len(value) > _COUNT_DIGITS:
+        value = value.lstrip("0")
+        if len(value) > _COUNT_DIGITS:
+            return COUNT_MAX
+    return int(value or "0")
+
+
+def _decimal(text: str) -> bool:
+    """`text` is ASCII digits with at most one `.` among them (what float() then reads)."""
+    digits = text.replace(".", "", 1)
+    return digits.isdigit() and digits.isascii()
+
+
 def parse_duration(text: str) -> float | None:
-    """`1.5`, `20ms`, `6m0s`, `1h2m3s` → seconds."""
+    """`1.5`, `20ms`, `6m0s`, `1h2m3s` → seconds, finite and ≥ 0; None for anything else."""
+    if len(text) > _LONGEST_VALUE:
+        return None
     text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    total, matched = 0.0, False
-    for number, unit in _DURATION_RE.findall(text):
-        matched = True
-        value = float(number)
-        total += value / 1000 if unit == "ms" else value * {"h": 3600, "m": 60, "s": 1}[unit]
-    return total if matched else None
+    if text[-1:].isdigit():  # a number of seconds
+        return float(text) if _decimal(text) else None
+    total, size = 0.0, 0
+    for number, unit in _PART_RE.findall(text):
+        total += float(number) * _UNITS[unit]
+        size += len(number) + len(unit)
+    return total if size and size == len(text) else None  # every character in a part
+
+
+def _near(moment: float, now: float) -> float | None:
+    """`moment` when it is within LONGEST_RESET_S of `now` (no window resets later), else
+    None: out of range, not believed."""
+    return moment if -LONGEST_RESET_S <= moment - now <= LONGEST_RESET_S else None
 
 
 def after_ms(value: str, now: float) -> float | None:
-    try:
-        return now + float(value) / 1000
-    except ValueError:
+    value = value.strip()
+    if len(value) > _LONGEST_VALUE or not _decimal(value):
         return None
+    return _near(now + float(value) / 1000, now)
 
 
 def after_duration(value: str, now: float) -> float | None:
     seconds = parse_duration(value)
-    return None if seconds is None else now + seconds
+    return None if seconds is None else _near(now + seconds, now)
 
 
 def retry_after(value: str, now: float) -> float | None:
     """RFC 9110 Retry-After: seconds or an HTTP date (a duration such as `1m30s` too)."""
-    moment = after_duration(value, now)
-    if moment is not None:
-        return moment
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return _near(now + seconds, now)
+    if len(value) > _LONGEST_VALUE:
+        return None
     try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+        return _near(parsedate_to_datetime(value).timestamp(), now)
+    except _DATE_ERRORS:
         return None
 
 
 def at_iso(value: str, now: float) -> float | None:
+    if len(value) > _LONGEST_VALUE:
+        return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        return _near(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp(), now)
+    except _DATE_ERRORS:
         return None
 
 
@@ -106,15 +148,6 @@ def read_reset(
     return None
 
 
-def _count(value: str | None) -> int | None:
-    if not value:
-        return None
-    try:
-        return max(0, int(float(value)))
-    except ValueError:
-        return None
-
-
 def _budget(
     out: list[Announced],
     kind: str,
@@ -126,15 +159,23 @@ def _budget(
     window: str = "",
 ) -> None:
     """One announced window: `kind` r(equests) or t(okens); the window is named by the header
-    (Cerebras' -day, -minute) or follows from how far away its reset is."""
-    left = _count(remaining)
+    (Cerebras' -day, -minute) or follows from how far away its reset is. A count that is no
+    count, or a reset further away than its window allows, says nothing."""
+    left = parse_count(remaining)
     if left is None or not reset:
         return
     moment = at(reset, now)
-    if moment is None or moment <= now:
+    if moment is None:
         return
-    name = window or window_for(kind, moment - now)
-    out.append(Announced(name, left, moment, _count(limit) or 0))
+    if window:
+        if not within(window, moment - now):
+            return
+        name: str | None = window
+    else:
+        name = window_for(kind, moment - now)
+        if name is None:
+            return
+    out.append(Announced(name, left, moment, parse_count(limit) or 0))
 
 
 def openai_budget(headers: Mapping[str, str], now: float) -> list[Announced] | None:
@@ -244,6 +285,12 @@ class Dialect:
         if rest in ("", "/"):
             rest = self.default_path
         return rest, self
+
+    def path_model(self, path: str) -> tuple[str, str] | None:
+        """For a family whose paths name the model: (the path as it will be sent, the model
+        it names, '' for none); a ValueError when the path names a model in a form this
+        cannot read. None (every family but Gemini's native API): the body names it."""
+        return None
 
     def add_key(self, out: list[tuple[str, str]], secret: str) -> None:
         """Append the headers that carry `secret` (and any the family requires with it)."""

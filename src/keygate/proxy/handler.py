@@ -150,10 +150,15 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         except (BadContentLength, BodyTooLarge) as exc:
             raise body_refused(exc, limit) from None
         qs = "?" + query.decode("latin-1") if query else ""
+        doc = None  # the body parsed, when a client's lists or limits must read it
         if method == "POST":
             if body and path.startswith("/v1/"):
+                if ex.client is not None and ex.client.checks_body:
+                    doc = clients.read_strictly(body, headers)
+                    if doc is not None and ex.client.token_limited:
+                        body = clients.ask_for_usage(body, doc, path)
                 # route by model: the unified endpoint only (`proxy.unified`)
-                plan = plan_route(gw, path, body)
+                plan = plan_route(gw, path, body, doc)
                 if plan is not None:
                     ex.arm(receive, gw.loop)
                     await forward_chain(gw, ex, send, plan, headers, qs)
@@ -163,18 +168,23 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
         if ex.adapter is not None:
             up_path, ex.wire = ex.adapter.path, ex.adapter.wire
             body = translate_request(ex.adapter, body, cfg)
+            doc = None
             ex.model = ex.adapter.model
             qs = ""  # the client API's parameters (Claude Code's ?beta=true) mean nothing there
             if ex.adapter.local is not None:
                 await answer_locally(ex, send)
                 return
         elif body and method == "POST":
-            body = apply_model(body, cfg, up_path)
+            filled = apply_model(body, cfg, up_path)
+            if filled is not body:
+                body, doc = filled, None
             ex.model = find_model(body)
-        if ex.client is not None:
-            await clients.admit(gw, ex, name, up_path, body)  # 403/429, before upstream
+        if ex.client is not None:  # 403/429, before upstream
+            up_path, body = await clients.admit(gw, ex, name, up_path, body, doc, headers)
         ex.serve(name, ex.model)
-        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
+        # a client's reservation is the estimate read from its parsed body, when it has one
+        reserved = ex.reserved.tokens if ex.reserved is not None else -1
+        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage, reserved)
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive, gw.loop)
@@ -381,7 +391,7 @@ async def forward_chain(
         tries = await plan.spread(tries)
     if ex.client is not None:  # the targets this client may use, and its limits: 403/429 here
         tries = clients.allowed_targets(ex.client, plan.model, tries)
-        await clients.charge(gw, ex, plan.body, tries[0][0].cfg.default_max_tokens)
+        await clients.charge(gw, ex, plan.body, tries[0][0].cfg.default_max_tokens, plan.parsed)
     final = len(tries) - 1
     budget = plan.budget(tries) if final else -1  # -1: the one provider's own
     failure = None
@@ -407,7 +417,8 @@ async def forward_chain(
                 await answer_locally(ex, send)
                 return
         ex.serve(cfg.name, ex.model)
-        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage)
+        reserved = ex.reserved.tokens if ex.reserved is not None else -1
+        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage, reserved)
         left = None if budget < 0 else 0 if not last else max(0, budget - ex.retries)
         failure = await forward(gw, rt, ex, send, "POST", url, client_headers, body, left, not last)
         if failure is None:
@@ -437,10 +448,12 @@ async def _give_up(ex: Exchange, send: Any, failure: Failure) -> None:
         status, raw_headers, err_body, injected = last
         # cold path: every key of the pool, not only the one this try injected
         redactor = redactor_for(cfg.name)
-        err_body = redactor.scrub(err_body, rt.pool.entries, injected)
-        headers = redactor.scrub_headers(response_headers(raw_headers), rt.pool.entries, injected)
+        headers = response_headers(raw_headers)
         if ex.adapter is not None:  # the refusal in the client's family, status kept
             err_body, headers = ex.adapter.error(status, err_body, headers)
+        # scrubbed as the client reads it (a translation may join what came in pieces)
+        err_body = redactor.scrub(err_body, rt.pool.entries, injected)
+        headers = redactor.scrub_headers(headers, rt.pool.entries, injected)
         if retried or status in (401, 403):
             headers = [h for h in headers if h[0] != b"x-should-retry"] + [_NO_RETRY]
         # the body may have been cut at ERROR_BODY_LIMIT or by a broken upstream: say what we send
@@ -458,6 +471,8 @@ async def _give_up(ex: Exchange, send: Any, failure: Failure) -> None:
             last_error.retry = False  # keygate already retried on another try
         raise last_error
     if wait is None:
+        if not rt.pool.entries:  # as the prefix route says it (a routed target gets here)
+            raise GatewayError(503, f"no API key configured for provider '{cfg.name}'", "no_keys")
         raise GatewayError(
             503,
             f"no usable API key for provider '{cfg.name}' (all invalid, exhausted or disabled)",

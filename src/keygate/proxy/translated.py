@@ -1,7 +1,8 @@
 """Relaying an answer that changes family on the way (`Exchange.adapter` is set).
 
 The same rules as the plain relay (`handler._relay_whole` / `_relay_stream`): the injected key
-is masked before anything else reads the bytes, usage is read from the upstream's own bytes,
+is masked in the bytes the client receives (after translation, which may join a key the
+upstream sent in pieces), usage is read from the upstream's own bytes,
 the watchdog tells a silent upstream from a slow client. What differs: a whole answer is
 rebuilt in the client's family, and a stream goes through the adapter's state machine event by
 event. A stream that breaks still ends as the client's SDK reads an error: Anthropic clients
@@ -102,13 +103,13 @@ async def _whole(
     assert dog is not None and adapter is not None and wire is not None
     body = await read_answer(resp, ex, idle, MAX_ANSWER_BYTES)
     wire.scan_usage(body, ex.usage, True)
-    body = body.replace(secret, masked)
     try:
         body = adapter.answer(body)
     except ValueError:
         raise GatewayError(
             502, "the upstream's answer could not be translated", "upstream_unreachable"
         ) from None
+    body = body.replace(secret, masked)  # what the client reads: the translation decoded it
     headers = adapter.headers(headers, False)
     headers.append((b"content-length", str(len(body)).encode()))
     ex.status = resp.status
@@ -151,7 +152,7 @@ async def _stream(
                 break
             dog.pause()  # a slow client is not an idle upstream
             scan_usage(chunk, usage)
-            out = translator.feed(scrubber.feed(chunk))
+            out = scrubber.feed(translator.feed(chunk))
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
             dog.touch()
@@ -162,9 +163,9 @@ async def _stream(
     except (aiohttp.ClientError, OSError) as exc:
         ex.error = f"upstream broke mid-response: {type(exc).__name__}"
     if ex.error:
-        out = translator.fail(ex.error)
+        out = scrubber.feed(translator.fail(ex.error)) + scrubber.flush()
     else:
-        out = translator.feed(scrubber.flush()) + translator.end()
+        out = scrubber.feed(translator.end()) + scrubber.flush()
         if translator.failed:
             ex.error = "upstream stream ended before the answer was complete"
     if translator.abort:

@@ -18,7 +18,7 @@ from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.openai import OPENAI
 from keygate.proxy.errors import GatewayError
 from keygate.proxy.route import MODEL_VALUE
-from keygate.routing import ROUTED_PATHS, Route, Target
+from keygate.routing import ROUTED_PATHS, TARGETS_MAX, Route, Target
 from keygate.translate import Adapter, adapter_for, client_family
 
 if TYPE_CHECKING:
@@ -84,6 +84,11 @@ class Plan:
         self.span = span  # where the model's name lies in `body` (inside its quotes), if certain
 
     @property
+    def parsed(self) -> dict[str, Any] | None:
+        """The body parsed, if it was (a client whose lists or limits read it)."""
+        return self._doc
+
+    @property
     def doc(self) -> dict[str, Any]:
         """The body parsed, for a target of another API family (its translation)."""
         if self._doc is None:
@@ -120,8 +125,10 @@ class Plan:
     @staticmethod
     def budget(tries: list[Try]) -> int:
         """One retry budget for the whole chain: enough to reach every target, and at least
-        what the most patient provider would allow on its own."""
-        return max(len(tries) - 1, max((rt.cfg.retries for rt, _, _ in tries), default=0))
+        what the most patient provider would allow on its own; never more than TARGETS_MAX
+        tries in all, however the chain came to be."""
+        wanted = max(len(tries) - 1, max((rt.cfg.retries for rt, _, _ in tries), default=0))
+        return min(wanted, TARGETS_MAX - 1)
 
     def order(self, gw: Gateway) -> list[Try]:
         """The targets to try, as written; each with the adapter that translates for it when
@@ -151,11 +158,16 @@ class Plan:
         return [tries[i] for i in ranked]
 
 
-def plan_route(gw: Gateway, path: str, body: bytes) -> Plan | None:
+def plan_route(
+    gw: Gateway, path: str, body: bytes, doc: dict[str, Any] | None = None
+) -> Plan | None:
     """The plan for a unified-endpoint request whose model routes somewhere; None leaves the
-    request to the default provider, its body untouched."""
+    request to the default provider, its body untouched. `doc`: the body already parsed
+    strictly (a client whose lists read it), whose top-level model is then the one routed."""
     if path not in ROUTED_PATHS:
         return None
+    if doc is not None:
+        return _parsed_plan(gw, path, body, doc)
     found = MODEL_VALUE.search(body)
     if found is None:
         return None
@@ -186,3 +198,20 @@ def plan_route(gw: Gateway, path: str, body: bytes) -> Plan | None:
     # spelt without escapes (then the bytes between its quotes are exactly the name)
     exact = once and raw.find(b"\\") < 0
     return Plan(route, path, body, doc, model, found.span(1) if exact else None)
+
+
+def _parsed_plan(gw: Gateway, path: str, body: bytes, doc: dict[str, Any]) -> Plan | None:
+    model = doc.get("model")
+    route = gw.models.resolve(model) if isinstance(model, str) else None
+    if route is None:
+        return None
+    assert isinstance(model, str)
+    found = MODEL_VALUE.search(body)
+    # in place only when the one plain "model" in the body is the top-level one
+    exact = (
+        found is not None
+        and body.count(b'"model"') == 1
+        and body.find(b"\\u") < 0
+        and found.group(1) == model.encode()
+    )
+    return Plan(route, path, body, doc, model, found.span(1) if exact and found else None)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from keygate.budget import within
 from keygate.control.base import Event, Pick
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, default_limits
 from keygate.control.local.keypool import LocalKeyPool
@@ -367,8 +368,10 @@ class SharedKeyPool:
             handle.end,
             max(0, entry.inflight - 1),
         ]
+        now = self.clock()
         for b in budget or ():
-            args += [b.window, b.remaining, b.reset_at, b.limit]
+            if within(b.window, b.reset_at - now):  # as KeyQuota.announce judges it
+                args += [b.window, b.remaining, b.reset_at, b.limit]
         return args
 
     # --- membership and admin (sync callers: written now, answers applied when they come) -------
