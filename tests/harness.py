@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +30,15 @@ T = TypeVar("T")
 
 PASSWORD = "gw-test-password"
 ADMIN_PASSWORD = "admin-test-password"
+
+
+def console_script(name: str = "keygate") -> str:
+    """The console script `name` of the Python running the tests (a virtual environment's
+    `bin/` is not on PATH unless activated), else whatever PATH finds; `name` if neither."""
+    here = Path(sysconfig.get_path("scripts")) / name
+    if here.exists():
+        return str(here)
+    return shutil.which(name) or name
 
 
 def free_port() -> int:

@@ -327,10 +327,16 @@ def test_list_filters_search_pagination_and_json(cli: Cli, store_env: dict[str, 
     # the table: a header, one row per key with masked key and label, "N of M"
     out = cli.ok("keys", "list", "--provider", "cerebras", "--limit", "3", "--offset", "1")
     lines = out.strip().splitlines()
-    assert lines[0].split()[:5] == ["id", "provider", "key", "status", "uses"]
+    # every count says what it counts: a legend beside the table names each column
+    header = lines[0].split()
+    assert header == ["id", "provider", "key", "status", "req/total", "req/day", "tok/day", "label"]
+    [legend] = [n for n in cli.notes if "req/total" in n]
+    for column in ("req/total = requests sent", "req/day, tok/day = requests and tokens in"):
+        assert column in legend, legend
     assert lines[-1] == "3 of 7"
     assert len(lines) == 5
     assert lines[1].split()[:4] == [str(ids[5]), "cerebras", mask(cer[5]), "active"]
+    assert lines[1].split()[4:7] == ["0", "-", "-"]  # no day limit: nothing counted, not a 0
     assert lines[1].endswith("team-red-5")
     rows = cli.ok("keys", "list", "--status", "disabled").strip().splitlines()[1:-1]
     assert [row.split()[:4] for row in rows] == [
@@ -848,3 +854,59 @@ def test_config_check_reports_every_error_and_refused_keys(cli: Cli, tmp_path: P
         assert "environment" in words[0] or str(path) in matching[0], matching
     # a key list in one string splits on whitespace too: two keys, not one refused
     assert not any("spaced" in line or good_key in line for line in lines)
+
+
+def test_config_check_reports_every_models_error(cli: Cli, tmp_path: Path) -> None:
+    """An unknown provider, a cycle and an empty group in one `models:` table: three lines, each
+    naming its key; the cycle once; an entry naming a broken one adds nothing of its own."""
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": {
+                    "typo": "nosuch/m",
+                    "loop-a": {"targets": ["loop-b"]},
+                    "loop-b": "loop-a",
+                    "empty": {"strategy": "fallback", "targets": []},
+                    "odd": {"strategy": "round", "targets": ["groq/m", "nope/x"], "weight": 2},
+                    "uses-typo": {"targets": ["typo", "groq/m"]},
+                    "fine": "groq/llama-3.1-8b-instant",
+                }
+            }
+        )
+    )
+    proc = cli.run("config", "check", str(path))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    expected = [
+        "models.typo: unknown provider 'nosuch'",
+        "models.loop-b: cycle: loop-a → loop-b → loop-a",
+        "models.empty.targets: must be a non-empty list",
+        "models.odd: unknown field(s) weight",
+        "models.odd.strategy: must be one of",
+        "models.odd.targets[1]: unknown provider 'nope'",
+    ]
+    assert len(lines) == len(expected), lines
+    for problem in expected:
+        [line] = [x for x in lines if f": {problem}" in x]
+        assert line.startswith(f"keygate: config file {path}: models."), line
+    # the server refuses the same file, at its first problem
+    from keygate.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as exc:
+        load_settings({}, path)
+    assert f"keygate: {exc.value}" in lines
+
+
+def test_serve_help_explains_every_option(tmp_path: Path) -> None:
+    cli = Cli(clean_env(tmp_path / "data"))
+    out = cli.ok("serve", "--help")
+    options = " ".join(out.split("options:", 1)[1].split())  # argparse wraps the help text
+    for flag, words in (
+        ("--host HOST", "address to listen on (or KEYGATE_HOST; default 127.0.0.1"),
+        ("--port PORT", "port to listen on (or KEYGATE_PORT, or PORT; default 8080)"),
+        ("--config CONFIG", "YAML config file (or KEYGATE_CONFIG)"),
+        ("--workers WORKERS", "worker processes on one port (or KEYGATE_WORKERS)"),
+    ):
+        assert f"{flag} {words}" in options, (flag, out)

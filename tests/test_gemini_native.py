@@ -17,7 +17,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
-from harness import PASSWORD
+from harness import PASSWORD, wait_for
 from keygate.testing.mock_upstream import MockUpstream
 
 POOL_KEY = "AIza-native-pool-key-0001"
@@ -143,3 +143,34 @@ def test_gateway_errors_on_native_paths_have_googles_shape(
     )
     assert r.status_code == 401
     assert r.json()["error"]["type"] == "authentication_error"
+
+
+def test_native_usage_is_counted_whole_and_streamed(gw: Any, mock: MockUpstream) -> None:
+    """usageMetadata is the usage of Gemini's own API: a whole answer's and a stream's (whose
+    every chunk repeats the running totals: the last counts, not their sum) reach the
+    provider's and the key's token counters as the upstream reported them."""
+    mock.set_behavior(text="counted native answer, in four pieces", chunks=4)
+    client = sdk(gw)
+    whole = client.models.generate_content(model=MODEL, contents="count this prompt")
+    streamed = list(
+        client.models.generate_content_stream(model=MODEL, contents="and count this one too")
+    )
+    assert len(streamed) == 4
+    reported = [whole.usage_metadata, streamed[-1].usage_metadata]
+    assert all(u is not None and u.prompt_token_count for u in reported)
+    tokens_in = sum(u.prompt_token_count or 0 for u in reported if u is not None)
+    tokens_out = sum(u.candidates_token_count or 0 for u in reported if u is not None)
+    assert tokens_out > 4  # more than one token per chunk: a sum of the running totals differs
+    summed = sum(
+        (c.usage_metadata.candidates_token_count or 0) for c in streamed if c.usage_metadata
+    )
+    assert summed > reported[1].candidates_token_count  # type: ignore[union-attr]
+
+    def gemini_stats() -> dict[str, Any]:
+        return gw.api("GET", "/api/stats").json()["providers"].get("gemini", {})
+
+    wait_for(lambda: gemini_stats().get("requests") == 2, 10, "both answers accounted")
+    stats = gemini_stats()
+    assert (stats["tokens_in"], stats["tokens_out"]) == (tokens_in, tokens_out)
+    [key] = gw.api("GET", "/api/keys", params={"provider": "gemini"}).json()["keys"]
+    assert (key["tokens_in"], key["tokens_out"]) == (tokens_in, tokens_out)

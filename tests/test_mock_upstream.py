@@ -15,9 +15,12 @@ from pathlib import Path
 
 import aiohttp
 import anthropic
+import httpx
 import openai
 import orjson
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
 
 from keygate.testing.mock_upstream import MockUpstream
 
@@ -375,3 +378,144 @@ async def test_command_line_process() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# ---------------------------------------------------------------- each family's own shapes
+
+GEMINI_MODEL_FIELDS = {
+    "name",
+    "displayName",
+    "supportedGenerationMethods",
+    "inputTokenLimit",
+    "outputTokenLimit",
+}
+
+
+def genai_client(mock: MockUpstream) -> genai.Client:
+    return genai.Client(api_key="gk", http_options={"base_url": mock.url})
+
+
+def test_gemini_native_model_list_and_model_in_googles_shape(mock: MockUpstream) -> None:
+    client = genai_client(mock)
+    [model] = list(client.models.list())
+    assert model.name == "models/mock-model" and model.display_name
+    assert model.supported_actions and "generateContent" in model.supported_actions
+    assert model.input_token_limit and model.output_token_limit
+    got = client.models.get(model="gemini-2.0-flash")
+    assert got.name == "models/gemini-2.0-flash" and got.input_token_limit
+
+    mock.set_behavior(models=["gemini-a", "gemini-b", "text-embedding-c"])
+    with httpx.Client(base_url=mock.url, headers={"x-goog-api-key": "gk"}) as http:
+        first = http.get("/v1beta/models", params={"pageSize": 2}).json()
+        assert set(first) == {"models", "nextPageToken"}
+        assert [m["name"] for m in first["models"]] == ["models/gemini-a", "models/gemini-b"]
+        assert all(set(m) >= GEMINI_MODEL_FIELDS for m in first["models"])
+        rest = http.get(
+            "/v1beta/models", params={"pageSize": 2, "pageToken": first["nextPageToken"]}
+        ).json()
+        assert set(rest) == {"models"}  # the last page has no token
+        [embedder] = rest["models"]
+        assert embedder["name"] == "models/text-embedding-c"
+        assert "embedContent" in embedder["supportedGenerationMethods"]
+        # `/v1/models` with a Google key is Gemini's list too; with a bearer, OpenAI's
+        assert "models" in http.get("/v1/models").json()
+        bearer = httpx.get(mock.url + "/v1/models", headers={"Authorization": "Bearer k"})
+        assert bearer.json()["object"] == "list"
+        missing = http.get("/v1beta/models/nosuch")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["status"] == "NOT_FOUND"
+    # the SDK follows the pages
+    assert [m.name for m in client.models.list(config={"page_size": 2})] == [
+        "models/gemini-a",
+        "models/gemini-b",
+        "models/text-embedding-c",
+    ]
+
+
+def test_gemini_native_embeddings_and_token_counts(mock: MockUpstream) -> None:
+    client = genai_client(mock)
+    emb = client.models.embed_content(model="text-embedding-004", contents=["a", "b", "c"])
+    assert emb.embeddings is not None and len(emb.embeddings) == 3
+    assert all(e.values and len(e.values) == 4 for e in emb.embeddings)
+    counted = client.models.count_tokens(model="gemini-2.0-flash", contents="hello there")
+    assert counted.total_tokens and counted.total_tokens > 0
+
+    with httpx.Client(base_url=mock.url, headers={"x-goog-api-key": "gk"}) as http:
+        one = http.post(
+            "/v1beta/models/text-embedding-004:embedContent",
+            json={"content": {"parts": [{"text": "hi"}]}, "outputDimensionality": 8},
+        ).json()
+        assert set(one) == {"embedding"} and len(one["embedding"]["values"]) == 8
+        batch = http.post(
+            "/v1beta/models/text-embedding-004:batchEmbedContents",
+            json={"requests": [{"content": {"parts": [{"text": t}]}} for t in "xy"]},
+        ).json()
+        assert set(batch) == {"embeddings"} and len(batch["embeddings"]) == 2
+        body = {"contents": [{"role": "user", "parts": [{"text": "count me"}]}]}
+        count = http.post("/v1beta/models/gemini-2.0-flash:countTokens", json=body).json()
+        assert count["totalTokens"] == len(orjson.dumps(body)) // 4
+        bad = http.post("/v1beta/models/text-embedding-004:batchEmbedContents", content=b"[")
+        assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_gemini_native_usage_metadata_in_every_chunk(mock: MockUpstream) -> None:
+    """As the API does: every streamed chunk carries usageMetadata with the totals so far, and
+    the last one the whole answer's (the same as the unstreamed answer's)."""
+    mock.set_behavior(text="four streamed pieces", chunks=4)
+    client = genai_client(mock)
+    whole = client.models.generate_content(model="gemini-2.0-flash", contents="hi")
+    usage = whole.usage_metadata
+    assert usage is not None and usage.prompt_token_count and usage.candidates_token_count
+    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count
+    chunks = list(client.models.generate_content_stream(model="gemini-2.0-flash", contents="hi"))
+    assert len(chunks) == 4
+    metas = [c.usage_metadata for c in chunks]
+    assert all(m is not None for m in metas)
+    outputs = [m.candidates_token_count or 0 for m in metas if m is not None]
+    assert outputs == sorted(outputs) and outputs[0] < outputs[-1]  # running totals
+    assert outputs[-1] == usage.candidates_token_count
+    assert {m.prompt_token_count for m in metas if m is not None} == {usage.prompt_token_count}
+    assert chunks[-1].candidates and chunks[-1].candidates[0].finish_reason == "STOP"
+
+
+def test_gemini_native_errors_in_googles_shape(mock: MockUpstream) -> None:
+    mock.push(status=429)
+    client = genai_client(mock)
+    with pytest.raises(genai_errors.ClientError) as caught:
+        client.models.generate_content(model="gemini-2.0-flash", contents="hi")
+    assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
+    mock.push(status=503)
+    r = httpx.get(mock.url + "/v1beta/models", headers={"x-goog-api-key": "gk"})
+    assert r.status_code == 503
+    assert r.json() == {
+        "error": {"code": 503, "message": "mock upstream error (HTTP 503)", "status": "UNAVAILABLE"}
+    }
+
+
+def test_anthropic_count_tokens_and_models_in_anthropics_shape(mock: MockUpstream) -> None:
+    client = anthropic.Anthropic(base_url=mock.url, api_key="k", max_retries=0)
+    msgs = [{"role": "user", "content": "how many tokens is this?"}]
+    counted = client.messages.count_tokens(model="claude-x", messages=msgs)  # type: ignore[arg-type]
+    (rec,) = mock.records()
+    assert rec.path == "/v1/messages/count_tokens"
+    assert counted.input_tokens == len(rec.body) // 4
+
+    mock.set_behavior(models=["claude-a", "claude-b", "claude-c"])
+    raw = httpx.get(
+        mock.url + "/v1/models",
+        params={"limit": 2},
+        headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+    ).json()
+    assert set(raw) == {"data", "has_more", "first_id", "last_id"}
+    assert raw["has_more"] is True and (raw["first_id"], raw["last_id"]) == ("claude-a", "claude-b")
+    assert all(set(m) == {"type", "id", "display_name", "created_at"} for m in raw["data"])
+    assert all(m["type"] == "model" for m in raw["data"])
+    # the SDK pages through with after_id, and reads one model
+    assert [m.id for m in client.models.list(limit=2)] == ["claude-a", "claude-b", "claude-c"]
+    model = client.models.retrieve("claude-b")
+    assert model.type == "model" and model.display_name and model.created_at.year == 2025
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("claude-z")
+    # the same path with a bearer key is OpenAI's list
+    plain = httpx.get(mock.url + "/v1/models", headers={"Authorization": "Bearer k"}).json()
+    assert plain["object"] == "list" and plain["data"][0]["object"] == "model"

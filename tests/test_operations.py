@@ -15,13 +15,24 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import httpx
 import pytest
 import yaml
 
-from harness import CHAT, PASSWORD, fire, free_port, start_gateway, wait_healthy, wait_log
+from harness import (
+    CHAT,
+    PASSWORD,
+    console_script,
+    fire,
+    free_port,
+    start_gateway,
+    wait_healthy,
+    wait_log,
+)
+from keygate.control.keypool import mask
 from keygate.store import create_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,6 +269,100 @@ def test_reload_applies_new_limits_and_refuses_a_bad_file(
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers-2"])
+def test_keygate_reload_fails_with_the_reason_when_the_server_refuses_the_file(
+    tmp_path: Path, mock, workers: int
+) -> None:
+    cfg = tmp_path / "keygate.yaml"
+    write_config(cfg, 1, [KEY])
+    gw = start_gateway(
+        tmp_path,
+        mock,
+        args=["--config", str(cfg), *(["--workers", str(workers)] if workers > 1 else [])],
+    )
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "keygate", "reload"],
+            capture_output=True,
+            text=True,
+            env=gw.env,
+            timeout=60,
+        )
+
+    try:
+        cfg.write_text("providers:\n  cerebras:\n    rps: -3\n")
+        check = subprocess.run(
+            [sys.executable, "-m", "keygate", "config", "check", str(cfg)],
+            capture_output=True,
+            text=True,
+            env=gw.env,
+        )
+        reason = check.stderr.strip().removeprefix("keygate: ")
+        assert check.returncode == 2 and "rps" in reason
+        refused = reload()
+        assert refused.returncode == 2, (refused.stdout, refused.stderr)
+        assert refused.stdout == ""
+        assert refused.stderr.strip() == (
+            f"keygate: keygate pid {gw.proc.pid} refused the reload, the running config stays: "
+            f"{reason}"
+        )
+        assert ok_count(gw) <= workers  # still the old limits
+        write_config(cfg, 500, [KEY])
+        done = reload()
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"keygate pid {gw.proc.pid} reloaded: "), done.stdout
+        if workers == 1:
+            assert re.search(rf"{re.escape(str(cfg))} re-read, [1-9]\d* change", done.stdout)
+        else:
+            assert "asked 2 worker(s) to re-read it" in done.stdout
+        assert (gw.data_dir / "reload.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert gw.stop() == 0, gw.log()
+
+
+def test_keys_are_labelled_by_where_they_came_from(tmp_path: Path, mock) -> None:
+    """A key the config file lists is `config`, one from `<NAME>_API_KEYS` is `env`, at start
+    and on reload; a provider new in the file on reload gets its keys at once."""
+    env_key, file_key, later_key, new_key = (
+        f"{tag}-src-0123456789-{tag}" for tag in ("envk", "file", "late", "newp")
+    )
+    cfg = tmp_path / "keygate.yaml"
+    doc: dict[str, Any] = {"providers": {"cerebras": {"keys": [file_key]}}}
+    cfg.write_text(yaml.safe_dump(doc))
+    gw = start_gateway(tmp_path, mock, env={"GROQ_API_KEYS": env_key}, args=["--config", str(cfg)])
+    try:
+
+        def sources() -> dict[str, str]:
+            keys = gw.api("GET", "/api/keys").json()["keys"]
+            return {k["masked"]: k["source"] for k in keys}
+
+        masked = {k: mask(k) for k in (env_key, file_key, later_key, new_key)}
+        assert sources() == {masked[file_key]: "config", masked[env_key]: "env"}
+        doc["providers"]["cerebras"]["keys"] = [file_key, later_key]
+        doc["providers"]["acme"] = {"base_url": mock.url, "keys": [new_key]}
+        cfg.write_text(yaml.safe_dump(doc))
+        done = subprocess.run(
+            [sys.executable, "-m", "keygate", "reload"],
+            capture_output=True,
+            text=True,
+            env=gw.env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sources() == {
+            masked[file_key]: "config",
+            masked[env_key]: "env",
+            masked[later_key]: "config",
+            masked[new_key]: "config",
+        }
+        r = httpx.post(f"{gw.url}/acme/v1/chat/completions", json=CHAT, headers=gw.auth())
+        assert r.status_code == 200, r.text
+        assert mock.count(new_key) == 1
+    finally:
+        assert gw.stop() == 0, gw.log()
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers-2"])
 def test_json_logs_one_object_per_line_and_no_whole_key(
     gateway_factory, mock, workers: int
 ) -> None:
@@ -336,9 +441,7 @@ def test_entry_command_of_the_container_serves(tmp_path: Path, mock) -> None:
         "KEYGATE_DATA_DIR": str(data),
         "ADMIN_PASSWORD": "container-admin",
     }
-    argv = [shutil.which(cmd[0]) or cmd[0], *cmd[1:]]
-    if cmd[0] == "keygate" and not shutil.which("keygate"):
-        argv = [sys.executable, "-m", "keygate", *cmd[1:]]
+    argv = [console_script(cmd[0]), *cmd[1:]]  # the image's PATH has it; ours may be a venv's
     log = tmp_path / "container.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -406,3 +509,203 @@ def test_deploy_examples_name_only_documented_variables() -> None:
     for name in names - {"CEREBRAS_API_KEYS"}:
         assert f"`{name}`" in readme, name
     assert set(compose["services"]) == {"keygate", "redis", "postgres"}
+
+
+NASTY_PASSWORD = "p@ss/w%rd:#?&=40 x"  # everything a URL gives a meaning to
+
+
+def compose_env(service: str, values: dict[str, str]) -> dict[str, str]:
+    """A compose service's environment as `docker compose` interpolates it from `values`."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+    def one(m: re.Match[str]) -> str:
+        return values[m.group(1)]
+
+    return {
+        k: re.sub(r"\$\{(\w+)(?::?[-?][^}]*)?\}", one, str(v))
+        for k, v in compose["services"][service]["environment"].items()
+    }
+
+
+def test_compose_takes_a_postgres_password_with_url_characters() -> None:
+    values = {"ACCESS_PASSWORD": "a", "ADMIN_PASSWORD": "b", "POSTGRES_PASSWORD": NASTY_PASSWORD}
+    env = compose_env("keygate", values)
+    url = urlsplit(env["KEYGATE_DB"])
+    assert (url.scheme, url.hostname, url.port, url.path) == (
+        "postgresql",
+        "postgres",
+        5432,
+        "/keygate",
+    )
+    assert url.username == "keygate"
+    # the password reaches keygate whole, as the postgres service has it
+    password = unquote(url.password) if url.password is not None else env.get("PGPASSWORD")
+    assert password == compose_env("postgres", values)["POSTGRES_PASSWORD"] == NASTY_PASSWORD
+
+
+@pytest.mark.postgres
+def test_the_postgres_password_can_come_from_pgpassword(tmp_path: Path, mock) -> None:
+    """What compose.yaml relies on: KEYGATE_DB without a password, the password (any
+    characters) in PGPASSWORD, on a server that checks it."""
+    from servers import postgres_bin, start_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL binaries not installed")
+    server = start_postgres(tmp_path)
+    try:
+
+        async def prepare() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(server.dsn)
+            try:
+                secret = NASTY_PASSWORD.replace("'", "''")
+                await conn.execute(f"CREATE ROLE kg LOGIN PASSWORD '{secret}'")
+                await conn.execute("CREATE DATABASE kg OWNER kg")
+            finally:
+                await conn.close()
+
+        asyncio.run(prepare())
+        hba = server.data_dir / "pg_hba.conf"  # the role must give its password
+        hba.write_text("host all kg 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        subprocess.run(
+            [*server.prefix, str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "reload"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        dsn = f"postgresql://kg@127.0.0.1:{server.port}/kg"
+        env = {"KEYGATE_DB": dsn, "PGPASSWORD": NASTY_PASSWORD}
+        gw = start_gateway(tmp_path, mock, env=env)
+        try:
+            assert "postgresql" in gw.log()
+            added = gw.api("POST", "/api/keys", json={"provider": "groq", "key": KEY})
+            assert added.status_code in (200, 201), added.text
+            cli_env = {**gw.env}
+
+            def keys_list(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [sys.executable, "-m", "keygate", "keys", "list", "--json"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=60,
+                )
+
+            listed = keys_list(cli_env)
+            assert listed.returncode == 0, listed.stderr
+            assert json.loads(listed.stdout)["total"] == 1
+            # the server really checks it: without PGPASSWORD the CLI is refused
+            refused = keys_list({k: v for k, v in cli_env.items() if k != "PGPASSWORD"})
+            assert refused.returncode != 0
+            assert "password" in refused.stderr.lower(), refused.stderr
+        finally:
+            assert gw.stop() == 0, gw.log()
+    finally:
+        server.stop()
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether `docker build` leaves `path` (relative, with /) out of the context: a pattern
+    matches the path or one of its parent directories (`**` any number of directories)."""
+    out = False
+    for raw in patterns:
+        keep = raw.startswith("!")
+        pattern = raw.removeprefix("!").strip("/")
+        rx = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                rx, i = rx + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                rx, i = rx + ".*", i + 2
+            else:
+                c = pattern[i]
+                rx += "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c)
+                i += 1
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        if any(re.fullmatch(rx, p) for p in prefixes):
+            out = not keep
+    return out
+
+
+def test_docker_context_leaves_out_local_state_and_keeps_the_build_inputs() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
+    for path in (
+        ".venv/bin/python",
+        ".ci/agents/node_modules/x/package.json",
+        "artifacts/screenshots/keys-desktop.png",
+        "keygate-data/keygate.db",
+        "src/keygate_gateway.egg-info/PKG-INFO",
+        "src/keygate/__pycache__/cli.cpython-311.pyc",
+        "build/lib/keygate/cli.py",
+        "dist/keygate_gateway-0.1.0-py3-none-any.whl",
+        ".pytest_cache/README.md",
+        ".ruff_cache/CACHEDIR.TAG",
+        "bench/results/run.json",
+        ".git/HEAD",
+    ):
+        assert dockerignored(path, patterns), path
+    # what the Dockerfile copies stays in
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    for path in [p for line in copied for p in line.split()]:
+        assert (ROOT / path).exists(), path
+        assert not dockerignored(path, patterns), path
+    assert not dockerignored("src/keygate/admin/ui/static/app.css", patterns)
+
+
+def test_docs_cite_nothing_a_reader_of_the_repository_cannot_find() -> None:
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for pattern in (r"\bSPEC\b", r"§\s*\d", r"\bseed \d{3}\b"):
+            found = re.search(pattern, text)
+            assert found is None, f"{doc.name}: {found.group(0)!r}"
+
+
+def readme_commands() -> tuple[str, str]:
+    """The two commands of the README's "The two commands", as written there."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## The two commands\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```sh\n(.*?)\n```$", section, re.M | re.S)
+    assert len(blocks) == 2, blocks
+    return blocks[0], blocks[1]
+
+
+def test_readme_commands_install_into_a_virtual_environment() -> None:
+    """A stock Debian 12 / Ubuntu 24.04 python3 refuses `pip install` outside a virtual
+    environment (PEP 668): both commands make one and use only what is in it."""
+    install, tests = readme_commands()
+    steps = [s.strip() for s in install.split("&&")]
+    assert steps[0] == "python3 -m venv .venv"
+    assert steps[1] == ".venv/bin/pip install ."
+    assert re.fullmatch(r"(\w+=\S+ )+\.venv/bin/keygate serve", steps[2]), steps[2]
+    assert len(steps) == 3
+    assert tests == "bash .ci/install && .venv/bin/python -m pytest -q"
+    readme = (ROOT / "README.md").read_text()
+    assert "apt-get\ninstall python3-venv" in readme or "apt-get install python3-venv" in readme
+    # CI runs exactly the README's test command; .ci/install fills that same .venv
+    run = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert [line for line in run if "pytest" in line or ".ci/install" in line] == [
+        f"{tests} || status=$?"
+    ]
+    ci_install = (ROOT / ".ci" / "install").read_text()
+    assert "python3 -m venv .venv" in ci_install
+    assert ".venv/bin/python -m pip install" in ci_install
+    assert "python3-venv" in ci_install
+    assert not re.search(r"^\s*python3 -m pip install", ci_install, re.M)
+    assert ".venv/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_distribution_name_is_not_the_taken_one() -> None:
+    """`keygate` on PyPI is an unrelated project: the distribution has a name of its own, the
+    README says how to install it by that name; the package and the command stay `keygate`."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name = project["name"]
+    assert name != "keygate" and name.startswith("keygate-")
+    assert project["scripts"] == {"keygate": "keygate.cli:main"}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"pipx install {name}" in readme and f"pip install {name}" in readme

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import free_port
+from harness import console_script, free_port
 from keygate.cli import main as cli_main
 from keygate.providers import BUILTINS
 from keygate.settings import ConfigError, load_settings
@@ -339,7 +339,7 @@ def run_keygate(
 def test_console_script_config_check(tmp_path: Path) -> None:
     bad = write(tmp_path, "providers:\n  cerebras:\n    rps: -2\n")
     proc = subprocess.run(
-        ["keygate", "config", "check", str(bad)],
+        [console_script("keygate"), "config", "check", str(bad)],
         env=clean_env(),
         capture_output=True,
         text=True,

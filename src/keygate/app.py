@@ -178,7 +178,7 @@ def banner(gw: Gateway, credentials: AdminCredentials, workers_line: str = "") -
         n = len(rt.pool.entries)
         if n or not c.builtin:
             lines.append(
-                f"    {name:<13} {n:>6} keys  rps={c.rps:g} burst={c.burst} max_conn={c.max_conn}  → {c.base_url}"
+                f"    {name:<13} {n:>6} {'key ' if n == 1 else 'keys'}  rps={c.rps:g} burst={c.burst} max_conn={c.max_conn}  → {c.base_url}"
             )
     idle = [name for name, rt in gw.providers.items() if not rt.pool.entries and rt.cfg.builtin]
     if idle:

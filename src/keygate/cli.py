@@ -178,7 +178,17 @@ def _today(key: Any, settings: Any) -> dict[str, int | None]:
 
 
 def _used_of(used: int | None, limit: int | None) -> str:
-    return f"{used or 0}/{limit}" if limit else str(used or 0)
+    """`used/limit`; without a day limit the count alone, `-` when nothing was counted."""
+    if limit:
+        return f"{used or 0}/{limit}"
+    return str(used) if used else "-"
+
+
+KEYS_LIST_LEGEND = (
+    "req/total = requests sent upstream with the key since it was added (retries included); "
+    "req/day, tok/day = requests and tokens in its provider's quota day so far, / the day limit "
+    "that applies to it; they are counted for keys under a quota (- = no day limit, none counted)"
+)
 
 
 async def _keys_list(ctx: Any) -> int:
@@ -216,8 +226,9 @@ async def _keys_list(ctx: Any) -> int:
             rows.append(row)
         print(orjson.dumps({"keys": rows, "total": total}).decode())
         return 0
+    print(f"keygate: note: {KEYS_LIST_LEGEND}", file=sys.stderr)
     print(
-        f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'uses':>7}"
+        f"{'id':>6}  {'provider':<12} {'key':<12} {'status':<10} {'req/total':>9}"
         f"  {'req/day':>13} {'tok/day':>21}  label"
     )
     for k in keys:
@@ -225,7 +236,7 @@ async def _keys_list(ctx: Any) -> int:
         req = _used_of(today["requests"], today["rpd"])
         tok = _used_of(today["tokens"], today["tpd"])
         print(
-            f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>7}"
+            f"{k.id:>6}  {k.provider:<12} {k.masked:<12} {k.status:<10} {k.use_count:>9}"
             f"  {req:>13} {tok:>21}  {k.label}"
         )
     print(f"{len(keys)} of {total}")
@@ -398,7 +409,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from keygate.lifecycle import send_reload
 
     env = {k: v for k, v in os.environ.items() if k != "KEYGATE_CONFIG"}  # not ours to read
-    code, message = send_reload(load_settings(env).data_dir)
+    code, message = send_reload(load_settings(env).data_dir, args.wait)
     print(
         message if code == 0 else f"keygate: {message}",
         file=sys.stdout if code == 0 else sys.stderr,
@@ -431,8 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--host",
+        help="address to listen on (or KEYGATE_HOST; default 127.0.0.1, 0.0.0.0 for every "
+        "interface)",
+    )
+    serve.add_argument(
+        "--port", type=int, help="port to listen on (or KEYGATE_PORT, or PORT; default 8080)"
+    )
     serve.add_argument("--config", help="YAML config file (or KEYGATE_CONFIG)")
     serve.add_argument(
         "--workers", type=int, help="worker processes on one port (or KEYGATE_WORKERS)"
@@ -442,6 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     reload = sub.add_parser(
         "reload",
         help="make the running server (found by KEYGATE_DATA_DIR) re-read its config file",
+        description="Make the running server (found by KEYGATE_DATA_DIR) re-read its config "
+        "file, and say how it went: exit 0 once it has re-read it, 2 if it refused the file "
+        "(the reason is printed; the running config stays), 1 if no server answered.",
+    )
+    reload.add_argument(
+        "--wait",
+        type=float,
+        default=30,
+        metavar="SECONDS",
+        help="how long to wait for the server's answer (default 30; 0: only send the signal)",
     )
     reload.set_defaults(func=cmd_reload)
 
@@ -513,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
+    from keygate.demo import register as register_demo
+
+    register_demo(sub)
     sub.add_parser("bench", help="run the benchmark suite (keygate bench --help; bench/README.md)")
     return p
 

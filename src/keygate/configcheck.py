@@ -9,13 +9,16 @@ shows in context (default_provider, the admin path, environment variables).
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from keygate.control.keypool import mask
 from keygate.providers import BUILTINS, env_names
+from keygate.routing import RouteError, build_table, check_spec
 from keygate.settings import (
     ConfigError,
     ProviderConfig,
@@ -89,14 +92,73 @@ def _check_provider(
 
 
 def _models_errors(path: Path, raw: Any, names: set[str]) -> list[str]:
-    """The `models:` table against every provider the file names (each problem once)."""
+    """Every problem of the `models:` table against the providers the file names, each once.
+
+    `build_table` stops at the first problem, so each one found is repaired in a copy (the bad
+    part replaced by a valid target, an entry with a refused name dropped) and the table checked
+    again: a cycle is reported once, and entries naming a repaired one add no errors of theirs.
+    """
     if raw is None:
         return []
-    try:
-        _models_yaml(path, raw, dict.fromkeys(names))
-    except ConfigError as exc:
-        return [str(exc)]
-    return []
+    if not isinstance(raw, dict):
+        try:
+            _models_yaml(path, raw, dict.fromkeys(names))
+        except ConfigError as exc:
+            return [str(exc)]
+        return []
+    specs = {str(k): copy.deepcopy(v) for k, v in raw.items()}
+    stand_in = f"{min(names)}/model"  # a target that is always valid
+    errors: list[str] = []
+    # each repair fixes one part for good: an entry has its name, fields and targets to repair
+    parts = sum(3 + len(v["targets"]) if _has_list(v) else 3 for v in specs.values())
+    for _ in range(parts + 1):
+        try:
+            build_table(specs, names)
+        except RouteError as exc:
+            line = f"config file {path}: {exc}"
+            if line not in errors:
+                errors.append(line)
+            if not _repair(specs, exc.field, stand_in):
+                break
+        else:
+            break
+    return errors
+
+
+def _has_list(spec: Any) -> bool:
+    return isinstance(spec, Mapping) and isinstance(spec.get("targets"), list)
+
+
+def _repair(specs: dict[str, Any], field: str, stand_in: str) -> bool:
+    """Replace the part of `specs` that `field` (a RouteError's) names; False if none is."""
+    for name, spec in list(specs.items()):
+        base = f"models.{name}"
+        if field == base:
+            try:
+                check_spec(base, name)  # a name is checked as an alias's target string is
+            except RouteError:
+                del specs[name]  # the name itself is refused
+                return True
+            known = {"strategy", "targets"}
+            if isinstance(spec, Mapping) and set(spec) - known:
+                specs[name] = {k: v for k, v in spec.items() if k in known}
+            else:
+                specs[name] = stand_in
+            return True
+        if not isinstance(spec, Mapping) or not field.startswith(f"{base}."):
+            continue
+        rest = field[len(base) + 1 :]
+        if rest == "strategy":
+            spec["strategy"] = "fallback"
+            return True
+        if rest == "targets":
+            spec["targets"] = [stand_in]
+            return True
+        index = re.fullmatch(r"targets\[(\d+)\]", rest)
+        if index and _has_list(spec) and int(index.group(1)) < len(spec["targets"]):
+            spec["targets"][int(index.group(1))] = stand_in
+            return True
+    return False
 
 
 def check_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> list[str]:
@@ -129,13 +191,13 @@ def check_config(path: str | os.PathLike[str], env: Mapping[str, str]) -> list[s
         for var in env_names(name, "API_KEYS"):
             if env.get(var):
                 errors.extend(_key_errors(f"environment variable {var}: key", split_keys(env[var])))
+    names = set(BUILTINS) | {str(n) for n in provs}
+    errors.extend(_models_errors(path, data.get("models"), names))
     if not errors:
         # what only shows with the whole file loaded: default_provider, env, the admin path
         _try(errors, load_settings, env, path)
         return errors
     default = data.get("default_provider")
-    names = set(BUILTINS) | {str(n) for n in provs}
-    errors.extend(_models_errors(path, data.get("models"), names))
     if (
         default is not None
         and not env.get("KEYGATE_DEFAULT_PROVIDER")

@@ -35,7 +35,7 @@ from keygate.routing import (
     split_target,
 )
 from keygate.runtime import ProviderRuntime
-from keygate.settings import ProviderConfig, Settings
+from keygate.settings import ProviderConfig, Settings, key_sources
 from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
 from keygate.sync import StoreSync
@@ -81,8 +81,8 @@ class Gateway:
         self.sync.apply_overrides(await self.store.get_provider_overrides())
         await self.load_models()
         for name, rt in self.providers.items():
-            if rt.cfg.keys:
-                for result in await self.store.add_keys(name, rt.cfg.keys, source="env"):
+            for source, keys in key_sources(rt.cfg, rt.cfg.keys):
+                for result in await self.store.add_keys(name, keys, source=source):
                     if result.status == "invalid":
                         log.warning(
                             "ignored a %s key from the environment/config: %s (%s)",

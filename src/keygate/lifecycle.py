@@ -13,7 +13,9 @@ balancer needs on top:
   be on the wire): they get that 503 answer and close, or are closed when their keep-alive
   timeout passes or when the last running request has finished;
 - exit status 0 after a drain (uvicorn re-raises the signal, which would kill the process);
-- SIGHUP re-reads the config file and applies it (see `reload_app`).
+- SIGHUP re-reads the config file and applies it (see `reload_app`); the process that owns the
+  pid file writes each reload's outcome to `reload.json` beside it, which `keygate reload` waits
+  for (a refused file is the command's error, not only a line in the server's log).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from keygate.observe import log
 
 PID_FILE = "keygate.pid"
+RELOAD_FILE = "reload.json"  # the last reload's outcome, for `keygate reload` to report
 CANCEL_GRACE_S = 5.0  # after the drain time: cancelled requests release their slots and keys
 
 
@@ -47,6 +51,7 @@ class LifeState:
         self._reloader: Callable[[], Awaitable[None]] | None = None
         self._reload_pending = False
         self._reloading: asyncio.Task[None] | None = None
+        self.reload_record: Path | None = None  # set in the process `keygate reload` signals
 
     def begin_drain(self) -> None:
         if not self.draining:
@@ -195,6 +200,7 @@ def pid_file(data_dir: Path | None) -> Generator[Path | None, None, None]:
     if data_dir is None:
         yield None
         return
+    state.reload_record = Path(data_dir) / RELOAD_FILE
     if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda s, f: state.request_reload())
     path = Path(data_dir) / PID_FILE
@@ -244,8 +250,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def send_reload(data_dir: Path) -> tuple[int, str]:
-    """`keygate reload`: SIGHUP to the server whose pid file is in `data_dir`."""
+def send_reload(data_dir: Path, wait_s: float = 0) -> tuple[int, str]:
+    """`keygate reload`: SIGHUP to the server whose pid file is in `data_dir`, then (for up to
+    `wait_s`) its answer. Exit status 0 once it has re-read the file, 2 if it refused the file
+    (the running config stays), 1 if there is no server, or no answer in time."""
     path = Path(data_dir) / PID_FILE
     pid = read_pid(path)
     if pid is None:
@@ -253,16 +261,63 @@ def send_reload(data_dir: Path) -> tuple[int, str]:
             1,
             f"no running keygate found: {path} is missing (is the server running with this KEYGATE_DATA_DIR?)",
         )
+    sent = time.time()
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
         return 1, f"no running keygate found: {path} names pid {pid}, which has exited"
     except PermissionError:
         return 1, f"cannot signal keygate pid {pid} (from {path}): permission denied"
-    return (
-        0,
-        f"sent SIGHUP to keygate pid {pid}: it re-reads its config file; its log says what changed",
-    )
+    if wait_s <= 0:
+        return (
+            0,
+            f"sent SIGHUP to keygate pid {pid}: it re-reads its config file; its log says what changed",
+        )
+    record = Path(data_dir) / RELOAD_FILE
+    deadline = time.monotonic() + wait_s
+    while True:
+        result = read_reload_result(record)
+        if result and result.get("pid") == pid and float(result.get("started", 0)) >= sent:
+            break
+        if time.monotonic() > deadline:
+            return 1, (
+                f"sent SIGHUP to keygate pid {pid}, but it did not report the reload within "
+                f"{wait_s:g} s; its log says what happened"
+            )
+        if not _alive(pid):
+            return 1, f"keygate pid {pid} exited before it reported the reload"
+        time.sleep(0.05)
+    status, detail = result.get("status"), str(result.get("detail", ""))
+    if status == "ok":
+        return 0, f"keygate pid {pid} reloaded: {detail}"
+    if status == "refused":
+        return 2, f"keygate pid {pid} refused the reload, the running config stays: {detail}"
+    return 1, f"keygate pid {pid}: the reload failed part way: {detail}"
+
+
+def report_reload(started: float, status: str, detail: str) -> None:
+    """Record a reload's outcome ("ok", "refused", "failed") for `keygate reload`; only the
+    process that owns the pid file does (with --workers, the supervisor)."""
+    path = state.reload_record
+    if path is None:
+        return
+    doc = {"pid": os.getpid(), "started": started, "status": status, "detail": detail}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(doc))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write %s: %s (keygate reload will not see the outcome)", path, exc)
+
+
+def read_reload_result(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 async def reload_app(app: Any) -> None:
@@ -270,6 +325,7 @@ async def reload_app(app: Any) -> None:
     from keygate.reload import apply_settings
     from keygate.settings import ConfigError, load_settings
 
+    started = time.time()
     settings = app.settings
     path = settings.config_path
     try:
@@ -280,6 +336,7 @@ async def reload_app(app: Any) -> None:
             exc,
             extra={"event": "reload_refused", "error": str(exc)},
         )
+        report_reload(started, "refused", str(exc))
         return
     try:
         changes = await apply_settings(app.gateway, new)
@@ -287,6 +344,7 @@ async def reload_app(app: Any) -> None:
         log.error(
             "reload failed part way: %s", exc, extra={"event": "reload_failed", "error": str(exc)}
         )
+        report_reload(started, "failed", str(exc))
         return
     where = str(path) if path else "environment (no config file)"
     for line in changes:
@@ -297,3 +355,4 @@ async def reload_app(app: Any) -> None:
         len(changes),
         extra={"event": "reload", "changes": len(changes)},
     )
+    report_reload(started, "ok", f"{where} re-read, {len(changes)} change(s) (its log lists them)")

@@ -171,7 +171,7 @@ def flush_note(located: Located) -> str:
         if located.record and located.record.get("flush_interval_ms") is not None:
             ms = int(located.record["flush_interval_ms"])
     if ms <= 0:
-        return "a running server keeps counters in memory (KV_FLUSH_INTERVAL_MS=0): uses show stored values only"
+        return "a running server keeps counters in memory (KV_FLUSH_INTERVAL_MS=0): counts show stored values only"
     return (
         f"status and counters are the store's: a running server writes them every {ms / 1000:g} s,"
         " so they may lag by that much (the admin page shows live values)"

@@ -17,7 +17,7 @@ import dataclasses
 from keygate.gateway import Gateway
 from keygate.overrides import apply_stored
 from keygate.runtime import ProviderRuntime
-from keygate.settings import TUNABLE, Settings
+from keygate.settings import TUNABLE, ProviderConfig, Settings, key_sources
 
 # Settings a reload leaves alone: they come from the environment or the command line, which a
 # running process cannot re-read, or they shape what was built at start.
@@ -58,6 +58,7 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
     apply_stored(new.providers, overrides, gw.settings.allow_private_upstreams)
     for name, ncfg in new.providers.items():
         rt = gw.providers.get(name)
+        before = rt.cfg.keys if rt is not None else []
         if rt is None:
             rt = ProviderRuntime(ncfg, fleet, gw.shared)
             gw.providers[name] = rt
@@ -72,7 +73,7 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
                     changed = True
             if changed:
                 rt.reconfigure(fleet)
-        changes += await _reload_keys(gw, rt, ncfg.keys)
+        changes += await _reload_keys(gw, rt, ncfg, before)
     for name in [n for n in gw.providers if n not in new.providers]:
         del gw.providers[name]
         changes.append(f"providers.{name}: removed (its keys stay in the store)")
@@ -90,14 +91,20 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
     return changes
 
 
-async def _reload_keys(gw: Gateway, rt: ProviderRuntime, listed: list[str]) -> list[str]:
-    cfg = rt.cfg
-    added = [k for k in listed if k not in cfg.keys]
-    dropped = [k for k in cfg.keys if k not in listed]
-    cfg.keys = list(listed)
+async def _reload_keys(
+    gw: Gateway, rt: ProviderRuntime, ncfg: ProviderConfig, before: list[str]
+) -> list[str]:
+    """Import the keys new in the file or environment (labelled by where they came from); a
+    provider new in the file has all of its keys new."""
+    cfg, listed = rt.cfg, ncfg.keys
+    added = [k for k in listed if k not in before]
+    dropped = [k for k in before if k not in listed]
+    cfg.keys, cfg.config_keys = list(listed), list(ncfg.config_keys)
     lines = []
     if added:
-        results = await gw.store.add_keys(cfg.name, added, source="env")
+        results = []
+        for source, keys in key_sources(ncfg, added):
+            results += await gw.store.add_keys(cfg.name, keys, source=source)
         ids = [r.id for r in results if r.status == "added" and r.id is not None]
         for rec in await gw.store.get_keys(ids):
             gw.adopt_key(rec)

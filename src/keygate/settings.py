@@ -62,6 +62,7 @@ class ProviderConfig:
     default_model: str = ""
     force_model: bool = False
     keys: list[str] = field(default_factory=list)
+    config_keys: list[str] = field(default_factory=list)  # those of `keys` the file lists
     models: list[str] = field(default_factory=list)  # listed in /v1/models beside the upstream's
     builtin: bool = True
 
@@ -73,6 +74,7 @@ class ProviderConfig:
         """Settings safe to show (no keys)."""
         d = dataclasses.asdict(self)
         d.pop("keys")
+        d.pop("config_keys")
         return d
 
 
@@ -184,6 +186,17 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def key_sources(cfg: ProviderConfig, keys: list[str]) -> list[tuple[str, list[str]]]:
+    """`keys` grouped by where they came from, as the store labels them: the config file
+    ("config") or a `<NAME>_API_KEYS` variable ("env"); empty groups left out."""
+    listed = set(cfg.config_keys)
+    groups = (
+        ("config", [k for k in keys if k in listed]),
+        ("env", [k for k in keys if k not in listed]),
+    )
+    return [(source, group) for source, group in groups if group]
 
 
 def split_keys(text: str) -> list[str]:
@@ -364,6 +377,7 @@ def _apply_provider_yaml(
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"{where}.keys: must be a list of strings")
             cfg.keys.extend(k for k in value if k.strip() and k not in cfg.keys)
+            cfg.config_keys.extend(k for k in value if k.strip() and k not in cfg.config_keys)
         elif key == "models":
             if not isinstance(value, list) or not all(
                 isinstance(m, str) and m.strip() and len(m) <= MODEL_NAME_MAX for m in value

@@ -193,6 +193,7 @@ class Supervisor:
         self.reload_asked.clear()
         from keygate.settings import ConfigError, load_settings
 
+        started = time.time()
         try:
             load_settings(os.environ)  # the workers' environment: same file, same env
         except ConfigError as exc:
@@ -201,6 +202,7 @@ class Supervisor:
                 exc,
                 extra={"event": "reload_refused", "error": str(exc)},
             )
+            lifecycle.report_reload(started, "refused", str(exc))
             return
         live = [p for p in self.procs if p is not None and p.is_alive()]
         log.info(
@@ -211,6 +213,9 @@ class Supervisor:
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGHUP)
+        lifecycle.report_reload(
+            started, "ok", f"config file checked; asked {len(live)} worker(s) to re-read it"
+        )
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, self._on_sighup)

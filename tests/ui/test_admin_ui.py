@@ -545,6 +545,14 @@ def signed_in(browser: Browser, gw: Any, view: str = "dashboard", **ctx_kw: Any)
         ctx.close()
 
 
+def style(locator: Any, *names: str) -> dict[str, str]:
+    """The computed values of CSS properties (camelCase names) of the one element found."""
+    return locator.evaluate(
+        "(e, names) => Object.fromEntries(names.map(n => [n, getComputedStyle(e)[n]]))",
+        list(names),
+    )
+
+
 def dot_colours(scope: Any) -> list[str]:
     return scope.locator(".chip .dot").evaluate_all(
         "els => els.map(e => getComputedStyle(e).backgroundColor)"
@@ -1015,15 +1023,31 @@ def test_quota_gauges_on_the_keys_view_and_the_provider_card(
         expect(rpd.locator(".meter-value")).to_have_text("3 / 10")
         expect(rpd.locator(".meter-sub")).to_contain_text("resets in")
         expect(card.locator('.quota-meter[data-window="rph"]')).to_have_count(0)
+        # the gauges are styled: a two-column grid of meters on the card, the reset line small
+        # and muted, the track a thin bar under the numbers (not the page's plain block text)
+        meters = style(card.locator(".quota-meters"), "display", "gridTemplateColumns")
+        assert meters["display"] == "grid"
+        assert len(meters["gridTemplateColumns"].split()) == 2, meters
+        sub = style(rpd.locator(".meter-sub"), "fontSize", "color")
+        body = style(page.locator("body"), "fontSize", "color")
+        assert sub["fontSize"] == "11.5px" and sub["color"] != body["color"], (sub, body)
+        assert style(rpd.locator(".meter-track"), "height")["height"] == "6px"
         page.goto(f"{gw.url}/admin/#/keys?provider=cerebras")
         cell = page.locator(".keys-table tbody tr .col-quota")
         expect(cell.locator('.quota-meter[data-window="rpd"] .meter-value')).to_have_text("3 / 10")
         expect(cell.locator('.quota-meter[data-window="tpm"]')).to_have_count(1)
+        compact = cell.locator('.quota-meter[data-window="rpd"]')
+        assert style(cell.locator(".quota-meters.is-compact"), "display")["display"] == "grid"
+        assert style(cell.locator(".quota-cell"), "display")["display"] == "inline-flex"
+        assert style(compact.locator(".meter-track"), "height")["height"] == "4px"
+        assert style(compact.locator(".meter-head"), "fontSize")["fontSize"] == "11.5px"
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "keys-quota-desktop.png"), full_page=True)
         # the key's own limits, edited in a dialog: the gauge follows, the server has them
         cell.locator(".btn-limits").click()
         form = page.locator("dialog .limits-form")
+        grid = style(form.locator(".limits-grid"), "display", "gridTemplateColumns")
+        assert grid["display"] == "grid" and len(grid["gridTemplateColumns"].split()) == 2, grid
         form.locator('input[name="rpd"]').fill("4")
         form.locator('input[name="rph"]').fill("50")
         form.locator('button[type="submit"]').click()

@@ -1,4 +1,5 @@
-"""Anthropic-shaped answers: messages, whole and as the event stream."""
+"""Anthropic-shaped answers: messages, whole and as the event stream; count_tokens; the model
+list (paged by `limit`, `after_id`, `before_id`) and one model."""
 
 from __future__ import annotations
 
@@ -37,6 +38,51 @@ def _anthropic_static(text: str, chunks: int) -> tuple[tuple[bytes, ...], tuple[
         _sse("message_stop", {"type": "message_stop"}),
     )
     return tuple(head), tail
+
+
+_CREATED_AT = "2025-01-01T00:00:00Z"
+
+
+def _anthropic_model(model_id: str) -> dict[str, Any]:
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": model_id.replace("-", " ").title(),
+        "created_at": _CREATED_AT,
+    }
+
+
+def _anthropic_models(ids: list[str], query: Any) -> bytes | None:
+    """`{"data", "has_more", "first_id", "last_id"}`: `limit` models (default 20, at most
+    1000) after `after_id` or before `before_id` (None: a bad `limit`)."""
+    try:
+        limit = int(query.get("limit") or 20)
+    except ValueError:
+        return None
+    if not 1 <= limit <= 1000:
+        return None
+    after, before = query.get("after_id"), query.get("before_id")
+    if before in ids:
+        end = ids.index(before)
+        page = ids[max(0, end - limit) : end]
+        more = end - limit > 0
+    else:
+        start = ids.index(after) + 1 if after in ids else 0
+        page = ids[start : start + limit]
+        more = start + limit < len(ids)
+    return orjson.dumps(
+        {
+            "data": [_anthropic_model(m) for m in page],
+            "has_more": more,
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+        }
+    )
+
+
+def _anthropic_count(body: bytes) -> bytes:
+    """count_tokens: the body's tokens, counted as every usage this mock reports."""
+    return orjson.dumps({"input_tokens": _tokens(len(body))})
 
 
 def _anthropic_message(

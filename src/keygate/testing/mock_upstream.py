@@ -28,8 +28,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from keygate.testing.mock_anthropic import _anthropic_message, _anthropic_stream
-from keygate.testing.mock_gemini import _gemini
+from keygate.testing.mock_anthropic import (
+    _anthropic_count,
+    _anthropic_message,
+    _anthropic_model,
+    _anthropic_models,
+    _anthropic_stream,
+)
+from keygate.testing.mock_gemini import _google_error, gemini_native, gemini_native_answer
 from keygate.testing.mock_limits import STYLES, KeyLimit, tokens_of
 from keygate.testing.mock_openai import (
     _MODELS_BODY,
@@ -80,6 +86,14 @@ def _offered_call(beh: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         if name in offered:
             return {**beh, "tool_calls": ((name, args),), "text": ""}
     return beh
+
+
+def _charged(method: str, path: str) -> bool:
+    """Whether a request counts against its key's limits: not model lists and lookups, nor
+    token counting (providers do not charge those as generations)."""
+    if method == "GET" and (path.endswith("/models") or "/models/" in path):
+        return False
+    return not path.endswith(("/count_tokens", ":countTokens"))
 
 
 def _check_loopback(host: str) -> None:
@@ -402,7 +416,7 @@ class MockUpstream:
                 if rec is not None:
                     self._records.append(rec)
             beh = self._resolve(key)
-            if self._limits and key is not None and not path.endswith("/models"):
+            if self._limits and key is not None and _charged(request.method, path):
                 fits, announced = self._limit(key, body, beh["text"])
                 if not fits:  # over the key's limits: 429, as the provider would
                     beh = {**beh, "status": 429, "body": None, "headers": announced}
@@ -433,7 +447,11 @@ class MockUpstream:
         state: dict[str, Any],
     ) -> web.StreamResponse:
         status: int = beh["status"]
-        anthropic = path.endswith("/messages") or "anthropic-version" in request.headers
+        gemini = gemini_native(request, path)
+        anthropic = not gemini and (
+            path.endswith(("/messages", "/messages/count_tokens"))
+            or "anthropic-version" in request.headers
+        )
         if beh["echo_key"]:
             echo = _extract_key(request) or ""
             beh = {**beh, "echo": echo, "text": f"{beh['text']} (your key: {echo})"}
@@ -442,10 +460,21 @@ class MockUpstream:
             return await _send(request, status, beh["body"], beh, state)
         if not 200 <= status < 300:
             message = f"Incorrect API key provided: {beh['echo']}." if beh["echo_key"] else None
-            err = _error_body(status, anthropic, message)
+            if gemini:
+                err = _google_error(status, message)
+            else:
+                err = _error_body(status, anthropic, message)
             return await _send(request, status, err, beh, state)
 
         method = request.method
+        if gemini:
+            answer = await gemini_native_answer(request, path, body, beh, state, self._ids)
+            if answer is not None:
+                return answer
+        elif anthropic:
+            answer = await self._anthropic_extra(request, path, body, beh, state)
+            if answer is not None:
+                return answer
         if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/messages")):
             data = _parse_json(body)
             if data is None:
@@ -481,8 +510,6 @@ class MockUpstream:
                     self._ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
                 )
             return await _send(request, status, out, beh, state)
-        if method == "POST" and path.endswith((":generateContent", ":streamGenerateContent")):
-            return await _gemini(request, path, body, beh, state)
         if method == "GET" and path.endswith("/models"):
             listed = _MODELS_BODY if beh["models"] is None else _models_body(beh["models"])
             return await _send(request, status, listed, beh, state)
@@ -502,6 +529,37 @@ class MockUpstream:
             }
         )
         return await _send(request, status, echo, beh, state)
+
+    async def _anthropic_extra(
+        self,
+        request: web.BaseRequest,
+        path: str,
+        body: bytes,
+        beh: dict[str, Any],
+        state: dict[str, Any],
+    ) -> web.StreamResponse | None:
+        """Anthropic's count_tokens and model list in its own shapes (None: not one of them)."""
+        method = request.method
+        status: int = beh["status"]
+        if method == "POST" and path.endswith("/messages/count_tokens"):
+            if _parse_json(body) is None:
+                err = _error_body(400, True, "mock upstream: request body is not a JSON object")
+                return await _send(request, 400, err, beh, state)
+            return await _send(request, status, _anthropic_count(body), beh, state)
+        if method != "GET" or not path.startswith("/v1/models"):
+            return None
+        listed = ["mock-model"] if beh["models"] is None else beh["models"]
+        if path in ("/v1/models", "/v1/models/"):
+            page = _anthropic_models(listed, request.query)
+            if page is None:
+                err = _error_body(400, True, "limit: must be between 1 and 1000")
+                return await _send(request, 400, err, beh, state)
+            return await _send(request, status, page, beh, state)
+        model = path[len("/v1/models/") :]
+        if beh["models"] is not None and model not in listed:
+            err = _error_body(404, True, f"model: {model}")
+            return await _send(request, 404, err, beh, state)
+        return await _send(request, status, orjson.dumps(_anthropic_model(model)), beh, state)
 
     # ------------------------------------------------------------------ control
 
