@@ -270,3 +270,77 @@ def test_a_model_less_request_goes_only_to_providers_the_lists_imply(
         assert mock.count() == 0
         assert c.get("/openai/v1/models").status_code == 200
     assert [r.key for r in mock.records()] == [KEYS["OPENAI_API_KEYS"]]
+
+
+# --- what the fuzz run of the lists found -----------------------------------------------
+
+
+def test_a_gemini_path_that_names_no_model_has_its_body_read(gw: Any, mock: MockUpstream) -> None:
+    """Spellings that Gemini's dialect takes for native paths naming no model (`//openai`,
+    `OpenAI`, `V1`) still carry a body whose model the upstream reads."""
+    _, key = add_client(gw, models=["gemini/gemini-2.0-flash"])
+    body = {"model": "gemini-2.5-pro", "messages": MESSAGES}
+    with httpx.Client(base_url=gw.url, timeout=10, headers={"x-goog-api-key": key}) as c:
+        for path in (
+            "/gemini/v1beta//openai/chat/completions",
+            "/gemini/v1beta/OpenAI/chat/completions",
+            "/gemini/V1/chat/completions",
+            "/gemini//v1/embeddings",
+        ):
+            refused(c.post(path, json=body))
+        assert mock.count() == 0
+        ok = c.post(
+            "/gemini/v1beta//openai/chat/completions", json={**body, "model": "gemini-2.0-flash"}
+        )
+        assert ok.status_code != 403, ok.text
+
+
+def test_a_model_key_spelt_with_escapes_counts_as_a_second_model(
+    gw: Any, mock: MockUpstream
+) -> None:
+    _, key = add_client(gw, models=["cerebras/llama3.1-8b"])
+    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    with httpx.Client(base_url=gw.url, timeout=10, headers=headers) as c:
+        for path, body in (
+            (
+                "/cerebras/v1/chat/completions",
+                b'{"\\u006dodel": "gpt-oss-120b", "model": "llama3.1-8b", "messages": []}',
+            ),
+            (
+                "/v1/embeddings",
+                b'{"model": "openai/gpt-4o", "input": "hi", "mod\\u0065l": "llama3.1-8b"}',
+            ),
+        ):
+            r = c.post(path, content=body)
+            assert r.status_code == 400, (path, r.text)
+    assert mock.count() == 0
+
+
+def test_a_body_whose_model_cannot_be_read_is_refused_to_a_client_with_a_model_list(
+    gw: Any, mock: MockUpstream
+) -> None:
+    _, key = add_client(gw, models=["cerebras/llama3.1-8b"])
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=gw.url, timeout=10, headers=auth) as c:
+        refused(c.post("/cerebras/v1/audio/transcriptions", data={"model": "gpt-oss-120b"}))
+        refused(
+            c.post(
+                "/cerebras/v1/audio/transcriptions",
+                files={"file": ("a.wav", b"RIFF")},
+                data={"model": "gpt-oss-120b"},
+            )
+        )
+        chat = orjson.dumps({"model": "gpt-oss-120b", "messages": []})
+        for raw in (b"\xef\xbb\xbf" + chat, chat.decode().encode("utf-16"), b"[" + chat + b"]"):
+            r = c.post("/cerebras/v1/chat/completions", content=raw)
+            assert r.status_code in (400, 403), r.text
+    assert mock.count() == 0
+    # a client limited by provider only may still send what it likes there
+    _, wide = add_client(gw, providers=["cerebras"])
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        r = c.post(
+            "/cerebras/v1/audio/transcriptions",
+            data={"model": "whisper"},
+            headers={"Authorization": f"Bearer {wide}"},
+        )
+    assert mock.count() == 1 and r.status_code != 403

@@ -18,7 +18,7 @@ from aiohttp import web
 from keygate.clients.registry import ClientRegistry
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalKeyPool
-from keygate.proxy import handler
+from keygate.proxy import handler, retry
 from keygate.runtime import ProviderRuntime
 from keygate.settings import ProviderConfig
 from keygate.upstream import create_session
@@ -115,7 +115,7 @@ async def upstream() -> AsyncIterator[Upstream]:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
     monkeypatch.setattr(time, "time", c.time)
-    monkeypatch.setattr(handler, "sleep", c.sleep)
+    monkeypatch.setattr(retry, "sleep", c.sleep)
     return c
 
 
@@ -321,7 +321,7 @@ async def test_cancel_while_waiting_between_tries_releases(
         slept.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(handler, "sleep", stuck)
+    monkeypatch.setattr(retry, "sleep", stuck)
     client = Client()
     task = asyncio.ensure_future(handler.handle(gw, client.scope, client.receive, client.send))
     await asyncio.wait_for(slept.wait(), 5)

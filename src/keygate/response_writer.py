@@ -73,11 +73,11 @@ class ResponseCycle(RequestResponseCycle):
                 )
             self.response_started = True
             self.waiting_for_100_continue = False
-            head = self._frame_head(message["status"], message.get("headers", ()))
+            framed = self._frame_head(message["status"], message.get("headers", ()))
             if self.chunked_encoding:
-                self.transport.write(head)  # a stream: the head now, the events as they come
+                self.transport.write(framed)  # a stream: the head now, the events as they come
             else:
-                self._head = head
+                self._head = framed
             return
         if self.response_complete:
             raise RuntimeError(
@@ -97,7 +97,7 @@ class ResponseCycle(RequestResponseCycle):
             if not more:
                 parts.append(_LAST_CHUNK)
             if parts:
-                self.transport.writelines(parts)
+                self._writelines(parts)
         else:
             size = len(body)
             if size > self.expected_content_length:
@@ -109,7 +109,7 @@ class ResponseCycle(RequestResponseCycle):
                 if body:
                     self.transport.write(body)
             elif body:
-                self.transport.writelines((head, body))
+                self._writelines((head, body))
             else:
                 self.transport.write(head)
         if not more:
@@ -120,6 +120,16 @@ class ResponseCycle(RequestResponseCycle):
             if not self.keep_alive:
                 self.transport.close()
             self.on_response()
+
+    def _writelines(self, parts: Any) -> None:
+        """One writev; uvloop refuses it (where `write` is silent) on a transport the client
+        closed under a pipelined request still being answered: that request is then gone."""
+        try:
+            self.transport.writelines(parts)
+        except RuntimeError:
+            if not self.transport.is_closing():
+                raise
+            self.disconnected = True
 
     def _frame_head(self, status: int, fields: Any) -> bytes:
         headers = [*self.default_headers, *fields] if self.default_headers else fields

@@ -60,8 +60,20 @@ def read_strictly(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> dict[s
         raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         return None
-    if body.count(b'"model"') > 1 and _models_named(body) > 1:
+    # a second model key, plain or spelt with escapes (`"mod\u0065l"`)
+    if (body.count(b'"model"') > 1 or b"\\u" in body) and _models_named(body) > 1:
         raise GatewayError(400, "request body names more than one model", "invalid_request")
+    return doc
+
+
+def read_request(
+    client: Client, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+) -> dict[str, Any] | None:
+    """`read_strictly` for `client`: a body whose model cannot be read (a form, an upload, JSON
+    in another encoding, a top-level array) is refused when the client's models are listed."""
+    doc = read_strictly(body, headers)
+    if doc is None and body and not client.any_model:
+        raise _not_allowed("a request body that is not a JSON object")
     return doc
 
 
@@ -140,13 +152,15 @@ async def admit(
     except ValueError:
         what = f"a model named unreadably in the path of provider '{provider}'"
         raise _not_allowed(what) from None
-    if named is not None:
+    if named is not None and named[1]:
         path, model = named
         ex.model = model
         doc = None
     else:
+        if named is not None:  # a path that names no model: the body may (or nothing does)
+            path = named[0]
         if doc is None:
-            doc = read_strictly(body, headers)
+            doc = read_request(client, body, headers)
         model = model_of(doc)
     if not client.allows(provider, model):
         what = f"model '{model}' of provider '{provider}'" if model else f"provider '{provider}'"

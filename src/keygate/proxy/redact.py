@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from keygate.control.keypool import mask
+from keygate.masking import mask
 
 # Key-like runs: what provider keys are made of. Secrets with other characters are searched
 # one by one (`_Table.odd`), which real pools never have many of.

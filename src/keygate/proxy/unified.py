@@ -8,49 +8,29 @@ and to rewrite the model for each target actually tried.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from keygate.control.quota import Ticket
 from keygate.dialects import Dialect
 from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.openai import OPENAI
+from keygate.proxy import clients
+from keygate.proxy.attempt import Outgoing
 from keygate.proxy.errors import GatewayError
 from keygate.proxy.route import MODEL_VALUE
+from keygate.proxy.translated import translate_doc
 from keygate.routing import ROUTED_PATHS, TARGETS_MAX, Route, Target
 from keygate.translate import Adapter, adapter_for, client_family
 
 if TYPE_CHECKING:
     from keygate.gateway import Gateway
+    from keygate.proxy.exchange import Exchange
     from keygate.runtime import ProviderRuntime
 
-    Try = tuple[ProviderRuntime, Target, Adapter | None]  # a target with its provider and adapter
-
-
-@dataclass(slots=True)
-class Failure:
-    """Why one provider could not answer: what `_give_up` answers with, unless the chain moves
-    on. `last` is the last upstream refusal (status, raw headers, body, injected key),
-    `last_error` keygate's own error; `wait` is how long until a key is usable (None: never by
-    itself); `retryable`: another target may do better (not a 400, say)."""
-
-    rt: ProviderRuntime
-    last: tuple[int, Any, bytes, bytes] | None
-    last_error: GatewayError | None
-    wait: float | None
-    retryable: bool
-    quota: bool = False  # no key's quota can cover the request (`wait`: the earliest reset)
-
-    def reason(self) -> str:
-        """A few words for the route shown in recent requests and the access log."""
-        if self.last is not None:
-            return str(self.last[0])
-        if self.last_error is not None:
-            return self.last_error.code or str(self.last_error.status)
-        if self.wait is None:
-            return "no usable key"
-        return "quota spent" if self.quota else "keys cooling"
+    # a target with its provider and adapter (no target: the prefix route's one provider)
+    Try = tuple[ProviderRuntime, Target | None, Adapter | None]
 
 
 def _client_dialect(path: str) -> Dialect:
@@ -65,7 +45,7 @@ class Plan:
     """A routed request: its route, the client's body, and that body parsed (once, when a
     target needs it or the model's place in it was not certain)."""
 
-    __slots__ = ("_doc", "body", "model", "path", "route", "span")
+    __slots__ = ("_doc", "body", "headers", "legs", "model", "path", "qs", "route", "span")
 
     def __init__(
         self,
@@ -82,6 +62,9 @@ class Plan:
         self._doc = doc
         self.model = model
         self.span = span  # where the model's name lies in `body` (inside its quotes), if certain
+        self.headers: list[tuple[bytes, bytes]] = []  # the client's, for every target
+        self.qs = ""  # the client's query string, for a target of its own family
+        self.legs: list[Try] = []  # the targets to try, once `resolve` chose them
 
     @property
     def parsed(self) -> dict[str, Any] | None:
@@ -134,7 +117,7 @@ class Plan:
         """The targets to try, as written; each with the adapter that translates for it when
         it speaks another API family than the client (None: the body passes as it is). A
         `spread` route is then ranked by `spread`."""
-        tries = []
+        tries: list[Try] = []
         for target in self.route.targets:
             rt = gw.providers.get(target.provider)
             if rt is None:
@@ -146,6 +129,44 @@ class Plan:
                 503, f"model '{self.model}' routes to {names}: no such provider", "no_route"
             )
         return tries
+
+    async def resolve(self, gw: Gateway, ex: Exchange) -> None:
+        """The targets to try, in order (`spread`: the freest first), those the client may
+        use; the client's limits charged here (403/429 before anything goes upstream)."""
+        ex.wire = self.client_dialect  # until a target is tried: errors in the client's shape
+        tries = self.order(gw)
+        if self.route.strategy == "spread" and len(tries) > 1:
+            tries = await self.spread(tries)
+        if ex.client is not None:
+            tries = clients.allowed_targets(ex.client, self.model, tries)
+            cfg = tries[0][0].cfg
+            await clients.charge(gw, ex, self.body, cfg.default_max_tokens, self._doc)
+        self.legs = tries
+
+    def prepare(self, leg: Try, ex: Exchange) -> Outgoing | None:
+        """The exchange set up for `leg` and what it is sent: the client's body with only the
+        model changed, or (another API family) the parsed body translated; None when the
+        adapter answers itself (count_tokens)."""
+        rt, target, adapter = leg
+        assert target is not None
+        cfg = rt.cfg
+        ex.runtime = rt
+        ex.adapter = adapter
+        ex.model = cfg.default_model if cfg.force_model and cfg.default_model else target.model
+        if adapter is None:
+            up_path, ex.wire = rt.dialect.route(self.path, self.headers)
+            body = self.body_for(target, ex.model if cfg.force_model else "")
+            url = cfg.base_url + up_path + self.qs
+        else:
+            ex.wire = adapter.wire
+            body = translate_doc(adapter, self.doc, cfg, ex.model)
+            url = cfg.base_url + adapter.path
+        ex.serve(cfg.name, ex.model)
+        if adapter is not None and adapter.local is not None:
+            return None
+        reserved = ex.reserved.tokens if ex.reserved is not None else -1
+        ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage, reserved)
+        return Outgoing("POST", url, self.headers, body)
 
     @staticmethod
     async def spread(tries: list[Try]) -> list[Try]:

@@ -1,0 +1,280 @@
+"""One provider's tries for one request: admit → pick key → one upstream exchange → classify →
+retry, until an answer is relayed or no try is left.
+
+Everything a try acquires is held by an `Attempt` (`async with`): the admission slot, then the
+key it picked; both go back on every exit — an answer relayed, a refusal classified, a retry,
+the client leaving, an error — the key with what the try came to, then the slot. A retry never
+holds either while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from keygate.classify import Verdict, classify
+from keygate.control.base import Event, Rejected
+from keygate.control.quota import quota_delay
+from keygate.proxy import retry
+from keygate.proxy.errors import GatewayError, retry_after_headers
+from keygate.proxy.firstevent import error_status, hold_first, opens_with_error
+from keygate.proxy.forward import (
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    lower_headers,
+    open_upstream,
+    read_limited,
+    request_headers,
+)
+from keygate.proxy.relay import relay
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from keygate.budget import Announced
+    from keygate.control.base import Slot
+    from keygate.control.keypool import KeyEntry
+    from keygate.gateway import Gateway
+    from keygate.proxy.exchange import Exchange
+    from keygate.runtime import ProviderRuntime
+
+ERROR_BODY_LIMIT = 1 << 20
+
+
+@dataclass(slots=True)
+class Failure:
+    """Why one provider could not answer: what the pipeline answers with (`give_up`), unless
+    the chain moves on. `last` is the last upstream refusal (status, raw headers, body,
+    injected key), `last_error` keygate's own error; `wait` is how long until a key is usable
+    (None: never by itself); `retryable`: another target may do better (not a 400, say)."""
+
+    rt: ProviderRuntime
+    last: tuple[int, Any, bytes, bytes] | None
+    last_error: GatewayError | None
+    wait: float | None
+    retryable: bool
+    quota: bool = False  # no key's quota can cover the request (`wait`: the earliest reset)
+
+    def reason(self) -> str:
+        """A few words for the route shown in recent requests and the access log."""
+        if self.last is not None:
+            return str(self.last[0])
+        if self.last_error is not None:
+            return self.last_error.code or str(self.last_error.status)
+        if self.wait is None:
+            return "no usable key"
+        return "quota spent" if self.quota else "keys cooling"
+
+
+class Attempt:
+    """One try's hold on its provider: the admission slot (taken before) and the key it
+    picks; on exit the key goes back with what the try came to (`settle`; a try cut short is
+    `CANCELLED`), then the slot."""
+
+    __slots__ = ("budget", "entry", "event", "message", "rt", "slot", "ticket", "until")
+
+    def __init__(self, rt: ProviderRuntime, slot: Slot, ticket: Any) -> None:
+        self.rt = rt
+        self.slot = slot
+        self.ticket = ticket
+        self.entry: Any = None
+        self.event = Event.CANCELLED
+        self.until: float | None = None
+        self.message = ""
+        self.budget: list[Announced] | None = None
+
+    async def __aenter__(self) -> Attempt:
+        return self
+
+    def settle(
+        self,
+        event: Event,
+        until: float | None = None,
+        message: str = "",
+        budget: list[Announced] | None = None,
+    ) -> None:
+        """What the try came to, for the key's health and quota windows."""
+        self.event, self.until, self.message, self.budget = event, until, message, budget
+
+    async def release_key(self) -> None:
+        """The key goes back now (before a retry is decided); once only."""
+        entry, self.entry = self.entry, None
+        if entry is not None:
+            pause = await self.rt.pool.release(
+                entry, self.event, self.until, self.message, self.ticket, self.budget
+            )
+            if pause:
+                self.rt.admission.pause_until(pause)
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            entry, self.entry = self.entry, None
+            if entry is not None:  # `release_key`, written out: this runs on every request
+                rt = self.rt
+                pause = await rt.pool.release(
+                    entry, self.event, self.until, self.message, self.ticket, self.budget
+                )
+                if pause:
+                    rt.admission.pause_until(pause)
+        finally:
+            await self.slot.release()
+
+
+def busy(rt: ProviderRuntime, rej: Rejected) -> Failure:
+    """A provider that cannot admit the request now (a full queue, a queue timeout): its 429,
+    as a failure another target may do better than."""
+    error = GatewayError(
+        429,
+        f"provider '{rt.cfg.name}' is busy ({rej.reason}); retry later",
+        "rate_limited",
+        retry_after_headers(rej.retry_after_s),
+    )
+    return Failure(rt, None, error, 0.0, True)
+
+
+class Outgoing:
+    """What goes to one provider: the client's method and headers (the key is injected per
+    try), the URL and body made for that provider."""
+
+    __slots__ = ("body", "headers", "method", "url")
+
+    def __init__(
+        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes | None
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+
+
+async def forward(
+    gw: Gateway,
+    rt: ProviderRuntime,
+    ex: Exchange,
+    send: Any,
+    out: Outgoing,
+    budget: int | None = None,
+    more: bool = False,
+) -> Failure | None:
+    """Tries one provider until an answer is relayed (None), or says why none could be: a
+    `Failure` for the pipeline to answer or take to the next target. `budget`: the retries
+    allowed here (default the provider's); `more`: another target follows, so a failure
+    before the first byte is handed back rather than retried here."""
+    cfg = rt.cfg
+    budget = cfg.retries if budget is None else budget
+    assert ex.wire is not None and gw.session is not None and ex.dog is not None
+    retries: retry.Retries | None = None  # made at the first failure: most requests have none
+    # the last upstream error answer (status, raw headers, body) and the key it was given
+    last: tuple[int, Any, bytes, bytes] | None = None
+    last_error: GatewayError | None = None  # or keygate's own 502/504
+    delay: float | None = 0.0
+    while True:
+        if delay:
+            await retry.sleep(delay)
+        try:
+            slot = await rt.admission.acquire(ex.client.id if ex.client is not None else None)
+        except Rejected as rej:
+            return busy(rt, rej)
+        async with Attempt(rt, slot, ex.ticket) as attempt:  # released on every path
+            if getattr(slot, "queued", True):
+                # It waited: if its client left meanwhile, find out before anything goes up.
+                ex.watch()
+                await asyncio.sleep(0)
+            # pick key: one not tried yet, else one we tried, else how long until one is usable
+            pick = await rt.pool.acquire(retries.tried if retries else (), ex.ticket)
+            entry: KeyEntry | None = pick.entry
+            if entry is None:
+                # every key's quota is spent: wait for the earliest reset, unless another
+                # target may serve now (a chain passes a spent provider over at once)
+                delay = 0.0 if more else quota_delay(pick, ex.ticket, cfg.queue_timeout_s)
+                if delay:
+                    ex.watch()
+                    continue
+                return Failure(rt, last, last_error, pick.wait, True, pick.quota)
+            attempt.entry = ex.entry = entry
+            # one exchange; the watchdog is stopped by whoever reads the answer
+            try:
+                resp = await open_upstream(
+                    gw.session,
+                    out.method,
+                    out.url,
+                    request_headers(out.headers, ex.wire, entry.secret, out.body is not None),
+                    out.body,
+                    rt.timeout,
+                    ex.dog,
+                    cfg.timeout_first_byte_s,
+                )
+                first = b""
+                # a stream's first event is held while it may still be retried or passed on
+                if (
+                    resp.status < 300
+                    and resp.content_length is None
+                    and (more or (retries.spent < retries.budget if retries else budget > 0))
+                ):
+                    first = await hold_first(resp, ex.dog, cfg.timeout_first_byte_s)
+            except (UpstreamTimeout, UpstreamUnreachable) as exc:
+                verdict, last_error = _unreachable(rt, ex, attempt, exc)
+                last = None
+            else:
+                ex.upstream_status = resp.status
+                if resp.status < 400 and not (first and opens_with_error(first)):
+                    await relay(rt, ex, send, resp, attempt, out.method == "HEAD", first)
+                    return None
+                verdict, last = await _refused(rt, ex, attempt, resp, first)
+                last_error = None
+            await attempt.release_key()
+            # retry?
+            if not verdict.retry:
+                return Failure(rt, last, last_error, 0.0, False)
+            if retries is None:
+                retries = retry.Retries(cfg, budget)
+            delay = await retries.after(verdict, entry.id, rt.pool)
+            if delay is None:
+                break
+            ex.retries += 1
+    return Failure(rt, last, last_error, pick.wait, True, pick.quota)
+
+
+def _unreachable(
+    rt: ProviderRuntime, ex: Exchange, attempt: Attempt, exc: Exception
+) -> tuple[Verdict, GatewayError]:
+    """No answer at all (timeout, refused connection): the provider's fault, keygate's own
+    502/504 to answer with; `attempt` settled with it."""
+    timed_out = isinstance(exc, UpstreamTimeout)
+    error = GatewayError(
+        504 if timed_out else 502,
+        f"upstream {rt.cfg.name}: {exc}",
+        "upstream_timeout" if timed_out else "upstream_unreachable",
+    )
+    ex.upstream_status = 0
+    attempt.entry.err_5xx += 1
+    verdict = Verdict(Event.PROVIDER_ERROR, None, True, False, str(exc))
+    attempt.settle(verdict.event, verdict.until, verdict.message)
+    return verdict, error
+
+
+async def _refused(
+    rt: ProviderRuntime, ex: Exchange, attempt: Attempt, resp: Any, first: bytes
+) -> tuple[Verdict, tuple[int, Any, bytes, bytes]]:
+    """An upstream refusal (or the error a 200 stream opened with), read and classified: the
+    verdict, and the refusal as it may be relayed; `attempt` settled with it."""
+    cfg, wire, entry = rt.cfg, ex.wire, attempt.entry
+    assert wire is not None and ex.dog is not None
+    ex.dog.stop()
+    status = resp.status
+    try:
+        if first:
+            err_body, status = first, error_status(first)
+        else:
+            err_body = await read_limited(resp, ERROR_BODY_LIMIT, cfg.timeout_idle_s)
+    finally:
+        resp.close()
+    headers: Mapping[str, str] = resp.headers
+    verdict = classify(status, lower_headers(resp), err_body, None, wire.reset_hint)
+    if status < 500:
+        entry.err_4xx += 1
+    else:
+        entry.err_5xx += 1
+    attempt.settle(verdict.event, verdict.until, verdict.message, wire.read_budget(headers))
+    return verdict, (resp.status, resp.raw_headers, err_body, entry.secret.encode())
