@@ -1,4 +1,5 @@
-"""The persistent store: pick the backend from the database location once, at start-up."""
+"""The persistent store: one core (`Store`) holding a database driver, picked from the database
+location once, at start-up (`create_store`)."""
 
 from __future__ import annotations
 

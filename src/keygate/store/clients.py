@@ -1,21 +1,21 @@
 """Client keys in the store (SPEC §13): their records, their usage per period, the feed.
 
-Written once over the driver like the rest of `core` (mixed into `SqlStore`). Every write to
-`clients` moves the change feed, so each instance reloads its client table at the next poll
-(or at once, when Redis carries the announcement). Deletion keeps the row, marked: the feed
-then reaches every instance without tombstones, and the usage stays countable.
+Every write to `clients` moves the change feed, so each instance reloads its client table at the
+next poll (or at once, when Redis carries the announcement). Deletion keeps the row, marked: the
+feed then reaches every instance without tombstones, and the usage stays countable.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from keygate.client_fields import clean
-from keygate.store.driver import Db, Rollback, SqlDriver
+from keygate.store import feed
+from keygate.store.driver import Db, Rollback, Row, one
+from keygate.store.state import State
 
 _COLUMNS = (
     "id, name, key_hash, masked, enabled, rpm, rpd, tpd, monthly_tokens, providers, models,"
@@ -44,7 +44,7 @@ class ClientRecord:
     created_at: float = 0.0
 
 
-def _record(row: Sequence[Any]) -> ClientRecord:
+def _record(row: Row) -> ClientRecord:
     return ClientRecord(
         int(row[0]),
         str(row[1]),
@@ -70,127 +70,123 @@ def _column(name: str, value: Any) -> Any:
     return value
 
 
-class ClientStore(SqlDriver):
-    """The client operations of `SqlStore`."""
+async def add_client(state: State, key_hash: str, masked: str, doc: dict[str, Any]) -> ClientRecord:
+    values = clean(doc, creating=True)
+    now = time.time()
 
-    async def add_client(self, key_hash: str, masked: str, doc: dict[str, Any]) -> ClientRecord:
-        values = clean(doc, creating=True)
-        now = time.time()
+    async def tx(db: Db) -> ClientRecord:
+        seq = await feed.bump(db)
+        names = ["key_hash", "masked", "created_at", "updated_seq", *values]
+        args = [key_hash, masked, now, seq, *(_column(k, v) for k, v in values.items())]
+        marks = ", ".join(f"${i}" for i in range(1, len(args) + 1))
+        new_id = await db.fetchval(
+            f"INSERT INTO clients ({', '.join(names)}) VALUES ({marks}) RETURNING id", *args
+        )
+        row = await db.fetchrow(f"{_SELECT} AND id = $1", new_id)
+        return _record(one(row, "client just added"))
 
-        async def tx(db: Db) -> ClientRecord:
-            seq = await self._bump(db)
-            names = ["key_hash", "masked", "created_at", "updated_seq", *values]
-            args = [key_hash, masked, now, seq, *(_column(k, v) for k, v in values.items())]
-            marks = ", ".join(f"${i}" for i in range(1, len(args) + 1))
-            new_id = await db.fetchval(
-                f"INSERT INTO clients ({', '.join(names)}) VALUES ({marks}) RETURNING id", *args
-            )
-            row = await db.fetchrow(f"{_SELECT} AND id = $1", new_id)
-            return _record(row)
+    return await state.driver.write(tx)
 
-        return await self._write(tx)
 
-    async def load_clients(self) -> list[ClientRecord]:
-        async def fn(db: Db) -> list[Any]:
-            return await db.fetch(f"{_SELECT} ORDER BY id")
+async def load_clients(state: State) -> list[ClientRecord]:
+    async def fn(db: Db) -> list[Row]:
+        return await db.fetch(f"{_SELECT} ORDER BY id")
 
-        return [_record(r) for r in await self._plain(fn)]
+    return [_record(r) for r in await state.driver.plain(fn)]
 
-    async def get_client(self, client_id: int) -> ClientRecord | None:
-        async def fn(db: Db) -> Any:
-            return await db.fetchrow(f"{_SELECT} AND id = $1", int(client_id))
 
-        row = await self._plain(fn)
-        return None if row is None else _record(row)
+async def get_client(state: State, client_id: int) -> ClientRecord | None:
+    async def fn(db: Db) -> Row | None:
+        return await db.fetchrow(f"{_SELECT} AND id = $1", int(client_id))
 
-    async def update_client(self, client_id: int, doc: dict[str, Any]) -> ClientRecord | None:
-        values = clean(doc, creating=False)
-        client_id = int(client_id)
+    row = await state.driver.plain(fn)
+    return None if row is None else _record(row)
 
-        async def tx(db: Db) -> ClientRecord | None:
-            if values:
-                seq = await self._bump(db)
-                sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(values, start=3))
-                done = await db.fetchval(
-                    f"UPDATE clients SET {sets}, updated_seq = $2"
-                    " WHERE id = $1 AND deleted = 0 RETURNING id",
-                    client_id,
-                    seq,
-                    *(_column(k, v) for k, v in values.items()),
-                )
-                if done is None:
-                    raise Rollback(None)
-            row = await db.fetchrow(f"{_SELECT} AND id = $1", client_id)
-            return None if row is None else _record(row)
 
-        return await self._write(tx)
+async def update_client(state: State, client_id: int, doc: dict[str, Any]) -> ClientRecord | None:
+    values = clean(doc, creating=False)
+    client_id = int(client_id)
 
-    async def delete_client(self, client_id: int) -> bool:
-        client_id = int(client_id)
-
-        async def tx(db: Db) -> bool:
-            seq = await self._bump(db)
+    async def tx(db: Db) -> ClientRecord | None:
+        if values:
+            seq = await feed.bump(db)
+            sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(values, start=3))
             done = await db.fetchval(
-                "UPDATE clients SET deleted = 1, enabled = 0, updated_seq = $2"
+                f"UPDATE clients SET {sets}, updated_seq = $2"
                 " WHERE id = $1 AND deleted = 0 RETURNING id",
                 client_id,
                 seq,
+                *(_column(k, v) for k, v in values.items()),
             )
             if done is None:
-                raise Rollback(False)
-            return True
+                raise Rollback(None)
+        row = await db.fetchrow(f"{_SELECT} AND id = $1", client_id)
+        return None if row is None else _record(row)
 
-        return await self._write(tx)
+    return await state.driver.write(tx)
 
-    async def add_client_counters(self, deltas: list[ClientDelta]) -> None:
-        """Additive, like key counters; one row per (client, period), sorted (one lock order)."""
-        merged: dict[tuple[int, str], list[Any]] = {}
-        for cid, period, req, tin, tout, err, last in deltas:
-            row = merged.setdefault((int(cid), str(period)), [0, 0, 0, 0, 0.0])
-            row[0] += int(req)
-            row[1] += int(tin)
-            row[2] += int(tout)
-            row[3] += int(err)
-            row[4] = max(row[4], float(last))
-        if not merged:
-            return
-        rows = [(cid, period, *merged[(cid, period)]) for cid, period in sorted(merged)]
 
-        async def tx(db: Db) -> None:
-            await db.executemany(
-                "INSERT INTO client_stats (client_id, period, requests, tokens_in, tokens_out,"
-                " errors, last_used) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                " ON CONFLICT (client_id, period) DO UPDATE SET"
-                " requests = client_stats.requests + EXCLUDED.requests,"
-                " tokens_in = client_stats.tokens_in + EXCLUDED.tokens_in,"
-                " tokens_out = client_stats.tokens_out + EXCLUDED.tokens_out,"
-                " errors = client_stats.errors + EXCLUDED.errors,"
-                f" last_used = {self.GREATEST}(client_stats.last_used, EXCLUDED.last_used)",
-                rows,
-            )
+async def delete_client(state: State, client_id: int) -> bool:
+    client_id = int(client_id)
 
-        await self._write(tx)
-
-    async def client_usage(self, periods: list[str]) -> dict[int, dict[str, dict[str, Any]]]:
-        """{client id: {period: {requests, tokens_in, tokens_out, errors, last_used}}}."""
-        if not periods:
-            return {}
-        marks = ", ".join(f"${i}" for i in range(1, len(periods) + 1))
-
-        async def fn(db: Db) -> list[Any]:
-            return await db.fetch(
-                "SELECT client_id, period, requests, tokens_in, tokens_out, errors, last_used"
-                f" FROM client_stats WHERE period IN ({marks})",
-                *periods,
-            )
-
-        out: dict[int, dict[str, dict[str, Any]]] = {}
-        for cid, period, *values in await self._plain(fn):
-            doc = dict(zip((*USAGE_FIELDS, "last_used"), values, strict=True))
-            out.setdefault(int(cid), {})[str(period)] = doc
-        return out
-
-    async def _clients_changed(self, db: Db, seq: int) -> bool:
-        return bool(
-            await db.fetchval("SELECT EXISTS (SELECT 1 FROM clients WHERE updated_seq > $1)", seq)
+    async def tx(db: Db) -> bool:
+        seq = await feed.bump(db)
+        done = await db.fetchval(
+            "UPDATE clients SET deleted = 1, enabled = 0, updated_seq = $2"
+            " WHERE id = $1 AND deleted = 0 RETURNING id",
+            client_id,
+            seq,
         )
+        if done is None:
+            raise Rollback(False)
+        return True
+
+    return await state.driver.write(tx)
+
+
+async def add_client_counters(state: State, deltas: list[ClientDelta]) -> None:
+    """Additive, like key counters; one row per (client, period), sorted (one lock order)."""
+    merged: dict[tuple[int, str], tuple[int, int, int, int, float]] = {}
+    for cid, period, req, tin, tout, err, last in deltas:
+        key = (int(cid), str(period))
+        a, b, c, d, e = merged.get(key, (0, 0, 0, 0, 0.0))
+        merged[key] = (a + int(req), b + int(tin), c + int(tout), d + int(err), max(e, float(last)))
+    if not merged:
+        return
+    rows = [(cid, period, *merged[(cid, period)]) for cid, period in sorted(merged)]
+    greatest = state.driver.dialect.greatest
+
+    async def tx(db: Db) -> None:
+        await db.executemany(
+            "INSERT INTO client_stats (client_id, period, requests, tokens_in, tokens_out,"
+            " errors, last_used) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " ON CONFLICT (client_id, period) DO UPDATE SET"
+            " requests = client_stats.requests + EXCLUDED.requests,"
+            " tokens_in = client_stats.tokens_in + EXCLUDED.tokens_in,"
+            " tokens_out = client_stats.tokens_out + EXCLUDED.tokens_out,"
+            " errors = client_stats.errors + EXCLUDED.errors,"
+            f" last_used = {greatest}(client_stats.last_used, EXCLUDED.last_used)",
+            rows,
+        )
+
+    await state.driver.write(tx)
+
+
+async def client_usage(state: State, periods: list[str]) -> dict[int, dict[str, dict[str, Any]]]:
+    """{client id: {period: {requests, tokens_in, tokens_out, errors, last_used}}}."""
+    if not periods:
+        return {}
+    marks = ", ".join(f"${i}" for i in range(1, len(periods) + 1))
+
+    async def fn(db: Db) -> list[Row]:
+        return await db.fetch(
+            "SELECT client_id, period, requests, tokens_in, tokens_out, errors, last_used"
+            f" FROM client_stats WHERE period IN ({marks})",
+            *periods,
+        )
+
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for cid, period, *values in await state.driver.plain(fn):
+        doc = dict(zip((*USAGE_FIELDS, "last_used"), values, strict=True))
+        out.setdefault(int(cid), {})[str(period)] = doc
+    return out

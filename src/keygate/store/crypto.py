@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from keygate.store.base import StoreError
+from keygate.store.records import StoreError
 
 ENC_PREFIX = "enc:v1:"
 # Meta names holding the encryption parameters (not secret: salt, KDF settings, verifier).

@@ -1,8 +1,8 @@
-"""The shared store: PostgreSQL through an asyncpg connection pool.
+"""The shared database: PostgreSQL through an asyncpg connection pool.
 
-Same tables, meanings and behaviour as the SQLite store; the operations are the store core's
-(`store.core`), this module is the PostgreSQL driver. Differences are only in how concurrency is
-handled:
+Same tables, meanings and behaviour as on SQLite; the operations are the store core's
+(`store.core`), this module is the PostgreSQL driver it holds (`PostgresDriver`) and the core on
+it (`PostgresStore`). Differences are only in how concurrency is handled:
 
 - Migrations and the switch to encryption run in one transaction under a transaction-level
   advisory lock, so instances starting together apply each exactly once.
@@ -20,14 +20,26 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-from keygate.store.base import KEY_SELECT, StoreError
-from keygate.store.core import SqlStore
-from keygate.store.driver import PROVIDER_COUNTERS, Body, Db, KeyDelta, ProviderDelta, Rollback
+from keygate.store.core import Store
+from keygate.store.driver import (
+    PROVIDER_COUNTERS,
+    Body,
+    Db,
+    Dialect,
+    HealthRow,
+    KeyDelta,
+    NewKeyRow,
+    ProviderDelta,
+    ResealRow,
+    Rollback,
+    Row,
+)
+from keygate.store.records import StoreError
 from keygate.urls import mask_url
 
 T = TypeVar("T")
@@ -41,6 +53,30 @@ _LOCK_ID = int.from_bytes(hashlib.sha256(b"keygate.store.migrate").digest()[:8],
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 _COUNTERS = ("use_count", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
+# A pooled connection (a proxy of one) or a connection of its own, as `PgDb` drives it.
+PgConnection: TypeAlias = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+POSTGRES = Dialect(
+    name="postgres",
+    greatest="GREATEST",
+    ilike="ILIKE",
+    search_from="keys k",
+    for_update=" FOR UPDATE",
+    hold_feed="SELECT seq FROM change_feed WHERE id = 1 FOR UPDATE",
+    has_migrations="SELECT to_regclass('schema_migrations') IS NOT NULL",
+    day_upsert=(
+        "INSERT INTO key_days (key_id, day, requests, tokens)"
+        " SELECT $1::bigint, $2::float8, $3::bigint, $4::bigint"
+        " WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1::bigint)"
+        " ON CONFLICT (key_id) DO UPDATE SET"
+        " requests = CASE WHEN key_days.day = EXCLUDED.day"
+        " THEN key_days.requests + EXCLUDED.requests"
+        " WHEN key_days.day < EXCLUDED.day THEN EXCLUDED.requests ELSE key_days.requests END,"
+        " tokens = CASE WHEN key_days.day = EXCLUDED.day THEN key_days.tokens + EXCLUDED.tokens"
+        " WHEN key_days.day < EXCLUDED.day THEN EXCLUDED.tokens ELSE key_days.tokens END,"
+        " day = GREATEST(key_days.day, EXCLUDED.day)"
+    ),
+)
 
 
 def describe_dsn(dsn: str) -> str:
@@ -71,21 +107,21 @@ class PgDb:
 
     __slots__ = ("conn",)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: PgConnection) -> None:
         self.conn = conn
 
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        return await self.conn.fetch(sql, *args)  # type: ignore[no-any-return]
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return cast(list[Row], await self.conn.fetch(sql, *args))
 
-    async def fetchrow(self, sql: str, *args: Any) -> Any | None:
-        return await self.conn.fetchrow(sql, *args)
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        return cast(Row | None, await self.conn.fetchrow(sql, *args))
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self.conn.fetchval(sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> int:
         # Without arguments this is the simple query protocol: a whole migration script at once.
-        return _count(await self.conn.execute(sql, *args))
+        return _count(str(await self.conn.execute(sql, *args)))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self.conn.executemany(sql, rows)
@@ -100,36 +136,37 @@ class PgDb:
             yield
 
 
-class PostgresStore(SqlStore):
-    """Store on a PostgreSQL database; any number of instances and CLIs may share it."""
+class PostgresDriver:
+    """The `Driver` for a PostgreSQL database; any number of instances and CLIs may share it."""
 
-    dialect = "postgres"
-    HAS_MIGRATIONS = "SELECT to_regclass('schema_migrations') IS NOT NULL"
-    HOLD_FEED = "SELECT seq FROM change_feed WHERE id = 1 FOR UPDATE"
+    dialect = POSTGRES
 
-    def __init__(self, dsn: str, secret_key: str = "", max_size: int = POOL_MAX_SIZE) -> None:
-        super().__init__(secret_key)
+    def __init__(self, dsn: str, max_size: int = POOL_MAX_SIZE) -> None:
         self.dsn = dsn
         self.max_size = max(2, int(max_size))
         self._dsn_masked = describe_dsn(dsn)
         self._pool: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:
-        return f"PostgresStore({self._dsn_masked!r})"
+        return f"PostgresDriver({self._dsn_masked!r})"
 
     @property
-    def _where(self) -> str:
+    def where(self) -> str:
         return f"PostgreSQL database {self._dsn_masked}"
+
+    @property
+    def dsn_masked(self) -> str:
+        return self._dsn_masked
 
     # plumbing
 
     def _error(self, exc: BaseException) -> StoreError:
         if isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, asyncpg.PostgresError):
-            return StoreError(f"{self._where} is unreachable: {_one_line(exc)}")
-        return StoreError(f"{self._where}: {_one_line(exc)}")
+            return StoreError(f"{self.where} is unreachable: {_one_line(exc)}")
+        return StoreError(f"{self.where}: {_one_line(exc)}")
 
     @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _conn(self) -> AsyncIterator[PgConnection]:
         """A pooled connection; driver and server errors become one-line StoreErrors."""
         pool = self._pool
         if pool is None:
@@ -142,47 +179,48 @@ class PostgresStore(SqlStore):
                 raise StoreError("the store is closed") from exc
             raise self._error(exc) from exc
 
-    async def _plain(self, body: Body[T]) -> T:
+    # sessions
+
+    async def plain(self, body: Body[T]) -> T:
         async with self._conn() as conn:
             return await body(PgDb(conn))
 
-    async def _read(self, body: Body[T]) -> T:
+    async def read(self, body: Body[T]) -> T:
         async with (
             self._conn() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             return await body(PgDb(conn))
 
-    async def _write(self, body: Body[T]) -> T:
+    async def write(self, body: Body[T]) -> T:
         for attempt in range(WRITE_ATTEMPTS):
             async with self._conn() as conn:
                 try:
                     async with conn.transaction():
                         return await body(PgDb(conn))
                 except Rollback as rollback:
-                    return rollback.result  # type: ignore[no-any-return]
+                    return cast(T, rollback.result)
                 except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                     if attempt == WRITE_ATTEMPTS - 1:
                         raise
             await asyncio.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def _offload(self, fn: Callable[[], T]) -> T:
+    async def offload(self, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(fn)
 
-    # lifecycle
+    # the connection's life
 
-    async def open(self) -> None:
+    async def open(self, setup: Body[None]) -> None:
         if self._pool is not None:
             return
-        migrations = self._migrations()
         pool = await self._create_pool()
         try:
             async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
-                await self._setup(PgDb(conn), migrations)
+                await setup(PgDb(conn))
         except _DB_ERRORS as exc:
             pool.terminate()
-            raise StoreError(f"cannot open {self._where}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot open {self.where}: {_one_line(exc)}") from exc
         except BaseException:
             pool.terminate()
             raise
@@ -206,20 +244,20 @@ class PostgresStore(SqlStore):
                 await self._create_database()
                 return await connect()
         except _DB_ERRORS as exc:
-            raise StoreError(f"cannot connect to {self._where}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot connect to {self.where}: {_one_line(exc)}") from exc
 
     async def _create_database(self) -> None:
         """Create the DSN's database (like SQLite creates its file) if the role may."""
         parts = urlsplit(self.dsn)
         name = unquote(parts.path.lstrip("/"))
         if not name or "/" in name:
-            raise StoreError(f"{self._where} does not exist")
+            raise StoreError(f"{self.where} does not exist")
         admin_dsn = urlunsplit(parts._replace(path="/postgres"))
         try:
             conn = await asyncpg.connect(admin_dsn, timeout=CONNECT_TIMEOUT_S)
         except _DB_ERRORS as exc:
             raise StoreError(
-                f"{self._where} does not exist and cannot be created "
+                f"{self.where} does not exist and cannot be created "
                 f"({_one_line(exc)}): create it with createdb"
             ) from exc
         try:
@@ -229,7 +267,7 @@ class PostgresStore(SqlStore):
                 await conn.execute(f"CREATE DATABASE {quoted}")
         except asyncpg.PostgresError as exc:
             raise StoreError(
-                f"{self._where} does not exist and cannot be created "
+                f"{self.where} does not exist and cannot be created "
                 f"({_one_line(exc)}): create it with createdb"
             ) from exc
         finally:
@@ -246,16 +284,16 @@ class PostgresStore(SqlStore):
 
     # the dialect: scripts, bulk statements
 
-    async def _run_script(self, db: Db, sql: str) -> None:
+    async def run_script(self, db: Db, sql: str) -> None:
         await db.execute(sql)  # simple query protocol: the whole script at once
 
-    async def _after_reseal(self, db: Db) -> None:
+    async def after_reseal(self, db: Db) -> None:
         # Rewrite the table so the old row versions with plain secrets are not left in its
         # pages (VACUUM FULL needs the table's owner; without it the server only warns).
         with contextlib.suppress(asyncpg.PostgresError):
             await db.execute("VACUUM FULL keys")
 
-    async def _after_import(self, added: int) -> None:
+    async def after_import(self, added: int) -> None:
         if added < ANALYZE_AFTER:
             return
         # Fresh planner statistics now, not at autovacuum's next round: with a table that was
@@ -264,7 +302,7 @@ class PostgresStore(SqlStore):
             async with self._conn() as conn:
                 await conn.execute("ANALYZE keys")
 
-    async def _find_fingerprints(self, db: Db, provider: str, fps: list[str]) -> dict[str, int]:
+    async def find_fingerprints(self, db: Db, provider: str, fps: list[str]) -> dict[str, int]:
         rows = await db.fetch(
             "SELECT k.fingerprint, k.id FROM unnest($2::text[]) AS u(fp)"
             " JOIN keys k ON k.fingerprint = u.fp AND k.provider = $1",
@@ -273,8 +311,8 @@ class PostgresStore(SqlStore):
         )
         return {r[0]: r[1] for r in rows}
 
-    async def _insert_keys(
-        self, db: Db, provider: str, source: str, seq: int, rows: list[tuple[str, str, str]]
+    async def insert_keys(
+        self, db: Db, provider: str, source: str, seq: int, rows: list[NewKeyRow]
     ) -> list[tuple[str, int]]:
         inserted = await db.fetch(
             "INSERT INTO keys (provider, secret, fingerprint, masked, source, created_at,"
@@ -290,12 +328,10 @@ class PostgresStore(SqlStore):
         )
         return [(r[0], r[1]) for r in inserted]
 
-    async def _key_rows(self, db: Db, ids: list[int]) -> list[Any]:
-        return await db.fetch(f"{KEY_SELECT} WHERE k.id = ANY($1::bigint[]) ORDER BY k.id", ids)
+    async def key_rows(self, db: Db, select: str, ids: list[int]) -> list[Row]:
+        return await db.fetch(f"{select} WHERE k.id = ANY($1::bigint[]) ORDER BY k.id", ids)
 
-    async def _update_health(
-        self, db: Db, seq: int, rows: list[tuple[int, str, float, str]]
-    ) -> int:
+    async def update_health(self, db: Db, seq: int, rows: list[HealthRow]) -> int:
         return await db.execute(
             "UPDATE keys k SET status = u.status, until = u.until, last_error = u.err,"
             " updated_seq = $1"
@@ -307,7 +343,7 @@ class PostgresStore(SqlStore):
             *_columns(rows, 4),
         )
 
-    async def _add_counter_rows(
+    async def add_counter_rows(
         self, db: Db, keys: list[KeyDelta], providers: list[ProviderDelta]
     ) -> None:
         if keys:
@@ -334,10 +370,26 @@ class PostgresStore(SqlStore):
                 *_columns(providers, 7),
             )
 
-    async def _reseal(self, db: Db, rows: list[tuple[int, str, str]]) -> None:
+    async def reseal(self, db: Db, rows: list[ResealRow]) -> None:
         await db.execute(
             "UPDATE keys SET secret = u.secret, fingerprint = u.fp"
             " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, secret, fp)"
             " WHERE keys.id = u.id",
             *_columns(rows, 3),
         )
+
+
+class PostgresStore(Store):
+    """The store core on a `PostgresDriver`, as `create_store` makes it for a postgresql://
+    location. It adds no operation: only its constructor and the DSN."""
+
+    def __init__(self, dsn: str, secret_key: str = "", max_size: int = POOL_MAX_SIZE) -> None:
+        self._postgres = PostgresDriver(dsn, max_size)
+        super().__init__(self._postgres, secret_key)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._postgres.dsn_masked!r})"
+
+    @property
+    def dsn(self) -> str:
+        return self._postgres.dsn

@@ -1,13 +1,13 @@
-"""The embedded store: one SQLite file in WAL mode, driven from one dedicated worker thread.
+"""The embedded database: one SQLite file in WAL mode, driven from one dedicated worker thread.
 
 All sqlite3 calls run on a single-thread executor, so the event loop never blocks on disk and the
 connection is only ever touched by the thread that made it. Several processes (the server, the
 CLI, other instances) can use the same file at once: WAL lets readers run beside a writer, every
 write takes the lock up front (BEGIN IMMEDIATE) and waits up to `busy_timeout` for it.
 
-The operations themselves are the store core's (`store.core`); this module is the SQLite
-driver: the connection and its thread, transactions, `?N` placeholders and the bulk statements
-(`executemany`, `IN` lists of at most `_CHUNK` values).
+`SqliteDriver` is the driver the store core holds (`store.driver`): the connection and its
+thread, transactions, `?N` placeholders and the bulk statements (`executemany`, `IN` lists of at
+most `_CHUNK` values). `SqliteStore` is the core on this driver, as `create_store` makes it.
 """
 
 from __future__ import annotations
@@ -22,18 +22,53 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from keygate.store.base import KEY_SELECT, StoreError
-from keygate.store.core import SqlStore
-from keygate.store.driver import Body, Db, KeyDelta, ProviderDelta, Rollback
+from keygate.store.core import Store
+from keygate.store.driver import (
+    Body,
+    Db,
+    Dialect,
+    HealthRow,
+    KeyDelta,
+    NewKeyRow,
+    ProviderDelta,
+    ResealRow,
+    Rollback,
+    Row,
+)
 from keygate.store.files import DATA_FILE_NAME, create_private, private_dir, private_file
+from keygate.store.records import StoreError
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 _CHUNK = 900  # host parameters per IN (...) list, below SQLite's oldest limit of 999
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+
+SQLITE = Dialect(
+    name="sqlite",
+    greatest="MAX",
+    ilike="LIKE",  # case-insensitive for ASCII
+    # The covering index keeps the search scan off the table rows and their long secrets.
+    search_from="keys k INDEXED BY keys_search",
+    for_update="",  # BEGIN IMMEDIATE already holds the write lock
+    hold_feed="",  # ... and so does `exclusive()`
+    has_migrations=(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ),
+    day_upsert=(
+        "INSERT INTO key_days (key_id, day, requests, tokens) SELECT $1, $2, $3, $4"
+        " WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1)"
+        " ON CONFLICT (key_id) DO UPDATE SET"
+        " requests = CASE WHEN key_days.day = excluded.day"
+        " THEN key_days.requests + excluded.requests"
+        " WHEN key_days.day < excluded.day THEN excluded.requests ELSE key_days.requests END,"
+        " tokens = CASE WHEN key_days.day = excluded.day THEN key_days.tokens + excluded.tokens"
+        " WHEN key_days.day < excluded.day THEN excluded.tokens ELSE key_days.tokens END,"
+        " day = MAX(key_days.day, excluded.day)"
+    ),
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -70,7 +105,7 @@ def run_sync(step: Coroutine[Any, Any, T]) -> T:
     try:
         step.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return cast(T, done.value)
     step.close()
     raise RuntimeError("a store step waited on the event loop inside the SQLite thread")
 
@@ -86,12 +121,12 @@ class SqliteDb:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return self.conn.execute(_sql(sql), args).fetchall()
 
-    async def fetchrow(self, sql: str, *args: Any) -> Any | None:
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         rows = self.conn.execute(_sql(sql), args).fetchall()
-        return rows[0] if rows else None
+        return cast(Row, rows[0]) if rows else None
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         rows = self.conn.execute(_sql(sql), args).fetchall()
@@ -117,46 +152,36 @@ class SqliteDb:
         self.conn.execute("COMMIT")
 
 
-class SqliteStore(SqlStore):
-    """Store on one SQLite file; safe to share between processes and with the CLI."""
+def _conn_of(db: Db) -> sqlite3.Connection:
+    assert isinstance(db, SqliteDb)
+    return db.conn
 
-    dialect = "sqlite"
-    GREATEST = "MAX"
-    DAY_UPSERT = (
-        "INSERT INTO key_days (key_id, day, requests, tokens) SELECT $1, $2, $3, $4"
-        " WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1)"
-        " ON CONFLICT (key_id) DO UPDATE SET"
-        " requests = CASE WHEN key_days.day = excluded.day"
-        " THEN key_days.requests + excluded.requests"
-        " WHEN key_days.day < excluded.day THEN excluded.requests ELSE key_days.requests END,"
-        " tokens = CASE WHEN key_days.day = excluded.day THEN key_days.tokens + excluded.tokens"
-        " WHEN key_days.day < excluded.day THEN excluded.tokens ELSE key_days.tokens END,"
-        " day = MAX(key_days.day, excluded.day)"
-    )
-    ILIKE = "LIKE"  # case-insensitive for ASCII
-    # The covering index keeps the search scan off the table rows and their long secrets.
-    SEARCH_FROM = "keys k INDEXED BY keys_search"
-    FOR_UPDATE = ""  # BEGIN IMMEDIATE already holds the write lock
-    HAS_MIGRATIONS = (
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-    )
 
-    def __init__(self, path: str | os.PathLike[str], secret_key: str = "") -> None:
-        super().__init__(secret_key)
+class SqliteDriver:
+    """The `Driver` for one SQLite file; safe to share between processes and with the CLI."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
-        return f"SqliteStore({str(self.path)!r})"
+        return f"SqliteDriver({str(self.path)!r})"
 
     @property
-    def _where(self) -> str:
+    def where(self) -> str:
         return f"SQLite database {self.path}"
+
+    @property
+    def conn(self) -> sqlite3.Connection | None:
+        """The connection (touch it only on the store's thread, through `run`); None if closed."""
+        return self._conn
 
     # plumbing
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(conn, *args)` on the store's thread; sqlite errors become one-line StoreErrors."""
         if self._executor is None or self._conn is None:
             raise StoreError("the store is not open")
@@ -179,10 +204,12 @@ class SqliteStore(SqlStore):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"SQLite database {self.path}: {exc}") from exc
 
-    async def _plain(self, body: Body[T]) -> T:
-        return await self._run(lambda conn: run_sync(body(SqliteDb(conn))))
+    # sessions
 
-    async def _read(self, body: Body[T]) -> T:
+    async def plain(self, body: Body[T]) -> T:
+        return await self.run(lambda conn: run_sync(body(SqliteDb(conn))))
+
+    async def read(self, body: Body[T]) -> T:
         def fn(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN")
             try:
@@ -190,43 +217,42 @@ class SqliteStore(SqlStore):
             finally:
                 conn.execute("COMMIT")
 
-        return await self._run(fn)
+        return await self.run(fn)
 
-    async def _write(self, body: Body[T]) -> T:
+    async def write(self, body: Body[T]) -> T:
         def fn(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")  # the lock first, so it cannot deadlock
             try:
                 result = run_sync(body(SqliteDb(conn)))
             except Rollback as rollback:
                 conn.execute("ROLLBACK")
-                return rollback.result  # type: ignore[no-any-return]
+                return cast(T, rollback.result)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
             return result
 
-        return await self._run(fn)
+        return await self.run(fn)
 
-    async def _offload(self, fn: Callable[[], T]) -> T:
-        return await self._run(lambda conn: fn())
+    async def offload(self, fn: Callable[[], T]) -> T:
+        return await self.run(lambda conn: fn())
 
-    # lifecycle
+    # the connection's life
 
-    async def open(self) -> None:
+    async def open(self, setup: Body[None]) -> None:
         if self._conn is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygate-sqlite")
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._open_sync)
+            await loop.run_in_executor(self._executor, self._open_sync, setup)
         except BaseException:
             self._executor.shutdown(wait=True)
             self._executor = None
             raise
 
-    def _open_sync(self) -> None:
-        migrations = self._migrations()
+    def _open_sync(self, setup: Body[None]) -> None:
         try:
             self._private_files()
         except OSError as exc:
@@ -245,7 +271,7 @@ class SqliteStore(SqlStore):
             # Deleted keys (and plain secrets replaced by ciphertext) are zeroed, not left in
             # free pages.
             conn.execute("PRAGMA secure_delete = ON")
-            run_sync(self._setup(SqliteDb(conn), migrations))
+            run_sync(setup(SqliteDb(conn)))
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -293,16 +319,19 @@ class SqliteStore(SqlStore):
 
     # the dialect: scripts, bulk statements
 
-    async def _run_script(self, db: Db, sql: str) -> None:
+    async def run_script(self, db: Db, sql: str) -> None:
         for statement in _statements(sql):
             await db.execute(statement)
 
-    async def _after_reseal(self, db: Db) -> None:
+    async def after_reseal(self, db: Db) -> None:
         # Rebuild the file and empty the WAL so no page with a plain secret survives.
         await db.execute("VACUUM")
         await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    async def _find_fingerprints(self, db: Db, provider: str, fps: list[str]) -> dict[str, int]:
+    async def after_import(self, added: int) -> None:
+        """SQLite keeps its statistics at close (PRAGMA optimize)."""
+
+    async def find_fingerprints(self, db: Db, provider: str, fps: list[str]) -> dict[str, int]:
         conn = _conn_of(db)
         ids: dict[str, int] = {}
         for chunk in _chunks(fps):
@@ -315,8 +344,8 @@ class SqliteStore(SqlStore):
             )
         return ids
 
-    async def _insert_keys(
-        self, db: Db, provider: str, source: str, seq: int, rows: list[tuple[str, str, str]]
+    async def insert_keys(
+        self, db: Db, provider: str, source: str, seq: int, rows: list[NewKeyRow]
     ) -> list[tuple[str, int]]:
         conn = _conn_of(db)
         now = time.time()
@@ -330,19 +359,17 @@ class SqliteStore(SqlStore):
             "SELECT fingerprint, id FROM keys WHERE updated_seq = ?", (seq,)
         ).fetchall()
 
-    async def _key_rows(self, db: Db, ids: list[int]) -> list[Any]:
+    async def key_rows(self, db: Db, select: str, ids: list[int]) -> list[Row]:
         conn = _conn_of(db)
-        rows: list[Any] = []
+        rows: list[Row] = []
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             rows += conn.execute(
-                f"{KEY_SELECT} WHERE k.id IN ({marks}) ORDER BY k.id", chunk
+                f"{select} WHERE k.id IN ({marks}) ORDER BY k.id", chunk
             ).fetchall()
         return rows
 
-    async def _update_health(
-        self, db: Db, seq: int, rows: list[tuple[int, str, float, str]]
-    ) -> int:
+    async def update_health(self, db: Db, seq: int, rows: list[HealthRow]) -> int:
         cur = _conn_of(db).executemany(
             "UPDATE keys SET status = ?2, until = ?3, last_error = ?4, updated_seq = ?5"
             " WHERE id = ?1 AND (status IS NOT ?2 OR until IS NOT ?3 OR last_error IS NOT ?4)",
@@ -350,7 +377,7 @@ class SqliteStore(SqlStore):
         )
         return cur.rowcount
 
-    async def _add_counter_rows(
+    async def add_counter_rows(
         self, db: Db, keys: list[KeyDelta], providers: list[ProviderDelta]
     ) -> None:
         conn = _conn_of(db)
@@ -378,12 +405,31 @@ class SqliteStore(SqlStore):
             providers,
         )
 
-    async def _reseal(self, db: Db, rows: list[tuple[int, str, str]]) -> None:
+    async def reseal(self, db: Db, rows: list[ResealRow]) -> None:
         _conn_of(db).executemany(
             "UPDATE keys SET secret = ?2, fingerprint = ?3 WHERE id = ?1", rows
         )
 
 
-def _conn_of(db: Db) -> sqlite3.Connection:
-    assert isinstance(db, SqliteDb)
-    return db.conn
+class SqliteStore(Store):
+    """The store core on a `SqliteDriver`, as `create_store` makes it for a file. It adds no
+    operation: only its constructor, the file's path, and (for diagnostics and tests) the
+    connection and a way to run a function on the store's thread."""
+
+    def __init__(self, path: str | os.PathLike[str], secret_key: str = "") -> None:
+        self._sqlite = SqliteDriver(path)
+        super().__init__(self._sqlite, secret_key)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self._sqlite.path
+
+    @property
+    def _conn(self) -> sqlite3.Connection | None:
+        return self._sqlite.conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._sqlite.run(fn, *args)
