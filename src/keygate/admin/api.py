@@ -1,10 +1,11 @@
 """The admin JSON API under /api (docs/admin-api.md): keys, providers, clients, stats, config,
 requests, models.
 
-A raw ASGI callable over one route table gathered from the route modules (session, keys,
-providers, stats), with the request/response helpers of admin/http.py. Every write goes to the
-store first (so a crash loses no admin change) and is then applied to the running gateway at
-once (key pools, limits, default model).
+A raw ASGI callable over one route table (admin/table.py) gathered from the route modules
+(session, keys, providers, stats, models, clients), with the request/response helpers of
+admin/http.py; the OpenAPI document is made from the same table (admin/openapi.py). Every write
+goes to the store first (so a crash loses no admin change) and is then applied to the running
+gateway at once (key pools, limits, default model).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from urllib.parse import parse_qsl
 from keygate.admin.auth import AdminAuth
 from keygate.admin.clients import ClientRoutes
 from keygate.admin.credentials import AdminCredentials
-from keygate.admin.http import ApiError, Request, error_reply, match, send_reply
+from keygate.admin.http import ApiError, Reply, Request, error_reply, send_reply
 from keygate.admin.keys import KeyRoutes
 from keygate.admin.models import ModelRoutes
+from keygate.admin.openapi import document
 from keygate.admin.providers import ProviderRoutes
+from keygate.admin.schema import obj
 from keygate.admin.session import SessionRoutes
 from keygate.admin.stats import StatsRoutes
+from keygate.admin.table import match, op, table
 from keygate.gateway import Gateway
 from keygate.observe import log
 
@@ -33,14 +37,26 @@ class AdminAPI:
         self.auth = AdminAuth(gateway, credentials)
         self.session = SessionRoutes(self.auth)
         keys = KeyRoutes(gateway)
-        self.routes = [
-            *self.session.routes(),
-            *ProviderRoutes(gateway, keys).routes(),
-            *keys.routes(),
-            *StatsRoutes(gateway).routes(),
-            *ModelRoutes(gateway).routes(),
-            *ClientRoutes(gateway).routes(),
-        ]
+        self.routes = table(
+            self.session,
+            ProviderRoutes(gateway, keys),
+            keys,
+            StatsRoutes(gateway),
+            ModelRoutes(gateway),
+            ClientRoutes(gateway),
+            self,
+        )
+
+    @op(
+        "GET",
+        "/api/openapi.json",
+        "This document",
+        tag="status",
+        answer=obj(),
+        answer_text="OpenAPI 3.1",
+    )
+    async def openapi(self, req: Request) -> Reply:
+        return Reply(200, document(self.routes, self.gw.providers))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -51,7 +67,7 @@ class AdminAPI:
             path = path.rstrip("/") or "/"
         try:
             route, args, allowed = match(self.routes, method, path)
-            if route is None or not route.public:
+            if route is None or not route.op.public:
                 await self.session.authorize(scope)
             if route is None:
                 if allowed:
@@ -63,7 +79,7 @@ class AdminAPI:
                     )
                 raise ApiError(404, f"no such admin API route: {path}", "not_found")
             query = dict(parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace")))
-            reply = await route.handler(Request(scope, receive, route.limit, query), *args)
+            reply = await route.handler(Request(scope, receive, route.op.limit, query), *args)
         except ApiError as err:
             reply = error_reply(err)
         except Exception as exc:

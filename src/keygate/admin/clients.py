@@ -7,13 +7,57 @@ the other instances (`Gateway.clients_changed`). The key is in the answer to the
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from keygate.admin.http import ApiError, Reply, Request, Route, not_found, route
+from keygate.admin.components import CLIENT, DELETED_ID
+from keygate.admin.http import ApiError, Reply, Request, not_found
+from keygate.admin.schema import BOOL, INT, Param, Schema, arr, nullable, obj
+from keygate.admin.table import op
+from keygate.client_fields import ITEM_MAX, LIMIT_MAX, LIMITS, LIST_MAX, NAME_MAX
 from keygate.clients import ops
 from keygate.gateway import Gateway
 from keygate.observe import log
 
-_ID = r"(\d{1,18})"
+_TAG = "clients"
+CLIENT_ID = Param("id", r"\d{1,18}", {"type": "integer", "minimum": 1}, "client id")
+# What client_fields.clean accepts (it checks; the document says the same bounds).
+_LIMIT_SAYS = {
+    "rpm": "requests per sliding minute",
+    "rpd": "requests per UTC day",
+    "tpd": "tokens per UTC day",
+    "monthly_tokens": "tokens per UTC month",
+}
+_LIMIT = {**nullable(INT), "minimum": 0, "maximum": LIMIT_MAX}
+
+
+def _list(item: Schema, description: str) -> Schema:
+    return {**nullable(arr(item, maxItems=LIST_MAX)), "description": description}
+
+
+FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": r"\S"},
+    **{n: {**_LIMIT, "description": f"{_LIMIT_SAYS[n]}; 0 or null: no limit"} for n in LIMITS},
+    "providers": _list(
+        {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+        "allowed providers; empty or null: any",
+    ),
+    "models": _list(
+        {
+            "type": "string",
+            "maxLength": ITEM_MAX,
+            "pattern": r"^(\s*\*\s*|[^*]*[^*\s][^*]*(/\*)?)$",
+        },
+        "allowed models: names, provider/model, provider/* or *; empty: any",
+    ),
+    "expires_at": {
+        "oneOf": [
+            {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
+            {"type": "string", "format": "date-time"},
+            {"type": "null"},
+        ],
+        "description": "Unix seconds or ISO 8601; 0 or null: never",
+    },
+}
 
 
 def _invalid(exc: ValueError) -> ApiError:
@@ -26,18 +70,34 @@ class ClientRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
 
-    def routes(self) -> list[Route]:
-        return [
-            route("GET", r"/api/clients", self.list_clients),
-            route("POST", r"/api/clients", self.add_client),
-            route("PATCH", rf"/api/clients/{_ID}", self.patch_client),
-            route("DELETE", rf"/api/clients/{_ID}", self.delete_client),
-        ]
-
+    @op(
+        "GET",
+        "/api/clients",
+        "List client keys with usage today, this month and all time, and last use",
+        tag=_TAG,
+        answer=obj({"clients": arr(CLIENT), "total": INT}),
+        answer_text="every client key",
+    )
     async def list_clients(self, req: Request) -> Reply:
         clients = await ops.listing(self.gw.store, self.gw.clients, time.time())
         return Reply(200, {"clients": clients, "total": len(clients)})
 
+    @op(
+        "POST",
+        "/api/clients",
+        "Issue a client key: `key` (kgc- + 40 characters) is shown in this answer only",
+        tag=_TAG,
+        status=201,
+        answer=obj(
+            {
+                "id": INT,
+                "key": {"type": "string", "pattern": "^kgc-[A-Za-z0-9_-]{40}$"},
+                "client": CLIENT,
+            }
+        ),
+        answer_text="issued",
+        body=obj(FIELDS, required=["name"], closed=True),
+    )
     async def add_client(self, req: Request) -> Reply:
         doc = await req.json()
         try:
@@ -49,6 +109,18 @@ class ClientRoutes:
         view = await ops.one(self.gw.store, self.gw.clients, rec, time.time())
         return Reply(201, {"id": rec.id, "key": key, "client": view})
 
+    @op(
+        "PATCH",
+        "/api/clients/{id}",
+        "Change a client's limits, lists, expiry or `enabled`; applies at once everywhere",
+        tag=_TAG,
+        answer=CLIENT,
+        answer_text="the client now",
+        body=obj({**FIELDS, "enabled": BOOL}, closed=True),
+        body_required=False,
+        params=(CLIENT_ID,),
+        errors=(404,),
+    )
     async def patch_client(self, req: Request, client_id_s: str) -> Reply:
         client_id = int(client_id_s)
         doc = await req.json()
@@ -62,6 +134,16 @@ class ClientRoutes:
         log.info("admin: client #%d changed: %s", client_id, ", ".join(sorted(doc)) or "nothing")
         return Reply(200, await ops.one(self.gw.store, self.gw.clients, rec, time.time()))
 
+    @op(
+        "DELETE",
+        "/api/clients/{id}",
+        "Delete a client key; refused at once on every instance",
+        tag=_TAG,
+        answer=DELETED_ID,
+        answer_text="deleted",
+        params=(CLIENT_ID,),
+        errors=(404,),
+    )
     async def delete_client(self, req: Request, client_id_s: str) -> Reply:
         client_id = int(client_id_s)
         if not await self.gw.store.delete_client(client_id):

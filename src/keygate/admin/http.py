@@ -1,13 +1,11 @@
 """The admin API's request and response: the parsed request with its body on demand, the
-reply, the error shape of docs/admin-api.md, and a small (method, regex) route table. Raw ASGI
-like the rest of keygate; the route modules (keys, providers, stats, session) build on this.
+reply, and the error shape of docs/admin-api.md. Raw ASGI like the rest of keygate; the route
+table (admin/table.py) and the route modules (keys, providers, stats, session) build on this.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,49 +162,3 @@ class Request:
         if not isinstance(doc, dict):
             raise ApiError(400, "body: must be a JSON object", "invalid_json", param="body")
         return doc
-
-
-Handler = Callable[..., Awaitable[Reply]]
-
-
-@dataclass(slots=True)
-class Route:
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    limit: int = BODY_LIMIT
-    public: bool = False  # only the login
-
-
-def route(
-    method: str, pattern: str, handler: Handler, limit: int = BODY_LIMIT, public: bool = False
-) -> Route:
-    return Route(method, re.compile(pattern), handler, limit, public)
-
-
-def match(
-    routes: list[Route], method: str, path: str
-) -> tuple[Route | None, tuple[str, ...], list[str]]:
-    """The route and its captured groups, or None and the methods the path allows."""
-    allowed: list[str] = []
-    for r in routes:
-        m = r.pattern.fullmatch(path)
-        if m is None:
-            continue
-        if r.method == method:
-            return r, m.groups(), []
-        allowed.append(r.method)
-    return None, (), allowed
-
-
-def int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int | None) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise bad(name, f"must be a whole number, got {raw[:40]!r}") from None
-    if value < lo or (hi is not None and value > hi):
-        raise bad(name, f"must be ≥ {lo}" + (f" and ≤ {hi}" if hi is not None else ""))
-    return value

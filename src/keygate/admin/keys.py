@@ -10,16 +10,25 @@ import asyncio
 import time
 from typing import Any
 
-from keygate.admin.http import (
-    ApiError,
-    Reply,
-    Request,
-    Route,
-    bad,
-    int_param,
-    not_found,
-    route,
+from keygate.admin.components import DELETED_ID, IMPORT_RESULT, KEY, TEST_RESULT
+from keygate.admin.http import ApiError, Reply, Request, bad, not_found
+from keygate.admin.schema import (
+    INT,
+    STR,
+    Choice,
+    Field,
+    Param,
+    ProviderName,
+    Query,
+    QueryInt,
+    Text,
+    Whole,
+    arr,
+    fields_schema,
+    ints,
+    obj,
 )
+from keygate.admin.table import op
 from keygate.control.keypool import KeyEntry
 from keygate.control.quota import WINDOWS
 from keygate.gateway import Gateway
@@ -27,7 +36,14 @@ from keygate.keyops import Duplicate, KeyOps
 from keygate.observe import log
 from keygate.runtime import ProviderRuntime
 from keygate.settings import BOUNDS
-from keygate.store.base import KEY_STATUSES, InvalidKey, KeyRecord, parse_key_input
+from keygate.store.base import (
+    KEY_STATUSES,
+    MAX_SECRET_LEN,
+    MIN_SECRET_LEN,
+    InvalidKey,
+    KeyRecord,
+    parse_key_input,
+)
 from keygate.views import key_view, load_quota_views
 
 BATCH_BODY_LIMIT = 8 << 20  # a batch import of 100,000 keys fits
@@ -39,23 +55,36 @@ KEY_LIMIT_MAX = {w: int(BOUNDS["key_" + w]) for w in (*WINDOWS, "max_conn")}
 PROVIDER_TEST_MAX = 200  # keys tested by one POST /api/providers/{name}/test
 PROVIDER_TEST_PARALLEL = 10
 LABEL_MAX = 200
-_ID = r"(\d{1,18})"
+_TAG = "keys"
+KEY_ID = Param("id", r"\d{1,18}", {"type": "integer", "minimum": 1}, "key id")
+LIST_LIMIT = QueryInt(
+    "limit",
+    LIST_LIMIT_DEFAULT,
+    f"page size; more than {LIST_LIMIT_MAX} is served as {LIST_LIMIT_MAX}",
+    served_max=LIST_LIMIT_MAX,
+)
+LIST_OFFSET = QueryInt("offset", 0, "skip this many", high=LIST_OFFSET_MAX)
+LABEL = Text(LABEL_MAX, nullable=True)
+# What PATCH /api/keys/{id} may change: the handler checks each field with these.
+KEY_PATCH: dict[str, Field] = {
+    "label": LABEL,
+    "status": Choice(("active", "disabled")),
+    **{name: Whole(high) for name, high in KEY_LIMIT_MAX.items()},
+}
+# What the store accepts as a key (store.base.check_secret): printable, no whitespace.
+SECRET = {
+    "type": "string",
+    "writeOnly": True,
+    "minLength": MIN_SECRET_LEN,
+    "maxLength": MAX_SECRET_LEN,
+    "pattern": "^[!-~]+$",
+}
 
 
 class KeyRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.ops = KeyOps(gateway.store, gateway)
-
-    def routes(self) -> list[Route]:
-        return [
-            route("GET", r"/api/keys", self.list_keys),
-            route("POST", r"/api/keys", self.add_key),
-            route("POST", r"/api/keys/batch", self.import_keys, limit=BATCH_BODY_LIMIT),
-            route("PATCH", rf"/api/keys/{_ID}", self.patch_key),
-            route("DELETE", rf"/api/keys/{_ID}", self.delete_key),
-            route("POST", rf"/api/keys/{_ID}/test", self.test_key),
-        ]
 
     def _view(self, key: KeyEntry | KeyRecord, now: float) -> dict[str, Any]:
         rt = self.gw.providers.get(key.provider)
@@ -75,13 +104,35 @@ class KeyRoutes:
             raise bad("provider", f"no provider named {provider!r}")
         return provider
 
+    @op(
+        "GET",
+        "/api/keys",
+        "List keys, newest first, with filter, search and pagination",
+        tag=_TAG,
+        answer=obj(
+            {"keys": arr(KEY), "total": {**INT, "description": "matches under the filters"}}
+        ),
+        answer_text="one page",
+        params=(
+            Query("provider", STR, "only this provider"),
+            Query(
+                "status",
+                {"type": "string", "enum": [*KEY_STATUSES, ""]},
+                "only keys in this state; empty: any",
+            ),
+            Query("q", STR, "matches the label or the masked form"),
+            LIST_LIMIT,
+            LIST_OFFSET,
+        ),
+        errors=(400,),
+    )
     async def list_keys(self, req: Request) -> Reply:
         q = req.query
         provider = q.get("provider") or None
         status = q.get("status") or None
         search = (q.get("q") or "").strip() or None
-        limit = min(int_param(q, "limit", LIST_LIMIT_DEFAULT, 0, None), LIST_LIMIT_MAX)
-        offset = int_param(q, "offset", 0, 0, LIST_OFFSET_MAX)
+        limit = LIST_LIMIT.read(q)
+        offset = LIST_OFFSET.read(q)
         if status is not None and status not in KEY_STATUSES:
             raise bad("status", f"must be one of {', '.join(KEY_STATUSES)}")
         now = time.time()
@@ -92,17 +143,27 @@ class KeyRoutes:
                 await load_quota_views(rt, live)
         return Reply(200, {"keys": [self._view(k, now) for k in page], "total": total})
 
+    @op(
+        "POST",
+        "/api/keys",
+        "Add one key; usable by the very next proxied request",
+        tag=_TAG,
+        status=201,
+        answer=obj({"id": INT, "key": KEY}),
+        answer_text="added",
+        body=obj(
+            {"provider": ProviderName(), "key": SECRET, "label": LABEL.schema},
+            required=["provider", "key"],
+        ),
+        errors=(409,),
+    )
     async def add_key(self, req: Request) -> Reply:
         doc = await req.json()
         provider = self._provider_field(doc)
         secret = doc.get("key")
         if not isinstance(secret, str) or not secret.strip():
             raise bad("key", "required (a non-empty string)")
-        label = doc.get("label", "")
-        if label is None:
-            label = ""
-        if not isinstance(label, str) or len(label) > LABEL_MAX:
-            raise bad("label", f"must be a string of at most {LABEL_MAX} characters")
+        label = LABEL.check("label", doc.get("label", ""))
         try:
             key = await self.ops.add(provider, secret, label, "api")
         except Duplicate as dup:
@@ -118,6 +179,22 @@ class KeyRoutes:
         log.info("admin: added %s key %s#%d", provider, key.masked, key.id)
         return Reply(201, {"id": key.id, "key": self._view(key, time.time())})
 
+    @op(
+        "POST",
+        "/api/keys/batch",
+        "Import many keys: text split on newlines, commas, whitespace, or a JSON array",
+        tag=_TAG,
+        answer=obj({"results": arr(IMPORT_RESULT), **ints("added", "duplicate", "invalid")}),
+        answer_text="one result per token, in input order",
+        body=obj(
+            {
+                "provider": ProviderName(),
+                "input": {"oneOf": [STR, arr(STR)], "writeOnly": True},
+            },
+            required=["provider", "input"],
+        ),
+        limit=BATCH_BODY_LIMIT,
+    )
     async def import_keys(self, req: Request) -> Reply:
         doc = await req.json()
         provider = self._provider_field(doc)
@@ -143,32 +220,31 @@ class KeyRoutes:
         ]
         return Reply(200, {"results": results, **counts})
 
+    @op(
+        "PATCH",
+        "/api/keys/{id}",
+        "Enable, disable, label or limit a key; applies at once",
+        tag=_TAG,
+        answer=KEY,
+        answer_text="the key after the change",
+        body=fields_schema(
+            KEY_PATCH,
+            closed=True,
+            description="an empty body changes nothing and returns the key",
+        ),
+        body_required=False,
+        params=(KEY_ID,),
+        errors=(404,),
+    )
     async def patch_key(self, req: Request, key_id_s: str) -> Reply:
         key_id = int(key_id_s)
         doc = await req.json()
         fields: dict[str, Any] = {}
         for name, value in doc.items():
-            if name == "label":
-                if value is None:
-                    value = ""
-                if not isinstance(value, str) or len(value) > LABEL_MAX:
-                    raise bad("label", f"must be a string of at most {LABEL_MAX} characters")
-            elif name == "status":
-                if value not in ("active", "disabled"):
-                    raise bad("status", "must be 'active' or 'disabled'")
-            elif name in KEY_LIMIT_MAX:
-                high = KEY_LIMIT_MAX[name]
-                if isinstance(value, float) and value.is_integer():
-                    value = int(value)  # JSON's 5.0 is the integer 5
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
-                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                    raise bad(name, f"must be a whole number ≥ 0 and ≤ {high}, got {shown}")
-            else:
-                raise bad(
-                    name,
-                    "unknown field (label, status, rpm, rph, rpd, tpm, tph, tpd, max_conn)",
-                )
-            fields[name] = value
+            field = KEY_PATCH.get(name)
+            if field is None:
+                raise bad(name, f"unknown field ({', '.join(KEY_PATCH)})")
+            fields[name] = field.check(name, value)
         rec = await self._record(key_id)
         entry = self.ops.entry(rec.provider, key_id)
         if "status" in fields:
@@ -193,6 +269,16 @@ class KeyRoutes:
             self.gw.providers[rec.provider].pool.set_status(key_id, doc["status"], 0.0)
         return Reply(200, self._view(entry or rec, now))
 
+    @op(
+        "DELETE",
+        "/api/keys/{id}",
+        "Delete a key; it is never used again from this moment",
+        tag=_TAG,
+        answer=DELETED_ID,
+        answer_text="deleted",
+        params=(KEY_ID,),
+        errors=(404,),
+    )
     async def delete_key(self, req: Request, key_id_s: str) -> Reply:
         key_id = int(key_id_s)
         if not await self.ops.delete(key_id):
@@ -200,6 +286,16 @@ class KeyRoutes:
         log.info("admin: deleted key #%d", key_id)
         return Reply(200, {"deleted": key_id})
 
+    @op(
+        "POST",
+        "/api/keys/{id}/test",
+        "Test a key against its upstream; a pass revives it, a 401/403 marks it invalid",
+        tag=_TAG,
+        answer=TEST_RESULT,
+        answer_text="the outcome",
+        params=(KEY_ID,),
+        errors=(400, 404),
+    )
     async def test_key(self, req: Request, key_id_s: str) -> Reply:
         key_id = int(key_id_s)
         entry = self.gw.find_key(key_id)

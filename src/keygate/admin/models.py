@@ -5,10 +5,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from keygate.admin.http import ApiError, Reply, Request, Route, not_found, route
+from keygate.admin.components import MODEL_ROUTE
+from keygate.admin.http import ApiError, Reply, Request, not_found
+from keygate.admin.schema import STR, Param, arr, obj, said
+from keygate.admin.table import op
 from keygate.gateway import Gateway
 from keygate.observe import log
-from keygate.routing import RouteError
+from keygate.routing import NAME_MAX, STRATEGIES, TARGETS_MAX, RouteError
+
+_TAG = "models"
+MODEL_NAME = Param(
+    "name", r".+", {"type": "string", "minLength": 1, "maxLength": NAME_MAX}, "alias or group name"
+)
+TARGET = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": NAME_MAX,
+    "pattern": r"^[^\x00-\x1f\x7f]+$",
+    "description": "provider/model, or the name of another alias or group",
+}
+ENTRY = {
+    "oneOf": [
+        obj({"target": TARGET}, required=["target"], closed=True),
+        obj(
+            {
+                "strategy": {"type": "string", "enum": list(STRATEGIES)},
+                "targets": arr(
+                    TARGET,
+                    minItems=1,
+                    maxItems=TARGETS_MAX,
+                    description=f"at most {TARGETS_MAX}, tried in order (fallback) or by free "
+                    "capacity (spread)",
+                ),
+            },
+            required=["targets"],
+            closed=True,
+        ),
+    ]
+}
 
 
 def route_view(gw: Gateway, name: str) -> dict[str, Any]:
@@ -26,13 +60,31 @@ class ModelRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
 
-    def routes(self) -> list[Route]:
-        return [
-            route("GET", r"/api/models", self.list_models),
-            route("PUT", r"/api/models/(.+)", self.put_model),
-            route("DELETE", r"/api/models/(.+)", self.delete_model),
-        ]
-
+    @op(
+        "GET",
+        "/api/models",
+        "The unified endpoint's aliases and groups, and each listed provider's models",
+        tag=_TAG,
+        answer=obj(
+            {
+                "default_provider": STR,
+                "routes": obj(additionalProperties=MODEL_ROUTE),
+                "hidden": said(arr(STR), "config entries removed at run time"),
+                "providers": obj(
+                    additionalProperties=obj(
+                        {
+                            "models": arr(STR),
+                            "default": {"type": "boolean"},
+                            "fetched": {"type": "boolean"},
+                            "keys": {"type": "boolean"},
+                            "error": STR,
+                        }
+                    )
+                ),
+            }
+        ),
+        answer_text="the model table",
+    )
     async def list_models(self, req: Request) -> Reply:
         gw = self.gw
         return Reply(
@@ -45,6 +97,20 @@ class ModelRoutes:
             },
         )
 
+    @op(
+        "PUT",
+        "/api/models/{name}",
+        "Set an alias (target) or a group (strategy, targets); applied at once on every "
+        "instance. An unknown provider, empty targets, a cycle or more than "
+        f"{TARGETS_MAX} targets (in the list, or once the aliases and groups it names are "
+        "flattened) is a 400 naming the field. A request routed to a group has one retry "
+        f"budget of at most {TARGETS_MAX - 1} ({TARGETS_MAX} tries)",
+        tag=_TAG,
+        answer=MODEL_ROUTE,
+        answer_text="the entry now",
+        body=ENTRY,
+        params=(MODEL_NAME,),
+    )
     async def put_model(self, req: Request, name: str) -> Reply:
         doc = await req.json()
         if "target" in doc:
@@ -63,6 +129,17 @@ class ModelRoutes:
         log.info("admin: model %s set", name)
         return Reply(200, route_view(self.gw, name))
 
+    @op(
+        "DELETE",
+        "/api/models/{name}",
+        "Remove an alias or group (one from the config file is hidden); 409 while another "
+        "entry names it",
+        tag=_TAG,
+        answer=obj({"deleted": STR}),
+        answer_text="deleted",
+        params=(MODEL_NAME,),
+        errors=(404, 409),
+    )
     async def delete_model(self, req: Request, name: str) -> Reply:
         try:
             deleted = await self.gw.delete_model(name)

@@ -6,12 +6,35 @@ from __future__ import annotations
 from typing import Any
 
 from keygate import __version__
-from keygate.admin.http import ApiError, Reply, Request, Route, bad, not_found, route
-from keygate.admin.keys import KeyRoutes
+from keygate.admin.components import CONFIG, DEFAULT_MODEL, PROVIDER, PROVIDER_PATCH, TEST_RESULT
+from keygate.admin.http import ApiError, Reply, Request, bad, not_found
+from keygate.admin.keys import PROVIDER_TEST_MAX, PROVIDER_TEST_PARALLEL, KeyRoutes
+from keygate.admin.schema import NO_CONTROL, STR, Flag, Param, ProviderName, Text, arr, obj
+from keygate.admin.table import op
 from keygate.gateway import Gateway
 from keygate.observe import log
 from keygate.runtime import ProviderRuntime
+from keygate.settings import MODEL_NAME_MAX
 from keygate.views import load_quota_views, provider_view
+
+_TAG = "providers"
+PROVIDER_NAME = Param("name", r"[^/]+", STR, "provider name")
+MODEL = Text(
+    MODEL_NAME_MAX,
+    nullable=True,
+    problem="must be a string (empty clears the default model)",
+    extra={"pattern": NO_CONTROL, "description": "empty or null clears it"},
+)
+FORCE = Flag()
+DEFAULT_MODEL_BODY = obj(
+    {
+        "model": MODEL.schema,
+        "provider": ProviderName(optional=True, description="empty or null: the default provider"),
+        "force": FORCE.schema,
+    },
+    required=["model"],
+    closed=True,
+)
 
 
 class ProviderRoutes:
@@ -19,26 +42,37 @@ class ProviderRoutes:
         self.gw = gateway
         self.keys = keys
 
-    def routes(self) -> list[Route]:
-        return [
-            route("GET", r"/api/providers", self.list_providers),
-            route("PATCH", r"/api/providers/([^/]+)", self.patch_provider),
-            route("POST", r"/api/providers/([^/]+)/test", self.test_provider),
-            route("GET", r"/api/config", self.config),
-            route("PUT", r"/api/config/default-model", self.put_default_model),
-        ]
-
     def _runtime(self, name: str) -> ProviderRuntime:
         rt = self.gw.providers.get(name)
         if rt is None:
             raise not_found(f"no provider named {name!r}")
         return rt
 
+    @op(
+        "GET",
+        "/api/providers",
+        "Providers with their effective settings, key counts and live load",
+        tag=_TAG,
+        answer=obj({"providers": arr(PROVIDER)}),
+        answer_text="providers",
+    )
     async def list_providers(self, req: Request) -> Reply:
         for rt in self.gw.providers.values():
             await load_quota_views(rt)
         return Reply(200, {"providers": [provider_view(rt) for rt in self.gw.providers.values()]})
 
+    @op(
+        "PATCH",
+        "/api/providers/{name}",
+        "Change tunable settings; applies at once to the running gateway and persists",
+        tag=_TAG,
+        answer=PROVIDER,
+        answer_text="the provider after the change",
+        body=PROVIDER_PATCH,
+        body_required=False,
+        params=(PROVIDER_NAME,),
+        errors=(404,),
+    )
     async def patch_provider(self, req: Request, name: str) -> Reply:
         rt = self._runtime(name)
         fields = await req.json()
@@ -51,9 +85,28 @@ class ProviderRoutes:
             log.info("admin: provider %s changed: %s", name, ", ".join(sorted(fields)))
         return Reply(200, provider_view(rt))
 
+    @op(
+        "POST",
+        "/api/providers/{name}/test",
+        f"Test every non-disabled key of a provider (at most {PROVIDER_TEST_MAX}, "
+        f"{PROVIDER_TEST_PARALLEL} at a time)",
+        tag=_TAG,
+        answer=obj({"results": arr(TEST_RESULT)}),
+        answer_text="one result per key",
+        params=(PROVIDER_NAME,),
+        errors=(404,),
+    )
     async def test_provider(self, req: Request, name: str) -> Reply:
         return Reply(200, {"results": await self.keys.test_entries(self._runtime(name))})
 
+    @op(
+        "GET",
+        "/api/config",
+        "The running configuration (no secrets)",
+        tag="status",
+        answer=CONFIG,
+        answer_text="config",
+    )
     async def config(self, req: Request) -> Reply:
         s = self.gw.settings
         doc = {
@@ -71,11 +124,22 @@ class ProviderRoutes:
         }
         return Reply(200, doc)
 
+    @op(
+        "PUT",
+        "/api/config/default-model",
+        "Set a provider's default model (filled in when a request names none) and whether to "
+        "force it",
+        tag=_TAG,
+        answer=DEFAULT_MODEL,
+        answer_text="the provider's model settings now",
+        body=DEFAULT_MODEL_BODY,
+    )
     async def put_default_model(self, req: Request) -> Reply:
         doc = await req.json()
-        unknown = sorted(set(doc) - {"model", "provider", "force"})
+        known = DEFAULT_MODEL_BODY["properties"]
+        unknown = sorted(set(doc) - set(known))
         if unknown:
-            raise bad(unknown[0], "unknown field (model, provider, force)")
+            raise bad(unknown[0], f"unknown field ({', '.join(known)})")
         provider = doc.get("provider")
         if provider is None or provider == "":
             provider = self.gw.default_provider
@@ -83,16 +147,10 @@ class ProviderRoutes:
             raise bad("provider", f"no provider named {provider!r}")
         if "model" not in doc:  # a bare PUT must not clear the default model
             raise bad("model", "required (an empty string clears the default model)")
-        model = doc.get("model")
-        if model is None:
-            model = ""
-        if not isinstance(model, str) or len(model) > 200:
-            raise bad("model", "must be a string (empty clears the default model)")
+        model = MODEL.check("model", doc.get("model"))
         fields: dict[str, Any] = {"default_model": model.strip()}
         if "force" in doc:
-            if not isinstance(doc["force"], bool):
-                raise bad("force", "must be true or false")
-            fields["force_model"] = doc["force"]
+            fields["force_model"] = FORCE.check("force", doc["force"])
         try:
             cfg = await self.gw.update_provider(provider, fields)
         except ValueError as exc:

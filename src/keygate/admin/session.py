@@ -7,23 +7,21 @@ from typing import Any
 
 from keygate.admin.auth import CSRF_HEADER, SCOPE_COOKIE, AdminAuth
 from keygate.admin.auth import session_cookie as make_cookie
-from keygate.admin.http import ApiError, Reply, Request, Route, bad, is_https, refused, route
+from keygate.admin.components import OK
+from keygate.admin.http import ApiError, Reply, Request, is_https, refused
 from keygate.admin.http import unauthorized as _unauthorized
+from keygate.admin.schema import Text, fields_schema
+from keygate.admin.table import op
 from keygate.asgi import SESSION_COOKIE, read_cookie
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_TAG = "session"
+LOGIN = {"password": Text(min_len=1, problem="required")}
 
 
 class SessionRoutes:
     def __init__(self, auth: AdminAuth) -> None:
         self.auth = auth
-
-    def routes(self) -> list[Route]:
-        return [
-            route("POST", r"/api/session", self.login, public=True),
-            route("GET", r"/api/session", self.session_info),
-            route("DELETE", r"/api/session", self.logout),
-        ]
 
     async def authorize(self, scope: dict[str, Any]) -> None:
         """Bearer (a wrong one is charged to the failed-attempt throttle, like the login form) or
@@ -55,20 +53,44 @@ class SessionRoutes:
             )
         raise _unauthorized("admin authentication required")
 
+    @op(
+        "POST",
+        "/api/session",
+        "Log in with the admin password; sets the HttpOnly SameSite=Strict session cookie",
+        tag=_TAG,
+        answer=OK,
+        answer_text="logged in; Set-Cookie: keygate_session",
+        body=fields_schema(LOGIN, required=["password"]),
+        public=True,
+    )
     async def login(self, req: Request) -> Reply:
         doc = await req.json()
-        password = doc.get("password")
-        if not isinstance(password, str) or not password:
-            raise bad("password", "required")
+        password = LOGIN["password"].check("password", doc.get("password"))
         if not await self.auth.password_ok(password):
             raise refused(self.auth.failed(req.scope, "admin login"), "wrong admin password")
         token = await self.auth.new_session()
         cookie = make_cookie(token, self.auth.max_age(token), is_https(req.scope))
         return Reply(200, {"ok": True}, [(b"set-cookie", cookie)])
 
+    @op(
+        "GET",
+        "/api/session",
+        "Whether the caller is authenticated",
+        tag=_TAG,
+        answer=OK,
+        answer_text="yes",
+    )
     async def session_info(self, req: Request) -> Reply:
         return Reply(200, {"ok": True})
 
+    @op(
+        "DELETE",
+        "/api/session",
+        "Log out: revoke and clear the session cookie",
+        tag=_TAG,
+        answer=OK,
+        answer_text="logged out",
+    )
     async def logout(self, req: Request) -> Reply:
         req.scope.pop(SCOPE_COOKIE, None)
         for name, value in req.scope["headers"]:

@@ -1,5 +1,5 @@
-"""/api/stats, /api/requests, /metrics, /healthz (details) and /api/openapi.json: read-only
-views of the running gateway's traffic."""
+"""/api/stats, /api/requests, /metrics and /healthz (details): read-only views of the running
+gateway's traffic."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from keygate.admin.http import Reply, Request, Route, bad, int_param, route
-from keygate.admin.openapi import document as openapi_document
+from keygate.admin.components import REQUEST_RECORD, STATS
+from keygate.admin.http import Reply, Request, bad
+from keygate.admin.schema import STR, Query, QueryInt, arr, obj
+from keygate.admin.table import op
 from keygate.clients import ops as client_ops
 from keygate.gateway import Gateway
 from keygate.store.base import KEY_STATUSES
@@ -22,6 +24,10 @@ from keygate.views import (
 )
 
 REQUESTS_LIMIT_DEFAULT = 100
+_TAG = "status"
+REQUESTS_LIMIT = QueryInt("limit", REQUESTS_LIMIT_DEFAULT, "at most this many")
+# The `status` filter: a code (429), a class (2xx) or "error"; the handler reads it with this.
+STATUS_FILTER = re.compile(r"\s*([0-9]{3}|[1-5][xX][xX]|[eE][rR][rR][oO][rR])?\s*")
 
 
 class StatsRoutes:
@@ -29,15 +35,14 @@ class StatsRoutes:
         self.gw = gateway
         self._metrics: Any = None
 
-    def routes(self) -> list[Route]:
-        return [
-            route("GET", r"/api/stats", self.stats),
-            route("GET", r"/api/requests", self.requests),
-            route("GET", r"/api/openapi\.json", self.openapi),
-            route("GET", r"/metrics", self.metrics),
-            route("GET", r"/healthz", self.health),
-        ]
-
+    @op(
+        "GET",
+        "/api/stats",
+        "All-time counters, key states, load and a 120 s timeline",
+        tag=_TAG,
+        answer=STATS,
+        answer_text="stats",
+    )
     async def stats(self, req: Request) -> Reply:
         gw = self.gw
         stored = await gw.store.provider_totals()
@@ -88,11 +93,29 @@ class StatsRoutes:
         }
         return Reply(200, doc)
 
+    @op(
+        "GET",
+        "/api/requests",
+        "Recent requests, newest first (a bounded ring in memory)",
+        tag=_TAG,
+        answer=obj({"requests": arr(REQUEST_RECORD)}),
+        answer_text="records",
+        params=(
+            Query("provider", STR, "only this provider"),
+            Query(
+                "status",
+                {"type": "string", "pattern": f"^{STATUS_FILTER.pattern}$"},
+                "a code (429), a class (2xx, 4xx, 5xx) or error (≥ 400)",
+            ),
+            REQUESTS_LIMIT,
+        ),
+        errors=(400,),
+    )
     async def requests(self, req: Request) -> Reply:
         q = req.query
         provider = q.get("provider") or None
         ring = self.gw.recent
-        limit = min(int_param(q, "limit", REQUESTS_LIMIT_DEFAULT, 0, None), ring.maxlen or 1000)
+        limit = min(REQUESTS_LIMIT.read(q), ring.maxlen or 1000)
         wanted = _status_filter(q.get("status") or "")
         out: list[dict[str, Any]] = []
         for record in reversed(ring.copy()):
@@ -105,6 +128,16 @@ class StatsRoutes:
             out.append(record.public())
         return Reply(200, {"requests": out})
 
+    @op(
+        "GET",
+        "/metrics",
+        "Prometheus metrics (text format): requests by outcome, tokens, keys by state, "
+        "in-flight, queued, rejected, shared-state form",
+        tag=_TAG,
+        answer=STR,
+        answer_text="Prometheus text exposition format 0.0.4",
+        media="text/plain",
+    )
     async def metrics(self, req: Request) -> Reply:
         """Prometheus text format; scrape with the admin password as a bearer token."""
         from keygate import metrics
@@ -115,26 +148,35 @@ class StatsRoutes:
             await load_quota_views(rt)
         return Reply(200, metrics.render(self._metrics), content_type=metrics.CONTENT_TYPE)
 
+    @op(
+        "GET",
+        "/healthz",
+        "The health check's details",
+        tag=_TAG,
+        answer=obj(),
+        answer_text="details",
+        # Not part of the admin API's document: /healthz is the public health check (app.py
+        # answers it without credentials); only its details come through here.
+        listed=False,
+    )
     async def health(self, req: Request) -> Reply:
         """`/healthz` with admin credentials: the details (without them app.py answers)."""
         from keygate import health
 
         return Reply(200, health.details(self.gw))
 
-    async def openapi(self, req: Request) -> Reply:
-        return Reply(200, openapi_document(self.gw.providers))
-
 
 def _status_filter(raw: str) -> Callable[[int], bool] | None:
-    raw = raw.strip().lower()
-    if not raw:
+    m = STATUS_FILTER.fullmatch(raw)
+    if m is None:
+        raise bad("status", "must be a status code (429), a class (2xx, 4xx, 5xx) or 'error'")
+    value = (m.group(1) or "").lower()
+    if not value:
         return None
-    if raw == "error":
+    if value == "error":
         return lambda s: s >= 400
-    if re.fullmatch(r"[1-5]xx", raw):
-        low = int(raw[0]) * 100
+    if value.endswith("xx"):
+        low = int(value[0]) * 100
         return lambda s: low <= s < low + 100
-    if re.fullmatch(r"\d{3}", raw):
-        code = int(raw)
-        return lambda s: s == code
-    raise bad("status", "must be a status code (429), a class (2xx, 4xx, 5xx) or 'error'")
+    code = int(value)
+    return lambda s: s == code
