@@ -7,18 +7,20 @@ translator that uses it.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.gemini import GEMINI
 from keygate.dialects.openai import OPENAI
+from keygate.proxy.errors import GatewayError
+from keygate.proxy.translated import translate_request
+from keygate.settings import ProviderConfig
 from keygate.translate import (
     Untranslatable,
     adapter_for,
@@ -698,6 +700,9 @@ _VALUE = st.recursive(
     ),
     max_leaves=15,
 )
+_PROVIDER = ProviderConfig(name="p", base_url="http://127.0.0.1:9")
+# the roles of the messages a translated request sends: Chat's (False) or Anthropic's (True)
+_ROLES_SENT = {False: ("system", "user", "assistant", "tool"), True: ("user", "assistant")}
 _PAIRS = [
     ("anthropic", OPENAI),
     ("openai", ANTHROPIC),
@@ -715,20 +720,102 @@ _PAIRS = [
         _VALUE,
     ),
 )
+@example(pair=("anthropic", OPENAI), doc={"messages": 5})
+@example(pair=("openai", ANTHROPIC), doc={"model": "m"})
+@example(pair=("responses", ANTHROPIC), doc={"input": {"type": None}})
+@example(pair=("anthropic-count", OPENAI), doc={"messages": {"role": "user"}})
 def test_odd_requests_are_400s(pair: Any, doc: Any) -> None:
-    adapter: Any = adapter_for(pair[0], pair[1], "")
-    with contextlib.suppress(Untranslatable):
-        adapter.request(orjson.dumps(doc))
+    """What the request path makes of any request body: the 400 `untranslatable` that names
+    what cannot go, or a well-formed request for the upstream (never a 500). A body without
+    its family's list of messages (a Responses `input`: a list or a text) is always a 400."""
+    client, dialect = pair
+    field, shapes = ("input", (list, str)) if client == "responses" else ("messages", (list,))
+    adapter: Any = adapter_for(client, dialect, "")
+    try:
+        out = translate_request(adapter, orjson.dumps(doc), _PROVIDER)
+    except GatewayError as exc:
+        assert (exc.status, exc.code) == (400, "untranslatable")
+        assert exc.message.startswith("cannot translate this request for provider 'p': ")
+        return
+    assert isinstance(doc.get(field), shapes), f"went upstream without a valid {field}: {doc}"
+    if client == "anthropic-count":  # answered by keygate itself, nothing goes upstream
+        assert out == b"" and orjson.loads(adapter.local)["input_tokens"] >= 0
+        return
+    sent = orjson.loads(out)
+    roles = _ROLES_SENT[dialect is ANTHROPIC]
+    assert isinstance(sent["messages"], list)
+    assert all(isinstance(m, dict) and m.get("role") in roles for m in sent["messages"]), sent
+
+
+# each client family's stream, ended: its last event when the answer completed or failed
+_STREAM_ENDS = {
+    "anthropic": (b"event: message_stop", b"event: error"),
+    "openai": (b"data: [DONE]",),  # a failed one is cut short instead (`abort`)
+    "responses": (
+        b"event: response.completed",
+        b"event: response.incomplete",
+        b"event: response.failed",
+    ),
+}
 
 
 @settings(max_examples=150, deadline=None)
 @given(pair=st.sampled_from(_PAIRS[:4]), doc=_VALUE, events=st.lists(_VALUE, max_size=4))
 def test_odd_upstream_answers_and_events(pair: Any, doc: Any, events: list[Any]) -> None:
-    adapter: Any = adapter_for(pair[0], pair[1], "")
-    adapter.request(STREAM_REQUESTS[pair[0]])
-    with contextlib.suppress(ValueError):  # the relay answers 502
-        adapter.answer(orjson.dumps(doc))
+    """Whatever the upstream answers: a whole answer in the client's family or a ValueError
+    (the relay's 502); a stream that ends in the client's family, as an error if it must."""
+    client = pair[0]
+    adapter: Any = adapter_for(client, pair[1], "")
+    adapter.request(STREAM_REQUESTS[client])
+    try:
+        answer = orjson.loads(adapter.answer(orjson.dumps(doc)))
+    except ValueError:
+        pass  # the relay answers 502
+    else:
+        if client == "anthropic":
+            assert answer["type"] == "message" and isinstance(answer["content"], list)
+        elif client == "openai":
+            assert isinstance(answer["choices"], list) and answer["choices"]
+        else:
+            assert answer["object"] == "response" and isinstance(answer["output"], list)
+    translator = adapter.stream()
+    out = b"".join(
+        translator.feed(b"event: x\ndata: " + orjson.dumps(event) + b"\n\n") for event in events
+    )
+    out += translator.end()  # never raises: the stream ends, as an error if it must
+    assert translator.closed
+    frames = [f for f in out.split(b"\n\n") if f]
+    for frame in frames:  # every event well formed: (a name and) a JSON object
+        *name, data = frame.split(b"\n")
+        assert data.startswith(b"data: ") and len(name) == (client != "openai"), frame
+        assert data == b"data: [DONE]" or isinstance(orjson.loads(data[6:]), dict), frame
+    if client == "openai" and translator.failed:
+        assert translator.abort and b"[DONE]" not in out, "a broken stream is cut, not ended"
+    else:
+        assert frames and frames[-1].startswith(_STREAM_ENDS[client]), frames[-1:]
+        failed_end = frames[-1].startswith((b"event: error", b"event: response.failed"))
+        assert translator.failed == failed_end
+
+
+@pytest.mark.parametrize(
+    ("client", "events"),
+    [
+        ("anthropic", [{"choices": [{"finish_reason": ["stop"]}]}]),
+        ("responses", [{"choices": [{"finish_reason": {"why": "stop"}}]}]),
+        ("responses", [{"choices": [{"finish_reason": "stop"}, {"delta": {"content": 1}}]}]),
+    ],
+    ids=["list-finish", "object-finish", "number-after-finish"],
+)
+def test_a_chat_stream_with_a_non_text_value_ends_as_an_error(
+    client: str, events: list[Any]
+) -> None:
+    """A value `feed()` takes in is only used up by `end()`, which must end the client's
+    stream as an error as `feed()` would (it let a TypeError out; found by
+    test_odd_upstream_answers_and_events)."""
+    adapter: Any = adapter_for(client, OPENAI, "")
+    adapter.request(STREAM_REQUESTS[client])
     translator = adapter.stream()
     for event in events:
-        translator.feed(b"event: x\ndata: " + orjson.dumps(event) + b"\n\n")
-    translator.end()  # never raises: the stream ends, as an error if it must
+        translator.feed(b"data: " + orjson.dumps(event) + b"\n\n")
+    translator.end()
+    assert translator.closed and translator.failed

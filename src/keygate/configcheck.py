@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from keygate.control.keypool import mask
+from keygate.masking import mask
 from keygate.providers import BUILTINS, env_names
 from keygate.routing import RouteError, build_table, check_spec
 from keygate.settings import (

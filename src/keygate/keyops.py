@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from keygate.control.keypool import KeyEntry, mask
+from keygate.control.keypool import KeyEntry
+from keygate.masking import mask
 from keygate.probe import KeyTest, run_key_test
 from keygate.settings import ProviderConfig
 from keygate.store.base import DuplicateKey, ImportResult, KeyRecord, Store

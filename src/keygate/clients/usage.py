@@ -22,10 +22,14 @@ class Usage:
     def count(self, now: float, tokens_in: int, tokens_out: int, error: bool) -> None:
         p = PERIODS.at(now)
         pending = self.pending
+        row: list[int] | None
         for period in ("all", p.day, p.month, None):
-            row = self.since_start if period is None else pending.get(period)
-            if row is None:
-                row = pending[period] = [0, 0, 0, 0]
+            if period is None:
+                row = self.since_start
+            else:
+                row = pending.get(period)
+                if row is None:
+                    row = pending[period] = [0, 0, 0, 0]
             row[0] += 1
             row[1] += tokens_in
             row[2] += tokens_out

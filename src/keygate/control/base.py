@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
+    from keygate.budget import Announced
     from keygate.control.keypool import KeyEntry
-    from keygate.control.quota import Announced, Ticket
+    from keygate.control.quota import QuotaView, Ticket
 
 
 class Rejected(Exception):
@@ -142,7 +143,7 @@ class KeyPool(Protocol):
     async def load_views(self, entries: Iterable[KeyEntry]) -> None:
         """Before `quota_view` of these keys from an admin view: the fleet's windows."""
 
-    def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
+    def quota_view(self, entry: KeyEntry, now: float) -> QuotaView:
         """The key's quota windows as SPEC §12 shows them."""
 
     def refresh(self) -> None:

@@ -8,21 +8,13 @@ Redis form (`control.redis.keypool`) run the same state machine on these entries
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from keygate.control.quota import KeyQuota
+from keygate.masking import mask
 from keygate.quotaday import DEFAULT_DAY_RESET
 
 POOL_GUARD_WINDOW_S = 10.0
-
-
-def mask(secret: str) -> str:
-    """First 4 and last 4 characters; short secrets show less so they are never whole."""
-    n = len(secret)
-    if n >= 12:
-        return f"{secret[:4]}…{secret[-4:]}"
-    if n >= 6:
-        return f"{secret[:2]}…{secret[-2:]}"
-    return "…"
 
 
 class KeyEntry:
@@ -125,7 +117,7 @@ class KeyEntry:
         )
 
 
-class PoolSettings:
+class PoolSettings(Protocol):
     """The slice of provider settings the pool reads (live object, changed at run time)."""
 
     cooldown_s: float

@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from keygate.budget import Announced, within
+
+if TYPE_CHECKING:
+    from keygate.control.base import Pick
 
 WINDOWS = ("rpm", "rph", "rpd", "tpm", "tph", "tpd")
 SLIDING = {"rpm": 60.0, "rph": 3600.0, "tpm": 60.0, "tph": 3600.0}
@@ -48,7 +51,7 @@ MAX_ESTIMATE = 10**9  # a completion allowance past this is no real request's
 def estimate_parsed(doc: dict[str, Any], size: int, default_max_tokens: int) -> int:
     """`estimate_tokens` for a body already parsed: the request's own top-level allowance
     (a `max_tokens` nested in a tool's schema says nothing about the answer's length)."""
-    allowed: Any = None
+    allowed: object = None
     for name in _MAX_FIELDS:
         if name in doc:
             allowed = doc[name]
@@ -90,7 +93,7 @@ class Ticket:
         return used if used > 0 else charged
 
 
-def quota_delay(pick: Any, ticket: Ticket | None, timeout_s: float) -> float:
+def quota_delay(pick: Pick, ticket: Ticket | None, timeout_s: float) -> float:
     """Seconds to wait for the earliest quota reset before picking again, when every key's
     quota (not its health) holds it back and the wait fits in the queue timeout; else 0."""
     wait = pick.wait
@@ -121,14 +124,14 @@ class KeyQuota:
         self.hsum = 0.0
         self.day = 0.0  # start of the day the counters belong to
         self.rd = 0
-        self.td = 0
-        self.flushed = (0.0, 0, 0)  # (day, rd, td) at the last flush to the store
+        self.td: float = 0  # a float once an answer's usage has corrected a charge
+        self.flushed: tuple[float, int, float] = (0.0, 0, 0)  # (day, rd, td) at the last flush
         self.cut = 0.0  # the time of the last trim: charges after cut - span are still held
         self.snug = False  # the last check found a window over 90% used (see nearly_spent)
         # window -> [remaining, reset_at, limit, period, tentative]
         self.ann: dict[str, list[float]] = {}
 
-    def unflushed(self) -> tuple[float, int, int] | None:
+    def unflushed(self) -> tuple[float, int, float] | None:
         """(day, requests, tokens) counted since the last flush; None when nothing was."""
         day, rd, td = self.flushed
         if day != self.day:
@@ -308,7 +311,7 @@ class KeyQuota:
 
     def rows(
         self, limits: tuple[int, int, int, int, int, int], now: float, day_end: float
-    ) -> dict[str, dict[str, float | int | None]]:
+    ) -> QuotaView:
         """The SPEC §12 view of these windows (see `view_rows`)."""
         self.trim(now)
         m, h = self.m, self.h
@@ -319,19 +322,30 @@ class KeyQuota:
         return view_rows(limits, used, (first_m, first_h, day_end), ann)
 
 
+class WindowRow(TypedDict):
+    """One window as SPEC §12 shows it; None: unknown."""
+
+    used: float | None  # requests or tokens (a float where usage corrected an estimate)
+    limit: int | None
+    reset_at: float | None
+
+
+QuotaView = dict[str, WindowRow]  # window (`rpm` … `tpd`) -> its row
+
+
 def view_rows(
     limits: tuple[int, int, int, int, int, int],
-    used: tuple[int, int, int, int, int, int],
+    used: tuple[int, int, int, int, int, float],
     resets: tuple[float | None, float | None, float],
     ann: dict[str, list[float]],
-) -> dict[str, dict[str, float | int | None]]:
+) -> QuotaView:
     """Per window: used, limit (configured or announced, the lower; None: unknown) and when it
     resets (`resets`: the minute's, the hour's, the day's)."""
-    out: dict[str, dict[str, float | int | None]] = {}
+    out: QuotaView = {}
     for i, window in enumerate(WINDOWS):
         limit: int | None = limits[i] or None
         reset = resets[i % 3]
-        u: int | None = used[i]
+        u: float | None = used[i]
         a = ann.get(window)
         if a is not None:
             ann_limit = int(a[2]) if a[2] else None
@@ -357,5 +371,5 @@ def _token_wait(
     return 0.0
 
 
-def empty_view() -> dict[str, dict[str, None]]:
+def empty_view() -> QuotaView:
     return {w: {"used": None, "limit": None, "reset_at": None} for w in WINDOWS}

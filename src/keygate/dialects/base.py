@@ -167,10 +167,11 @@ def _budget(
     moment = at(reset, now)
     if moment is None:
         return
+    name: str | None
     if window:
         if not within(window, moment - now):
             return
-        name: str | None = window
+        name = window
     else:
         name = window_for(kind, moment - now)
         if name is None:

@@ -121,7 +121,7 @@ def _gemini_usage_at(chunk: bytes, start: int, usage: list[int]) -> bool:
     return True
 
 
-def _count(value: Any) -> int:
+def _count(value: object) -> int:
     """A count as the answer wrote it (a number, or digits when read from a cut object)."""
     if type(value) is int:
         return value if 0 <= value < 10**12 else 0  # more is no answer's usage

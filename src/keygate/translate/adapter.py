@@ -77,13 +77,15 @@ def adapter_for(
     after the provider prefix) to a provider of `provider_dialect` (named `provider`, for the
     Responses API's native speakers), or None when it passes as is. Cheap when None: the
     request path calls it for every POST; a fallback loop can call it once per target."""
-    by_path = client is None
-    if by_path:
+    if client is None:
         client = CLIENT_FAMILIES.get(path)
         if client is None:
             return None
         if (provider_dialect, path, provider) in _PASSES:
             return None
+        by_path = True
+    else:
+        by_path = False
     upstream = upstream_family(provider_dialect)
     if (
         client == upstream
@@ -306,7 +308,10 @@ class StreamTranslator:
                     self._event(name, data)
             except SSEError as exc:
                 self.stage.fail(str(exc))
-            self.stage.done()
+            try:
+                self.stage.done()  # uses up what was held: it may meet what `feed` let in
+            except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+                self.stage.fail("the upstream sent an event keygate cannot read")
         return self.writer.take()
 
     def fail(self, message: str) -> bytes:

@@ -393,9 +393,9 @@ class MessagesToChat(Stage):
             if dtype == "text_delta":
                 self._chunk({"content": delta.get("text", "")})
             elif dtype == "input_json_delta":
-                at = self.tools.get(data.get("index", -1))
-                if at is not None and delta.get("partial_json"):
-                    piece = {"index": at, "function": {"arguments": delta["partial_json"]}}
+                call_at = self.tools.get(data.get("index", -1))
+                if call_at is not None and delta.get("partial_json"):
+                    piece = {"index": call_at, "function": {"arguments": delta["partial_json"]}}
                     self._chunk({"tool_calls": [piece]})
             elif dtype == "thinking_delta":
                 self._chunk({"reasoning_content": delta.get("thinking", "")})

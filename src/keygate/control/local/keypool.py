@@ -12,15 +12,15 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from keygate.budget import Announced
 from keygate.control.base import Event, Pick
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, PoolSettings, default_limits
 from keygate.control.quota import (
     LOOKAHEAD,
     WINDOWS,
-    Announced,
     KeyQuota,
+    QuotaView,
     Ticket,
     empty_view,
 )
@@ -102,11 +102,17 @@ class LocalKeyPool:
     def _share(self, limit: int) -> int:
         return max(1, limit // self.share) if limit else 0
 
+    def _share_all(
+        self, limits: tuple[int, int, int, int, int, int]
+    ) -> tuple[int, int, int, int, int, int]:
+        s = self._share
+        return (s(limits[0]), s(limits[1]), s(limits[2]), s(limits[3]), s(limits[4]), s(limits[5]))
+
     def refresh(self) -> None:
         """The provider's settings changed: per-key defaults and the day boundary again."""
         dflt = default_limits(self.cfg)
         if self.share > 1:
-            dflt = tuple(self._share(x) for x in dflt)  # type: ignore[assignment]
+            dflt = self._share_all(dflt)
         self._dflt = dflt
         self._q_on = any(dflt)
         self._day = (0.0, 0.0)
@@ -118,7 +124,7 @@ class LocalKeyPool:
             return self._dflt
         d = self._dflt
         if self.share > 1:
-            own = tuple(self._share(x) for x in own)  # type: ignore[assignment]
+            own = self._share_all(own)
         return (
             own[0] or d[0],
             own[1] or d[1],
@@ -158,7 +164,7 @@ class LocalKeyPool:
     async def load_views(self, entries: Iterable[KeyEntry]) -> None:
         """Nothing to load: the windows are here (the Redis form reads the fleet's)."""
 
-    def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
+    def quota_view(self, entry: KeyEntry, now: float) -> QuotaView:
         """The key's windows as SPEC §12 shows them (used, limit, reset_at; null: unknown)."""
         q = entry.quota
         if q is None:

@@ -18,7 +18,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -61,7 +61,7 @@ class RedisTarget:
                 f"KEYGATE_REDIS_URL must start with redis://, rediss:// or unix://, got {scheme!r}"
             )
         try:
-            kwargs = parse_url(url)
+            kwargs: dict[str, Any] = dict(parse_url(url))  # with keygate's own options
             lease_s = float(kwargs.pop("lease_s", DEFAULT_LEASE_S))
             timeout_s = float(kwargs.pop("timeout_s", DEFAULT_TIMEOUT_S))
         except ValueError as exc:
@@ -152,7 +152,7 @@ class RespPipe(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a stream connection's
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection lost ({exc})" if exc else "connection closed by Redis"

@@ -14,11 +14,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from keygate.budget import within
+from keygate.budget import Announced, within
 from keygate.control.base import Event, Pick
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, default_limits
 from keygate.control.local.keypool import LocalKeyPool
-from keygate.control.quota import Announced, Ticket, view_rows
+from keygate.control.quota import QuotaView, Ticket, view_rows
 from keygate.control.redis.connection import Callback, RedisDown
 from keygate.control.redis.scripts import (
     PICK,
@@ -49,7 +49,7 @@ class RedisCharge(NamedTuple):
     lease: str
     day: float
     end: float
-    mine: Any
+    mine: object  # the local mirror's own charge handle (None: none)
 
 
 def decode_state(raw: bytes) -> tuple[str, float]:
@@ -138,7 +138,7 @@ class SharedKeyPool:
             for key_id, raw in zip(batch, res, strict=False):
                 self._views[key_id] = orjson.loads(raw)
 
-    def quota_view(self, entry: KeyEntry, now: float) -> dict[str, Any]:
+    def quota_view(self, entry: KeyEntry, now: float) -> QuotaView:
         """The fleet's windows when `load_views` read them, else this instance's."""
         doc = self._views.get(entry.id)
         if doc is None:

@@ -65,11 +65,24 @@ class SharedGate(Protocol):
 
     def wake(self) -> None: ...
 
+    def on_pause(self, until: float) -> None: ...
+
 
 class SharedPool(Protocol):
-    """What the supervisor needs of a provider's shared key pool (keypool.py registers it)."""
+    """What the supervisor needs of a provider's shared key pool (keypool.py registers it):
+    its per-key connection leases, to renew, and the fleet's events about its keys."""
+
+    leases: dict[int, list[str]]
+
+    def conn_key(self, key_id: int) -> str: ...
 
     async def resync(self) -> None: ...
+
+    def on_health(self, msg: dict[str, Any]) -> None: ...
+
+    def on_guard(self, msg: dict[str, Any]) -> None: ...
+
+    def note_429(self) -> None: ...
 
 
 PROBE_S = 1.0  # how often an unreachable Redis is tried again
