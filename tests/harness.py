@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import shutil
@@ -94,17 +95,19 @@ class Gateway:
 
 
 def wait_healthy(gw: Gateway, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if gw.proc.poll() is not None:
             raise RuntimeError(f"keygate exited with {gw.proc.returncode}:\n{gw.log()}")
-        try:
-            if httpx.get(gw.url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"keygate did not become healthy:\n{gw.log()}")
+        return httpx.get(gw.url + "/healthz", timeout=1).status_code == 200
+
+    eventually(
+        healthy,
+        timeout,
+        "keygate answers /healthz with 200",
+        interval=0.05,
+        ignoring=httpx.HTTPError,
+        context=gw.log,
+    )
 
 
 def start_gateway(
@@ -189,36 +192,105 @@ def mock_env(mock: MockUpstream) -> dict[str, str]:
     return {env_names(name, "BASE_URL")[0]: mock.url for name in BUILTINS}
 
 
-def wait_log(gw: Any, pattern: str, after: int, timeout: float = 10) -> str:
-    """The gateway's log from offset `after`, once `pattern` appears in it."""
+POLL_S = 0.02  # how often `eventually` looks again, unless told
+
+
+def eventually(
+    predicate: Callable[[], T],
+    timeout: float = 5.0,
+    what: str = "the condition",
+    *,
+    interval: float = POLL_S,
+    ignoring: type[BaseException] | tuple[type[BaseException], ...] = (),
+    context: Callable[[], object] | None = None,
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that: every test that
+    waits for something waits here, for the thing itself rather than for a guessed time.
+
+    Exceptions of the `ignoring` types count as "not yet" (a server still starting); any
+    other exception, a failed assert included, ends the wait at once. After `timeout` seconds
+    it fails naming `what` and the last value seen (and `context()`, e.g. a log, when given),
+    so a timeout reads as the behaviour that did not happen."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tail = gw.log()[after:]
-        if re.search(pattern, tail):
-            return tail
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} in the log:\n{gw.log()[after:]}")
+    while True:
+        try:
+            last: object = predicate()
+        except ignoring as exc:
+            last = exc
+        else:
+            if last:
+                return last  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(_not_within(timeout, what, last, context))
+        time.sleep(interval)
+
+
+async def eventually_async(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float = 5.0,
+    what: str = "the condition",
+    *,
+    interval: float = POLL_S,
+    ignoring: type[BaseException] | tuple[type[BaseException], ...] = (),
+    context: Callable[[], object] | None = None,
+) -> T:
+    """`eventually` for a test's own event loop: its tasks run between polls, and `predicate`
+    may be a coroutine function (a store read, an HTTP call)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            last: object = predicate()
+            if inspect.isawaitable(last):
+                last = await last
+        except ignoring as exc:
+            last = exc
+        else:
+            if last:
+                return last  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(_not_within(timeout, what, last, context))
+        await asyncio.sleep(interval)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll `predicate` until it holds, instead of sleeping for a guess; the seconds it took.
-    Fails naming `what` did not happen, so a timeout reads as the missing behaviour."""
+    """The former name of `eventually`, kept for tests written against it: the seconds it
+    took. New tests call `eventually`."""
     start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.01)
+    eventually(predicate, timeout, what)
     return time.monotonic() - start
 
 
-async def wait_for_async(predicate: Callable[[], object], timeout: float, what: str) -> float:
-    """`wait_for` that lets the test's own event loop run between polls (its tasks progress)."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
+def _not_within(
+    timeout: float, what: str, last: object, context: Callable[[], object] | None
+) -> str:
+    seen = repr(last)
+    if len(seen) > 2000:
+        seen = seen[:2000] + "…"
+    message = f"not within {timeout:g} s: {what} (last seen: {seen})"
+    if context is not None:
+        try:
+            told = str(context())
+        except Exception as exc:  # the timeout is the news, not a failing look around
+            told = f"(context unavailable: {exc!r})"
+        message += f"\n{told[-4000:]}"
+    return message
+
+
+def wait_log(gw: Any, pattern: str, after: int = 0, timeout: float = 10) -> str:
+    """The gateway's log from offset `after`, once `pattern` appears in it (the access log is
+    written in batches, a moment after the request)."""
+
+    def tail() -> str | None:
+        text: str = gw.log()[after:]
+        return text if re.search(pattern, text) else None
+
+    return eventually(
+        tail,
+        timeout,
+        f"{pattern!r} in the log",
+        interval=0.05,
+        context=lambda: gw.log()[after:],
+    )
 
 
 def admission(gw: Gateway, provider: str) -> dict[str, Any]:
@@ -258,11 +330,11 @@ def with_store(gw: Gateway, fn: Callable[[Store], Awaitable[T]]) -> T:
 
 def wait_for_store(
     gw: Gateway, predicate: Callable[[Store], Awaitable[object]], timeout: float, what: str
-) -> float:
-    """`wait_for` on what `gw`'s store holds, read over one second connection (opening one per
+) -> object:
+    """`eventually` on what `gw`'s store holds, read over one second connection (opening one per
     poll would compete with the gateway's own writes)."""
 
-    async def run() -> float:
+    async def run() -> object:
         async with _second_store(gw) as store:
             return await wait_for_store_async(store, predicate, timeout, what)
 
@@ -271,10 +343,5 @@ def wait_for_store(
 
 async def wait_for_store_async(
     store: Store, predicate: Callable[[Store], Awaitable[object]], timeout: float, what: str
-) -> float:
-    start = time.monotonic()
-    while not await predicate(store):
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
+) -> object:
+    return await eventually_async(lambda: predicate(store), timeout, what, interval=0.05)

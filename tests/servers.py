@@ -18,9 +18,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness import eventually
 
 __all__ = [
     "PostgresServer",
@@ -194,6 +195,19 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
+def _answers(proc: subprocess.Popen[bytes], port: int, timeout: float = 10) -> bool:
+    """Whether the redis-server `proc` answers on `port` (False: it exited, or not in time)."""
+
+    def state() -> str | None:
+        if proc.poll() is not None:
+            return "exited"
+        return "up" if _redis_ping(port) else None
+
+    with contextlib.suppress(AssertionError):  # neither within `timeout`
+        return eventually(state, timeout, "redis-server answers or exits") == "up"
+    return False
+
+
 def start_redis(tmpdir: str | os.PathLike[str], port: int | None = None) -> RedisServer:
     """Start redis-server without persistence; `port` to restart one on the same port."""
     binary = redis_bin()
@@ -212,12 +226,9 @@ def start_redis(tmpdir: str | os.PathLike[str], port: int | None = None) -> Redi
                 stderr=subprocess.STDOUT,
             )
         server = RedisServer(proc, chosen, data_dir)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _redis_ping(chosen):
-                atexit.register(server.stop)
-                return server
-            time.sleep(0.02)
+        if _answers(proc, chosen):
+            atexit.register(server.stop)
+            return server
         server.stop()
         last = server.log()
         if port is not None or "in use" not in last:

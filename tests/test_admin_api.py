@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import wait_for, wait_for_store, with_store
+from harness import eventually, wait_for_store, with_store
 from keygate.control.keypool import mask
 from keygate.testing.mock_upstream import MockUpstream
 
@@ -237,7 +237,7 @@ def test_disable_enable_and_patch(kg: Kg) -> None:
         keys = kg.ok("GET", "/api/keys", params={"status": "active"})["keys"]
         return {k["id"]: k["label"] for k in keys}
 
-    wait_for(
+    eventually(
         lambda: labels_in_memory().get(id2) == "feed-mark",
         5,
         "the gateway picked up a store write through its change feed",

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from harness import mock_env
+from harness import eventually, mock_env
 from keygate.control.keypool import mask
 from keygate.providers import BUILTINS
 from keygate.store import create_store
@@ -563,13 +563,13 @@ def test_cli_changes_reach_a_running_gateway(gateway_factory: Any, mock: MockUps
         assert _proxied_key(gw, mock, client) == env_key
         new_id = cli.add("cerebras", new)
         added_at = time.monotonic()
-        seen_after = None
-        while time.monotonic() - added_at < 3:
-            if _proxied_key(gw, mock, client) == new:
-                seen_after = time.monotonic() - added_at
-                break
-            time.sleep(0.05)
-        assert seen_after is not None, "a key added with the CLI was not used within 3 s"
+        eventually(
+            lambda: _proxied_key(gw, mock, client) == new,
+            3,
+            "a key added with the CLI is used",
+            interval=0.05,
+        )
+        seen_after = time.monotonic() - added_at
         assert seen_after < 2.0, f"a key added with the CLI was first used after {seen_after:.2f}s"
         print(f"\nCLI add → first proxied use: {seen_after:.2f}s")
 
@@ -599,16 +599,21 @@ def test_cli_import_reaches_a_running_gateway(gateway_factory: Any, mock: MockUp
     keys = [cli.key(f"bulk{i}") for i in range(5)]
     out = cli.ok("keys", "import", "groq", input=", ".join(keys))
     assert summary(out) == ("groq", {"added": 5})
-    deadline = time.monotonic() + 3
     seen: set[str | None] = set()
+
+    def all_used() -> bool:
+        r = client.post("/groq/v1/chat/completions", json=CHAT, headers=gw.auth())
+        if r.status_code == 200:  # else no keys yet: the gateway has not polled the store
+            seen.add(mock.records()[-1].key)
+        return seen == set(keys)
+
     with gw.client() as client:
-        while time.monotonic() < deadline and seen != set(keys):
-            r = client.post("/groq/v1/chat/completions", json=CHAT, headers=gw.auth())
-            if r.status_code == 200:
-                seen.add(mock.records()[-1].key)
-            else:
-                time.sleep(0.05)  # no keys yet: the gateway has not polled the store
-    assert seen == set(keys), "keys imported with the CLI were not all used within 3 s"
+        eventually(
+            all_used,
+            3,
+            "every key imported with the CLI is used",
+            context=lambda: f"used: {len(seen & set(keys))} of {len(keys)}",
+        )
 
 
 # --- the CLI finds the server's config and store ----------------------------------------------
@@ -649,15 +654,18 @@ def test_cli_uses_the_servers_recorded_config_and_store(
     mock.set_behavior(secret, status=401)
     proc = cli.run("keys", "test", str(key_id))
     assert proc.returncode == 1 and "now invalid" in proc.stdout
-    deadline = time.monotonic() + 5
-    status = None
-    while time.monotonic() < deadline:
+
+    def status() -> str:
         keys = gw.api("GET", "/api/keys", params={"provider": "acme"}).json()["keys"]
-        status = keys[0]["status"]
-        if status == "invalid":
-            break
-        time.sleep(0.05)
-    assert status == "invalid", "the server did not pick up the CLI's test result"
+        return str(keys[0]["status"])
+
+    eventually(
+        lambda: status() == "invalid",
+        5,
+        "the server picks up the CLI's test result",
+        interval=0.05,
+        context=lambda: f"status: {status()}",
+    )
 
 
 def test_read_commands_refuse_a_store_that_does_not_exist(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from harness import wait_for
+from harness import eventually
 from keygate.testing.mock_upstream import MockUpstream
 
 CEREBRAS_KEY = "csk-cerebras-aaaa1111"
@@ -138,16 +138,17 @@ def test_disabled_deleted_expired_are_401(gw: Any, mock: MockUpstream) -> None:
             chat(oai(gw, key))
         with pytest.raises(anthropic.AuthenticationError):
             message(claude(gw, key))
+
     # expiry: refused once its time has come (the key worked before)
-    deadline = time.time() + 2.5
-    while time.time() < deadline:
+    def refused_as_expired() -> bool:
         try:
             chat(oai(gw, expired))
         except openai.AuthenticationError as exc:
             assert "expired" in exc.message
-            break
-    else:
-        pytest.fail("an expired client key was still accepted")
+            return True
+        return False
+
+    eventually(refused_as_expired, 2.5, "an expired client key is refused")
     assert (
         gw.api("PATCH", f"/api/clients/{expired_id}", json={"expires_at": None}).status_code == 200
     )
@@ -258,19 +259,19 @@ def test_cli_add_update_rm_reach_the_running_server(gw: Any, mock: MockUpstream)
     assert done.stdout.count(key) == 1
     client = oai(gw, key)
     # (polling with a key not known yet would trip the wrong-password throttle)
-    wait_for(lambda: known_clients(gw) == 1, 5, "the server loads a client added by the CLI")
+    eventually(lambda: known_clients(gw) == 1, 5, "the server loads a client added by the CLI")
     chat(client)
     listed = cli(gw, "list", "--json")
     assert key not in listed.stdout
     cid = orjson.loads(listed.stdout)["clients"][0]["id"]
     assert cli(gw, "update", str(cid), "--disable").returncode == 0
-    wait_for(lambda: not _works(client), 5, "a client disabled by the CLI is refused")
+    eventually(lambda: not _works(client), 5, "a client disabled by the CLI is refused")
     bad = cli(gw, "update", str(cid), "--rpm", "-3")
     assert bad.returncode == 2 and "rpm:" in bad.stderr
     assert cli(gw, "update", str(cid), "--enable").returncode == 0
-    wait_for(lambda: _works(client), 5, "enabled again")
+    eventually(lambda: _works(client), 5, "enabled again")
     assert cli(gw, "rm", str(cid)).returncode == 0
-    wait_for(lambda: not _works(client), 5, "a client deleted by the CLI is refused")
+    eventually(lambda: not _works(client), 5, "a client deleted by the CLI is refused")
     assert cli(gw, "rm", str(cid)).returncode == 1
 
 
@@ -300,7 +301,7 @@ def test_changes_apply_on_the_other_instance(gateway_factory: Any, tmp_path: Pat
     two = gateway_factory(env=ENV, config={"providers": NO_WAIT}, data_dir=shared)
     cid, key = add_client(one, rpd=1000)
     other = oai(two, key)
-    wait_for(lambda: known_clients(two) == 1, 5, "the other instance loads the new client")
+    eventually(lambda: known_clients(two) == 1, 5, "the other instance loads the new client")
     chat(other)
     one.api("PATCH", f"/api/clients/{cid}", json={"models": ["nothing-else"]})
 
@@ -311,9 +312,9 @@ def test_changes_apply_on_the_other_instance(gateway_factory: Any, tmp_path: Pat
             return True
         return False
 
-    wait_for(refused_403, 5, "a model list changed on one instance applies on the other")
+    eventually(refused_403, 5, "a model list changed on one instance applies on the other")
     one.api("DELETE", f"/api/clients/{cid}")
-    wait_for(lambda: status_of(other) == 401, 5, "deleted on the other instance too")
+    eventually(lambda: status_of(other) == 401, 5, "deleted on the other instance too")
 
 
 def test_the_model_check_sees_the_model_the_upstream_sees(gw: Any, mock: MockUpstream) -> None:

@@ -5,6 +5,7 @@ two instances sharing Redis (A on one, B on the other: fleet-wide turns)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from harness import wait_for
+from harness import eventually
 from keygate.testing.mock_upstream import MockUpstream
 from servers import RedisServer, redis_bin, start_redis
 
@@ -128,7 +129,9 @@ def test_with_redis_a_change_reaches_the_other_instance_at_once(
         r = gw1.api("POST", "/api/clients", json={"name": "quick"})
         cid, key = r.json()["id"], r.json()["key"]
         other = openai.OpenAI(base_url=f"{gw2.url}/cerebras/v1", api_key=key, max_retries=0)
-        took = wait_for(lambda: known(gw2) == 1, 5, "the new client reaches the other instance")
+        added = time.monotonic()
+        eventually(lambda: known(gw2) == 1, 5, "the new client reaches the other instance")
+        took = time.monotonic() - added
         assert took < 0.5, took
         other.chat.completions.create(model="m", messages=MESSAGES)
         assert gw1.api("PATCH", f"/api/clients/{cid}", json={"enabled": False}).status_code == 200
@@ -140,7 +143,9 @@ def test_with_redis_a_change_reaches_the_other_instance_at_once(
                 return True
             return False
 
-        took = wait_for(refused, 5, "disabled on the other instance")
+        disabled = time.monotonic()
+        eventually(refused, 5, "disabled on the other instance")
+        took = time.monotonic() - disabled
         assert took < 0.5, took
     finally:
         server.stop()

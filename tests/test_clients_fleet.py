@@ -16,7 +16,7 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from harness import wait_for, wait_for_async
+from harness import eventually, eventually_async
 from keygate.clients.fleet import ClientLimits, Reservation
 from keygate.clients.limits import Windows
 from keygate.control.redis import SharedState
@@ -153,7 +153,7 @@ async def test_when_redis_goes_away_the_local_windows_go_on_from_the_fleets_coun
     assert await a.check(ca, 0) == Reservation(0, True)
     assert await b.check(cb, 0) == Reservation(0, True)  # Redis says 2 today
     redis_server.stop()
-    await wait_for_async(lambda: not b.shared.up, 5, "the instance sees Redis gone")
+    await eventually_async(lambda: not b.shared.up, 5, "the instance sees Redis gone")
     assert await b.check(cb, 0) == Reservation(0, False)  # 3 of 3, counted locally
     assert await b.check(cb, 0) == ("rpd", pytest.approx(43200.0))
 
@@ -175,7 +175,7 @@ def test_a_clients_rpd_is_spent_once_across_two_instances(
         r = gws[0].api("POST", "/api/clients", json={"name": "five", "rpd": 5})
         assert r.status_code == 201, r.text
         key = r.json()["key"]
-        wait_for(
+        eventually(
             lambda: gws[1].api("GET", "/healthz").json()["clients"] == 1,
             5,
             "the other instance knows the client",

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import PASSWORD, free_port
+from harness import PASSWORD, eventually, free_port
 
 KEY = "sk-connections-aaaa0001"
 CHAT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
@@ -285,15 +285,13 @@ def test_connection_cap_refuses_extra_connections_and_logs_once(gateway_factory:
             sock.close()
     log = gw.log()
     assert log.count("client connections open (KEYGATE_MAX_CONNECTIONS)") == 1, log
-    deadline = time.monotonic() + 10  # the gateway notices the closes, then serves again
-    while True:
-        try:
-            if httpx.get(gw.url + "/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "not serving after the held sockets closed"
-        time.sleep(0.05)
+    eventually(  # the gateway notices the closes, then serves again
+        lambda: httpx.get(gw.url + "/healthz", timeout=5).status_code == 200,
+        10,
+        "serving again after the held sockets closed",
+        interval=0.05,
+        ignoring=httpx.HTTPError,
+    )
 
 
 def test_malformed_requests_log_one_line_not_one_each(gateway_factory: Any) -> None:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from harness import eventually_async
 from keygate.classify import classify, parse_duration, reset_hint
 from keygate.control.base import Event, Limits, Rejected
 from keygate.control.keypool import KeyEntry, mask
@@ -84,8 +85,7 @@ async def test_gate_fifo_and_release_on_every_path() -> None:
         await slot.release()
 
     tasks = [asyncio.create_task(waiter(i)) for i in range(5)]
-    await asyncio.sleep(0.01)
-    assert adm.snapshot()["queued"] == 5
+    await eventually_async(lambda: adm.snapshot()["queued"] == 5, 2, "five waiters queued")
     await a.release()
     await a.release()  # idempotent
     await b.release()
@@ -98,7 +98,7 @@ async def test_full_queue_rejects_at_once_and_timeout_rejects() -> None:
     adm = LocalAdmission(limits(max_conn=1, queue=2, timeout=0.2))
     slot = await adm.acquire()
     waiting = [asyncio.create_task(adm.acquire()) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await eventually_async(lambda: adm.snapshot()["queued"] == 2, 2, "the queue full")
     started = time.monotonic()
     with pytest.raises(Rejected) as full:
         await adm.acquire()
@@ -122,7 +122,7 @@ async def test_cancelled_waiter_never_gets_a_slot_and_leaks_nothing() -> None:
     adm = LocalAdmission(limits(max_conn=1))
     slot = await adm.acquire()
     task = asyncio.create_task(adm.acquire())
-    await asyncio.sleep(0.01)
+    await eventually_async(lambda: adm.waiting == 1, 2, "the waiter queued")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -133,22 +133,38 @@ async def test_cancelled_waiter_never_gets_a_slot_and_leaks_nothing() -> None:
 
 
 async def test_tokens_pace_waiters() -> None:
-    adm = LocalAdmission(limits(rps=20, burst=2))
-    started = time.monotonic()
-    slots = [await adm.acquire() for _ in range(6)]
-    elapsed = time.monotonic() - started
-    # 2 from the burst, 4 more at 20/s: ≥ 0.2 s, and not wildly more
-    assert 0.18 <= elapsed < 0.6
-    for s in slots:
+    clock = Clock()
+    paced = limits(rps=16, burst=2)  # 1/16 s a token: exact in binary
+    adm = LocalAdmission(paced, clock=clock)
+    tasks = [asyncio.create_task(adm.acquire()) for _ in range(6)]
+    await eventually_async(lambda: adm.snapshot()["queued"] == 4, 2, "four wait for tokens")
+    assert adm.admitted == 2, "the burst goes at once"
+    for n in (3, 4, 5, 6):  # then one per 1/16 s of the gate's clock: not sooner, not more
+        clock.advance(1 / 32)
+        adm.configure(paced)  # the gate looks again half-way: no token yet
+        assert adm.admitted == n - 1
+        clock.advance(1 / 32)
+        # the gate looks again when its timer fires (after what it computed from its clock)
+        await eventually_async(lambda n=n: adm.admitted >= n, 2, f"waiter {n} admitted")
+        assert adm.admitted == n
+    for s in await asyncio.gather(*tasks):
         await s.release()
 
 
 async def test_pause_holds_admissions() -> None:
-    adm = LocalAdmission(limits())
-    adm.pause_until(time.time() + 0.3)
-    started = time.monotonic()
-    slot = await adm.acquire()
-    assert time.monotonic() - started >= 0.25
+    clock = Clock()
+    adm = LocalAdmission(limits(), clock=clock)
+    adm.pause_until(time.time() + 0.3)  # wall-clock time, held on the gate's own clock
+    task = asyncio.create_task(adm.acquire())
+    await eventually_async(lambda: adm.waiting == 1, 2, "the request held")
+    assert adm.paused_for() == pytest.approx(0.3, abs=0.01)
+    clock.advance(0.25)
+    adm.configure(limits())  # the gate looks again now: still paused
+    assert adm.paused_for() == pytest.approx(0.05, abs=0.01)
+    assert adm.admitted == 0 and adm.waiting == 1
+    clock.advance(0.1)
+    slot = await asyncio.wait_for(task, 2)  # let go when its timer looks at the clock again
+    assert adm.admitted == 1
     await slot.release()
 
 
@@ -156,7 +172,7 @@ async def test_reconfigure_applies_to_waiters() -> None:
     adm = LocalAdmission(limits(max_conn=1))
     held = await adm.acquire()
     task = asyncio.create_task(adm.acquire())
-    await asyncio.sleep(0.01)
+    await eventually_async(lambda: adm.waiting == 1, 2, "the request waits for a slot")
     assert not task.done()
     adm.configure(limits(max_conn=2))
     second = await asyncio.wait_for(task, 0.5)

@@ -26,7 +26,7 @@ import httpx
 import openai
 import pytest
 
-from harness import wait_for
+from harness import eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 REAL_LOOKING_KEY = "csk-from-the-shell-must-not-be-used"
@@ -93,7 +93,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        wait_for(
+        eventually(
             lambda: "Ctrl-C stops" in d.output or proc.poll() is not None,
             30,
             "the demo printed its instructions",

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from harness import eventually_async
 from keygate.settings import load_settings
 from keygate.store import create_store
 from keygate.sync import StoreSync
@@ -50,6 +51,18 @@ async def _paused_write(store: Any) -> tuple[asyncio.Event, asyncio.Event]:
     return committed, go_on
 
 
+class _CountedLock(asyncio.Lock):
+    """The feed's lock, counting who asked for it (so a test sees the change poll waiting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def acquire(self) -> Literal[True]:
+        self.asked += 1
+        return await super().acquire()
+
+
 async def _stored_uses(store: Any) -> int:
     keys, _ = await store.list_keys("cerebras", None, None, 10, 0)
     return keys[0].use_count
@@ -60,12 +73,17 @@ async def test_a_poll_during_a_flush_counts_nothing_twice(tmp_path: Path) -> Non
     try:
         entry = _use(rt, 5)
         committed, go_on = await _paused_write(store)
+        sync._lock = lock = _CountedLock()
         flush = asyncio.create_task(sync.flush())
         await asyncio.wait_for(committed.wait(), 5)
         # the feed reports the key (another instance's write, an admin change) right now
         await store.update_key(entry.id, label="changed")
         poll = asyncio.create_task(sync.poll())
-        await asyncio.sleep(0.05)
+        # the poll has gone as far as it can while the flush is held: waiting for the feed's
+        # lock (or, were it not to take it, done reading the store)
+        await eventually_async(
+            lambda: lock.asked == 2 or poll.done(), 5, "the poll waits for the flush"
+        )
         go_on.set()
         await asyncio.wait_for(asyncio.gather(flush, poll), 5)
         _use(rt, 2)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harness import PASSWORD
+from harness import PASSWORD, wait_log
 
 KEYS = "csk-fuzzfindings000000001,csk-fuzzfindings000000002"
 
@@ -18,17 +18,6 @@ KEYS = "csk-fuzzfindings000000001,csk-fuzzfindings000000002"
 @pytest.fixture
 def gw(gateway_factory: Any) -> Any:
     return gateway_factory(env={"CEREBRAS_API_KEYS": KEYS})
-
-
-def wait_log(gw: Any, pattern: str, timeout: float = 10) -> str:
-    """The log once `pattern` appears in it (the access log is flushed on a short timer)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = gw.log()
-        if re.search(pattern, text):
-            return text
-        time.sleep(0.05)
-    raise AssertionError(f"{pattern!r} not in the log:\n{gw.log()[-3000:]}")
 
 
 def raw(gw: Any, data: bytes) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
-from harness import PASSWORD, wait_for
+from harness import PASSWORD, eventually
 from keygate.testing.mock_upstream import MockUpstream
 
 POOL_KEY = "AIza-native-pool-key-0001"
@@ -169,7 +169,7 @@ def test_native_usage_is_counted_whole_and_streamed(gw: Any, mock: MockUpstream)
     def gemini_stats() -> dict[str, Any]:
         return gw.api("GET", "/api/stats").json()["providers"].get("gemini", {})
 
-    wait_for(lambda: gemini_stats().get("requests") == 2, 10, "both answers accounted")
+    eventually(lambda: gemini_stats().get("requests") == 2, 10, "both answers accounted")
     stats = gemini_stats()
     assert (stats["tokens_in"], stats["tokens_out"]) == (tokens_in, tokens_out)
     [key] = gw.api("GET", "/api/keys", params={"provider": "gemini"}).json()["keys"]

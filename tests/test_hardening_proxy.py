@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from harness import PASSWORD, Gateway, start_gateway
+from harness import PASSWORD, Gateway, start_gateway, wait_log
 from keygate.control.keypool import KeyEntry, mask
 from keygate.proxy.redact import Redactor, StreamScrubber
 from keygate.testing.mock_upstream import MockUpstream
@@ -90,13 +90,6 @@ def chat(gw: Gateway, provider: str, stream: bool = False, auth: str = "authoriz
 def assert_no_whole_key(blob: bytes, where: str) -> None:
     found = [k for k in ALL_KEYS if k.encode() in blob]
     assert not found, f"{where} carries whole pool keys {found}"
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def body_of(answer: bytes) -> bytes:
@@ -183,7 +176,7 @@ def test_no_key_in_log_requests_or_keys(gw: Gateway, mock: MockUpstream) -> None
         assert r.status_code == 200, r.text
         assert_no_whole_key(r.content, str(r.url))
     assert any(k["last_error"] for k in live.json()["keys"] if k["provider"] == "e401")
-    wait_for(lambda: re.search(r"e500 POST .* status=500", gw.log()))  # lines are batched
+    wait_log(gw, r"e500 POST .* status=500")  # lines are batched
     assert_no_whole_key(gw.log_path.read_bytes(), "the gateway log")
 
 
@@ -249,7 +242,7 @@ def test_bad_query_encoding_is_a_401_not_a_traceback(gw: Gateway, mock: MockUpst
         )
         assert status_of(answer) == 401, (query, answer[:300])
         assert b'"authentication_error"' in answer
-    wait_for(lambda: gw.log().count("key=- status=401") >= 4)
+    wait_log(gw, r"(?s)(key=- status=401.*){4}")
     assert "Traceback" not in gw.log()
     assert mock.records() == []
 

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +22,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
+from harness import eventually_async
 from keygate.testing.mock_upstream import MockUpstream
 
 CHAT = "/v1/chat/completions"
@@ -40,14 +41,6 @@ def mock() -> Iterator[MockUpstream]:
 @pytest.fixture(autouse=True)
 def _clean(mock: MockUpstream) -> None:
     mock.reset()
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def chat_body(stream: bool = False, **extra: object) -> bytes:
@@ -128,10 +121,14 @@ async def test_hang_until_client_disconnects(mock: MockUpstream) -> None:
         with pytest.raises(asyncio.TimeoutError):
             async with s.post(mock.url + CHAT, data=chat_body()) as r:
                 await r.read()
-    await wait_until(lambda: bool(mock.records()) and mock.records()[0].ended is not None)
+    await eventually_async(
+        lambda: bool(mock.records()) and mock.records()[0].ended is not None,
+        3,
+        "the request ended",
+    )
     rec = mock.records()[0]
     assert rec.disconnected and not rec.completed and rec.status == 0
-    await wait_until(lambda: mock.inflight == 0)
+    await eventually_async(lambda: mock.inflight == 0, 3, "nothing in flight")
 
 
 async def test_reset_after_chunks_breaks_stream(mock: MockUpstream) -> None:
@@ -147,7 +144,7 @@ async def test_reset_after_chunks_breaks_stream(mock: MockUpstream) -> None:
     contents = [e["choices"][0]["delta"].get("content") for e in events[1:]]
     assert len(events) == 3 and all(contents)  # role + 2 content chunks, then the reset
     assert b"data: [DONE]\n" not in lines
-    await wait_until(lambda: mock.records()[0].ended is not None)
+    await eventually_async(lambda: mock.records()[0].ended is not None, 3, "the request ended")
     rec = mock.records()[0]
     assert not rec.completed and not rec.disconnected and rec.status == 200
 
@@ -207,7 +204,7 @@ async def test_peak_inflight_with_concurrent_slow_requests(mock: MockUpstream) -
                 return r.status
 
         tasks = [asyncio.create_task(one()) for _ in range(6)]
-        await wait_until(lambda: mock.inflight == 6)
+        await eventually_async(lambda: mock.inflight == 6, 3, "six requests in flight")
         assert await asyncio.gather(*tasks) == [200] * 6
     assert mock.peak_inflight == 6 and mock.inflight == 0
     mock.reset_peak()

@@ -26,6 +26,7 @@ from harness import (
     CHAT,
     PASSWORD,
     console_script,
+    eventually_async,
     fire,
     free_port,
     start_gateway,
@@ -96,29 +97,26 @@ async def drain_scenario(gw: Any, mock: Any) -> dict[str, Any]:
         assert status == 200
         mock.reset_peak()
         tasks = [asyncio.ensure_future(stream()) for _ in range(20)]
-        deadline = time.monotonic() + 10
-        while mock.inflight < 20:  # every stream has reached the upstream
-            assert time.monotonic() < deadline, f"only {mock.inflight} streams started"
-            await asyncio.sleep(0.02)
+        await eventually_async(
+            lambda: mock.inflight >= 20,
+            10,
+            "every stream has reached the upstream",
+            context=lambda: f"{mock.inflight} started",
+        )
         signalled = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
 
         # /healthz on the connection opened before the signal says `draining`, then it closes
-        deadline = time.monotonic() + 5
-        while True:
+        async def draining() -> tuple[int, dict[str, str], Any] | None:
             status, headers, doc = await http_on(reader, writer, "/healthz")
-            if status == 503:
-                break
-            assert status == 200 and time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-        out["health"] = (status, headers, json.loads(doc))
+            assert status in (200, 503), status  # ok until it says draining
+            return (status, headers, json.loads(doc)) if status == 503 else None
+
+        out["health"] = await eventually_async(draining, 5, "/healthz says draining")
         out["health_eof"] = await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
 
-        deadline = time.monotonic() + 5
-        while not await refused(gw.port):
-            assert time.monotonic() < deadline, "still accepting connections"
-            await asyncio.sleep(0.02)
+        await eventually_async(lambda: refused(gw.port), 5, "new connections refused")
         out["refused_while_streaming"] = not all(t.done() for t in tasks)
         out["streams"] = await asyncio.gather(*tasks)
     out["exit"] = await asyncio.to_thread(gw.proc.wait, DRAIN_S + 10)

@@ -31,7 +31,7 @@ import aiohttp
 import httpx
 import pytest
 
-from harness import mock_env
+from harness import eventually_async, mock_env
 from keygate.control.keypool import mask
 from keygate.store import create_store
 from keygate.testing.mock_upstream import MockUpstream
@@ -279,9 +279,13 @@ async def test_flush_interval_zero_keeps_counters_out_of_the_store(
     gw = gateway_factory(env=env, config=UNLIMITED)
     assert admin(gw, "GET", "/api/config")["flush_interval_ms"] == 0
     assert await fire(gw, 30) == [200] * 30
-    await asyncio.sleep(0.3)
-    live = admin(gw, "GET", "/api/keys")["keys"]
-    assert sum(k["use_count"] for k in live) == 30, "the running gateway counts in memory"
+
+    def counted() -> int:
+        return sum(k["use_count"] for k in admin(gw, "GET", "/api/keys")["keys"])
+
+    # a request is counted as it ends, a moment after its answer went out
+    await eventually_async(lambda: counted() >= 30, 5, "30 uses counted by the running gateway")
+    assert counted() == 30, "the running gateway counts in memory"
     stop_cleanly(gw)
 
     stored = stored_keys(cli_env(gw.data_dir, mock))
@@ -349,10 +353,12 @@ async def test_secret_key_encrypts_at_rest_and_a_wrong_or_missing_one_stops_star
     assert run_cli(env_cli, "keys", "add", "cerebras", "-", input=cli_key).returncode == 0
     all_keys = [env_key, api_key, *batch_keys, cli_key]
 
-    # the server decrypts them: every key goes upstream whole (after the CLI key is picked up)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and mock.count(cli_key) == 0:
+    async def cli_key_used() -> bool:
         await fire(gw, 5)
+        return mock.count(cli_key) > 0
+
+    # the server decrypts them: every key goes upstream whole (after the CLI key is picked up)
+    await eventually_async(cli_key_used, 3, "the key added with the CLI is used", interval=0)
     await fire(gw, 10)
     assert {k: mock.count(k) > 0 for k in all_keys} == dict.fromkeys(all_keys, True)
 

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from harness import PASSWORD, idle, wait_for
+from harness import PASSWORD, eventually, idle
 from keygate.quotaday import day_window
 from servers import RedisServer, redis_bin, start_redis
 
@@ -239,7 +239,7 @@ def test_two_instances_on_one_redis_share_a_keys_budget_exactly(
 def test_metrics_show_what_is_left(gateway_factory: Any, mock: Any) -> None:
     gw = gateway_factory(env=keys_env(KEYS[:1]), config=cfg(key_rpd=10, key_tpm=100000))
     chat(gw)
-    wait_for(lambda: _metric(gw, "rpd") is not None, 5, "the gauge is exported")
+    eventually(lambda: _metric(gw, "rpd") is not None, 5, "the gauge is exported")
     assert _metric(gw, "rpd") == 9.0
     assert _metric(gw, "rph") is None, "no limit, no gauge"
 
@@ -273,7 +273,7 @@ def test_cli_sets_a_keys_limits_and_the_running_server_applies_them(
     done = cli(str(key["id"]), "--rpd", "1", "--tpm", "9000")
     assert done.returncode == 0, done.stderr
     assert "rpd=1" in done.stdout and "tpm=9000" in done.stdout
-    wait_for(
+    eventually(
         lambda: next(iter(quotas(gw).values()))["rpd"]["limit"] == 1,
         10,
         "the server applies the CLI's change from the store",
@@ -350,7 +350,7 @@ def test_hostile_budget_headers_leave_keys_released_and_the_admin_api_up(
             keys = gw.api("GET", "/api/keys").json()["keys"]
             assert [k["inflight"] for k in keys] == [0] * len(keys), "every key released"
             for provider in ("cerebras", "claude"):
-                wait_for(lambda p=provider: idle(gw, p), 5, f"{provider} idle")
+                eventually(lambda p=provider: idle(gw, p), 5, f"{provider} idle")
 
         for headers in HOSTILE_OPENAI:
             mock.set_behavior(None, headers=headers)
@@ -378,7 +378,7 @@ def test_hostile_budget_headers_leave_keys_released_and_the_admin_api_up(
                 return False
 
         served()
-        wait_for(served, 5, "served again once the default cooldown is over")
+        eventually(served, 5, "served again once the default cooldown is over")
         admin_api_answers()
         # a sane announcement still counts, bounded by its window
         mock.set_behavior(

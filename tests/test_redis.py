@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+import redis
 
-from harness import CHAT, fire
+from harness import CHAT, eventually, eventually_async, fire
 from keygate.control.base import Event, Limits
 from keygate.control.keypool import KeyEntry, mask
 from keygate.control.local import LocalAdmission, LocalKeyPool
@@ -258,10 +259,12 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and "Ready to accept" not in log_path.read_text():
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.02)
+        eventually(
+            lambda: proc.poll() is not None or "Ready to accept" in log_path.read_text(),
+            10,
+            "redis-server ready (or gone)",
+            context=log_path.read_text,
+        )
         assert proc.poll() is None, f"redis-server without TLS support? {log_path.read_text()}"
         yield port, ca
     finally:
@@ -329,10 +332,7 @@ async def test_redis_that_hangs_or_dies_never_blocks_a_request(redis_server: Red
         for s in slots:
             await s.release()
         os.kill(redis_server.proc.pid, signal.SIGCONT)
-        for _ in range(40):
-            if st.up:
-                break
-            await asyncio.sleep(0.1)
+        await eventually_async(lambda: st.up, 4, "back on Redis once it answers", interval=0.1)
         assert st.info() == {"state": "redis", "redis": redis_server.url}
         slots = [await adm.acquire() for _ in range(4)]
         assert adm.snapshot()["max_conn"] == 4, "the fleet's gate again"
@@ -406,12 +406,13 @@ def health(gw: Any) -> dict[str, Any]:
 
 
 def wait_state(gws: list[Any], want: str, timeout: float = 6.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(health(gw)["state"] == want for gw in gws):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"state is not {want!r}: {[health(gw) for gw in gws]}")
+    eventually(
+        lambda: all(health(gw)["state"] == want for gw in gws),
+        timeout,
+        f"every instance in state {want!r}",
+        interval=0.05,
+        context=lambda: [health(gw) for gw in gws],
+    )
 
 
 def two(
@@ -461,14 +462,18 @@ async def test_a_key_condemned_by_one_instance_is_skipped_by_the_other(
     assert await fire(b, 9) == [200] * 9
     assert await fire(a, 3) == [200] * 3
     assert mock.count(bad) == 1, "instance b never used the key a condemned"
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:  # b's admin view follows via pub/sub
+
+    def b_states() -> list[str]:
         keys = b.api("GET", "/api/keys", params={"provider": "cerebras"}).json()["keys"]
-        states = {k["masked"]: k["status"] for k in keys}
-        if sorted(states.values()) == ["active", "active", "invalid"]:
-            break
-        await asyncio.sleep(0.05)
-    assert sorted(states.values()) == ["active", "active", "invalid"], states
+        return sorted(k["status"] for k in keys)
+
+    await eventually_async(  # b's admin view follows via pub/sub
+        lambda: b_states() == ["active", "active", "invalid"],
+        3,
+        "b's admin view shows the key a condemned",
+        interval=0.05,
+        context=b_states,
+    )
 
 
 async def test_admin_changes_reach_the_other_instance_at_once(
@@ -476,13 +481,9 @@ async def test_admin_changes_reach_the_other_instance_at_once(
 ) -> None:
     a, b = two(gateway_factory, tmp_path, shared_env(redis_server.url), cfg(rps=0, max_conn=5))
 
-    def within(check: Any, limit: float = 0.3) -> float:
-        """Seconds until `check()` holds on the other instance: well inside the 1 s store poll."""
-        t = time.monotonic()
-        while not check():
-            assert time.monotonic() - t < limit, "not there at once (the store poll is 1 s)"
-            time.sleep(0.005)
-        return time.monotonic() - t
+    def within(check: Any, limit: float = 0.3) -> None:
+        """`check()` holds on the other instance well inside the 1 s store poll."""
+        eventually(check, limit, "there at once (the store poll is 1 s)", interval=0.005)
 
     def b_keys() -> dict[str, dict[str, Any]]:
         keys = b.api("GET", "/api/keys", params={"provider": "cerebras"}).json()["keys"]
@@ -532,18 +533,31 @@ async def test_slots_of_a_killed_instance_come_back_within_the_lease(
                 return r.status
 
     held = [asyncio.create_task(stream(a)) for _ in range(max_conn)]
-    deadline = time.monotonic() + 5
-    while mock.inflight < max_conn and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await eventually_async(lambda: mock.inflight >= max_conn, 5, "a's streams hold every slot")
     assert mock.inflight == max_conn
-    await asyncio.sleep(lease_s)  # the leases were renewed at least once
+    leases = redis.Redis(port=redis_server.port)
+    granted = dict(leases.zrange("keygate:{cerebras}:leases", 0, -1, withscores=True))
+    assert len(granted) == max_conn, granted
+    first_term = max(granted.values())  # Redis time: when the last lease would run out unrenewed
+
+    def renewed_past_first_term() -> bool:
+        seconds, micros = leases.time()
+        now = seconds + micros / 1e6
+        held = dict(leases.zrange("keygate:{cerebras}:leases", 0, -1, withscores=True))
+        return now > first_term and held.keys() == granted.keys() and min(held.values()) > now
+
+    await eventually_async(
+        renewed_past_first_term, lease_s * 3, "a's leases renewed past their first term"
+    )
+    leases.close()
     a.kill9()
     killed = time.time()
     for task in held:
         task.cancel()
     await asyncio.gather(*held, return_exceptions=True)
-    while mock.inflight and time.time() - killed < 1:  # the mock notices a's connections died
-        await asyncio.sleep(0.01)
+    await eventually_async(
+        lambda: mock.inflight == 0, lease_s, "the mock notices a's connections died", interval=0.01
+    )
     mock.reset()  # forgets behaviours too
     mock.set_behavior(None, chunks=4, chunk_interval_s=0.2)
     assert await asyncio.gather(*(stream(b) for _ in range(max_conn))) == [200] * max_conn

@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 import pytest
 
-from harness import CHAT, admission, fire, idle, wait_for, wait_for_async
+from harness import CHAT, admission, eventually, eventually_async, fire, idle
 
 KEYS = ["sk-traffic-aaaa0001", "sk-traffic-bbbb0002", "sk-traffic-cccc0003"]
 
@@ -115,8 +115,8 @@ async def test_max_conn_holds_with_long_streams_disconnects_and_failures(
 
     await asyncio.gather(fire(gw, 10), *(impatient() for _ in range(6)))
     # the impatient clients' requests finish (or time out upstream) after they left
-    wait_for(lambda: idle(gw, "cerebras"), 10, "every slot and queue place came back")
-    wait_for(lambda: mock.inflight == 0, 5, "the upstream has no request left in flight")
+    eventually(lambda: idle(gw, "cerebras"), 10, "every slot and queue place came back")
+    eventually(lambda: mock.inflight == 0, 5, "the upstream has no request left in flight")
     assert mock.peak_inflight <= max_conn
     mock.set_behavior(None)
     assert await fire(gw, max_conn * 2) == [200] * (max_conn * 2), "every slot came back"
@@ -220,7 +220,7 @@ async def test_no_retry_after_streaming_began(gateway_factory: Any, mock: Any) -
             got += chunk
     assert got.startswith(b"data: "), "the stream had begun when the upstream broke it"
     # once the gateway is done with the request, any retry would already have been sent
-    wait_for(lambda: idle(gw, "cerebras"), 5, "the gateway finished the broken stream")
+    eventually(lambda: idle(gw, "cerebras"), 5, "the gateway finished the broken stream")
     assert mock.count() == 1, "a stream that already started is never retried"
     assert post(gw).status_code == 200
 
@@ -232,7 +232,7 @@ async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_up
     mock.set_behavior(None, delay_s=1.5)
     holder = threading.Thread(target=post, args=(gw,))
     holder.start()
-    await wait_for_async(lambda: mock.count() == 1, 5, "the first request holds the only slot")
+    await eventually_async(lambda: mock.count() == 1, 5, "the first request holds the only slot")
 
     async with aiohttp.ClientSession() as s:
         queued = asyncio.create_task(
@@ -242,7 +242,7 @@ async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_up
                 headers=gw.auth(),
             )
         )
-        await wait_for_async(
+        await eventually_async(
             lambda: admission(gw, "cerebras")["queued"] == 1, 5, "the second request is queued"
         )
         started = time.monotonic()
@@ -258,7 +258,7 @@ async def test_full_queue_answers_429_at_once_and_cancelled_waiter_never_goes_up
     # first served) and so reach the upstream before it.
     mock.set_behavior(None)
     assert post(gw).status_code == 200
-    wait_for(lambda: idle(gw, "cerebras"), 5, "every slot and queue place came back")
+    eventually(lambda: idle(gw, "cerebras"), 5, "every slot and queue place came back")
     assert [b'"queued"' in rec.body for rec in mock.records()] == [False] * 2, (
         "a request cancelled while queued reached the upstream"
     )
@@ -319,6 +319,6 @@ async def test_clients_leaving_the_queue_early_never_leak_a_slot(
         for _ in range(4):
             await asyncio.gather(*(leaver(s, 0.005 + 0.003 * (i % 12)) for i in range(60)))
     # the gateway notices each leaver on its own time; a leaked slot never comes back
-    wait_for(lambda: idle(gw, "cerebras"), 10, "every slot and queue place came back")
+    eventually(lambda: idle(gw, "cerebras"), 10, "every slot and queue place came back")
     mock.set_behavior(None)
     assert await fire(gw, 3) == [200] * 3

@@ -688,11 +688,15 @@ def test_responses_on_claude(gw: Any, mock: MockUpstream) -> None:
 
 def test_responses_native_on_openai(gw: Any, mock: MockUpstream, gateway_factory: Any) -> None:
     gw2 = gateway_factory(env={"OPENAI_API_KEYS": "sk-openai-x"}, config=None)
+    # what OpenAI's own Responses API answers (it keeps responses: `store` is its to honour)
+    answer = b'{"id":"resp_native","object":"response","status":"completed","store":true}'
+    mock.set_behavior(body=answer)
     with httpx.Client(base_url=gw2.url, headers={"Authorization": f"Bearer {PASSWORD}"}) as c:
         raw = b'{"model":"gpt","input":"x","store":true}'
-        c.post("/openai/v1/responses", content=raw)
+        r = c.post("/openai/v1/responses", content=raw)
     [rec] = mock.records()
     assert rec.path == "/v1/responses" and rec.body == raw  # passed as it is
+    assert r.status_code == 200 and r.content == answer, r.text  # and so is the answer
 
 
 def test_mid_stream_reset_ends_a_responses_stream_with_an_error(

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from harness import fire
+from harness import eventually, fire, wait_log
 from keygate.settings import load_settings
 from keygate.store import create_store
 from keygate.workers import worker_env
@@ -30,26 +29,23 @@ def keys_env() -> dict[str, str]:
 
 def admin_token(gw: Any) -> str:
     """The first-start admin token from the banner (printed once the workers are up)."""
-    for _ in range(200):
-        found = re.findall(r"admin token\s+(kg-admin-\S+)", gw.log())
-        if found:
-            return str(found[0])
-        time.sleep(0.05)
-    raise AssertionError(f"no admin token in the banner:\n{gw.log()}")
+    found = re.search(r"admin token\s+(kg-admin-\S+)", wait_log(gw, r"admin token\s+kg-admin-"))
+    assert found
+    return found[1]
 
 
-def health_by_pid(
-    gw: Any, token: str, want: int = 2, tries: int = 400
-) -> dict[int, dict[str, Any]]:
+def health_by_pid(gw: Any, token: str, want: int = 2) -> dict[int, dict[str, Any]]:
     """/healthz details of each worker: a new connection per request, until `want` pids
     answered."""
     seen: dict[int, dict[str, Any]] = {}
     auth = {"Authorization": f"Bearer {token}"}
-    for _ in range(tries):
+
+    def all_answered() -> bool:
         doc = httpx.get(gw.url + "/healthz", headers=auth, timeout=5).json()
         seen[doc["pid"]] = doc
-        if len(seen) >= want:
-            break
+        return len(seen) >= want
+
+    eventually(all_answered, 10, f"{want} workers answer /healthz", interval=0)
     return seen
 
 
@@ -65,14 +61,11 @@ def alive(pid: int) -> bool:
         return True
 
 
-def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in pids if alive(p)]
+def wait_gone(pids: list[int], what: str, timeout: float = 15) -> None:
+    def left() -> list[int]:
+        return [p for p in pids if alive(p)]
+
+    eventually(lambda: not left(), timeout, what, interval=0.1, context=left)
 
 
 @pytest.mark.slow
@@ -125,7 +118,7 @@ async def test_two_workers_one_port_split_limits_and_sigterm_stops_all(
     # SIGTERM to the supervisor stops every worker; their counter flushes add up in the store.
     pids = list(workers)
     assert gw.stop(signal.SIGTERM, timeout=20) == 0, gw.log()
-    assert wait_gone(pids) == [], "workers outlived the supervisor"
+    wait_gone(pids, "no worker outlives the supervisor")
     with pytest.raises(httpx.HTTPError):
         httpx.get(gw.url + "/healthz", timeout=1)
     store = create_store(f"sqlite:///{gw.data_dir / 'keygate.db'}")
@@ -143,7 +136,7 @@ def test_workers_stop_when_the_supervisor_is_killed(gateway_factory: Any) -> Non
     assert len(pids) == 2
     gw.kill9()
     try:
-        assert wait_gone(pids) == [], "orphaned workers kept serving"
+        wait_gone(pids, "orphaned workers stop")
     finally:
         for pid in pids:
             if alive(pid):

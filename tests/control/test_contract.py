@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness import wait_for_async
+from harness import eventually_async
 from keygate.control.base import Event, Rejected
 from keygate.control.keypool import POOL_GUARD_WINDOW_S
 
@@ -284,7 +284,9 @@ async def test_gate_fifo_order(form: Form) -> None:
     tasks = []
     for i in range(4):
         tasks.append(asyncio.create_task(waiter(i)))
-        await asyncio.sleep(0.01)
+        await eventually_async(
+            lambda i=i: adm.snapshot()["queued"] == i + 1, 5, f"waiter {i} queued"
+        )
     await first.release()
     async with asyncio.timeout(5):
         await asyncio.gather(*tasks)
@@ -296,7 +298,7 @@ async def test_full_queue_rejects_at_once_and_timeout_rejects(form: Form) -> Non
     adm = form.admission(rps=0, burst=1, max_conn=1, queue=1, queue_timeout_s=0.2)
     held = await adm.acquire()
     queued = asyncio.create_task(adm.acquire())
-    await asyncio.sleep(0.02)
+    await eventually_async(lambda: adm.snapshot()["queued"] == 1, 5, "the one queue place taken")
     t = time.monotonic()
     with pytest.raises(Rejected) as full:
         await adm.acquire()
@@ -348,9 +350,11 @@ async def test_capacity_reads_the_bucket_and_the_gate_without_taking(form: Form)
     assert (await adm.capacity()).free_slots == 1  # a read takes nothing
     for s in slots:
         await s.release()
-    async with asyncio.timeout(5):  # the Redis form hands slots back without waiting
-        while (await adm.capacity()).free_slots != 3:
-            await asyncio.sleep(0.01)
+
+    async def all_free() -> bool:  # the Redis form hands slots back without waiting
+        return (await adm.capacity()).free_slots == 3
+
+    await eventually_async(all_free, 5, "every slot free again")
     adm.pause_until(time.time() + 30)
     assert (await adm.capacity()).tokens == 0  # paused: nothing may go now
     free = form.admission(rps=0, burst=1, max_conn=0, queue=10, queue_timeout_s=5)
@@ -384,7 +388,7 @@ async def _queue_up(adm: Any, client: Any, label: str, order: list[str]) -> asyn
         await slot.release()
 
     task = asyncio.create_task(waiter())
-    await wait_for_async(lambda: adm.snapshot()["queued"] > before, 5, f"{label} queued")
+    await eventually_async(lambda: adm.snapshot()["queued"] > before, 5, f"{label} queued")
     return task
 
 

@@ -22,6 +22,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from harness import eventually
+
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.browser,
@@ -315,15 +317,15 @@ def test_admin_page_in_browser(gateway_factory: Any, mock: Any) -> None:
 
             # --- a rate-limited key cools down; the page counts its time down ---------------
             mock.set_behavior(secrets[3], status=429, headers={"retry-after": "90"})
-            deadline = time.monotonic() + 10
-            while (
-                gw.api(
-                    "GET", "/api/keys", params={"provider": "cerebras", "status": "cooling"}
-                ).json()["total"]
-                == 0
-            ):
-                assert time.monotonic() < deadline, "no key went cooling"
-                proxy_burst(gw, 2)
+
+            def cooling() -> int:
+                params = {"provider": "cerebras", "status": "cooling"}
+                total = int(gw.api("GET", "/api/keys", params=params).json()["total"])
+                if not total:
+                    proxy_burst(gw, 2)
+                return total
+
+            eventually(cooling, 10, "a key went cooling", interval=0)
             countdown = rows["0004"].locator(".countdown")
             expect(countdown).to_have_text(re.compile(r"^(1m \d\ds|\d+s) left$"), timeout=7000)
             expect(rows["0004"].locator(".badge-state-cooling")).to_have_text("cooling")
@@ -606,10 +608,12 @@ def test_long_request_error_opens_whole_as_text(gateway_factory: Any, chromium: 
             assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
             # the live refresh keeps it open and keeps the focus on it
             seen = len(served)
-            deadline = time.monotonic() + 10
-            while len(served) < seen + 1:
-                assert time.monotonic() < deadline, "the requests view did not refresh"
-                page.wait_for_timeout(100)
+
+            def refreshed(seen: int = seen) -> bool:
+                page.wait_for_timeout(100)  # the page's route handler runs while playwright waits
+                return len(served) > seen
+
+            eventually(refreshed, 10, "the requests view refreshed", interval=0)
             page.wait_for_timeout(200)
             expect(err).to_have_attribute("aria-expanded", "true")
             assert err.evaluate("e => document.activeElement === e")

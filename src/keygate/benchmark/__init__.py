@@ -63,12 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--post-load-wait", type=float, help="seconds before after-load RSS (60)")
     p.add_argument("--many-keys", type=int, default=100_000, help="keys for the keys100k case")
     p.add_argument("--clients", type=int, default=10_000, help="client keys for clients10k")
+    p.add_argument(
+        "--soak-seconds",
+        type=float,
+        help="seconds of the soak case's load (default 300; --quick runs it only when given)",
+    )
+    p.add_argument(
+        "--soak-rate", type=float, default=200.0, help="the soak's fixed rate, req/s (200)"
+    )
     p.add_argument("--start-timeout", type=float, help="seconds a server may take to come up")
     p.add_argument(
         "--skip",
         default="",
         help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, redis,"
-        " translated, quotas, clients10k",
+        " translated, quotas, clients10k, soak",
     )
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -91,6 +99,11 @@ def _options(args: argparse.Namespace) -> Any:
         raise SystemExit(f"keygate bench: unknown --skip {', '.join(sorted(unknown))}")
     if args.quick:
         skip.update({"keys100k", "redis", "quotas", "clients10k"})
+        if args.soak_seconds is None:
+            skip.add("soak")
+    soak_s = 300.0 if args.soak_seconds is None else args.soak_seconds
+    if soak_s < 4 or args.soak_rate <= 0:
+        raise SystemExit("keygate bench: --soak-seconds needs >= 4, --soak-rate > 0")
     try:
         concurrency = [int(c) for c in str(pick("concurrency")).split(",") if c.strip()]
     except ValueError:
@@ -108,6 +121,8 @@ def _options(args: argparse.Namespace) -> Any:
         post_load_wait_s=max(0.0, pick("post_load_wait")),
         many_keys=max(1, args.many_keys),
         clients=max(1, args.clients),
+        soak_s=soak_s,
+        soak_rate=args.soak_rate,
         skip=skip,
         out=args.out,
         start_timeout_s=pick("start_timeout"),

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from keygate.benchmark.case_soak import soak_checks, soak_summary
+
 REFS = ("direct", "bare", "keygate", "unified", "litellm")
 
 # Targets of issue 7 (2-core machine, one keygate worker, load on the other core).
@@ -215,6 +217,7 @@ def format_table(data: dict[str, Any]) -> str:
         lines.append(
             f"{clients['clients']:,} client keys: {clients['ratio']:.3f} of the password's throughput"
         )
+    lines += soak_summary(data.get("soak") or {})
     cal = data.get("calibration") or {}
     if cal.get("added_p99_ms") is not None:
         lines.append(
@@ -374,6 +377,8 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
         "not measured" if ratio is None else f"{ratio:.1%} of the password's throughput",
         bool(clients.get("flagged")),
     )
+    for check in soak_checks(data.get("soak") or {}):
+        add(*check)
     return out
 
 

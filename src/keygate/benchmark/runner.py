@@ -2,10 +2,10 @@
 
 Order matters for fairness and for the clock: the servers are started cold one by one on nginx
 (start-up, idle memory), then every concurrency runs direct, bare and keygate back to back; then
-the 100,000-key instance is compared with the 8-key one, interleaved; last come the streams
-through the mock, whose servers are left idle afterwards to read their memory once load stops.
-This module is that order and the figures' assembly; the cases themselves are in ``case_wrk``,
-``case_scale`` and ``case_streams``, and the files a run writes in ``outputs``.
+the 100,000-key instance is compared with the 8-key one, interleaved; then come the streams
+through the mock, whose servers are left idle afterwards to read their memory once load stops,
+and last the minutes-long soak. This module is that order and the figures' assembly; the cases
+themselves are in the ``case_*`` modules, and the files a run writes in ``outputs``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from keygate.benchmark import report
 from keygate.benchmark.case_clients import run_clients
 from keygate.benchmark.case_quota import run_quotas
 from keygate.benchmark.case_scale import run_many_keys, run_redis
+from keygate.benchmark.case_soak import run_soak
 from keygate.benchmark.case_streams import run_streaming
 from keygate.benchmark.case_translated import run_translated_streams
 from keygate.benchmark.case_wrk import run_nonstreaming
@@ -58,6 +59,7 @@ CASES = (
     "translated",
     "quotas",
     "clients10k",
+    "soak",
 )
 ALIASES = {
     "nonstream": "wrk",
@@ -82,6 +84,8 @@ class Options:
     post_load_wait_s: float = 60.0
     many_keys: int = 100_000
     clients: int = 10_000
+    soak_s: float = 300.0  # the soak case: seconds of load at `soak_rate` req/s
+    soak_rate: float = 200.0
     skip: set[str] = field(default_factory=set)
     out: Path = Path("bench/results")
     start_timeout_s: float = 30.0
@@ -104,6 +108,7 @@ class Bench:
         self.translated: dict[str, Any] = {}  # Anthropic client → OpenAI-format provider
         self.quotas: dict[str, Any] = {}
         self.clients10k: dict[str, Any] = {}
+        self.soak: dict[str, Any] = {}
         self.targets: list[Target] = []
         self.calibration: dict[str, Any] = {}
         self.ratios: dict[str, dict[str, Any]] = {}  # per concurrency: median of rounds' ratios
@@ -226,6 +231,8 @@ class Bench:
                 run_streaming(self, started)
                 if self.want("translated") and "keygate" in started:
                     run_translated_streams(self)
+            if self.want("soak"):  # last: minutes long, and its own keygate and mock
+                run_soak(self)
         return self.result(time.perf_counter() - t0)
 
     def _stop_all(self) -> None:
@@ -255,6 +262,13 @@ class Bench:
             for ref, entry in self.refs.items()
             if (s := entry.get("streams")) and (s.get("flagged") or "error" in s)
         ]
+        if "error" in self.soak:
+            flags.append(f"soak: {self.soak['error'].strip().splitlines()[0][:200]}")
+        elif self.soak.get("flagged"):
+            flags.append(
+                f"soak: {self.soak['gateway_errors']} gateway-made errors,"
+                f" {self.soak['failed']} without a full answer"
+            )
         data: dict[str, Any] = {
             "schema": 1,
             "machine": self.machine,
@@ -270,6 +284,8 @@ class Bench:
                 "post_load_wait_s": o.post_load_wait_s,
                 "many_keys": o.many_keys,
                 "clients": o.clients,
+                "soak_s": o.soak_s,
+                "soak_rate": o.soak_rate,
                 "skip": sorted(o.skip),
                 "pinning": {"server_cpu": self.pin.server_cpu, "load_cpu": self.pin.load_cpu},
             },
@@ -279,6 +295,7 @@ class Bench:
             "translated": self.translated or None,
             "quotas": self.quotas or None,
             "clients10k": self.clients10k or None,
+            "soak": self.soak or None,
             "calibration": self.calibration or None,
             "ratios": self.ratios or None,
             "failures": self.failures,

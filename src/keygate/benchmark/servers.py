@@ -162,18 +162,16 @@ def start_bare(
 
 
 def write_keygate_config(path: Path, upstream: str, extra: Mapping[str, Any] | None = None) -> None:
-    """Provider settings with limits out of the way (and any `extra` provider settings); groq
-    too, for the unified case."""
+    """Provider settings with limits out of the way (`extra` provider settings added or in
+    their place); groq too, for the unified case."""
+    settings: dict[str, Any] = {"rps": 0, "max_conn": 0, "queue": 100000, "retries": 0}
+    settings.update(extra or {})
     lines = ["providers:"]
     for name in ("cerebras", "groq"):
         lines += [
             f"  {name}:",
             f"    base_url: {upstream}",
-            "    rps: 0",
-            "    max_conn: 0",
-            "    queue: 100000",
-            "    retries: 0",
-            *(f"    {key}: {value}" for key, value in (extra or {}).items()),
+            *(f"    {key}: {value}" for key, value in settings.items()),
         ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

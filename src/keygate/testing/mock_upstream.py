@@ -6,9 +6,10 @@ what the gateway actually sent; the benchmark runs it as a separate process
 predictable. Everything is served by one catch-all aiohttp low-level handler (no router) and
 stream events are pre-serialised with orjson so per-request work stays tiny.
 
-This module is the server (lifecycle, scripting, dispatch, control endpoints, command line); the
-knobs and records are in ``mock_script``, the shared writers in ``mock_wire``, and each
-provider's answers in ``mock_openai``, ``mock_anthropic`` and ``mock_gemini``.
+This module is the server (lifecycle, scripting, recording, serving, command line); which answer
+a request gets is ``mock_dispatch``, the ``/_mock/*`` control endpoints ``mock_control``, the
+knobs and records ``mock_script``, the shared writers ``mock_wire``, and each provider's answers
+``mock_openai``, ``mock_anthropic`` and ``mock_gemini``.
 """
 
 from __future__ import annotations
@@ -25,36 +26,13 @@ import time
 from collections import deque
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from keygate.testing.mock_anthropic import (
-    _anthropic_count,
-    _anthropic_message,
-    _anthropic_model,
-    _anthropic_models,
-    _anthropic_stream,
-)
-from keygate.testing.mock_gemini import _google_error, gemini_native, gemini_native_answer
+from keygate.testing.mock_control import control
+from keygate.testing.mock_dispatch import respond
 from keygate.testing.mock_limits import STYLES, KeyLimit, tokens_of
-from keygate.testing.mock_openai import (
-    _MODELS_BODY,
-    _embeddings,
-    _openai_completion,
-    _openai_stream,
-)
 from keygate.testing.mock_script import _DEFAULTS, Recorded, _normalize_knobs
-from keygate.testing.mock_wire import (
-    _error_after,
-    _error_body,
-    _extract_key,
-    _json,
-    _models_body,
-    _parse_json,
-    _send,
-    _stream,
-    _stream_error,
-)
+from keygate.testing.mock_wire import _extract_key
 
 try:  # pragma: no cover - depends on the platform
     import uvloop
@@ -65,27 +43,6 @@ __all__ = ["MockUpstream", "Recorded", "main"]
 
 _CLIENT_MAX_SIZE = 64 * 1024 * 1024  # gateways may forward large bodies; aiohttp's default is 1 MiB
 _SHUTDOWN_TIMEOUT = 0.1  # stop() must not wait for hanging handlers
-
-
-def _offered_call(beh: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """`tool_on_offer`: a call of the first scripted tool the request offers, while the
-    conversation does not yet end with a tool result."""
-    messages = data.get("messages") or [{}]
-    last = messages[-1] if isinstance(messages[-1], dict) else {}
-    content = last.get("content")
-    answered = last.get("role") == "tool" or (
-        isinstance(content, list)
-        and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
-    )
-    offered = {
-        (t.get("function") or t).get("name") for t in data.get("tools") or () if isinstance(t, dict)
-    }
-    if answered:
-        return beh
-    for name, args in beh["tool_on_offer"].items():
-        if name in offered:
-            return {**beh, "tool_calls": ((name, args),), "text": ""}
-    return beh
 
 
 def _charged(method: str, path: str) -> bool:
@@ -383,7 +340,7 @@ class MockUpstream:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if path.startswith("/_mock/"):
-            return await self._control(request, path)
+            return await control(self, request, path)
 
         started = time.time()
         self.inflight += 1
@@ -426,7 +383,7 @@ class MockUpstream:
                 await asyncio.get_running_loop().create_future()  # until the client goes away
             if beh["delay_s"]:
                 await asyncio.sleep(beh["delay_s"])
-            return await self._respond(request, path, body, beh, state)
+            return await respond(request, path, body, beh, state, self._ids)
         except (asyncio.CancelledError, ConnectionError):
             disconnected = True
             raise
@@ -437,162 +394,6 @@ class MockUpstream:
                 rec.completed = state["completed"]
                 rec.disconnected = disconnected
                 rec.status = state["status"]
-
-    async def _respond(
-        self,
-        request: web.BaseRequest,
-        path: str,
-        body: bytes,
-        beh: dict[str, Any],
-        state: dict[str, Any],
-    ) -> web.StreamResponse:
-        status: int = beh["status"]
-        gemini = gemini_native(request, path)
-        anthropic = not gemini and (
-            path.endswith(("/messages", "/messages/count_tokens"))
-            or "anthropic-version" in request.headers
-        )
-        if beh["echo_key"]:
-            echo = _extract_key(request) or ""
-            beh = {**beh, "echo": echo, "text": f"{beh['text']} (your key: {echo})"}
-            beh["headers"] = {**(beh["headers"] or {}), "X-Echo-Key": f"Bearer {echo}"}
-        if beh["body"] is not None:
-            return await _send(request, status, beh["body"], beh, state)
-        if not 200 <= status < 300:
-            message = f"Incorrect API key provided: {beh['echo']}." if beh["echo_key"] else None
-            if gemini:
-                err = _google_error(status, message)
-            else:
-                err = _error_body(status, anthropic, message)
-            return await _send(request, status, err, beh, state)
-
-        method = request.method
-        if gemini:
-            answer = await gemini_native_answer(request, path, body, beh, state, self._ids)
-            if answer is not None:
-                return answer
-        elif anthropic:
-            answer = await self._anthropic_extra(request, path, body, beh, state)
-            if answer is not None:
-                return answer
-        if method == "POST" and (path.endswith("/chat/completions") or path.endswith("/messages")):
-            data = _parse_json(body)
-            if data is None:
-                err = _error_body(
-                    400, anthropic, "mock upstream: request body is not a JSON object"
-                )
-                return await _send(request, 400, err, beh, state)
-            model = data.get("model")
-            if not isinstance(model, str):
-                model = "mock-model"
-            stream = data.get("stream") is True
-            if stream and beh["stream_error"]:
-                events = [_stream_error(path.endswith("/messages"))]
-                return await _stream(request, status, events, 1, beh, state)
-            if beh["tool_on_offer"]:
-                beh = _offered_call(beh, data)
-            if path.endswith("/chat/completions"):
-                if stream:
-                    opts = data.get("stream_options")
-                    usage = isinstance(opts, dict) and opts.get("include_usage") is True
-                    events = _openai_stream(self._ids, model, body, beh, usage)
-                    events = _error_after(events, 1, beh["error_after_chunks"], False)
-                    return await _stream(request, status, events, 1, beh, state)
-                out = _openai_completion(
-                    self._ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
-                )
-            else:
-                if stream:
-                    events = _anthropic_stream(self._ids, model, body, beh)
-                    events = _error_after(events, 3, beh["error_after_chunks"], True)
-                    return await _stream(request, status, events, 3, beh, state)
-                out = _anthropic_message(
-                    self._ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
-                )
-            return await _send(request, status, out, beh, state)
-        if method == "GET" and path.endswith("/models"):
-            listed = _MODELS_BODY if beh["models"] is None else _models_body(beh["models"])
-            return await _send(request, status, listed, beh, state)
-        if method == "POST" and path.endswith("/embeddings"):
-            data = _parse_json(body)
-            if data is None:
-                err = _error_body(400, False, "mock upstream: request body is not a JSON object")
-                return await _send(request, 400, err, beh, state)
-            return await _send(request, status, _embeddings(data, body), beh, state)
-        echo = orjson.dumps(
-            {
-                "method": method,
-                "path": path,
-                "query": request.query_string,
-                "headers": {k.lower(): v for k, v in request.headers.items()},
-                "body_len": len(body),
-            }
-        )
-        return await _send(request, status, echo, beh, state)
-
-    async def _anthropic_extra(
-        self,
-        request: web.BaseRequest,
-        path: str,
-        body: bytes,
-        beh: dict[str, Any],
-        state: dict[str, Any],
-    ) -> web.StreamResponse | None:
-        """Anthropic's count_tokens and model list in its own shapes (None: not one of them)."""
-        method = request.method
-        status: int = beh["status"]
-        if method == "POST" and path.endswith("/messages/count_tokens"):
-            if _parse_json(body) is None:
-                err = _error_body(400, True, "mock upstream: request body is not a JSON object")
-                return await _send(request, 400, err, beh, state)
-            return await _send(request, status, _anthropic_count(body), beh, state)
-        if method != "GET" or not path.startswith("/v1/models"):
-            return None
-        listed = ["mock-model"] if beh["models"] is None else beh["models"]
-        if path in ("/v1/models", "/v1/models/"):
-            page = _anthropic_models(listed, request.query)
-            if page is None:
-                err = _error_body(400, True, "limit: must be between 1 and 1000")
-                return await _send(request, 400, err, beh, state)
-            return await _send(request, status, page, beh, state)
-        model = path[len("/v1/models/") :]
-        if beh["models"] is not None and model not in listed:
-            err = _error_body(404, True, f"model: {model}")
-            return await _send(request, 404, err, beh, state)
-        return await _send(request, status, orjson.dumps(_anthropic_model(model)), beh, state)
-
-    # ------------------------------------------------------------------ control
-
-    async def _control(self, request: web.BaseRequest, path: str) -> web.Response:
-        """/_mock/* endpoints so out-of-process users (the benchmark) can script the mock."""
-        method = request.method
-        if path == "/_mock/requests" and method == "GET":
-            return _json([r.to_dict() for r in self.records()])
-        if path == "/_mock/stats" and method == "GET":
-            return _json(
-                {
-                    "inflight": self.inflight,
-                    "peak_inflight": self.peak_inflight,
-                    "count": self.count(),
-                }
-            )
-        if path == "/_mock/reset" and method == "POST":
-            self.reset()
-            return _json({"ok": True})
-        if path == "/_mock/behavior" and method == "POST":
-            data = _parse_json(await request.read())
-            if data is None:
-                return _json({"error": "body must be a JSON object"}, 400)
-            key = data.pop("key", None)
-            try:
-                if "times" in data:
-                    self.push(key, times=int(data.pop("times")), **data)
-                else:
-                    self.set_behavior(key, **data)
-            except (TypeError, ValueError) as exc:
-                return _json({"error": str(exc)}, 400)
-            return _json({"ok": True})
-        return _json({"error": f"unknown control endpoint {method} {path}"}, 404)
 
 
 # ---------------------------------------------------------------------- command line
