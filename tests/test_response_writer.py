@@ -228,3 +228,17 @@ def test_the_head_check_refuses_exactly_what_uvicorns_refuses(
     except RuntimeError:
         refused = True
     assert refused == uvicorn_refuses, kept
+
+
+def test_an_unsupported_uvicorn_is_refused_loudly() -> None:
+    """The writer and the protocol subclass uvicorn's private classes: a release outside the
+    range they were written against stops keygate at start, naming the range."""
+    import uvicorn
+
+    from keygate.response_writer import UVICORN_SUPPORTED, check_uvicorn
+
+    check_uvicorn(uvicorn.__version__)  # the installed one is supported (pyproject pins it)
+    low, high = UVICORN_SUPPORTED
+    for version in (f"{high[0]}.{high[1]}.0", f"{low[0]}.{low[1] - 1}.9", "1.0.0"):
+        with pytest.raises(RuntimeError, match=r"install 'uvicorn>=0\.\d+,<0\.\d+'"):
+            check_uvicorn(version)

@@ -29,7 +29,28 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+# The uvicorn releases whose private httptools protocol and cycle this writer and
+# `connection_limits.LimitedHttpProtocol` were written against ([from, to), as in
+# pyproject.toml): another may rename what they reach into, so it is refused at start.
+UVICORN_SUPPORTED = ((0, 55), (0, 56))
+
+
+def check_uvicorn(version: str) -> None:
+    """A RuntimeError naming the supported range when `version` is outside it."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    low, high = UVICORN_SUPPORTED
+    if not low <= parts < high:
+        raise RuntimeError(
+            f"keygate's connection handling subclasses uvicorn {low[0]}.{low[1]}.x internals; "
+            f"uvicorn {version} is installed: install 'uvicorn>={low[0]}.{low[1]},"
+            f"<{high[0]}.{high[1]}'"
+        )
+
+
+check_uvicorn(uvicorn.__version__)
 
 # uvicorn's rules for a field: no separators or controls in a name (checked once per distinct
 # name: a gateway relays the same few again and again), no controls but HTAB in a value

@@ -13,7 +13,7 @@ translated stream) a last `error` event.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
@@ -31,10 +31,20 @@ from keygate.proxy.watchdog import absorb_cancel
 from keygate.translate.adapter import MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:
+    from keygate.budget import Announced
     from keygate.control.keypool import KeyEntry
-    from keygate.proxy.attempt import Attempt
     from keygate.proxy.exchange import Exchange
     from keygate.runtime import ProviderRuntime
+
+
+class Holder(Protocol):
+    """What holds the key a relayed answer was asked with (`attempt.Attempt`): the relay
+    tells it what the try came to, and it gives the key back after the last byte."""
+
+    entry: KeyEntry
+    event: Event
+    budget: list[Announced] | None
+
 
 WHOLE_BODY_LIMIT = 1 << 20  # a plain 2xx body up to this length is read whole before it is sent
 
@@ -44,7 +54,7 @@ async def relay(
     ex: Exchange,
     send: Any,
     resp: aiohttp.ClientResponse,
-    attempt: Attempt,
+    attempt: Holder,
     head: bool,
     first: bytes = b"",
 ) -> None:
