@@ -130,7 +130,12 @@ class ResponseCycle(RequestResponseCycle):
                 if body:
                     self.transport.write(body)
             elif body:
-                self._writelines((head, body))
+                try:  # `_writelines`, written out: every whole answer goes this way
+                    self.transport.writelines((head, body))
+                except RuntimeError:
+                    if not self.transport.is_closing():
+                        raise
+                    self.disconnected = True
             else:
                 self.transport.write(head)
         if not more:

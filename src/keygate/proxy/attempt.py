@@ -10,6 +10,7 @@ holds either while it waits.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,18 @@ class Failure:
         return "quota spent" if self.quota else "keys cooling"
 
 
+class _Held:
+    """What `async with attempt` awaits on entry: done at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return iter(())  # type: ignore[return-value]  # an empty iterator: done, with None
+
+
+_HELD = _Held()
+
+
 class Attempt:
     """One try's hold on its provider: the admission slot (taken before) and the key it
     picks; on exit the key goes back with what the try came to (`settle`; a try cut short is
@@ -84,8 +97,8 @@ class Attempt:
         self.message = ""
         self.budget: list[Announced] | None = None
 
-    async def __aenter__(self) -> Attempt:
-        return self
+    def __aenter__(self) -> Awaitable[None]:
+        return _HELD  # the slot was taken before: nothing to wait for (no coroutine per try)
 
     def settle(
         self,
@@ -176,7 +189,8 @@ async def forward(
             slot = await rt.admission.acquire(ex.client.id if ex.client is not None else None)
         except Rejected as rej:
             return busy(rt, rej)
-        async with Attempt(rt, slot, ex.ticket) as attempt:  # released on every path
+        attempt = Attempt(rt, slot, ex.ticket)
+        async with attempt:  # the slot, and the key once picked, go back on every path
             if getattr(slot, "queued", True):
                 # It waited: if its client left meanwhile, find out before anything goes up.
                 ex.watch()
