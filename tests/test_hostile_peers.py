@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 
-from harness import PASSWORD, idle, wait_for
+from harness import PASSWORD, eventually, idle, wait_for
 from keygate.testing.mock_upstream import MockUpstream
 
 ENV = {"CEREBRAS_API_KEYS": "csk-hostile-peers-0001", "CLAUDE_API_KEYS": "sk-ant-hostile-0001"}
@@ -64,4 +64,12 @@ def test_pipelined_requests_of_a_client_that_left_leave_no_traceback(
             sock.shutdown(socket.SHUT_WR)
     # each connection's first request went upstream and came back, its answer written or not
     wait_for(lambda: mock.count() >= 5 and idle(gw, "cerebras"), 10, "the requests ended")
+    # and an answer keygate makes itself (an unknown provider's 404)
+    mark = len(gw.log())
+    refused = request.replace(b"/cerebras/", b"/nosuch/")
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(refused * 2)
+            sock.shutdown(socket.SHUT_WR)
+    eventually(lambda: gw.log()[mark:].count("status=404") >= 5, 10, "the refusals logged")
     assert "Traceback" not in gw.log(), gw.log()[-3000:]

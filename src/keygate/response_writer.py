@@ -86,73 +86,66 @@ class ResponseCycle(RequestResponseCycle):
             await self.flow.drain()
         if self.disconnected:
             return
-        kind = message["type"]
-        if not self.response_started:
-            if kind != "http.response.start":
-                raise RuntimeError(
-                    f"Expected ASGI message 'http.response.start', but got '{kind}'."
-                )
-            self.response_started = True
-            self.waiting_for_100_continue = False
-            framed = self._frame_head(message["status"], message.get("headers", ()))
-            if self.chunked_encoding:
-                self.transport.write(framed)  # a stream: the head now, the events as they come
-            else:
-                self._head = framed
-            return
-        if self.response_complete:
-            raise RuntimeError(
-                f"Unexpected ASGI message '{kind}' sent, after response already completed."
-            )
-        if kind != "http.response.body":
-            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
-        body: bytes = message.get("body", b"")
-        more = message.get("more_body", False)
-        head, self._head = self._head, None
-        if self.scope["method"] == "HEAD":
-            self.expected_content_length = 0
-            if head is not None:
-                self.transport.write(head)
-        elif self.chunked_encoding:
-            parts = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
-            if not more:
-                parts.append(_LAST_CHUNK)
-            if parts:
-                self._writelines(parts)
-        else:
-            size = len(body)
-            if size > self.expected_content_length:
-                if head is not None:
-                    self.transport.write(head)  # as uvicorn: the head, then the connection cut
-                raise RuntimeError("Response content longer than Content-Length")
-            self.expected_content_length -= size
-            if head is None:
-                if body:
-                    self.transport.write(body)
-            elif body:
-                try:  # `_writelines`, written out: every whole answer goes this way
-                    self.transport.writelines((head, body))
-                except RuntimeError:
-                    if not self.transport.is_closing():
-                        raise
-                    self.disconnected = True
-            else:
-                self.transport.write(head)
-        if not more:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
-
-    def _writelines(self, parts: Any) -> None:
-        """One writev; uvloop refuses it (where `write` is silent) on a transport the client
-        closed under a pipelined request still being answered: that request is then gone."""
         try:
-            self.transport.writelines(parts)
+            kind = message["type"]
+            if not self.response_started:
+                if kind != "http.response.start":
+                    raise RuntimeError(
+                        f"Expected ASGI message 'http.response.start', but got '{kind}'."
+                    )
+                self.response_started = True
+                self.waiting_for_100_continue = False
+                framed = self._frame_head(message["status"], message.get("headers", ()))
+                if self.chunked_encoding:
+                    self.transport.write(framed)  # a stream: the head now, the events as they come
+                else:
+                    self._head = framed
+                return
+            if self.response_complete:
+                raise RuntimeError(
+                    f"Unexpected ASGI message '{kind}' sent, after response already completed."
+                )
+            if kind != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+            body: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            head, self._head = self._head, None
+            if self.scope["method"] == "HEAD":
+                self.expected_content_length = 0
+                if head is not None:
+                    self.transport.write(head)
+            elif self.chunked_encoding:
+                parts = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+                if not more:
+                    parts.append(_LAST_CHUNK)
+                if parts:
+                    self.transport.writelines(parts)
+            else:
+                size = len(body)
+                if size > self.expected_content_length:
+                    if head is not None:
+                        self.transport.write(head)  # as uvicorn: the head, then the connection cut
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.expected_content_length -= size
+                if head is None:
+                    if body:
+                        self.transport.write(body)
+                elif body:
+                    self.transport.writelines((head, body))
+                else:
+                    self.transport.write(head)
+            if not more:
+                if self.expected_content_length != 0:
+                    raise RuntimeError("Response content shorter than Content-Length")
+                self.response_complete = True
+                self.message_event.set()
+                if not self.keep_alive:
+                    self.transport.close()
+                self.on_response()
         except RuntimeError:
+            # uvloop refuses a write on a transport the client closed under a pipelined
+            # request still being answered (uvicorn's own writes are silent there): that
+            # answer has nowhere to go, which is no error of the app's
             if not self.transport.is_closing():
                 raise
             self.disconnected = True
