@@ -258,6 +258,12 @@ def test_a_stream_that_opens_with_an_error_event_falls_back(gw: Any, mock: MockU
         text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
     assert text == "Hello from mock"
     assert [provider_of(r) for r in mock.records()] == ["groq", "cerebras"]
+    # the route shows what the stream carried, not the 200 it came with
+    [last] = httpx.get(f"{gw.url}/api/requests", headers=gw.admin()).json()["requests"][:1]
+    assert (
+        last["route"].startswith("groq/")
+        and "(429 in its first event) → cerebras/" in last["route"]
+    ), last["route"]
 
 
 def test_a_stream_error_event_on_a_prefix_route_retries_on_another_key(
@@ -615,6 +621,34 @@ def test_first_event_judgement(head: bytes, error: bool) -> None:
     assert error_status(b'{"type":"overloaded_error"}') == 529
     assert error_status(b'{"error":{"code":"rate_limit_exceeded"}}') == 429
     assert error_status(b'{"error":{"message":"boom"}}') == 500
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        # the error's own type or code decides, as the same error sent as a status would
+        (b'data: {"error":{"message":"quota service down","type":"server_error"}}\n\n', 500),
+        (b'data: {"error":{"code":503,"message":"quota","status":"UNAVAILABLE"}}\n\n', 503),
+        (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}\n\n', 529),
+        (b'data: {"error":{"type":"authentication_error","message":"bad key"}}\n\n', 401),
+        (b'data: {"error":{"code":"insufficient_quota","message":"pay up"}}\n\n', 429),
+        (b'data: {"error":{"status":"RESOURCE_EXHAUSTED","message":"x"}}\n\n', 429),
+        # nothing typed: the words of the message, as before
+        (b'data: {"error":"rate limit reached"}\n\n', 429),
+    ],
+)
+def test_an_error_event_is_judged_as_the_same_error_sent_as_a_status(
+    event: bytes, status: int
+) -> None:
+    from keygate.classify import classify
+    from keygate.control.base import Event
+    from keygate.dialects.openai import OPENAI
+    from keygate.proxy.firstevent import error_status
+
+    assert error_status(event) == status
+    if status >= 500:  # an overload or a server error is the provider's, never the key's
+        verdict = classify(status, {}, event, None, OPENAI.reset_hint)
+        assert verdict.event is Event.PROVIDER_ERROR and not verdict.key_fault
 
 
 def test_fallback_passes_over_a_full_queue_at_once(

@@ -60,7 +60,10 @@ class Failure:
     def reason(self) -> str:
         """A few words for the route shown in recent requests and the access log."""
         if self.last is not None:
-            return str(self.last[0])
+            status, _, body, _ = self.last
+            if status < 400:  # a 200 stream whose first event was an error
+                return f"{error_status(body)} in its first event"
+            return str(status)
         if self.last_error is not None:
             return self.last_error.code or str(self.last_error.status)
         if self.wait is None:

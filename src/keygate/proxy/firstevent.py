@@ -8,8 +8,10 @@ cost beyond looking at its first bytes.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
+import orjson
 
 from keygate.proxy.forward import UpstreamTimeout, UpstreamUnreachable
 from keygate.proxy.watchdog import Watchdog, absorb_cancel
@@ -74,11 +76,50 @@ async def hold_first(resp: aiohttp.ClientResponse, dog: Watchdog, first_byte_s: 
         raise
 
 
+# an error's own type or code (OpenAI's, Anthropic's, Google's) → the status it stands for
+_ERROR_KINDS = (
+    (("overloaded",), 529),
+    (("rate_limit", "quota", "resource_exhausted", "too_many"), 429),
+    (("authentication", "unauthenticated", "invalid_api_key"), 401),
+    (("permission",), 403),
+    (("not_found",), 404),
+    (("invalid_request", "invalid_argument", "bad_request"), 400),
+    (("unavailable",), 503),
+    (("server_error", "internal", "api_error", "timeout"), 500),
+)
+
+
 def error_status(event: bytes) -> int:
-    """The status an error event stands for, so `classify` judges it like a refusal."""
+    """The status an error event stands for, so `classify` judges it as it would the same
+    error sent as a status: the error's own numeric code, else its type or code name, and
+    only failing both the words of its message (a server error that mentions a quota
+    service is a server error)."""
+    error = _error_of(event)
+    if error is not None:
+        for field in ("code", "status"):
+            value = error.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+                return value
+        names = " ".join(str(error.get(field, "")).lower() for field in ("type", "code", "status"))
+        for words, status in _ERROR_KINDS:
+            if any(word in names for word in words):
+                return status
     low = event[:4096].lower()
     if b"overloaded" in low or b"529" in low:
         return 529
     if b"rate_limit" in low or b"rate limit" in low or b"quota" in low or b"429" in low:
         return 429
     return 500
+
+
+def _error_of(event: bytes) -> dict[str, Any] | None:
+    """The `error` object of the first event's data, when it parses."""
+    for line in event[:FIRST_EVENT_LIMIT].splitlines():
+        if line.startswith(b"data:"):
+            try:
+                doc = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return None
+            error = doc.get("error") if isinstance(doc, dict) else None
+            return error if isinstance(error, dict) else None
+    return None
