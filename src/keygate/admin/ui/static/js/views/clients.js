@@ -3,7 +3,8 @@
 // enable and delete. Refreshes every 3 s.
 
 import { api, enc } from '../api.js';
-import { badge, confirmDialog, copyText, emptyState, fmtAgo, fmtDateTime, fmtInt, h, icon, openDialog, pageHeader, poller, s, toast } from '../dom.js';
+import { Spark } from '../chart.js';
+import { badge, confirmDialog, copyText, emptyState, fmtAgo, fmtDateTime, fmtInt, h, icon, openDialog, pageHeader, poller, toast } from '../dom.js';
 import { t } from '../i18n.js';
 
 const LIMITS = ['rpm', 'rpd', 'tpd', 'monthly_tokens'];
@@ -15,23 +16,11 @@ function list(text) {
     .filter(Boolean);
 }
 
-// Requests per minute over the last hour as a small bar chart (SVG, no styles inline).
+// Requests per minute over the last hour: a small uPlot bar chart (chart.js), kept while the
+// numbers stay the same (the view re-renders every 3 s; a chart is made again only when its
+// minute counts change).
 function spark(values) {
-  const w = 120;
-  const hgt = 28;
-  const max = Math.max(1, ...values);
-  const bw = w / values.length;
-  const bars = values.map((v, i) => {
-    const bh = v ? Math.max(2, (v / max) * (hgt - 2)) : 0;
-    return s('rect', { x: (i * bw).toFixed(2), y: (hgt - bh).toFixed(2), width: Math.max(1, bw - 0.5).toFixed(2), height: bh.toFixed(2), class: 'spark-bar' });
-  });
-  const total = values.reduce((a, b) => a + b, 0);
-  return s(
-    'svg',
-    { class: 'client-spark', viewBox: `0 0 ${w} ${hgt}`, width: w, height: hgt, role: 'img', 'aria-label': t('clients.spark', { n: fmtInt(total) }), dataset: { total: String(total) } },
-    s('line', { x1: 0, y1: hgt - 0.5, x2: w, y2: hgt - 0.5, class: 'spark-base' }),
-    bars,
-  );
+  return new Spark(values, { label: t('clients.spark', { n: fmtInt(values.reduce((a, b) => a + (Number(b) || 0), 0)) }) });
 }
 
 function limitsText(c) {
@@ -156,6 +145,26 @@ export function mount(root, params, ctx) {
   }
 
   const cols = ['name', 'status', 'limits', 'today', 'month', 'chart', 'last', 'actions'];
+  const sparks = new Map(); // client id → { key, chart }
+  function sparkFor(c) {
+    const values = c.timeline && c.timeline.length ? c.timeline : new Array(60).fill(0);
+    const id = String(c.id);
+    const key = `${Math.floor(Date.now() / 60_000)}|${values.join(',')}`; // the hover reads times
+    const was = sparks.get(id);
+    if (was && was.key === key) return was.chart;
+    if (was) was.chart.destroy();
+    const chart = spark(values);
+    sparks.set(id, { key, chart });
+    return chart;
+  }
+  function dropSparks(keep) {
+    for (const [id, was] of sparks) {
+      if (!keep.has(id)) {
+        was.chart.destroy();
+        sparks.delete(id);
+      }
+    }
+  }
   function row(c) {
     const td = (col, ...kids) => h('td', { class: `col-${col}`, dataset: { label: t(`clients.col.${col}`) } }, kids);
     const u = c.usage || {};
@@ -174,7 +183,7 @@ export function mount(root, params, ctx) {
         today.errors ? h('div', { class: 'muted small' }, t('clients.errors', { n: fmtInt(today.errors) })) : null,
       ),
       td('month', h('span', { class: 'num' }, fmtInt(month.requests || 0)), h('div', { class: 'muted small' }, t('clients.tokens', { n: fmtInt((month.tokens_in || 0) + (month.tokens_out || 0)) }))),
-      td('chart', spark(c.timeline && c.timeline.length ? c.timeline : new Array(60).fill(0))),
+      td('chart', sparkFor(c).el),
       td('last', c.last_used ? h('time', { title: fmtDateTime(c.last_used) }, fmtAgo(c.last_used)) : h('span', { class: 'muted' }, t('common.none'))),
       td(
         'actions',
@@ -189,6 +198,7 @@ export function mount(root, params, ctx) {
   }
 
   function render(clients) {
+    dropSparks(new Set(clients.map((c) => String(c.id))));
     if (!clients.length) {
       body.replaceChildren(emptyState(t('clients.empty_title'), t('clients.empty'), h('button', { type: 'button', class: 'btn btn-primary', onclick: () => create() }, t('clients.new'))));
       return;
@@ -216,6 +226,7 @@ export function mount(root, params, ctx) {
     destroy() {
       destroyed = true;
       poll.stop();
+      dropSparks(new Set());
     },
   };
 }

@@ -1,6 +1,7 @@
 // Dashboard: totals on top, then one card per provider with key states, counters, in-flight and
-// queue meters and two live charts (requests/s with errors/s; latency p50/p95). Polls /api/stats
-// every 2 s; the per-second timeline is merged into a history that outlives view switches.
+// queue meters and two live charts, drawn by uPlot (requests/s with errors/s; latency p50/p95).
+// Polls /api/stats every 2 s; the per-second timeline is merged into a history that outlives
+// view switches.
 
 import { api } from '../api.js';
 import { LineChart } from '../chart.js';
@@ -90,8 +91,8 @@ class ProviderCard {
     this.rps = new LineChart({
       title: t('dash.rps'),
       series: [
-        { key: 'rate', label: t('dash.rps_short'), cls: 's-rps', area: true },
-        { key: 'errRate', label: t('dash.errors_s'), cls: 's-err', hideZero: true },
+        { key: 'rate', label: t('dash.rps_short'), cls: 's-rps', color: '--c-rps', area: true },
+        { key: 'errRate', label: t('dash.errors_s'), cls: 's-err', color: '--c-err', hideZero: true },
       ],
       fmt: (v) => fmtNum(v, v < 10 ? 1 : 0),
       axisFmt: (v) => fmtNum(v, 2),
@@ -100,16 +101,16 @@ class ProviderCard {
     });
     this.lat = new LineChart({
       title: t('dash.latency'),
+      // latency exists only in seconds with traffic: the line joins the seconds that have one
       series: [
-        { key: 'p50', label: 'p50', cls: 's-p50' },
-        { key: 'p95', label: 'p95', cls: 's-p95' },
+        { key: 'p50', label: 'p50', cls: 's-p50', color: '--c-p50', spanGaps: true },
+        { key: 'p95', label: 'p95', cls: 's-p95', color: '--c-p95', spanGaps: true },
       ],
       fmt: fmtMs,
       // sub-10 ms scales keep a decimal, or a 1 ms axis would read "1 ms, 0 ms, 0 ms"
       axisFmt: (v) => (v >= 1000 ? `${fmtNum(v / 1000, 1)} s` : `${fmtNum(v, v > 0 && v < 10 ? 1 : 0)} ms`),
       window: WINDOW_S,
       emptyMax: 100,
-      gap: 15, // latency exists only in seconds with traffic: join short gaps
     });
     this.chips = h('div');
     this.metrics = h('div', { class: 'metrics' });

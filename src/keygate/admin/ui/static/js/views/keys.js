@@ -1,5 +1,6 @@
-// Keys: one provider at a time; search, state filter and server-side pagination (limit/offset),
-// so 100,000 keys cost no more than 50. Rows are updated in place on refresh so buttons do not
+// Keys: one provider at a time, or all of them at once (provider "*": a Provider column shows
+// whose each key is); search, state filter and server-side pagination (limit/offset), so
+// 100,000 keys cost no more than 50. Rows are updated in place on refresh so buttons do not
 // move under the pointer. Add one, batch import, test one/all, enable/disable, delete.
 
 import { api, enc, qs } from '../api.js';
@@ -32,10 +33,12 @@ import { quotaMeters } from '../quota.js';
 
 const STATES = ['active', 'cooling', 'invalid', 'exhausted', 'disabled'];
 const PAGE_SIZES = [25, 50, 100, 200];
+const ALL = '*'; // the provider choice that lists every provider's keys
 const testResults = new Map(); // key id → last TestResult (kept while the page is open)
 
 function pickProvider(list, wanted, config) {
   const names = list.map((p) => p.name);
+  if (wanted === ALL && names.length) return ALL;
   if (wanted && names.includes(wanted)) return wanted;
   const withKeys = list.filter((p) => p.keys && p.keys.total > 0).map((p) => p.name);
   const def = config && config.default_provider;
@@ -102,6 +105,8 @@ export function mount(root, params, ctx) {
   // ---- add one ------------------------------------------------------------------------------
   const addKey = h('input', { class: 'input mono', id: 'add-key', type: 'text', placeholder: t('keys.add.key_ph'), autocomplete: 'off', spellcheck: 'false', required: true });
   const addLabel = h('input', { class: 'input', id: 'add-label', type: 'text', placeholder: t('keys.add.label_ph'), maxlength: 200, autocomplete: 'off' });
+  const addTarget = h('select', { class: 'select', id: 'add-provider' });
+  const addTargetField = h('label', { class: 'field', hidden: true }, h('span', { class: 'field-label' }, t('keys.add.provider')), addTarget);
   const addMsg = h('p', { class: 'form-msg', role: 'alert', hidden: true });
   const addSubmit = h('button', { type: 'submit', class: 'btn btn-primary' }, t('keys.add.submit'));
   const addPanel = h(
@@ -111,6 +116,7 @@ export function mount(root, params, ctx) {
     h(
       'div',
       { class: 'form-row' },
+      addTargetField,
       h('label', { class: 'field field-grow' }, h('span', { class: 'field-label' }, t('keys.add.key')), addKey),
       h('label', { class: 'field' }, h('span', { class: 'field-label' }, t('keys.add.label')), addLabel),
       h('div', { class: 'field field-submit' }, addSubmit),
@@ -123,10 +129,13 @@ export function mount(root, params, ctx) {
   const batchSubmit = h('button', { type: 'submit', class: 'btn btn-primary' }, t('keys.batch.submit'));
   const batchMsg = h('p', { class: 'form-msg', role: 'alert', hidden: true });
   const batchResult = h('div', { class: 'batch-result', id: 'batch-result', hidden: true, 'aria-live': 'polite' });
+  const batchTarget = h('select', { class: 'select', id: 'batch-provider' });
+  const batchTargetField = h('label', { class: 'field field-target', hidden: true }, h('span', { class: 'field-label' }, t('keys.add.provider')), batchTarget);
   const batchPanel = h(
     'form',
     { class: 'card panel', id: 'batch-panel', hidden: true, onsubmit: (ev) => onBatch(ev) },
     h('div', { class: 'panel-head' }, h('h2', { class: 'panel-title' }, t('keys.batch')), closeBtn(() => togglePanel(null))),
+    batchTargetField,
     h('label', { class: 'field' }, h('span', { class: 'field-label' }, t('keys.batch.label')), batchText),
     h('p', { class: 'field-help' }, t('keys.batch.hint')),
     h('div', { class: 'panel-actions' }, batchSubmit),
@@ -135,7 +144,7 @@ export function mount(root, params, ctx) {
   );
 
   // ---- table --------------------------------------------------------------------------------
-  const cols = ['key', 'label', 'state', 'uses', 'quota', 'last_used', 'last_error', 'test', 'actions'];
+  const cols = ['key', 'provider', 'label', 'state', 'uses', 'quota', 'last_used', 'last_error', 'test', 'actions'];
   const tbody = h('tbody');
   const table = h(
     'table',
@@ -173,11 +182,33 @@ export function mount(root, params, ctx) {
   }
 
   // ---- providers ----------------------------------------------------------------------------
+  let providerList = [];
   function fillProviders(list) {
-    const opts = list.map((p) => h('option', { value: p.name, selected: p.name === st.provider }, `${p.name} (${fmtInt((p.keys && p.keys.total) || 0)})`));
-    providerSel.replaceChildren(...opts);
+    providerList = list;
+    const count = (p) => Number((p.keys && p.keys.total) || 0);
+    const total = list.reduce((a, p) => a + count(p), 0);
+    const opts = list.map((p) => h('option', { value: p.name, selected: p.name === st.provider }, `${p.name} (${fmtInt(count(p))})`));
+    const all = list.length ? h('option', { value: ALL, selected: st.provider === ALL }, `${t('keys.all_providers')} (${fmtInt(total)})`) : null;
+    fill(providerSel, all, opts);
     providerSel.value = st.provider;
+    for (const target of [addTarget, batchTarget]) {
+      const was = target.value;
+      fill(target, list.map((p) => h('option', { value: p.name }, p.name)));
+      target.value = list.some((p) => p.name === was) ? was : (list.find((p) => count(p) > 0) || list[0] || { name: '' }).name;
+    }
+    showMode();
   }
+
+  // every provider at once: the Provider column and the panels' provider choice show
+  function showMode() {
+    const all = st.provider === ALL;
+    table.classList.toggle('show-provider', all);
+    addTargetField.hidden = !all;
+    batchTargetField.hidden = !all;
+  }
+
+  // the provider a new key goes to
+  const target = (sel) => (st.provider === ALL ? sel.value : st.provider);
 
   async function refreshProviders() {
     try {
@@ -191,6 +222,7 @@ export function mount(root, params, ctx) {
     st.provider = providerSel.value;
     st.offset = 0;
     batchResult.hidden = true;
+    showMode();
     sync();
     load();
   });
@@ -213,6 +245,7 @@ export function mount(root, params, ctx) {
   function createRow(id) {
     const r = { id, key: null };
     r.masked = h('code', { class: 'mono key-masked' });
+    r.provider = h('span', { class: 'key-provider' });
     r.labelText = h('span', { class: 'key-label' });
     r.labelBtn = h('button', { type: 'button', class: 'icon-btn icon-btn-sm', title: t('keys.edit_label'), 'aria-label': t('keys.edit_label'), onclick: () => editLabel(r) }, icon('pencil'));
     r.state = h('span', { class: 'state-cell' });
@@ -232,6 +265,7 @@ export function mount(root, params, ctx) {
       'tr',
       { dataset: { id: String(id) } },
       td('key', h('span', { class: 'key-cell' }, r.masked, h('span', { class: 'key-id' }, `#${id}`))),
+      td('provider', r.provider),
       td('label', h('span', { class: 'label-cell' }, r.labelText, r.labelBtn)),
       td('state', r.state),
       r.uses,
@@ -248,6 +282,7 @@ export function mount(root, params, ctx) {
     r.key = k;
     r.el.dataset.status = k.status;
     r.masked.textContent = k.masked || '';
+    r.provider.textContent = k.provider || '';
     r.labelText.textContent = k.label || '';
     r.labelText.classList.toggle('is-empty', !k.label);
     const stateKids = [stateBadge(k.status)];
@@ -394,7 +429,8 @@ export function mount(root, params, ctx) {
     const seq = ++loadSeq;
     let data;
     try {
-      data = await api('GET', `/api/keys${qs({ provider: st.provider, status: st.status, q: st.q, limit: st.limit, offset: st.offset })}`);
+      const provider = st.provider === ALL ? '' : st.provider;
+      data = await api('GET', `/api/keys${qs({ provider, status: st.status, q: st.q, limit: st.limit, offset: st.offset })}`);
     } catch (err) {
       if (seq !== loadSeq || err.status === 401) return;
       loading.hidden = true;
@@ -432,12 +468,12 @@ export function mount(root, params, ctx) {
     }
     addSubmit.disabled = true;
     try {
-      const body = { provider: st.provider, key };
+      const body = { provider: target(addTarget), key };
       if (addLabel.value.trim()) body.label = addLabel.value.trim();
       await api('POST', '/api/keys', body);
       addKey.value = '';
       addLabel.value = '';
-      toast(t('keys.added', { provider: st.provider }), 'ok');
+      toast(t('keys.added', { provider: body.provider }), 'ok');
       st.offset = 0;
       sync();
       await Promise.all([load(), refreshProviders()]);
@@ -465,7 +501,7 @@ export function mount(root, params, ctx) {
     batchSubmit.disabled = true;
     batchSubmit.textContent = t('keys.batch.importing');
     try {
-      const res = await api('POST', '/api/keys/batch', { provider: st.provider, input: batchText.value });
+      const res = await api('POST', '/api/keys/batch', { provider: target(batchTarget), input: batchText.value });
       showBatch(res || {});
       if ((res && res.added) > 0) batchText.value = '';
       st.offset = 0;
@@ -528,8 +564,12 @@ export function mount(root, params, ctx) {
     const label = testAllBtn.lastChild;
     label.textContent = t('keys.testing_all');
     try {
-      const res = await api('POST', `/api/providers/${enc(st.provider)}/test`);
-      const results = (res && res.results) || [];
+      const names = st.provider === ALL ? providerList.filter((p) => p.keys && p.keys.total > 0).map((p) => p.name) : [st.provider];
+      const results = [];
+      for (const name of names) {
+        const res = await api('POST', `/api/providers/${enc(name)}/test`);
+        results.push(...((res && res.results) || []));
+      }
       for (const r of results) testResults.set(r.id, r);
       const ok = results.filter((r) => r.ok).length;
       if (results.length) toast(t('keys.test_all_done', { n: fmtInt(results.length), ok: fmtInt(ok), bad: fmtInt(results.length - ok) }), ok === results.length ? 'ok' : 'warn');

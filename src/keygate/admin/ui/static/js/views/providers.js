@@ -238,7 +238,7 @@ export function mount(root, params, ctx) {
         { dataset: { provider: p.name } },
         td('name', h('span', { class: 'prov-name' }, p.name), p.builtin ? null : badge(t('prov.custom'), 'neutral')),
         td('keys', h('span', { class: 'keys-total' }, fmtInt((p.keys && p.keys.total) || 0)), stateChips(p.keys || {})),
-        td('base_url', h('code', { class: 'mono url' }, p.base_url || '')),
+        td('base_url', h('code', { class: 'mono url', title: p.base_url || '' }, p.base_url || '')),
         td('rps', h('span', { class: 'num', dataset: { field: 'rps' } }, fmtNum(p.rps, 3))),
         td('burst', h('span', { class: 'num', dataset: { field: 'burst' } }, fmtInt(p.burst))),
         td('max_conn', h('span', { class: 'num' }, fmtInt(p.max_conn))),
