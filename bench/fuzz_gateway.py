@@ -67,7 +67,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # from a checkout without `pip install -e .`
 
-from keygate.providers import BUILTINS, env_names  # noqa: E402
+from keygate.config.catalog import BUILTINS, env_names  # noqa: E402
 from keygate.testing.mock_upstream import MockUpstream, Recorded  # noqa: E402
 
 PROVIDERS = ("cerebras", "groq", "openai", "openrouter", "gemini", "claude")

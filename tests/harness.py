@@ -23,7 +23,7 @@ import aiohttp
 import httpx
 import yaml
 
-from keygate.providers import BUILTINS, env_names
+from keygate.config.catalog import BUILTINS, env_names
 from keygate.store import Store, create_store
 from keygate.testing.mock_upstream import MockUpstream
 

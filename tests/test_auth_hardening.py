@@ -1,6 +1,6 @@
 """Password guessing and admin sessions.
 
-- The failed-attempt throttle (keygate/throttle.py): token buckets per client address and global,
+- The failed-attempt throttle (keygate/runtime/throttle.py): token buckets per client address and global,
   shared by the proxy and the admin. Unit tests on a fake clock for the arithmetic and decay;
   real gateways for parallel guessing, rotating X-Forwarded-For through a trusted proxy, spoofed
   X-Forwarded-For from an untrusted peer, and the right password working in the middle of it.
@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from harness import CHAT, Gateway, eventually
-from keygate.throttle import FailureThrottle
+from keygate.runtime.throttle import FailureThrottle
 from servers import postgres_bin, start_postgres
 
 KEY = "csk-" + "a1b2c3d4" * 5
@@ -411,7 +411,7 @@ def test_login_refreshes_nothing_for_bearer_and_logout_clears(gateway_factory: A
 
 
 def test_trusted_proxies_setting() -> None:
-    from keygate.settings import ConfigError, load_settings
+    from keygate.config.settings import ConfigError, load_settings
 
     s = load_settings({"KEYGATE_TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.0/8 ,::1,fd00::/8"})
     assert s.trusted_proxies == ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from harness import eventually, mock_env
+from keygate.config.catalog import BUILTINS
 from keygate.control.keypool import mask
-from keygate.providers import BUILTINS
 from keygate.store import create_store
 from keygate.testing.mock_upstream import MockUpstream
 
@@ -696,8 +696,8 @@ def test_read_commands_refuse_a_store_that_does_not_exist(tmp_path: Path) -> Non
 
 
 def test_server_record_never_holds_a_database_password(tmp_path: Path) -> None:
-    from keygate.locate import locate, write_record
-    from keygate.settings import ConfigError, load_settings
+    from keygate.cli.locate import locate, write_record
+    from keygate.config.settings import ConfigError, load_settings
 
     data_dir = tmp_path / "pg-data"
     url = "postgresql://kg:s3cret-pw@127.0.0.1:5999/keygate"
@@ -900,7 +900,7 @@ def test_config_check_reports_every_models_error(cli: Cli, tmp_path: Path) -> No
         [line] = [x for x in lines if f": {problem}" in x]
         assert line.startswith(f"keygate: config file {path}: models."), line
     # the server refuses the same file, at its first problem
-    from keygate.settings import ConfigError, load_settings
+    from keygate.config.settings import ConfigError, load_settings
 
     with pytest.raises(ConfigError) as exc:
         load_settings({}, path)

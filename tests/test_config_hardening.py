@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from harness import ADMIN_PASSWORD, free_port
-from keygate.settings import ConfigError, load_settings
+from keygate.config.settings import ConfigError, load_settings
 from keygate.store import create_store
 from keygate.testing.mock_upstream import MockUpstream
 

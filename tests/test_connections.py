@@ -333,8 +333,8 @@ def test_busy_port_fails_before_banner_and_token(gateway_factory: Any, args: lis
 
 
 def test_connection_settings_from_env_and_bad_values() -> None:
-    from keygate.server import ConnectionLimits
-    from keygate.settings import ConfigError, load_settings
+    from keygate.config.settings import ConfigError, load_settings
+    from keygate.server.listen import ConnectionLimits
 
     s = load_settings({"KEYGATE_IDLE_TIMEOUT_S": "0.5", "KEYGATE_MAX_HEADERS": "50"})
     limits = ConnectionLimits.from_settings(s)

@@ -8,11 +8,11 @@ import time
 import pytest
 
 from harness import eventually_async
-from keygate.classify import classify, parse_duration, reset_hint
+from keygate.config.settings import ProviderConfig
 from keygate.control.base import Event, Limits, Rejected
+from keygate.control.classify import classify, parse_duration, reset_hint
 from keygate.control.keypool import KeyEntry, mask
 from keygate.control.local import LocalAdmission, LocalKeyPool, TokenBucket
-from keygate.settings import ProviderConfig
 
 
 class Clock:

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from keygate.config.catalog import BUILTINS
 from keygate.dialects import CREDENTIAL_HEADERS, DIALECTS, KEY_STYLES, dialect_for
 from keygate.dialects.anthropic import ANTHROPIC, ANTHROPIC_VERSION
 from keygate.dialects.gemini import GEMINI
 from keygate.dialects.openai import OPENAI
-from keygate.providers import BUILTINS
 from keygate.proxy.forward import request_headers
 
 NOW = 1_800_000_000.0

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness import eventually_async
-from keygate.settings import load_settings
+from keygate.config.settings import load_settings
+from keygate.runtime.sync import StoreSync
 from keygate.store import create_store
-from keygate.sync import StoreSync
 
 
 async def _setup(tmp_path: Path) -> tuple[Any, StoreSync, Any]:
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.provider import ProviderRuntime
 
     settings = load_settings({"KV_FLUSH_INTERVAL_MS": "500", "KEYGATE_DATA_DIR": str(tmp_path)})
     store = create_store(f"sqlite:///{tmp_path / 'keygate.db'}", "")

@@ -44,8 +44,8 @@ def test_reload_keeps_a_private_upstream_set_at_run_time(gateway_factory: Any) -
 
 # --- in process -------------------------------------------------------------------------------
 def test_overrides_apply_one_way() -> None:
-    from keygate.overrides import apply_stored, clean_fields
-    from keygate.settings import load_settings
+    from keygate.config.overrides import apply_stored, clean_fields
+    from keygate.config.settings import load_settings
 
     providers = load_settings({}).providers
     touched = apply_stored(
@@ -70,8 +70,8 @@ def test_overrides_apply_one_way() -> None:
 
 def test_key_view_is_the_same_for_an_entry_and_a_record() -> None:
     from keygate.control.keypool import KeyEntry, mask
+    from keygate.runtime.views import key_view
     from keygate.store.base import KeyRecord
-    from keygate.views import key_view
 
     now = time.time()
     secret = "sk-view-abcdefghijklmnop"
@@ -102,7 +102,7 @@ def test_key_view_is_the_same_for_an_entry_and_a_record() -> None:
 
 def test_unflushed_counters() -> None:
     from keygate.control.keypool import KeyEntry
-    from keygate.counters import unflushed
+    from keygate.runtime.counters import unflushed
 
     entry = KeyEntry(1, "groq", "sk-count-abcdefghijklmnop", use_count=3)
     assert unflushed(entry) == (0, 0, 0, 0, 0, 0)
@@ -112,7 +112,7 @@ def test_unflushed_counters() -> None:
 
 async def test_key_operations_without_a_running_gateway(tmp_path: Path) -> None:
     """What the CLI runs: the same operations as the admin API, on the store alone."""
-    from keygate.keyops import Duplicate, KeyOps
+    from keygate.runtime.keyops import Duplicate, KeyOps
     from keygate.store import create_store
 
     store = create_store(f"sqlite:///{tmp_path / 'k.db'}")
@@ -143,7 +143,7 @@ def test_the_app_loads_the_admin_api_on_first_use() -> None:
     arrow to import-linter, so this one is checked at run time."""
     code = (
         "import sys\n"
-        "import keygate.app\n"
+        "import keygate.server.app\n"
         "app = sorted(m for m in sys.modules if m.startswith(('keygate.admin.api',"
         " 'keygate.admin.keys', 'keygate.admin.http', 'keygate.admin.stats')))\n"
         "print(app)\n"

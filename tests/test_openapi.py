@@ -20,7 +20,7 @@ from keygate.admin.openapi import document
 from keygate.admin.providers import MODEL
 from keygate.admin.session import LOGIN
 from keygate.admin.table import match, op, table
-from keygate.settings import BOUNDS, MODEL_NAME_MAX
+from keygate.config.settings import BOUNDS, MODEL_NAME_MAX
 
 PROVIDERS = ["cerebras", "groq"]
 # Served by the admin API but not part of its document: /healthz is the public health check

@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from keygate.config.quotaday import day_window, parse_day_reset
+from keygate.config.settings import ConfigError, load_settings
 from keygate.control.quota import Announced, Ticket, estimate_parsed, estimate_tokens
 from keygate.dialects import DIALECTS
-from keygate.quotaday import day_window, parse_day_reset
-from keygate.settings import ConfigError, load_settings
 from keygate.testing.mock_upstream import MockUpstream
 
 NOW = 1_800_000_000.0
@@ -231,7 +231,7 @@ def _iso(at: float) -> str:
     ids=_id,
 )
 def test_announced_counts_are_bounded_non_negative_integers(value: str, expected: object) -> None:
-    from keygate.budget import COUNT_MAX
+    from keygate.dialects.budget import COUNT_MAX
 
     want = COUNT_MAX if expected == "max" else expected
     openai_style = {
@@ -368,7 +368,7 @@ HINT_NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
     ],
 )
 def test_reset_hints_are_bounded_or_ignored(headers: dict[str, str], after: float | None) -> None:
-    from keygate.classify import classify, reset_hint
+    from keygate.control.classify import classify, reset_hint
 
     hint = reset_hint(headers, HINT_NOW)
     if after is None:
@@ -385,7 +385,7 @@ def test_no_header_value_makes_a_parser_raise() -> None:
     import math
     import random
 
-    from keygate.classify import reset_hint
+    from keygate.control.classify import reset_hint
 
     rng = random.Random(32)
     alphabet = "0123456789.eE+-_xXinfaINFAhms:TZ ,GMTWed\u0661\uff12\u00a0"
@@ -408,7 +408,7 @@ def test_no_header_value_makes_a_parser_raise() -> None:
     ]
     samples = [HUGE, "1" + "0" * 400, "9" * 20 + "." + "9" * 400]
     samples += ["".join(rng.choices(alphabet, k=rng.randint(0, 24))) for _ in range(3000)]
-    from keygate.budget import COUNT_MAX
+    from keygate.dialects.budget import COUNT_MAX
 
     for i, value in enumerate(samples):
         headers = {name: value if rng.random() < 0.7 else "5" for name in names}

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from harness import PASSWORD, eventually, idle
-from keygate.quotaday import day_window
+from keygate.config.quotaday import day_window
 from servers import RedisServer, redis_bin, start_redis
 
 KEYS = ["sk-quota-aaaa-0001", "sk-quota-bbbb-0002", "sk-quota-cccc-0003"]

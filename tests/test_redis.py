@@ -20,14 +20,14 @@ import pytest
 import redis
 
 from harness import CHAT, eventually, eventually_async, fire
+from keygate.config.quotaday import day_window
+from keygate.config.settings import ProviderConfig
 from keygate.control.base import Event, Limits
 from keygate.control.keypool import KeyEntry, mask
 from keygate.control.local import LocalAdmission, LocalKeyPool
 from keygate.control.redis import SharedAdmission, SharedKeyPool, SharedState
 from keygate.control.redis.scripts import ADMIT, PICK, RELEASE_KEY, RELEASE_SLOT, RENEW, SYNC
 from keygate.control.redis.state import EVENTS
-from keygate.quotaday import day_window
-from keygate.settings import ProviderConfig
 from servers import RedisServer, free_port, redis_bin, start_redis
 
 pytestmark = [

@@ -16,12 +16,12 @@ import pytest
 from aiohttp import web
 
 from keygate.clients.registry import ClientRegistry
+from keygate.config.settings import ProviderConfig
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalKeyPool
 from keygate.proxy import handler, retry
-from keygate.runtime import ProviderRuntime
-from keygate.settings import ProviderConfig
-from keygate.upstream import create_session
+from keygate.runtime.provider import ProviderRuntime
+from keygate.runtime.upstream import create_session
 
 OK_BODY = orjson.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
 Action = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,4 +1,4 @@
-"""keygate's response writer (`keygate.response_writer`): one write for a length-framed answer,
+"""keygate's response writer (`keygate.http.response_writer`): one write for a length-framed answer,
 the head at once for a stream, and uvicorn's framing rules otherwise."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 from harness import PASSWORD
-from keygate.response_writer import ResponseCycle
+from keygate.http.response_writer import ResponseCycle
 
 _FRAMING_NAMES = (b"content-length", b"transfer-encoding", b"connection")
 
@@ -235,7 +235,7 @@ def test_an_unsupported_uvicorn_is_refused_loudly() -> None:
     range they were written against stops keygate at start, naming the range."""
     import uvicorn
 
-    from keygate.response_writer import UVICORN_SUPPORTED, check_uvicorn
+    from keygate.http.response_writer import UVICORN_SUPPORTED, check_uvicorn
 
     check_uvicorn(uvicorn.__version__)  # the installed one is supported (pyproject pins it)
     low, high = UVICORN_SUPPORTED

@@ -443,8 +443,8 @@ def test_models_table_survives_a_restart(gateway_factory: Any, tmp_path: Any) ->
 def test_a_bad_models_table_is_one_line_naming_file_and_key(
     tmp_path: Any, models: Any, problem: str
 ) -> None:
-    from keygate.configcheck import check_config
-    from keygate.settings import ConfigError, load_settings
+    from keygate.cli.configcheck import check_config
+    from keygate.config.settings import ConfigError, load_settings
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"models": models}, allow_unicode=True))
@@ -457,7 +457,7 @@ def test_a_bad_models_table_is_one_line_naming_file_and_key(
 
 
 def test_provider_models_and_ttl_in_the_config(tmp_path: Any) -> None:
-    from keygate.settings import ConfigError, load_settings
+    from keygate.config.settings import ConfigError, load_settings
 
     path = tmp_path / "ok.yaml"
     path.write_text(
@@ -589,7 +589,7 @@ def test_fallback_on_a_timeout_or_an_unreachable_provider(
     if failure == "timeout":
         mock.set_behavior(KEYS["groq"], hang=True)
     else:
-        from keygate.providers import env_names
+        from keygate.config.catalog import env_names
 
         env[env_names("groq", "BASE_URL")[0]] = f"http://127.0.0.1:{free_port()}"  # nobody there
     gw = gateway_factory(env=env, config=config(groq=groq))
@@ -640,8 +640,8 @@ def test_first_event_judgement(head: bytes, error: bool) -> None:
 def test_an_error_event_is_judged_as_the_same_error_sent_as_a_status(
     event: bytes, status: int
 ) -> None:
-    from keygate.classify import classify
     from keygate.control.base import Event
+    from keygate.control.classify import classify
     from keygate.dialects.openai import OPENAI
     from keygate.proxy.firstevent import error_status
 
@@ -687,8 +687,8 @@ def test_fallback_passes_over_a_full_queue_at_once(
 def test_a_routed_body_changes_only_its_model(body: bytes, spliced: bool) -> None:
     from types import SimpleNamespace
 
+    from keygate.config.routing import ModelTable
     from keygate.proxy.unified import plan_route
-    from keygate.routing import ModelTable
 
     gw = SimpleNamespace(models=ModelTable({}, {"groq": None, "cerebras": None}))
     plan = plan_route(gw, "/v1/chat/completions", body)  # type: ignore[arg-type]
@@ -706,9 +706,9 @@ def test_a_plain_routed_body_is_parsed_only_when_a_target_needs_it() -> None:
     no JSON object is refused there as the client's 400 (not a crash)."""
     from types import SimpleNamespace
 
-    from keygate.proxy.errors import GatewayError
+    from keygate.config.routing import ModelTable
+    from keygate.http.errors import GatewayError
     from keygate.proxy.unified import plan_route
-    from keygate.routing import ModelTable
 
     gw = SimpleNamespace(models=ModelTable({}, {"groq": None}))
     body = b'{"model":"groq/m","messages":[{"role":"user","content":"a\\nb \\"q\\""}]}'

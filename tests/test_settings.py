@@ -14,8 +14,8 @@ import pytest
 
 from harness import console_script, free_port
 from keygate.cli import main as cli_main
-from keygate.providers import BUILTINS
-from keygate.settings import ConfigError, load_settings
+from keygate.config.catalog import BUILTINS
+from keygate.config.settings import ConfigError, load_settings
 from keygate.testing.mock_upstream import MockUpstream
 
 # SPEC §2: prefix → (base, key style, rps, burst, max_conn)

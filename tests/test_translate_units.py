@@ -15,12 +15,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from keygate.config.settings import ProviderConfig
 from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.gemini import GEMINI
 from keygate.dialects.openai import OPENAI
-from keygate.proxy.errors import GatewayError
+from keygate.http.errors import GatewayError
 from keygate.proxy.translated import translate_request
-from keygate.settings import ProviderConfig
 from keygate.translate import (
     Untranslatable,
     adapter_for,

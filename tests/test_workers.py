@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from harness import eventually, fire, wait_log
-from keygate.settings import load_settings
+from keygate.config.settings import load_settings
+from keygate.server.workers import worker_env
 from keygate.store import create_store
-from keygate.workers import worker_env
 
 KEYS = ["sk-workers-aaaa0001", "sk-workers-bbbb0002"]
 
@@ -141,6 +141,32 @@ def test_workers_stop_when_the_supervisor_is_killed(gateway_factory: Any) -> Non
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+async def test_a_replaced_worker_starts_on_the_accepted_config_not_a_broken_file(
+    gateway_factory: Any, mock: Any
+) -> None:
+    """Someone saves a broken config file (no reload asked, or a reload refused); a worker then
+    dies. Its replacement starts on the config the supervisor accepted: it serves, instead of
+    failing in a loop while connections queue on its socket unanswered."""
+    gw = gateway_factory(args=["--workers", "2"], env=keys_env(), config=cfg(max_conn=0))
+    token = gw.admin_password
+    first = list(health_by_pid(gw, token))
+    config_arg = gw.argv[gw.argv.index("--config") + 1]
+    with open(config_arg, "w") as f:
+        f.write("providers:\n  cerebras:\n    rps: -3\n")
+    os.kill(first[0], signal.SIGKILL)
+    wait_gone([first[0]], "the killed worker is gone")
+
+    def replaced() -> bool:
+        pids = set(health_by_pid(gw, token))
+        return bool(pids - set(first))
+
+    eventually(replaced, 20, "a new worker answers", interval=0.1)
+    statuses = await fire(gw, 20)
+    assert statuses == [200] * 20
+    assert "exited with 2" not in gw.log(), gw.log()
 
 
 def test_worker_env_carries_cli_settings_and_splits_the_fleet(

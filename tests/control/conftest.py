@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import redis
 
+from keygate.config.settings import ProviderConfig
 from keygate.control.base import Limits
 from keygate.control.keypool import KeyEntry
 from keygate.control.local import LocalAdmission, LocalKeyPool
 from keygate.control.redis import SharedAdmission, SharedKeyPool, SharedState
-from keygate.settings import ProviderConfig
 from servers import RedisServer, redis_bin, start_redis
 
 T0 = 1_000_000.0

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from keygate.config.quotaday import day_window
 from keygate.control.base import Event
 from keygate.control.quota import Announced, Ticket
-from keygate.quotaday import day_window
 
 from .conftest import T0, Form
 

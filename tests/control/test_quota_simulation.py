@@ -19,9 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from keygate.config.quotaday import day_window
 from keygate.control.base import Event
 from keygate.control.quota import Announced, Ticket
-from keygate.quotaday import day_window
 
 from .conftest import Form
 

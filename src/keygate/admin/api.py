@@ -25,8 +25,8 @@ from keygate.admin.schema import obj
 from keygate.admin.session import SessionRoutes
 from keygate.admin.stats import StatsRoutes
 from keygate.admin.table import match, op, table
-from keygate.gateway import Gateway
-from keygate.observe import log
+from keygate.observe.logs import log
+from keygate.runtime.gateway import Gateway
 
 
 class AdminAPI:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from keygate.admin.credentials import AdminCredentials
-from keygate.asgi import SESSION_COOKIE, read_cookie
-from keygate.gateway import Gateway
-from keygate.observe import log
+from keygate.http.asgi import SESSION_COOKIE, read_cookie
+from keygate.observe.logs import log
+from keygate.runtime.gateway import Gateway
 from keygate.store.base import StoreError
 
 CSRF_HEADER = b"x-keygate-csrf"  # required with cookie auth on unsafe methods

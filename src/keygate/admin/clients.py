@@ -13,10 +13,10 @@ from keygate.admin.components import CLIENT, DELETED_ID
 from keygate.admin.http import ApiError, Reply, Request, not_found
 from keygate.admin.schema import BOOL, INT, Param, Schema, arr, nullable, obj
 from keygate.admin.table import op
-from keygate.client_fields import ITEM_MAX, LIMIT_MAX, LIMITS, LIST_MAX, NAME_MAX
 from keygate.clients import ops
-from keygate.gateway import Gateway
-from keygate.observe import log
+from keygate.observe.logs import log
+from keygate.runtime.gateway import Gateway
+from keygate.store.client_fields import ITEM_MAX, LIMIT_MAX, LIMITS, LIST_MAX, NAME_MAX
 
 _TAG = "clients"
 CLIENT_ID = Param("id", r"\d{1,18}", {"type": "integer", "minimum": 1}, "client id")

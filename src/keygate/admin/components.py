@@ -24,10 +24,10 @@ from keygate.admin.schema import (
     obj,
     said,
 )
+from keygate.config.routing import TARGETS_MAX
+from keygate.config.settings import BOUNDS, MODEL_NAME_MAX, TUNABLE
 from keygate.control.quota import WINDOWS
 from keygate.dialects import KEY_STYLES
-from keygate.routing import TARGETS_MAX
-from keygate.settings import BOUNDS, MODEL_NAME_MAX, TUNABLE
 from keygate.store.base import KEY_STATUSES
 
 KEY_STATUS: Schema = {"type": "string", "enum": list(KEY_STATUSES)}

@@ -12,7 +12,7 @@ import hmac
 import secrets
 import time
 
-from keygate.settings import Settings
+from keygate.config.settings import Settings
 from keygate.store.base import Store
 
 TOKEN_META = "admin_token_hash"

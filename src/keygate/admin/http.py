@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from keygate.admin.auth import SCOPE_COOKIE, session_cookie
-from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, read_body, send_whole
-from keygate.proxy.errors import GatewayError, retry_after_headers
+from keygate.http.asgi import BadContentLength, BodyTooLarge, ClientGone, read_body, send_whole
+from keygate.http.errors import GatewayError, retry_after_headers
 
 BODY_LIMIT = 1 << 20  # ordinary requests: a key, a few settings
 ERROR_TYPES = {

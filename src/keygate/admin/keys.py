@@ -29,13 +29,14 @@ from keygate.admin.schema import (
     obj,
 )
 from keygate.admin.table import op
+from keygate.config.settings import BOUNDS
 from keygate.control.keypool import KeyEntry
 from keygate.control.quota import WINDOWS
-from keygate.gateway import Gateway
-from keygate.keyops import Duplicate, KeyOps
-from keygate.observe import log
-from keygate.runtime import ProviderRuntime
-from keygate.settings import BOUNDS
+from keygate.observe.logs import log
+from keygate.runtime.gateway import Gateway
+from keygate.runtime.keyops import Duplicate, KeyOps
+from keygate.runtime.provider import ProviderRuntime
+from keygate.runtime.views import key_view, load_quota_views
 from keygate.store.base import (
     KEY_STATUSES,
     MAX_SECRET_LEN,
@@ -44,7 +45,6 @@ from keygate.store.base import (
     KeyRecord,
     parse_key_input,
 )
-from keygate.views import key_view, load_quota_views
 
 BATCH_BODY_LIMIT = 8 << 20  # a batch import of 100,000 keys fits
 LIST_LIMIT_DEFAULT = 50

@@ -9,9 +9,9 @@ from keygate.admin.components import MODEL_ROUTE
 from keygate.admin.http import ApiError, Reply, Request, not_found
 from keygate.admin.schema import STR, Param, arr, obj, said
 from keygate.admin.table import op
-from keygate.gateway import Gateway
-from keygate.observe import log
-from keygate.routing import NAME_MAX, STRATEGIES, TARGETS_MAX, RouteError
+from keygate.config.routing import NAME_MAX, STRATEGIES, TARGETS_MAX, RouteError
+from keygate.observe.logs import log
+from keygate.runtime.gateway import Gateway
 
 _TAG = "models"
 MODEL_NAME = Param(

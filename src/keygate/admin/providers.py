@@ -11,11 +11,11 @@ from keygate.admin.http import ApiError, Reply, Request, bad, not_found
 from keygate.admin.keys import PROVIDER_TEST_MAX, PROVIDER_TEST_PARALLEL, KeyRoutes
 from keygate.admin.schema import NO_CONTROL, STR, Flag, Param, ProviderName, Text, arr, obj
 from keygate.admin.table import op
-from keygate.gateway import Gateway
-from keygate.observe import log
-from keygate.runtime import ProviderRuntime
-from keygate.settings import MODEL_NAME_MAX
-from keygate.views import load_quota_views, provider_view
+from keygate.config.settings import MODEL_NAME_MAX
+from keygate.observe.logs import log
+from keygate.runtime.gateway import Gateway
+from keygate.runtime.provider import ProviderRuntime
+from keygate.runtime.views import load_quota_views, provider_view
 
 _TAG = "providers"
 PROVIDER_NAME = Param("name", r"[^/]+", STR, "provider name")

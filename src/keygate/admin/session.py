@@ -12,7 +12,7 @@ from keygate.admin.http import ApiError, Reply, Request, is_https, refused
 from keygate.admin.http import unauthorized as _unauthorized
 from keygate.admin.schema import Text, fields_schema
 from keygate.admin.table import op
-from keygate.asgi import SESSION_COOKIE, read_cookie
+from keygate.http.asgi import SESSION_COOKIE, read_cookie
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _TAG = "session"

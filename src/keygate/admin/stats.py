@@ -13,15 +13,15 @@ from keygate.admin.http import Reply, Request, bad
 from keygate.admin.schema import STR, Query, QueryInt, arr, obj
 from keygate.admin.table import op
 from keygate.clients import ops as client_ops
-from keygate.gateway import Gateway
-from keygate.store.base import KEY_STATUSES
-from keygate.views import (
+from keygate.runtime.gateway import Gateway
+from keygate.runtime.views import (
     COUNTER_NAMES,
     key_counts,
     load_quota_views,
     provider_counters,
     provider_quota,
 )
+from keygate.store.base import KEY_STATUSES
 
 REQUESTS_LIMIT_DEFAULT = 100
 _TAG = "status"
@@ -140,7 +140,7 @@ class StatsRoutes:
     )
     async def metrics(self, req: Request) -> Reply:
         """Prometheus text format; scrape with the admin password as a bearer token."""
-        from keygate import metrics
+        from keygate.runtime import metrics
 
         if self._metrics is None:
             self._metrics = metrics.registry_for(self.gw)
@@ -161,7 +161,7 @@ class StatsRoutes:
     )
     async def health(self, req: Request) -> Reply:
         """`/healthz` with admin credentials: the details (without them app.py answers)."""
-        from keygate import health
+        from keygate.runtime import health
 
         return Reply(200, health.details(self.gw))
 

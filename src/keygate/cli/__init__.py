@@ -5,7 +5,7 @@ that safe while it runs); a running server picks their changes up within a secon
 
 This package builds the parser and runs a command (`main`, the console script). The commands
 are its modules `serve` (serve, reload), `keys`, `providers` (providers, models) and `config`
-(config check), then `keygate.clients.cli` (clients) and `keygate.demo` (demo); `runner` opens
+(config check), then `keygate.clients.cli` (clients) and `keygate.cli.demo` (demo); `runner` opens
 the server's store for the commands that work on it.
 """
 
@@ -17,7 +17,7 @@ import sys
 from keygate import __version__
 from keygate.cli import config, keys, providers, serve
 from keygate.cli.runner import run, with_config
-from keygate.settings import ConfigError
+from keygate.config.settings import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     providers.register(sub)
     config.register(sub)
 
-    from keygate.demo import register as register_demo
+    from keygate.cli.demo import register as register_demo
 
     register_demo(sub)
     sub.add_parser("bench", help="run the benchmark suite (keygate bench --help; bench/README.md)")

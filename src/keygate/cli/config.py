@@ -7,12 +7,12 @@ import os
 import sys
 from typing import Any
 
-from keygate.settings import load_settings
+from keygate.config.settings import load_settings
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     """Every problem of the file and the environment, one line each; exit 2 if there is any."""
-    from keygate.configcheck import check_config
+    from keygate.cli.configcheck import check_config
 
     errors = check_config(args.file, os.environ)
     for line in errors:

@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 
 from keygate.cli.runner import apply_overrides, check_provider, run, with_config
-from keygate.settings import ConfigError
+from keygate.config.settings import ConfigError
 
 
 async def _keys_add(ctx: Any) -> int:
     store, settings, args, *_ = ctx
-    from keygate.keyops import Duplicate, KeyOps
+    from keygate.runtime.keyops import Duplicate, KeyOps
 
     check_provider(settings, args.provider)
     secret = args.key if args.key != "-" else sys.stdin.readline().strip()
@@ -32,7 +32,7 @@ async def _keys_add(ctx: Any) -> int:
 
 async def _keys_import(ctx: Any) -> int:
     store, settings, args, *_ = ctx
-    from keygate.keyops import KeyOps
+    from keygate.runtime.keyops import KeyOps
     from keygate.store.base import parse_key_entries
 
     check_provider(settings, args.provider)
@@ -60,7 +60,7 @@ async def _keys_import(ctx: Any) -> int:
 def _today(key: Any, settings: Any) -> dict[str, int | None]:
     """What the store says the key spent in its quota day (as of the last flush), and the
     day limits that apply to it (its own, else the provider's; None: no limit)."""
-    from keygate.quotaday import day_window
+    from keygate.config.quotaday import day_window
 
     cfg = settings.providers.get(key.provider)
     reset = cfg.quota_day_reset if cfg is not None else "00:00 UTC"
@@ -90,8 +90,8 @@ KEYS_LIST_LEGEND = (
 
 async def _keys_list(ctx: Any) -> int:
     store, settings, args, located = ctx
-    from keygate.keyops import KeyOps
-    from keygate.locate import flush_note
+    from keygate.cli.locate import flush_note
+    from keygate.runtime.keyops import KeyOps
 
     if args.provider and args.provider not in settings.providers:
         stored = await store.key_counts()
@@ -142,7 +142,7 @@ async def _keys_list(ctx: Any) -> int:
 
 async def _keys_rm(ctx: Any) -> int:
     store, _, args, *_ = ctx
-    from keygate.keyops import KeyOps
+    from keygate.runtime.keyops import KeyOps
 
     ops = KeyOps(store)
     missing = 0
@@ -162,7 +162,7 @@ async def _keys_limit(ctx: Any) -> int:
     """Set keys' own limits (SPEC §12) in the store; a running server applies them from its
     change feed. 0 = the provider's default."""
     store, _, args, *_ = ctx
-    from keygate.settings import BOUNDS
+    from keygate.config.settings import BOUNDS
 
     fields = {f: getattr(args, f) for f in LIMIT_FIELDS if getattr(args, f) is not None}
     if not fields:
@@ -185,11 +185,11 @@ async def _keys_limit(ctx: Any) -> int:
 
 async def _keys_test(ctx: Any) -> int:
     """Test keys against their configured upstream and record what the test proved, like the
-    admin page's test (keygate.probe.run_key_test); a running server picks it up."""
+    admin page's test (keygate.runtime.probe.run_key_test); a running server picks it up."""
     store, settings, args, *_ = ctx
     import aiohttp
 
-    from keygate.keyops import KeyOps
+    from keygate.runtime.keyops import KeyOps
 
     if args.provider:
         check_provider(settings, args.provider)

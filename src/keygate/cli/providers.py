@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from keygate.cli.runner import apply_overrides, run, with_config
-from keygate.settings import ConfigError
+from keygate.config.settings import ConfigError
 
 
 async def _providers(ctx: Any) -> int:
@@ -33,7 +33,7 @@ async def _providers(ctx: Any) -> int:
 
 async def _models(ctx: Any) -> int:
     """The unified endpoint's table as the server would use it: config + store."""
-    from keygate.routing import RouteError, build_table, merged_specs
+    from keygate.config.routing import RouteError, build_table, merged_specs
 
     store, settings, args, *_ = ctx
     apply_overrides(settings, await store.get_provider_overrides())

@@ -1,5 +1,5 @@
 """Running a subcommand on the server's store: `run` finds the store and the config the server
-uses (keygate.locate), opens the store for the command and closes it after; with the helpers the
+uses (keygate.cli.locate), opens the store for the command and closes it after; with the helpers the
 store's subcommands share.
 """
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from keygate.settings import ConfigError, Settings
+from keygate.config.settings import ConfigError, Settings
 
 
 def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -22,9 +22,9 @@ def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace, read: bool) -> int:
-    """Run a store command on the server's store and config (see keygate.locate); a read
+    """Run a store command on the server's store and config (see keygate.cli.locate); a read
     command refuses a store that does not exist rather than creating an empty one."""
-    from keygate.locate import locate, require_existing_store
+    from keygate.cli.locate import locate, require_existing_store
     from keygate.store import create_store
 
     located = locate(os.environ, getattr(args, "config", None))
@@ -50,7 +50,7 @@ def run(coro_fn: Callable[[Any], Awaitable[int]], args: argparse.Namespace, read
 
 def apply_overrides(settings: Settings, overrides: dict[str, dict[str, Any]]) -> None:
     """Run-time provider settings from the store win over config and env, as in the server."""
-    from keygate.overrides import apply_stored
+    from keygate.config.overrides import apply_stored
 
     apply_stored(settings.providers, overrides, settings.allow_private_upstreams)
 

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from keygate.settings import Settings, load_settings
+from keygate.config.settings import Settings, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -19,8 +19,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from keygate.observe import setup_logging
-    from keygate.server import bind_or_explain, server_options
+    from keygate.observe.logs import setup_logging
+    from keygate.server.listen import bind_or_explain, server_options
 
     settings = _settings(args)
     # Bind first: a busy port must stop here, before the store, the banner and the admin token.
@@ -34,11 +34,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _record_location(settings)
         options = server_options(settings)
         if settings.workers > 1:
-            from keygate.workers import run_workers
+            from keygate.server.workers import run_workers
 
             return run_workers(settings, args, options, sockets)
-        from keygate.app import App
-        from keygate.lifecycle import serve
+        from keygate.server.app import App
+        from keygate.server.lifecycle import serve
 
         setup_logging(settings.log_level, settings.log_format)
         return serve(App(settings), options, settings.data_dir, sockets)
@@ -63,7 +63,7 @@ def _check_store(settings: Settings) -> None:
 
 def _record_location(settings: Settings) -> None:
     """Tell later CLI commands (through the data dir) which config and store this server uses."""
-    from keygate.locate import write_record
+    from keygate.cli.locate import write_record
 
     try:
         write_record(settings, os.environ)
@@ -73,7 +73,7 @@ def _record_location(settings: Settings) -> None:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Signal the server that uses this data dir (KEYGATE_DATA_DIR) to re-read its config."""
-    from keygate.lifecycle import send_reload
+    from keygate.server.lifecycle import send_reload
 
     env = {k: v for k, v in os.environ.items() if k != "KEYGATE_CONFIG"}  # not ours to read
     code, message = send_reload(load_settings(env).data_dir, args.wait)

@@ -42,7 +42,7 @@ def _expiry(text: str) -> Any:
     try:
         return float(text)
     except ValueError:
-        return text  # ISO 8601, checked by keygate.client_fields
+        return text  # ISO 8601, checked by keygate.store.client_fields
 
 
 def _fail(exc: ValueError) -> int:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from keygate.budget import Announced
     from keygate.control.keypool import KeyEntry
     from keygate.control.quota import QuotaView, Ticket
+    from keygate.dialects.budget import Announced
 
 
 class Rejected(Exception):

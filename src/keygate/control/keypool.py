@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from keygate.config.quotaday import DEFAULT_DAY_RESET
 from keygate.control.quota import KeyQuota
 from keygate.masking import mask
-from keygate.quotaday import DEFAULT_DAY_RESET
 
 POOL_GUARD_WINDOW_S = 10.0
 

@@ -4,8 +4,8 @@ or announced by the upstream, whichever is lower.
 Why here: the key pool's "usable now" grows from health alone to health + every window that
 applies, and both control forms must give the same answers. This module holds what they share
 (the token estimate, the views) and the in-process windows; `scripts/pick.lua` and
-`release_key.lua` are their Redis twins. The day boundary is `keygate.quotaday`'s and the shape
-of an announced budget `keygate.budget`'s (the settings and the dialects, below, use them too).
+`release_key.lua` are their Redis twins. The day boundary is `keygate.config.quotaday`'s and the shape
+of an announced budget `keygate.dialects.budget`'s (the settings and the dialects, below, use them too).
 
 A key with no quota configured and nothing announced has `entry.quota is None` and the pick
 does no extra work for it.
@@ -18,7 +18,7 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from keygate.budget import Announced, within
+from keygate.dialects.budget import Announced, within
 
 if TYPE_CHECKING:
     from keygate.control.base import Pick

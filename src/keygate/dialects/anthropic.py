@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 import orjson
 
-from keygate.budget import Announced
 from keygate.dialects.base import ANTHROPIC_RESETS, RETRY_AFTER, Dialect, anthropic_budget
+from keygate.dialects.budget import Announced
 
 ANTHROPIC_VERSION = "2023-06-01"
 

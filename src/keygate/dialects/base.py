@@ -20,7 +20,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
-from keygate.budget import COUNT_MAX, LONGEST_RESET_S, Announced, window_for, within
+from keygate.dialects.budget import COUNT_MAX, LONGEST_RESET_S, Announced, window_for, within
 
 Headers = Sequence[tuple[bytes, bytes]]
 # A reset hint's parser: the header's value and the wall clock now → when to come back.

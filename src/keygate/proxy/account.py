@@ -7,14 +7,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from keygate.observe import RequestRecord, access_log
+from keygate.observe.access import access_log
+from keygate.observe.stats import RequestRecord
 from keygate.proxy import clients
 from keygate.proxy.redact import redactor_for
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
     from keygate.proxy.exchange import Exchange
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.gateway import Gateway
+    from keygate.runtime.provider import ProviderRuntime
 
 
 def account(

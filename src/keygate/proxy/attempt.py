@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from keygate.classify import Verdict, classify
 from keygate.control.base import Event, Rejected
+from keygate.control.classify import Verdict, classify
 from keygate.control.quota import quota_delay
+from keygate.http.errors import GatewayError, retry_after_headers
 from keygate.proxy import retry
-from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.firstevent import error_status, hold_first, opens_with_error
 from keygate.proxy.forward import (
     UpstreamTimeout,
@@ -33,12 +33,12 @@ from keygate.proxy.relay import relay
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from keygate.budget import Announced
     from keygate.control.base import Slot
     from keygate.control.keypool import KeyEntry
-    from keygate.gateway import Gateway
+    from keygate.dialects.budget import Announced
     from keygate.proxy.exchange import Exchange
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.gateway import Gateway
+    from keygate.runtime.provider import ProviderRuntime
 
 ERROR_BODY_LIMIT = 1 << 20
 

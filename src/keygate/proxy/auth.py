@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from keygate.dialects import CREDENTIAL_HEADERS
-from keygate.proxy.errors import GatewayError, retry_after_headers
+from keygate.http.errors import GatewayError, retry_after_headers
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
+    from keygate.runtime.gateway import Gateway
 
 _KEY_PARAM = b"key"
 # the headers an SDK puts its key in as is (x-api-key, x-goog-api-key, …): one per dialect

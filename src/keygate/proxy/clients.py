@@ -15,12 +15,12 @@ import orjson
 from keygate.clients.fleet import Reservation, has_limits
 from keygate.clients.registry import Client
 from keygate.control.quota import estimate_parsed, estimate_tokens
+from keygate.http.errors import GatewayError, retry_after_headers
 from keygate.proxy.auth import password_ok, presented_credential, refused
-from keygate.proxy.errors import GatewayError, retry_after_headers
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
     from keygate.proxy.exchange import Exchange
+    from keygate.runtime.gateway import Gateway
 
 T = TypeVar("T", bound=tuple[Any, ...])
 

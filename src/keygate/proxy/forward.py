@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from keygate.dialects import CREDENTIAL_HEADERS, Dialect
-from keygate.proxy.errors import GatewayError
+from keygate.http.errors import GatewayError
 from keygate.proxy.watchdog import Watchdog, absorb_cancel
-from keygate.upstream import upstream_url
+from keygate.runtime.upstream import upstream_url
 
 if TYPE_CHECKING:
     from keygate.proxy.exchange import Exchange

@@ -18,14 +18,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from keygate.asgi import BadContentLength, BodyTooLarge, ClientGone, read_body, respond
 from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
-from keygate.gateway import Gateway
+from keygate.http.asgi import BadContentLength, BodyTooLarge, ClientGone, read_body, respond
+from keygate.http.errors import GatewayError
 from keygate.proxy import clients, pipeline
 from keygate.proxy.account import account
 from keygate.proxy.auth import split_key_param
-from keygate.proxy.errors import GatewayError
 from keygate.proxy.exchange import Exchange
 from keygate.proxy.forward import EXPOSE_HEADERS
 from keygate.proxy.models import MERGED, serve_model_list
@@ -35,7 +34,8 @@ from keygate.proxy.route import apply_model, find_model, resolve_dots, split_pre
 from keygate.proxy.translated import answer_locally, translate_request
 from keygate.proxy.unified import plan_route
 from keygate.proxy.watchdog import absorb_cancel
-from keygate.runtime import ProviderRuntime
+from keygate.runtime.gateway import Gateway
+from keygate.runtime.provider import ProviderRuntime
 from keygate.translate import adapter_for
 
 JSON_HEADERS = [

@@ -1,4 +1,4 @@
-"""`GET /v1/models` on the unified endpoint: the merged list (`keygate.modellist`), from memory."""
+"""`GET /v1/models` on the unified endpoint: the merged list (`keygate.runtime.modellist`), from memory."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from keygate.clients.registry import Client
-from keygate.modellist import OWNER
 from keygate.proxy.exchange import Exchange
 from keygate.proxy.forward import EXPOSE_HEADERS
+from keygate.runtime.modellist import OWNER
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
+    from keygate.runtime.gateway import Gateway
 
 MERGED = "keygate"  # x-keygate-provider of the merged list: no one provider answered it
 

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from keygate.asgi import respond
+from keygate.http.asgi import respond
+from keygate.http.errors import GatewayError, retry_after_headers
 from keygate.proxy.attempt import Failure, Outgoing, forward
-from keygate.proxy.errors import GatewayError, retry_after_headers
 from keygate.proxy.forward import response_headers
 from keygate.proxy.redact import redactor_for
 from keygate.proxy.translated import answer_locally
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
     from keygate.proxy.exchange import Exchange
     from keygate.proxy.unified import Try
+    from keygate.runtime.gateway import Gateway
 
 NO_RETRY = (b"x-should-retry", b"false")
 

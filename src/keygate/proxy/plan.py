@@ -11,7 +11,7 @@ from keygate.proxy.attempt import Outgoing
 if TYPE_CHECKING:
     from keygate.proxy.exchange import Exchange
     from keygate.proxy.unified import Try
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.provider import ProviderRuntime
     from keygate.translate import Adapter
 
 _PLAIN: dict[int, list[Try]] = {}  # a provider's one leg without an adapter, made once

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 
 from keygate.control.base import Event
-from keygate.proxy.errors import GatewayError
+from keygate.http.errors import GatewayError
 from keygate.proxy.forward import read_answer, response_headers
 from keygate.proxy.transforms import (
     Decompress,
@@ -31,10 +31,10 @@ from keygate.proxy.watchdog import absorb_cancel
 from keygate.translate.adapter import MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:
-    from keygate.budget import Announced
     from keygate.control.keypool import KeyEntry
+    from keygate.dialects.budget import Announced
     from keygate.proxy.exchange import Exchange
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.provider import ProviderRuntime
 
 
 class Holder(Protocol):

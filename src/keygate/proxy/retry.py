@@ -13,12 +13,12 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from keygate.classify import Verdict
 from keygate.control.base import Event
+from keygate.control.classify import Verdict
 
 if TYPE_CHECKING:
+    from keygate.config.settings import ProviderConfig
     from keygate.control.base import KeyPool
-    from keygate.settings import ProviderConfig
 
 sleep = asyncio.sleep  # the wait between tries (a test puts a fake clock's here)
 

@@ -7,7 +7,7 @@ import re
 
 import orjson
 
-from keygate.settings import ProviderConfig
+from keygate.config.settings import ProviderConfig
 
 # Paths whose JSON body carries a `model` the provider's default may fill or force.
 _MODEL_PATHS = ("/chat/completions", "/completions", "/messages", "/embeddings", "/responses")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import zlib
 from typing import Protocol
 
-from keygate.proxy.errors import GatewayError
+from keygate.http.errors import GatewayError
 from keygate.proxy.redact import StreamScrubber
 from keygate.translate import Adapter
 from keygate.translate.adapter import StreamTranslator

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from keygate.asgi import send_whole
-from keygate.proxy.errors import GatewayError
+from keygate.config.settings import ProviderConfig
+from keygate.http.asgi import send_whole
+from keygate.http.errors import GatewayError
 from keygate.proxy.exchange import Exchange
 from keygate.proxy.forward import EXPOSE_HEADERS
-from keygate.settings import ProviderConfig
 from keygate.translate import Adapter, Untranslatable
 from keygate.translate.wire import Doc
 

@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from keygate.config.routing import ROUTED_PATHS, TARGETS_MAX, Route, Target
 from keygate.control.quota import Ticket
 from keygate.dialects import Dialect
 from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.openai import OPENAI
+from keygate.http.errors import GatewayError
 from keygate.proxy import clients
 from keygate.proxy.attempt import Outgoing
-from keygate.proxy.errors import GatewayError
 from keygate.proxy.route import MODEL_VALUE
 from keygate.proxy.translated import translate_doc
-from keygate.routing import ROUTED_PATHS, TARGETS_MAX, Route, Target
 from keygate.translate import Adapter, adapter_for, client_family
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
     from keygate.proxy.exchange import Exchange
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.gateway import Gateway
+    from keygate.runtime.provider import ProviderRuntime
 
     # a target with its provider and adapter (no target: the prefix route's one provider)
     Try = tuple[ProviderRuntime, Target | None, Adapter | None]

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from keygate.client_fields import clean
 from keygate.store import feed
+from keygate.store.client_fields import clean
 from keygate.store.driver import Db, Rollback, Row, one
 from keygate.store.state import State
 

@@ -198,7 +198,7 @@ class Store:
     # client keys (SPEC §13)
 
     async def add_client(self, key_hash: str, masked: str, doc: dict[str, Any]) -> ClientRecord:
-        """A new client from checked fields (`keygate.client_fields`); raises ValueError."""
+        """A new client from checked fields (`keygate.store.client_fields`); raises ValueError."""
         return await clients.add_client(self._state, key_hash, masked, doc)
 
     async def load_clients(self) -> list[ClientRecord]:

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
+from keygate.config.urls import mask_url
 from keygate.store.core import Store
 from keygate.store.driver import (
     PROVIDER_COUNTERS,
@@ -40,7 +41,6 @@ from keygate.store.driver import (
     Row,
 )
 from keygate.store.records import StoreError
-from keygate.urls import mask_url
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from keygate.asgi import respond
+from keygate.http.asgi import respond
 
 STATIC_DIR = Path(__file__).with_name("static")
 

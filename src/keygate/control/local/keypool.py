@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from keygate.budget import Announced
+from keygate.config.quotaday import day_window
 from keygate.control.base import Event, Pick
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, PoolSettings, default_limits
 from keygate.control.quota import (
@@ -24,7 +24,7 @@ from keygate.control.quota import (
     Ticket,
     empty_view,
 )
-from keygate.quotaday import day_window
+from keygate.dialects.budget import Announced
 
 
 class LocalKeyPool:

@@ -16,13 +16,13 @@ import math
 from collections.abc import Hashable
 from typing import Any
 
+from keygate.config.settings import ProviderConfig
 from keygate.control.base import Capacity, Limits, Rejected
 from keygate.control.local.gate import FairQueue, LocalAdmission
 from keygate.control.redis.connection import Callback, RedisDown
 from keygate.control.redis.scripts import ADMIT, CAPACITY, PAUSE, RELEASE_SLOT, UNREGISTER
 from keygate.control.redis.state import RELEASES, SharedState
-from keygate.observe import log
-from keygate.settings import ProviderConfig
+from keygate.observe.logs import log
 
 FULL_POLL_S = 1.0  # a head waiter at a full gate re-asks at least this often (lost notices)
 TURN_POLL_S = 0.2  # every local client was told "not your turn": ask again after this at most

@@ -22,9 +22,9 @@ from typing import Any, cast
 
 import hiredis
 
-from keygate.observe import log
-from keygate.settings import ConfigError
-from keygate.urls import mask_url
+from keygate.config.settings import ConfigError
+from keygate.config.urls import mask_url
+from keygate.observe.logs import log
 
 DEFAULT_LEASE_S = 15.0
 DEFAULT_TIMEOUT_S = 0.5

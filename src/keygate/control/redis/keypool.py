@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from keygate.budget import Announced, within
+from keygate.config.settings import ProviderConfig
 from keygate.control.base import Event, Pick
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, default_limits
 from keygate.control.local.keypool import LocalKeyPool
@@ -30,7 +30,7 @@ from keygate.control.redis.scripts import (
     SYNC,
 )
 from keygate.control.redis.state import EVENTS, SYNC_BATCH, SharedState, chunks
-from keygate.settings import ProviderConfig
+from keygate.dialects.budget import Announced, within
 
 CODES = {"active": "a", "cooling": "c", "invalid": "i", "exhausted": "x", "disabled": "d"}
 NAMES = {v: k for k, v in CODES.items()}

@@ -50,7 +50,7 @@ from keygate.control.redis.connection import (
     RespPipe,
 )
 from keygate.control.redis.scripts import CLEAN, RELEASE_SLOT, RENEW, SCRIPTS, Script
-from keygate.observe import log
+from keygate.observe.logs import log
 
 
 class SharedGate(Protocol):

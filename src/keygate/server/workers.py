@@ -4,7 +4,7 @@ The supervisor (this process) does everything that must happen once, then runs t
 
 1. gets the listening sockets `serve` bound before anything else happened (a busy port fails
    there): on Linux one SO_REUSEPORT socket per worker, so the kernel spreads connections evenly
-   (see `keygate.server.bind_sockets`; KEYGATE_REUSEPORT=0 falls back to one shared socket);
+   (see `keygate.server.listen.bind_sockets`; KEYGATE_REUSEPORT=0 falls back to one shared socket);
 2. opens the store and starts a gateway once: migrations, the switch to encryption, importing the
    keys from env/config and generating the first-start admin token all happen here, in one
    process, instead of racing in N workers (N tokens, of which only the last would work);
@@ -14,7 +14,9 @@ The supervisor (this process) does everything that must happen once, then runs t
    that dies is replaced; SIGTERM/SIGINT stop them all, each drains and flushes its counters).
 
 Workers build their app with `create_worker_app` (settings from the environment, see
-`worker_env`). Without Redis every worker is its own limiter, so each takes its share of every
+`worker_env`, and the config file's text as the supervisor last accepted it: a worker replaced
+after someone saved a broken file starts on the config the others run, instead of failing in a
+loop while its socket's queue fills). Without Redis every worker is its own limiter, so each takes its share of every
 limit: KEYGATE_FLEET_SIZE = N x the user's KEYGATE_FLEET_SIZE, which the gateway divides rps,
 burst and max_conn by. With Redis the limits are shared and the fleet size only sizes the local
 fallback used while Redis is unreachable, which is again per worker. A worker whose supervisor
@@ -39,9 +41,9 @@ from typing import Any
 
 from uvicorn.config import STARTUP_FAILURE
 
-from keygate import lifecycle
-from keygate.observe import log, print_block
-from keygate.settings import Settings
+from keygate.config.settings import Settings, read_config_text
+from keygate.observe.logs import log, print_block
+from keygate.server import lifecycle
 
 SUPERVISOR_ENV = "KEYGATE_SUPERVISOR_PID"
 ORPHAN_CHECK_S = 1.0
@@ -92,14 +94,14 @@ def _split_line(settings: Settings, workers: int, user_fleet: int) -> str:
 async def prepare(settings: Settings, workers: int, user_fleet: int) -> str:
     """Initialise the store once (migrations, env keys, admin token); return the banner."""
     from keygate.admin.credentials import AdminCredentials
-    from keygate.gateway import Gateway
+    from keygate.runtime.gateway import Gateway
 
     gateway = Gateway(settings)
     credentials = AdminCredentials(settings)
     await gateway.start()
     try:
         await credentials.load(gateway.store)
-        from keygate.app import banner
+        from keygate.server.app import banner
 
         return banner(gateway, credentials, _split_line(settings, workers, user_fleet))
     finally:
@@ -114,7 +116,7 @@ def run_workers(
 ) -> int:
     """Serve with `settings.workers` processes on the bound `sockets` (`server.bind_sockets`)
     until SIGTERM/SIGINT; the exit status. `options` are every worker's uvicorn settings."""
-    from keygate.observe import setup_logging
+    from keygate.observe.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     workers = settings.workers
@@ -124,17 +126,27 @@ def run_workers(
     banner = asyncio.run(prepare(settings, workers, user_fleet))
     print_block(banner, "start", port=settings.port, pid=os.getpid(), workers=workers)
     uvicorn_kwargs = {**options, "port": settings.port}
+    config_text = read_config_text(settings.config_path) if settings.config_path else None
     with lifecycle.pid_file(settings.data_dir):  # `keygate reload` signals the supervisor
-        return Supervisor(workers, sockets, uvicorn_kwargs).run()
+        return Supervisor(workers, sockets, uvicorn_kwargs, config_text).run()
 
 
-def _worker_main(uvicorn_kwargs: dict[str, Any], sock: socket.socket, index: int) -> None:
+_accepted_config: str | None = None  # in a worker: the config text its supervisor accepted
+
+
+def _worker_main(
+    uvicorn_kwargs: dict[str, Any], sock: socket.socket, index: int, config_text: str | None
+) -> None:
     """A worker process (spawned): one uvicorn server on its socket, app from the environment."""
-    from keygate.server import make_config
+    global _accepted_config
+    from keygate.server.listen import make_config
 
+    _accepted_config = config_text
     os.environ["KEYGATE_WORKER_INDEX"] = str(index)
     options = {**uvicorn_kwargs, "factory": True}
-    server = lifecycle.DrainingServer(make_config("keygate.workers:create_worker_app", options))
+    server = lifecycle.DrainingServer(
+        make_config("keygate.server.workers:create_worker_app", options)
+    )
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     if not server.started:
@@ -151,9 +163,14 @@ class Supervisor:
     """
 
     def __init__(
-        self, count: int, sockets: list[socket.socket], uvicorn_kwargs: dict[str, Any]
+        self,
+        count: int,
+        sockets: list[socket.socket],
+        uvicorn_kwargs: dict[str, Any],
+        config_text: str | None = None,
     ) -> None:
         self.count = count
+        self.config_text = config_text  # what a new worker starts from: the last accepted
         self.sockets = sockets
         self.uvicorn_kwargs = uvicorn_kwargs
         self.grace_s = float(uvicorn_kwargs.get("timeout_graceful_shutdown") or 5) + FLUSH_GRACE_S
@@ -170,7 +187,7 @@ class Supervisor:
         sock = self.sockets[index % len(self.sockets)]
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.uvicorn_kwargs, sock, index),
+            args=(self.uvicorn_kwargs, sock, index, self.config_text),
             name=f"keygate-worker-{index}",
         )
         # A SIGHUP before the worker has its handler would end it: it starts with SIGHUP ignored
@@ -191,11 +208,13 @@ class Supervisor:
 
     def _reload(self) -> None:
         self.reload_asked.clear()
-        from keygate.settings import ConfigError, load_settings
+        from keygate.config.settings import ConfigError, load_settings, read_config_text
 
         started = time.time()
         try:
-            load_settings(os.environ)  # the workers' environment: same file, same env
+            path = os.environ.get("KEYGATE_CONFIG")
+            text = read_config_text(Path(path)) if path else None
+            load_settings(os.environ, config_text=text)  # the workers' environment and file
         except ConfigError as exc:
             log.error(
                 "reload refused, the running config stays: %s",
@@ -204,6 +223,7 @@ class Supervisor:
             )
             lifecycle.report_reload(started, "refused", str(exc))
             return
+        self.config_text = text
         live = [p for p in self.procs if p is not None and p.is_alive()]
         log.info(
             "reload: config file checked; asking %d worker(s) to re-read it",
@@ -294,11 +314,11 @@ def _watch_supervisor(supervisor_pid: int) -> None:
 
 def create_worker_app() -> Any:
     """Factory run in each worker process: the normal app, plus an orphan watch."""
-    from keygate.app import create_app
+    from keygate.server.app import create_app
 
     supervisor = os.environ.get(SUPERVISOR_ENV, "")
     if supervisor.isdigit():
         threading.Thread(
             target=_watch_supervisor, args=(int(supervisor),), name="keygate-orphan", daemon=True
         ).start()
-    return create_app()
+    return create_app(_accepted_config)

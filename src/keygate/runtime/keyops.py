@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from keygate.config.settings import ProviderConfig
 from keygate.control.keypool import KeyEntry
 from keygate.masking import mask
-from keygate.probe import KeyTest, run_key_test
-from keygate.settings import ProviderConfig
+from keygate.runtime.probe import KeyTest, run_key_test
+from keygate.runtime.views import effective_status
 from keygate.store.base import DuplicateKey, ImportResult, KeyRecord, Store
-from keygate.views import effective_status
 
 if TYPE_CHECKING:
-    from keygate.gateway import Gateway
+    from keygate.runtime.gateway import Gateway
 
 ALL_MATCHES = 1_000_000  # keys of one provider only the store holds, filtered by status
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from keygate.settings import TUNABLE, ProviderConfig, coerce_field
+from keygate.config.settings import TUNABLE, ProviderConfig, coerce_field
 
 
 def clean_fields(fields: dict[str, Any], allow_private: bool) -> dict[str, Any]:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from keygate.control.keypool import KeyEntry
 from keygate.control.quota import WINDOWS, empty_view
-from keygate.counters import unflushed
+from keygate.runtime.counters import unflushed
 from keygate.store.base import KeyRecord
 
 if TYPE_CHECKING:
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.provider import ProviderRuntime
 
 COUNTER_NAMES = ("requests", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
 _TIMED = frozenset({"cooling", "exhausted", "invalid"})  # states with a cooldown_until

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from keygate.gateway import Gateway
+from keygate.runtime.gateway import Gateway
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 

@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from keygate.control.keypool import KeyEntry
-from keygate.observe import log
+from keygate.observe.logs import log
 
 if TYPE_CHECKING:
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.provider import ProviderRuntime
 
 RECHECK_POLL_S = 5.0
 RECHECK_BATCH = 20  # per provider and pass: a big pool of dead keys does not flood the upstream

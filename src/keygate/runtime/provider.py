@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import aiohttp
 
+from keygate.config.settings import ProviderConfig
 from keygate.control.base import Admission, KeyPool, Limits
 from keygate.control.local import LocalAdmission, LocalKeyPool
 from keygate.control.redis import SharedAdmission, SharedKeyPool, SharedState
 from keygate.dialects import Dialect, dialect_for
-from keygate.observe import ProviderStats
-from keygate.settings import ProviderConfig
+from keygate.observe.stats import ProviderStats
 
 
 class ProviderRuntime:

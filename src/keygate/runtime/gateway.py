@@ -19,14 +19,8 @@ import aiohttp
 
 from keygate.clients.fleet import ClientLimits
 from keygate.clients.registry import ClientRegistry
-from keygate.control.keypool import KeyEntry
-from keygate.control.redis import SharedState
-from keygate.modellist import ModelLists
-from keygate.observe import RequestRecord, access_log, log
-from keygate.overrides import apply_fields, clean_fields
-from keygate.probe import probe
-from keygate.recheck import recheck_loop
-from keygate.routing import (
+from keygate.config.overrides import apply_fields, clean_fields
+from keygate.config.routing import (
     ModelTable,
     RouteError,
     build_table,
@@ -34,13 +28,21 @@ from keygate.routing import (
     merged_specs,
     split_target,
 )
-from keygate.runtime import ProviderRuntime
-from keygate.settings import ProviderConfig, Settings, key_sources
+from keygate.config.settings import ProviderConfig, Settings, key_sources
+from keygate.control.keypool import KeyEntry
+from keygate.control.redis import SharedState
+from keygate.observe.access import access_log
+from keygate.observe.logs import log
+from keygate.observe.stats import RequestRecord
+from keygate.runtime.modellist import ModelLists
+from keygate.runtime.probe import probe
+from keygate.runtime.provider import ProviderRuntime
+from keygate.runtime.recheck import recheck_loop
+from keygate.runtime.sync import StoreSync
+from keygate.runtime.throttle import FailureThrottle
+from keygate.runtime.upstream import create_session
 from keygate.store import create_store
 from keygate.store.base import KeyRecord, Store
-from keygate.sync import StoreSync
-from keygate.throttle import FailureThrottle
-from keygate.upstream import create_session
 
 GC_YOUNG_THRESHOLD = 20_000
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from keygate.classify import classify
+from keygate.config.settings import ProviderConfig
 from keygate.control.base import Event
+from keygate.control.classify import classify
 from keygate.dialects import dialect_for
-from keygate.settings import ProviderConfig
 from keygate.store.base import Store, StoreError
 
 _BODY_LIMIT = 4096  # enough for classify() to find "API key not valid" or a quota message

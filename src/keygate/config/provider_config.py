@@ -3,7 +3,7 @@
 `TUNABLE` names the fields a config file or the admin API may set, `BOUNDS` their ranges, and
 `coerce_field` checks one value the same way for the config file, the environment, the store
 and the admin API. `split_keys` and `key_sources` read and group a provider's keys.
-Reading the YAML file and the environment into `Settings` is `keygate.settings`.
+Reading the YAML file and the environment into `Settings` is `keygate.config.settings`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from keygate.quotaday import DEFAULT_DAY_RESET, parse_day_reset
-from keygate.urls import check_upstream
+from keygate.config.quotaday import DEFAULT_DAY_RESET, parse_day_reset
+from keygate.config.urls import check_upstream
 
 
 @dataclass(slots=True)

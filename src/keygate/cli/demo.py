@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from keygate.providers import BUILTINS, env_names
+from keygate.config.catalog import BUILTINS, env_names
 
 HOST = "127.0.0.1"
 MARKER = "keygate-demo"  # names a data directory as a demo's
@@ -193,10 +193,10 @@ def instructions(base: str, mock_url: str, password: str, admin: str, data: str)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from keygate.lifecycle import serve
-    from keygate.observe import setup_logging
-    from keygate.server import bind_or_explain, server_options
-    from keygate.settings import load_settings
+    from keygate.config.settings import load_settings
+    from keygate.observe.logs import setup_logging
+    from keygate.server.lifecycle import serve
+    from keygate.server.listen import bind_or_explain, server_options
     from keygate.testing.mock_upstream import MockUpstream
 
     data_dir, temporary = _data_dir(args.data_dir)
@@ -233,7 +233,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _app(settings: Any, text: str) -> Any:
     """The gateway's app, which prints the demo's instructions once it has started (after
     its banner)."""
-    from keygate.app import App
+    from keygate.server.app import App
 
     class DemoApp(App):
         async def _lifespan(self, receive: Any, send: Any) -> None:

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from keygate import __version__
-from keygate.asgi import SESSION_COOKIE, read_cookie
-from keygate.gateway import Gateway
+from keygate.http.asgi import SESSION_COOKIE, read_cookie
+from keygate.runtime.gateway import Gateway
 
 
 def public() -> dict[str, Any]:

@@ -3,7 +3,7 @@
 `bind_sockets` opens the listening sockets before anything else happens (a busy port must stop
 `serve` before the banner and the admin token); `serve` and each worker process build their
 uvicorn Config here (`server_options`, `make_config`) and serve on those sockets with the
-protocol of `keygate.connection_limits`, which bounds what a client may hold (its names are
+protocol of `keygate.http.connection_limits`, which bounds what a client may hold (its names are
 importable from here too).
 """
 
@@ -16,14 +16,14 @@ from typing import Any
 
 import uvicorn
 
-from keygate.connection_limits import (
+from keygate.config.settings import Settings
+from keygate.http.connection_limits import (
     DEFAULT_LIMITS,
     ConnectionLimits,
     LimitedHttpProtocol,
     ThrottledLog,
     default_max_connections,
 )
-from keygate.settings import Settings
 
 __all__ = [
     "ConnectionLimits",
@@ -49,7 +49,7 @@ class KeygateConfig(uvicorn.Config):
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """Every uvicorn setting keygate serves with (picklable: workers get it as it is)."""
-    from keygate.observe import uvicorn_log_config
+    from keygate.observe.logs import uvicorn_log_config
 
     limits = ConnectionLimits.from_settings(settings)
     return {

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 import orjson
 
-from keygate.observe import log
+from keygate.observe.logs import log
 
 if TYPE_CHECKING:
-    from keygate.routing import ModelTable
-    from keygate.runtime import ProviderRuntime
-    from keygate.settings import Settings
+    from keygate.config.routing import ModelTable
+    from keygate.config.settings import Settings
+    from keygate.runtime.provider import ProviderRuntime
 
 
 class Source(Protocol):

@@ -34,7 +34,7 @@ import orjson
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from keygate.observe import log
+from keygate.observe.logs import log
 
 PID_FILE = "keygate.pid"
 RELOAD_FILE = "reload.json"  # the last reload's outcome, for `keygate reload` to report
@@ -181,7 +181,7 @@ def serve(
     sockets: list[Any] | None = None,
 ) -> int:
     """Run one server process until SIGTERM/SIGINT and its drain; the exit status."""
-    from keygate.server import make_config
+    from keygate.server.listen import make_config
 
     server = DrainingServer(make_config(app, uvicorn_kwargs))
     with pid_file(data_dir):
@@ -322,8 +322,8 @@ def read_reload_result(path: Path) -> dict[str, Any] | None:
 
 async def reload_app(app: Any) -> None:
     """Re-read the config file and apply it to the running gateway; a bad file changes nothing."""
-    from keygate.reload import apply_settings
-    from keygate.settings import ConfigError, load_settings
+    from keygate.config.settings import ConfigError, load_settings
+    from keygate.runtime.reload import apply_settings
 
     started = time.time()
     settings = app.settings

@@ -2,7 +2,7 @@
 
 Everything downstream takes a `Settings`; nothing else looks at `os.environ`. A bad value raises
 `ConfigError` whose message names the file (or variable), the key and the problem in one line.
-Each provider's settings and the checks on each field are `keygate.provider_config` (its names
+Each provider's settings and the checks on each field are `keygate.config.provider_config` (its names
 are importable from here too).
 """
 
@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from keygate.provider_config import (
+from keygate.config.catalog import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
+from keygate.config.provider_config import (
     BOUNDS,
     MODEL_NAME_MAX,
     TUNABLE,
@@ -28,9 +29,8 @@ from keygate.provider_config import (
     short_repr,
     split_keys,
 )
-from keygate.providers import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
-from keygate.routing import RouteError, build_table
-from keygate.urls import mask_url
+from keygate.config.routing import RouteError, build_table
+from keygate.config.urls import mask_url
 
 __all__ = [
     "BOUNDS",
@@ -80,7 +80,7 @@ class Settings:
     auth_failures_global_per_min: int = 100  # wrong passwords from everyone together
     trusted_proxies: list[str] = field(default_factory=list)  # believe X-Forwarded-For from these
     session_idle_s: int = 12 * 3600  # an admin session unused this long ends
-    # client connections (keygate.connection_limits): nginx-like bounds on what a client may hold
+    # client connections (keygate.http.connection_limits): nginx-like bounds on what a client may hold
     max_request_line: int = 8 * 1024
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
@@ -172,13 +172,19 @@ def _env_networks(env: Mapping[str, str], name: str) -> list[str]:
     return out
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def read_config_text(path: Path) -> str:
+    """The config file's text, or a one-line error naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _load_yaml(path: Path, text: str | None = None) -> dict[str, Any]:
+    if text is None:
+        text = read_config_text(path)
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)  # safe loader, in C when libyaml is there
     except yaml.YAMLError as exc:
@@ -260,8 +266,12 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     config_path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    config_text: str | None = None,
 ) -> Settings:
-    """Read env (default `os.environ`), then the YAML file, then CLI `overrides` (host/port/workers)."""
+    """Read env (default `os.environ`), then the YAML file, then CLI `overrides` (host/port/workers).
+
+    `config_text` is the file's text as read earlier: a worker process starts from the text its
+    supervisor accepted, not from whatever the file holds by then."""
     env = os.environ if env is None else env
     s = Settings()
     s.host = env.get("KEYGATE_HOST", s.host) or s.host
@@ -335,7 +345,7 @@ def load_settings(
     path = config_path or env.get("KEYGATE_CONFIG") or None
     if path:
         s.config_path = Path(path)
-        data = _load_yaml(s.config_path)
+        data = _load_yaml(s.config_path, config_text)
         unknown = sorted(
             map(str, set(data) - {"default_provider", "providers", "models", "models_ttl_s"})
         )

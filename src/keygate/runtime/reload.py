@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from keygate.gateway import Gateway
-from keygate.overrides import apply_stored
-from keygate.runtime import ProviderRuntime
-from keygate.settings import TUNABLE, ProviderConfig, Settings, key_sources
+from keygate.config.overrides import apply_stored
+from keygate.config.settings import TUNABLE, ProviderConfig, Settings, key_sources
+from keygate.runtime.gateway import Gateway
+from keygate.runtime.provider import ProviderRuntime
 
 # Settings a reload leaves alone: they come from the environment or the command line, which a
 # running process cannot re-read, or they shape what was built at start.

@@ -1,127 +1,20 @@
-"""What the gateway remembers about traffic: a log line per request, the recent-requests ring,
-and per-provider counters with a per-second series for the dashboard. All in memory; the
-flusher copies counters to the store in the background."""
+"""A log line per request, written in batches without the `logging` machinery."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import re
-import sys
 import time
-from collections import deque
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-log = logging.getLogger("keygate")
+if TYPE_CHECKING:
+    from keygate.observe.stats import RequestRecord
 
-SERIES_SECONDS = 300
-_LATENCY_SAMPLES = 64  # per second; enough for p50/p95 on a chart
 LOGGED_ROUTE_MAX = 300  # characters of a path in an access line; the rest is counted
-
-
-class RequestRecord(NamedTuple):
-    ts: float
-    provider: str
-    method: str
-    path: str
-    model: str
-    key_id: int | None
-    key: str  # masked
-    status: int
-    latency_ms: float
-    retries: int
-    error: str
-    route: str = ""  # a routed request's targets as tried: "groq/x (429) → cerebras/y"
-    translated: str = ""  # `anthropic→openai` when the request changed API family
-    client_name: str = ""  # the client key's name (SPEC §13); "" for the password or open
-
-    def public(self) -> dict[str, Any]:
-        doc = self._asdict()
-        doc["latency_ms"] = round(self.latency_ms, 2)  # here, not per request: round() is slow
-        return doc
-
-
-class Second:
-    __slots__ = ("count", "errors", "latencies", "t")
-
-    def __init__(self, t: int) -> None:
-        self.t = t
-        self.count = 0
-        self.errors = 0
-        self.latencies: list[float] = []
-
-
-class ProviderStats:
-    """Counters for one provider since start (the store holds the all-time totals)."""
-
-    __slots__ = (
-        "err_4xx",
-        "err_5xx",
-        "flushed",
-        "ok",
-        "requests",
-        "series",
-        "tokens_in",
-        "tokens_out",
-    )
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.ok = 0
-        self.err_4xx = 0
-        self.err_5xx = 0
-        self.tokens_in = 0
-        self.tokens_out = 0
-        self.flushed = (0, 0, 0, 0, 0, 0)
-        self.series: deque[Second] = deque(maxlen=SERIES_SECONDS)
-
-    def counters(self) -> tuple[int, int, int, int, int, int]:
-        return (self.requests, self.ok, self.err_4xx, self.err_5xx, self.tokens_in, self.tokens_out)
-
-    def record(self, status: int, latency_ms: float, now: float) -> None:
-        self.requests += 1
-        if status < 400:
-            self.ok += 1
-        elif status < 500:
-            self.err_4xx += 1
-        else:
-            self.err_5xx += 1
-        t = int(now)
-        series = self.series
-        if not series or series[-1].t != t:
-            series.append(Second(t))
-        sec = series[-1]
-        sec.count += 1
-        if status >= 400:
-            sec.errors += 1
-        if len(sec.latencies) < _LATENCY_SAMPLES:
-            sec.latencies.append(latency_ms)
-
-    def timeline(self, seconds: int = 120) -> list[dict[str, Any]]:
-        """One point per second for the last `seconds`, zeros where nothing happened."""
-        now = int(time.time())
-        by_t = {s.t: s for s in self.series}
-        out = []
-        for t in range(now - seconds + 1, now + 1):
-            s = by_t.get(t)
-            if s is None:
-                out.append({"t": t, "rps": 0, "errors": 0, "p50": None, "p95": None})
-                continue
-            lat = sorted(s.latencies)
-            out.append(
-                {
-                    "t": t,
-                    "rps": s.count,
-                    "errors": s.errors,
-                    "p50": round(lat[len(lat) // 2], 2) if lat else None,
-                    "p95": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 2) if lat else None,
-                }
-            )
-        return out
 
 
 class AccessLog:
@@ -290,89 +183,6 @@ class AccessLog:
 access_log = AccessLog()
 
 # LogRecord attributes that are not extra fields given by the caller
-_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "color_message",
-}
-
-
-class JsonFormatter(logging.Formatter):
-    """An event as one JSON object: time, level, event (a caller's `extra={"event": ...}`, else
-    "log"), logger, message, and any other `extra` fields (provider, key_id, key, error...)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": access_log.iso(record.created),
-            "level": record.levelname.lower(),
-            "event": "log",
-            "logger": record.name,
-            "pid": record.process,  # which worker, with --workers
-            "message": record.getMessage(),
-        }
-        for name, value in record.__dict__.items():
-            if name not in _RECORD_ATTRS:
-                doc[name] = value
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
-
-
-def uvicorn_log_config(log_format: str) -> dict[str, Any]:
-    """uvicorn's `log_config` for JSON mode (its own messages as JSON lines too); {} for text."""
-    if log_format != "json":
-        return {}
-    return {
-        "log_config": {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {"json": {"()": "keygate.observe.JsonFormatter"}},
-            "handlers": {
-                "default": {
-                    "class": "logging.StreamHandler",
-                    "formatter": "json",
-                    "stream": "ext://sys.stderr",
-                }
-            },
-            "loggers": {
-                name: {"handlers": ["default"], "level": "INFO", "propagate": False}
-                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
-            },
-        }
-    }
-
-
-def print_block(text: str, event: str, **fields: Any) -> None:
-    """A multi-line message (the banner): as it is in text mode, one JSON object in JSON mode."""
-    if access_log.json:
-        access_log.flush()
-        doc = {"time": access_log.iso(time.time()), "level": "info", "event": event}
-        line = orjson.dumps({**doc, **fields, "message": text}).decode()
-        print(line, file=sys.stderr, flush=True)
-    else:
-        print(text, file=sys.stderr, flush=True)
-
-
-def setup_logging(level: str = "info", log_format: str = "text") -> None:
-    """Plain lines on stderr (or JSON objects); one handler, no colour, cheap to format."""
-    root = logging.getLogger("keygate")
-    access_log.json = log_format == "json"
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    if access_log.json:
-        handler.setFormatter(JsonFormatter())
-        top = logging.getLogger()
-        if not top.handlers:  # other libraries' warnings (asyncio, aiohttp) as JSON too
-            top.addHandler(handler)
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO")
-    root.propagate = False
-    access_log.enabled = root.isEnabledFor(logging.INFO)
-
-
 _NOT_IN_A_WORD = re.compile(r"[ '\"=]")
 
 

@@ -20,7 +20,7 @@ httptools protocol with nginx-like bounds:
   with one log line a minute saying so (uvicorn's `limit_concurrency` only answers 503 once a
   request's head was read, counts running tasks too, logs every time, and closes nothing).
 
-`keygate.server` builds uvicorn's Config with these limits and serves with this protocol.
+`keygate.server.listen` builds uvicorn's Config with these limits and serves with this protocol.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from keygate.response_writer import ResponseCycle
-from keygate.settings import Settings
+from keygate.config.settings import Settings
+from keygate.http.response_writer import ResponseCycle
 
-log = logging.getLogger("keygate.server")  # the name these warnings have always had
+log = logging.getLogger("keygate.server.listen")  # the name these warnings have always had
 
 LOG_EVERY_S = 60.0
 LINGER_S = 2.0  # after a refusal: keep reading (and dropping) what the client still sends
@@ -231,7 +231,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 if cycle.response_started:
                     self.transport.close()
                     return
-                self.cycle = None  # answered here; what the app still sends is dropped
+                self.cycle = None  # type: ignore[assignment]  # answered here: what the app still sends is dropped
             self._answer(400, f"malformed HTTP request: {reason}", "bad_request")
 
     def _unsupported_upgrade_warning(self) -> None:

@@ -7,14 +7,16 @@ import os
 import sys
 from typing import Any
 
-from keygate import __version__, health, lifecycle
+from keygate import __version__
 from keygate.admin.credentials import AdminCredentials
-from keygate.asgi import respond, respond_json
-from keygate.gateway import Gateway
-from keygate.observe import print_block, setup_logging
+from keygate.config.settings import ConfigError, Settings, load_settings
+from keygate.http.asgi import respond, respond_json
+from keygate.http.errors import GatewayError
+from keygate.observe.logs import print_block, setup_logging
 from keygate.proxy import handler
-from keygate.proxy.errors import GatewayError
-from keygate.settings import ConfigError, Settings, load_settings
+from keygate.runtime import health
+from keygate.runtime.gateway import Gateway
+from keygate.server import lifecycle
 
 NGINX_WELCOME = b"""<!DOCTYPE html>
 <html>
@@ -210,10 +212,11 @@ def banner(gw: Gateway, credentials: AdminCredentials, workers_line: str = "") -
     return "\n".join(lines)
 
 
-def create_app() -> App:
-    """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
+def create_app(config_text: str | None = None) -> App:
+    """Factory for `uvicorn --factory` and worker processes: settings from the environment (and
+    the config file, or the text of it a worker's supervisor accepted)."""
     try:
-        settings = load_settings(os.environ)
+        settings = load_settings(os.environ, config_text=config_text)
     except ConfigError as exc:
         print(f"keygate: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

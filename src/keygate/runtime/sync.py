@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from keygate.clients.periods import PERIODS
 from keygate.clients.registry import ClientRegistry
+from keygate.config.overrides import apply_stored
+from keygate.config.settings import Settings
 from keygate.control.keypool import KeyEntry
-from keygate.counters import plus, unflushed
-from keygate.observe import log
-from keygate.overrides import apply_stored
-from keygate.settings import Settings
+from keygate.observe.logs import log
+from keygate.runtime.counters import plus, unflushed
 from keygate.store.base import KeyRecord, Store
 
 if TYPE_CHECKING:
-    from keygate.runtime import ProviderRuntime
+    from keygate.runtime.provider import ProviderRuntime
 
 CHANGE_POLL_S = 1.0
 FEED_CHUNK = 2000  # big imports: let requests run between chunks

@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from keygate.masking import mask
-from keygate.providers import BUILTINS, env_names
-from keygate.routing import RouteError, build_table, check_spec
-from keygate.settings import (
+from keygate.config.catalog import BUILTINS, env_names
+from keygate.config.routing import RouteError, build_table, check_spec
+from keygate.config.settings import (
     ConfigError,
     ProviderConfig,
     _apply_provider_yaml,
@@ -29,6 +28,7 @@ from keygate.settings import (
     load_settings,
     split_keys,
 )
+from keygate.masking import mask
 from keygate.store.base import check_secret
 
 _PLACEHOLDER_BASE = "http://127.0.0.1"  # lets a custom provider's other fields be checked alone

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from keygate import __version__
-from keygate.settings import ConfigError, Settings, load_settings
+from keygate.config.settings import ConfigError, Settings, load_settings
 
 RECORD_NAME = "server.json"
 _PASSWORD_IN_URL = re.compile(r"//([^:/@]*):[^@/]*@")

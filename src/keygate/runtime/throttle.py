@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from keygate.settings import Settings
+from keygate.config.settings import Settings
 
 MAX_TRACKED_ADDRESSES = 10_000
 

@@ -1,0 +1,2 @@
+"""Configuration: the environment and YAML read into typed settings, the provider catalog, and
+the checks on every value."""
