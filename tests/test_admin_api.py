@@ -59,6 +59,7 @@ class Kg:
         self.mock = mock
         self.seen: list[str] = []
         self.secrets: set[str] = set()
+        self.sent = 0
         self.http = httpx.Client(base_url=gw.url, timeout=30)
 
     def close(self) -> None:
@@ -100,7 +101,11 @@ class Kg:
         return int(doc["id"])
 
     def chat(self, path: str = CHAT, model: str | None = "m", **extra: Any) -> httpx.Response:
-        body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], **extra}
+        # each request a conversation of its own: key affinity (SPEC §15) leaves them to the
+        # round-robin these tests watch
+        self.sent += 1
+        hello = {"role": "user", "content": f"hi {self.sent}"}
+        body: dict[str, Any] = {"messages": [hello], **extra}
         if model is not None:
             body["model"] = model
         return self._keep(self.http.post(path, json=body, headers=self.gw.auth()))
@@ -151,7 +156,7 @@ def test_add_is_used_at_once_delete_never_again(kg: Kg) -> None:
     expected = {"id", "provider", "masked", "label", "status", "use_count", "last_used"}
     expected |= {"created_at", "last_error", "cooldown_until", "source", "inflight", "ok"}
     expected |= {"err_4xx", "err_5xx", "tokens_in", "tokens_out", "rpm", "max_conn"}
-    expected |= {"rph", "rpd", "tpm", "tph", "tpd", "quota"}
+    expected |= {"rph", "rpd", "tpm", "tph", "tpd", "quota", "tier", "weight"}
     assert set(key) == expected
     assert set(key["quota"]) == {"rpm", "rph", "rpd", "tpm", "tph", "tpd"}
     assert key["quota"]["rpd"] == {"used": None, "limit": None, "reset_at": None}

@@ -549,7 +549,10 @@ def test_cli_changes_reach_a_running_gateway(gateway_factory: Any, mock: MockUps
     env_key = make_key("env")
     gw = gateway_factory(
         env={"CEREBRAS_API_KEYS": env_key},
-        config={"providers": {"cerebras": {"rps": 0, "max_conn": 0, "retries": 0}}},
+        # round-robin over the same request: no key affinity (SPEC §15) to keep it on one key
+        config={
+            "providers": {"cerebras": {"rps": 0, "max_conn": 0, "retries": 0, "affinity": "off"}}
+        },
     )
     cli = Cli(clean_env(gw.data_dir, mock))
     cli.secrets.add(env_key)
@@ -594,7 +597,10 @@ def test_cli_changes_reach_a_running_gateway(gateway_factory: Any, mock: MockUps
 
 
 def test_cli_import_reaches_a_running_gateway(gateway_factory: Any, mock: MockUpstream) -> None:
-    gw = gateway_factory(config={"providers": {"groq": {"rps": 0, "max_conn": 0}}})
+    # round-robin over the same request: no key affinity (SPEC §15) to keep it on one key
+    gw = gateway_factory(
+        config={"providers": {"groq": {"rps": 0, "max_conn": 0, "affinity": "off"}}}
+    )
     cli = Cli(clean_env(gw.data_dir, mock))
     keys = [cli.key(f"bulk{i}") for i in range(5)]
     out = cli.ok("keys", "import", "groq", input=", ".join(keys))

@@ -38,7 +38,12 @@ from keygate.testing.mock_upstream import MockUpstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_PATH = "/cerebras/v1/chat/completions"
-UNLIMITED = {"providers": {"cerebras": {"rps": 0, "max_conn": 0, "queue": 1000, "retries": 0}}}
+# round-robin over the same request: no key affinity (SPEC §15) to keep it on one key
+UNLIMITED = {
+    "providers": {
+        "cerebras": {"rps": 0, "max_conn": 0, "queue": 1000, "retries": 0, "affinity": "off"}
+    }
+}
 
 
 def make_key(tag: str) -> str:

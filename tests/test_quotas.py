@@ -91,7 +91,8 @@ async def test_announced_budgets_with_short_resets_earn_no_429(
 ) -> None:
     # No quota configured: the gateway learns each key's budget from the answers' headers.
     mock.set_limit(requests=4, window_s=1.0, style="openai")
-    gw = gateway_factory(env=keys_env(), config=cfg(max_conn=6, queue_timeout_s=30))
+    # round-robin (no key affinity, SPEC §15): the same request reaches every key in turn
+    gw = gateway_factory(env=keys_env(), config=cfg(max_conn=6, queue_timeout_s=30, affinity="off"))
     for _ in KEYS:  # the first answer of each key tells its budget
         chat(gw)
     c = aclient(gw)

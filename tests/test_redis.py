@@ -144,12 +144,15 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
 
     def pick(now: float, *exclude: int, lease: str = "") -> list[Any]:
         lease = lease or f"L{next(leases)}"  # unique per pick, as in production
-        return [repr(now), prefix, "pick", "0:0:0:0:0:0", 0, lease, 15, 0, *day, *map(str, exclude)]
+        avoid = map(str, exclude)
+        return [repr(now), prefix, "pick", "0:0:0:0:0:0", 0, lease, 15, 0, *day, "", *avoid]
 
     seen = [(await state.run(PICK, keys, pick(T0 + 0.1)))[0] for _ in range(4)]
     assert b"1" not in seen and set(seen) == {b"2", b"3"}
     ready = await state.run(
-        PICK, keys, [repr(T0 + 0.1), prefix, "ready", "0:0:0:0:0:0", 0, "", 15, 0, *day, "2", "3"]
+        PICK,
+        keys,
+        [repr(T0 + 0.1), prefix, "ready", "0:0:0:0:0:0", 0, "", 15, 0, *day, "", "2", "3"],
     )
     assert float(ready[1]) == pytest.approx(0.4), "ready in: when the cooling key returns"
     seen = [(await state.run(PICK, keys, pick(T0 + 0.5)))[0] for _ in range(3)]
@@ -157,7 +160,9 @@ async def test_pick_round_robin_over_usable_keys(state: SharedState) -> None:
 
     # per-key rpm (2 a minute) and max_conn (1, as a lease), in Redis
     await state.run(
-        SYNC, keys, ["", EVENTS, "t", 2, "a", 0, "2:0:0:0:0:0:0", 1, 3, "a", 0, "0:1:0:0:0:0:0", 0]
+        SYNC,
+        keys,
+        ["", EVENTS, "t", 2, "a", 0, "2:0:0:0:0:0:0", 1, "", 3, "a", 0, "0:1:0:0:0:0:0", 0, ""],
     )
     t = T0 + 10
     firsts = []
@@ -394,7 +399,9 @@ async def test_added_latency_per_decision_local_vs_redis(redis_server: RedisServ
 
 
 def cfg(**cerebras: Any) -> dict[str, Any]:
-    return {"providers": {"cerebras": {"retries": 2, "backoff_base_s": 0.05, **cerebras}}}
+    # round-robin over the same request: no key affinity (SPEC §15) to keep it on one key
+    base = {"retries": 2, "backoff_base_s": 0.05, "affinity": "off"}
+    return {"providers": {"cerebras": {**base, **cerebras}}}
 
 
 def shared_env(url: str, **extra: str) -> dict[str, str]:

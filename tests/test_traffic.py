@@ -155,7 +155,8 @@ async def test_quota_exhausted_key_is_set_aside(gateway_factory: Any, mock: Any)
             }
         },
     )
-    gw = gateway_factory(env=keys_env(), config=cfg(rps=0, max_conn=0))
+    # round-robin over the same request: no key affinity (SPEC §15) to keep it on one key
+    gw = gateway_factory(env=keys_env(), config=cfg(rps=0, max_conn=0, affinity="off"))
     assert [post(gw).status_code for _ in range(9)] == [200] * 9
     assert mock.count(broke) == 1
     states = keys_state(gw)
@@ -167,7 +168,7 @@ async def test_429_with_retry_after_cools_key_for_that_long(
     gateway_factory: Any, mock: Any
 ) -> None:
     hot = KEYS[0]
-    gw = gateway_factory(env=keys_env(KEYS[:2]), config=cfg(rps=0, max_conn=0))
+    gw = gateway_factory(env=keys_env(KEYS[:2]), config=cfg(rps=0, max_conn=0, affinity="off"))
     mock.push(hot, status=429, headers={"Retry-After": "1"})
     start = time.time()
     used: list[tuple[float, str]] = []

@@ -24,6 +24,7 @@ from keygate.admin.schema import (
     obj,
     said,
 )
+from keygate.config.error_rules import ACTIONS, COOL_MAX_S, MATCH_MAX, RULES_MAX
 from keygate.config.routing import TARGETS_MAX
 from keygate.config.settings import BOUNDS, MODEL_NAME_MAX, TUNABLE
 from keygate.control.quota import WINDOWS
@@ -73,6 +74,8 @@ KEY = Component(
             "inflight": INT,
             **ints("ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out"),
             **{w: said(INT, f"0 = the provider's key_{w}") for w in (*WINDOWS, "max_conn")},
+            "tier": said(INT, "lower tiers are spent first; a higher one takes the overflow"),
+            "weight": said(INT, "the key's share of the picks inside its tier"),
             "quota": obj(
                 {w: _QUOTA_WINDOW for w in WINDOWS},
                 description="each quota window: used, limit (configured or announced by the"
@@ -108,8 +111,14 @@ IMPORT_RESULT = Component(
 )
 
 # --- providers: the settings the admin API may change (settings.TUNABLE, within BOUNDS) -------
-_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
-_POSITIVE = ("timeout_connect_s", "timeout_first_byte_s", "timeout_idle_s", "max_body_mb")
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array"}
+_POSITIVE = (
+    "timeout_connect_s",
+    "timeout_first_byte_s",
+    "timeout_idle_s",
+    "max_body_mb",
+    "affinity_ttl_s",
+)
 _PER_WINDOW = {
     "rpm": "requests/minute",
     "rph": "requests/hour",
@@ -131,6 +140,35 @@ _TUNABLE_SAYS: dict[str, Schema] = {
         "description": "completion tokens estimated for a request that sets no max_tokens"
     },
     "default_model": {"maxLength": MODEL_NAME_MAX, "pattern": NO_CONTROL},
+    "affinity": {
+        "enum": ["prefix", "header", "off"],
+        "description": "send a conversation back to the key that served it last",
+    },
+    "affinity_ttl_s": {"description": "seconds a pin outlives its last use"},
+}
+
+
+_STATUS: Schema = {"type": "integer", "minimum": 100, "maximum": 599}
+_ERROR_RULE = obj(
+    {
+        "status": {"oneOf": [_STATUS, arr(_STATUS, minItems=1)]},
+        "match": said(
+            {"type": "string", "minLength": 1, "maxLength": MATCH_MAX},
+            "a regular expression searched in the error body",
+        ),
+        "action": {"type": "string", "enum": list(ACTIONS)},
+        "cool_s": said(
+            {"type": "number", "exclusiveMinimum": 0, "maximum": COOL_MAX_S},
+            "seconds; for (and only for) action cool",
+        ),
+    },
+    required=["status", "action"],
+    closed=True,
+)
+_TUNABLE_SAYS["error_rules"] = {
+    "items": _ERROR_RULE,
+    "description": "what an upstream error means for the key, checked in order before the"
+    f" built-in judgement; the first match decides (at most {RULES_MAX}; [] for none)",
 }
 
 
@@ -213,6 +251,10 @@ PROVIDER_STATS = Component(
             "keys": KEY_COUNTS,
             **ints("in_flight", "max_conn", "queued", "queue"),
             "quota": _PROVIDER_QUOTA,
+            "affinity": obj(
+                ints("hit", "new", "moved"),
+                description="answers by what their pick made of the conversation's pin",
+            ),
             "timeline": arr(
                 obj(
                     {

@@ -41,6 +41,8 @@ from keygate.store.base import (
     KEY_STATUSES,
     MAX_SECRET_LEN,
     MIN_SECRET_LEN,
+    TIER_MAX,
+    WEIGHT_MAX,
     InvalidKey,
     KeyRecord,
     parse_key_input,
@@ -70,6 +72,8 @@ KEY_PATCH: dict[str, Field] = {
     "label": LABEL,
     "status": Choice(("active", "disabled")),
     **{name: Whole(high) for name, high in KEY_LIMIT_MAX.items()},
+    "tier": Whole(TIER_MAX),
+    "weight": Whole(WEIGHT_MAX, 1),
 }
 # What the store accepts as a key (store.base.check_secret): printable, no whitespace.
 SECRET = {
@@ -223,7 +227,7 @@ class KeyRoutes:
     @op(
         "PATCH",
         "/api/keys/{id}",
-        "Enable, disable, label or limit a key; applies at once",
+        "Enable, disable, label, limit or rank (tier, weight) a key; applies at once",
         tag=_TAG,
         answer=KEY,
         answer_text="the key after the change",
@@ -248,7 +252,9 @@ class KeyRoutes:
         rec = await self._record(key_id)
         entry = self.ops.entry(rec.provider, key_id)
         if "status" in fields:
-            fields["until"] = 0.0
+            # an admin's "active" carries its moment, as a test's revive does, so that every
+            # instance follows it from the change feed (`runtime.probe.proven_at`)
+            fields["until"] = time.time() if fields["status"] == "active" else 0.0
         elif entry is not None:
             # Write the health memory holds along with the change, so the store (and the
             # change feed every instance follows) never carries an older state back.
@@ -266,7 +272,7 @@ class KeyRoutes:
         # Applies label and per-key limits in place and tells the other instances at once.
         entry = self.gw.adopt_key(rec)
         if entry is not None and "status" in doc:
-            self.gw.providers[rec.provider].pool.set_status(key_id, doc["status"], 0.0)
+            self.gw.providers[rec.provider].pool.set_status(key_id, doc["status"], rec.until)
         return Reply(200, self._view(entry or rec, now))
 
     @op(

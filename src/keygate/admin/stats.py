@@ -66,6 +66,7 @@ class StatsRoutes:
                 "queued": snap["queued"],
                 "queue": snap["queue"],
                 "timeline": rt.stats.timeline(120),
+                "affinity": dict(rt.stats.affinity),
                 "quota": provider_quota(rt, time.time()),
             }
             for n in COUNTER_NAMES:

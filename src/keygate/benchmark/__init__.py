@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip",
         default="",
         help="comma-separated: bare, keygate, litellm, wrk, stream, memory, keys100k, redis,"
-        " translated, quotas, clients10k, soak",
+        " translated, quotas, clients10k, affinity, soak",
     )
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output directory")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")

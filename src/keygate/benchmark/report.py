@@ -186,6 +186,16 @@ def format_table(data: dict[str, Any]) -> str:
             cells = [label, *("-" for _ in refs), "-", "-"]
             cells[1 + refs.index("keygate")] = value
             rows.append(cells)
+    aff = data.get("affinity") or {}
+    if aff.get("ratio") is not None and "keygate" in refs:
+        flag = "!" if aff.get("flagged") else ""
+        for label, value in (
+            ("affinity: req/s c=50 (off, paired)", _fmt(aff.get("rps_off"), 0) + flag),
+            ("affinity: req/s c=50 (prefix)", _fmt(aff.get("rps_on"), 0) + flag),
+        ):
+            cells = [label, *("-" for _ in refs), "-", "-"]
+            cells[1 + refs.index("keygate")] = value
+            rows.append(cells)
     clients = data.get("clients10k") or {}
     if clients.get("ratio") is not None and "keygate" in refs:
         flag = "!" if clients.get("flagged") else ""
@@ -367,6 +377,15 @@ def verdict(data: dict[str, Any]) -> list[dict[str, Any]]:
         None if ratio is None else ratio >= 0.95,
         "not measured" if ratio is None else f"{ratio:.2f} of the throughput without quotas",
         bool(quota.get("flagged")),
+    )
+    aff = data.get("affinity") or {}
+    ratio = aff.get("ratio")
+    add(
+        "prefix affinity >= 0.95 of affinity off",
+        ratio,
+        None if ratio is None else ratio >= 0.95,
+        "not measured" if ratio is None else f"{ratio:.2f} of the throughput with affinity off",
+        bool(aff.get("flagged")),
     )
     clients = data.get("clients10k") or {}
     ratio = clients.get("ratio")

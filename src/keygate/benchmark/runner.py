@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keygate.benchmark import report
+from keygate.benchmark.case_affinity import run_affinity
 from keygate.benchmark.case_clients import run_clients
 from keygate.benchmark.case_quota import run_quotas
 from keygate.benchmark.case_scale import run_many_keys, run_redis
@@ -59,6 +60,7 @@ CASES = (
     "translated",
     "quotas",
     "clients10k",
+    "affinity",
     "soak",
 )
 ALIASES = {
@@ -107,6 +109,7 @@ class Bench:
         self.redis: dict[str, Any] = {}
         self.translated: dict[str, Any] = {}  # Anthropic client → OpenAI-format provider
         self.quotas: dict[str, Any] = {}
+        self.affinity: dict[str, Any] = {}  # prefix affinity on against off, same bodies
         self.clients10k: dict[str, Any] = {}
         self.soak: dict[str, Any] = {}
         self.targets: list[Target] = []
@@ -225,6 +228,8 @@ class Bench:
                         run_clients(self, kg8, nginx_port)
                 finally:
                     kg8.stop()
+            if self.want("affinity"):
+                run_affinity(self, nginx_port)
             nginx.stop()
             started = {r for r in self.server_refs() if r not in self.failures}
             if self.want("stream"):
@@ -294,6 +299,7 @@ class Bench:
             "redis": self.redis or None,
             "translated": self.translated or None,
             "quotas": self.quotas or None,
+            "affinity": self.affinity or None,
             "clients10k": self.clients10k or None,
             "soak": self.soak or None,
             "calibration": self.calibration or None,

@@ -55,7 +55,7 @@ def _key_errors(where: str, keys: list[str]) -> list[str]:
     """The keys the store would refuse at start-up (it ignores them with a warning)."""
     out = []
     for i, raw in enumerate(keys):
-        token = raw.strip()
+        token = raw.split("|", 1)[0].strip()  # `secret|tier=1|weight=3`: options checked apart
         if not token:
             continue
         why = check_secret(token)

@@ -1,4 +1,4 @@
-"""`keygate keys add|import|list|rm|limit|test`: provider keys in the server's store, from the
+"""`keygate keys add|import|list|rm|limit|update|test`: provider keys in the server's store, from the
 shell. A running server picks the changes up through the store's change feed (within a second).
 """
 
@@ -115,6 +115,8 @@ async def _keys_list(ctx: Any) -> int:
             "last_error",
             "until",
             "source",
+            "tier",
+            "weight",
         )
         rows = []
         for k in keys:
@@ -183,6 +185,32 @@ async def _keys_limit(ctx: Any) -> int:
     return 1 if missing else 0
 
 
+async def _keys_update(ctx: Any) -> int:
+    """Set keys' tier and weight (SPEC §15) in the store; a running server applies them from
+    its change feed."""
+    store, _, args, *_ = ctx
+    from keygate.store.base import TIER_MAX, WEIGHT_MAX
+
+    fields = {f: getattr(args, f) for f in ("tier", "weight") if getattr(args, f) is not None}
+    if not fields:
+        raise ConfigError("keys update: give --tier and/or --weight")
+    for name, low, high in (("tier", 0, TIER_MAX), ("weight", 1, WEIGHT_MAX)):
+        value = fields.get(name)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"keys update: --{name} must be ≥ {low} and ≤ {high}, got {value}")
+    missing = 0
+    for key_id in args.ids:
+        rec = await store.update_key(key_id, **fields)
+        if rec is None:
+            print(f"no key with id {key_id}", file=sys.stderr)
+            missing += 1
+            continue
+        print(
+            f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} tier={rec.tier} weight={rec.weight}"
+        )
+    return 1 if missing else 0
+
+
 async def _keys_test(ctx: Any) -> int:
     """Test keys against their configured upstream and record what the test proved, like the
     admin page's test (keygate.runtime.probe.run_key_test); a running server picks it up."""
@@ -231,7 +259,7 @@ async def _keys_test(ctx: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    """The `keys` command and its six subcommands, on `keygate`'s parser."""
+    """The `keys` command and its seven subcommands, on `keygate`'s parser."""
     keys = sub.add_parser("keys", help="manage provider keys in the store")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     add = with_config(ksub.add_parser("add", help="add one key"))
@@ -270,6 +298,15 @@ def register(sub: Any) -> None:
     for name in LIMIT_FIELDS:
         limit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, metavar="N")
     limit.set_defaults(func=lambda a: run(_keys_limit, a, read=True))
+    update = with_config(
+        ksub.add_parser(
+            "update", help="set keys' tier (lower tiers are spent first) and weight in it"
+        )
+    )
+    update.add_argument("ids", nargs="+", type=int)
+    update.add_argument("--tier", type=int, metavar="N", help="0 (the default) is spent first")
+    update.add_argument("--weight", type=int, metavar="W", help="1-100: the share in its tier")
+    update.set_defaults(func=lambda a: run(_keys_update, a, read=True))
     test = with_config(
         ksub.add_parser("test", help="test keys against their upstream (model list)")
     )

@@ -6,6 +6,7 @@ The numbers are the contract of SPEC §2; everything here can be overridden by e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from keygate.dialects import KEY_STYLES
 
@@ -21,7 +22,14 @@ class Builtin:
     rps: float
     burst: int
     max_conn: int
+    error_rules: tuple[dict[str, Any], ...] = ()  # SPEC §15, as a config file writes them
 
+
+# Gemini refuses a bad key with a 400 (not a 401), and its 503 is an overload: not the key's fault.
+_GEMINI_RULES = (
+    {"status": 400, "match": "API_KEY_INVALID", "action": "invalid"},
+    {"status": 503, "action": "provider"},
+)
 
 BUILTINS: dict[str, Builtin] = {
     "cerebras": Builtin("https://api.cerebras.ai", "bearer", 4, 8, 6),
@@ -33,7 +41,9 @@ BUILTINS: dict[str, Builtin] = {
     "openrouter": Builtin("https://openrouter.ai/api", "bearer", 5, 10, 8),
     "siliconflow": Builtin("https://api.siliconflow.cn", "bearer", 5, 10, 10),
     "ollama": Builtin("https://ollama.com", "bearer", 10, 10, 5),
-    "gemini": Builtin("https://generativelanguage.googleapis.com", "gemini", 3, 5, 3),
+    "gemini": Builtin(
+        "https://generativelanguage.googleapis.com", "gemini", 3, 5, 3, _GEMINI_RULES
+    ),
     "xai": Builtin("https://api.x.ai", "bearer", 2, 5, 3),
     "pollinations": Builtin("https://gen.pollinations.ai", "bearer", 5, 10, 5),
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from keygate.config.settings import TUNABLE, ProviderConfig, coerce_field
+from keygate.config.settings import TUNABLE, ProviderConfig, coerce_field, field_problem
 
 
 def clean_fields(fields: dict[str, Any], allow_private: bool) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def clean_fields(fields: dict[str, Any], allow_private: bool) -> dict[str, Any]:
         try:
             clean[key] = coerce_field(key, value, allow_private)
         except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
+            raise ValueError(field_problem(key, exc)) from None
     return clean
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from keygate.config.error_rules import ErrorRules, parse_rules
 from keygate.config.quotaday import DEFAULT_DAY_RESET, parse_day_reset
 from keygate.config.urls import check_upstream
 
@@ -51,8 +52,17 @@ class ProviderConfig:
     max_body_mb: float = 32.0
     default_model: str = ""
     force_model: bool = False
+    # a model the provider does not list (upstream list, `models:`) gets 404 before anything is sent
+    strict_models: bool = False
+    # SPEC §15: a conversation goes back to the key that served it last (its prompt cache)
+    affinity: str = "prefix"  # prefix | header (explicit ids only) | off
+    affinity_ttl_s: float = 600.0  # how long a pin outlives its last use
+    # SPEC §15: what an upstream error means for the key, checked before the built-in judgement
+    error_rules: ErrorRules = field(default_factory=ErrorRules)
     keys: list[str] = field(default_factory=list)
     config_keys: list[str] = field(default_factory=list)  # those of `keys` the file lists
+    # `secret|tier=1|weight=3` in the file or the environment: the options of those keys
+    key_options: dict[str, dict[str, int]] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)  # listed in /v1/models beside the upstream's
     builtin: bool = True
 
@@ -65,6 +75,7 @@ class ProviderConfig:
         d = dataclasses.asdict(self)
         d.pop("keys")
         d.pop("config_keys")
+        d.pop("key_options")
         return d
 
 
@@ -98,11 +109,22 @@ TUNABLE: dict[str, type] = {
     "max_body_mb": float,
     "default_model": str,
     "force_model": bool,
+    "strict_models": bool,
+    "error_rules": list,
+    "affinity": str,
+    "affinity_ttl_s": float,
 }
-_POSITIVE = {"timeout_connect_s", "timeout_first_byte_s", "timeout_idle_s", "max_body_mb"}
+_POSITIVE = {
+    "timeout_connect_s",
+    "timeout_first_byte_s",
+    "timeout_idle_s",
+    "max_body_mb",
+    "affinity_ttl_s",
+}
+AFFINITY_MODES = ("prefix", "header", "off")
 # Upper bound of every numeric field (lower bound 0; > 0 for _POSITIVE). Far above any real
 # setting, low enough that arithmetic on them (bytes, seconds, leases) stays finite and the
-# store's 64-bit integers hold them (README "Limits of the settings").
+# store's 64-bit integers hold them (docs/configuration.md, "Provider settings").
 BOUNDS: dict[str, float] = {
     "rps": 100_000,
     "burst": 1_000_000,
@@ -127,6 +149,7 @@ BOUNDS: dict[str, float] = {
     "timeout_first_byte_s": 3600,
     "timeout_idle_s": 3600,
     "max_body_mb": 1024,
+    "affinity_ttl_s": 30 * 86_400,
 }
 MODEL_NAME_MAX = 200
 
@@ -137,6 +160,8 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
     kind = TUNABLE.get(key)
     if kind is None:
         raise ValueError("unknown field")
+    if kind is list:
+        return parse_rules(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -144,10 +169,18 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ValueError(f"must be true or false, got {value!r}")
     if kind is str:
+        if key == "affinity" and value is False:
+            value = "off"  # YAML reads a bare `off` as false
         if not isinstance(value, str):
             raise ValueError(f"must be a string, got {value!r}")
         if key == "base_url":
             return check_upstream(value, allow_private)
+        if key == "affinity":
+            if value not in AFFINITY_MODES:
+                raise ValueError(
+                    f"must be one of {', '.join(AFFINITY_MODES)}, got {short_repr(value)}"
+                )
+            return value
         if key == "quota_day_reset":
             hour, minute, zone = parse_day_reset(value)
             return f"{hour:02d}:{minute:02d} {zone}"
@@ -169,6 +202,12 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
     if not math.isfinite(number) or not 0 <= number <= high or (key in _POSITIVE and number == 0):
         raise ValueError(f"must be {low} and ≤ {high:g}, got {short_repr(value)}")
     return number
+
+
+def field_problem(key: str, exc: ValueError) -> str:
+    """`key: problem`, or `key[2].match: problem` when the problem is in one item of a list."""
+    text = str(exc)
+    return f"{key}{text}" if text.startswith("[") else f"{key}: {text}"
 
 
 def short_repr(value: Any) -> str:

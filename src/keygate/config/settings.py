@@ -19,18 +19,22 @@ from typing import Any
 import yaml
 
 from keygate.config.catalog import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
+from keygate.config.error_rules import ErrorRules
+from keygate.config.keyspec import parse_key_spec
 from keygate.config.provider_config import (
     BOUNDS,
     MODEL_NAME_MAX,
     TUNABLE,
     ProviderConfig,
     coerce_field,
+    field_problem,
     key_sources,
     short_repr,
     split_keys,
 )
 from keygate.config.routing import RouteError, build_table
 from keygate.config.urls import mask_url
+from keygate.masking import mask
 
 __all__ = [
     "BOUNDS",
@@ -40,6 +44,7 @@ __all__ = [
     "ProviderConfig",
     "Settings",
     "coerce_field",
+    "field_problem",
     "key_sources",
     "load_settings",
     "split_keys",
@@ -86,6 +91,7 @@ class Settings:
     max_headers: int = 100
     header_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
+    body_timeout_s: float = 30.0  # the longest a request body may stall (KEYGATE_BODY_TIMEOUT_S)
     max_connections: int = 0  # 0: half the process's file limit
     models_ttl_s: float = (
         3600.0  # how long an upstream model list is trusted (KEYGATE_MODELS_TTL_S)
@@ -227,6 +233,7 @@ def _apply_provider_yaml(
                 value = split_keys(value)
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"{where}.keys: must be a list of strings")
+            value = _key_specs(cfg, value, f"{where}.keys")
             cfg.keys.extend(k for k in value if k.strip() and k not in cfg.keys)
             cfg.config_keys.extend(k for k in value if k.strip() and k not in cfg.config_keys)
         elif key == "models":
@@ -245,7 +252,26 @@ def _apply_provider_yaml(
             try:
                 setattr(cfg, key, coerce_field(key, value, allow_private))
             except ValueError as exc:
-                raise ConfigError(f"{where}.{key}: {exc}") from None
+                raise ConfigError(f"{where}.{field_problem(key, exc)}") from None
+
+
+def _key_specs(cfg: ProviderConfig, tokens: list[str], where: str) -> list[str]:
+    """The secrets of `secret|tier=1|weight=3` tokens; their options go to `cfg.key_options`.
+    A bad option is a ConfigError naming `where`, the key's place and its masked form."""
+    out = []
+    for i, token in enumerate(tokens):
+        if "|" not in token:
+            out.append(token)
+            continue
+        try:
+            secret, options = parse_key_spec(token)
+        except ValueError as exc:
+            shown = mask(token.split("|", 1)[0].strip())
+            raise ConfigError(f"{where}[{i}] ({shown}): {exc}") from None
+        if options:
+            cfg.key_options[secret] = options
+        out.append(secret)
+    return out
 
 
 def _models_yaml(path: Any, raw: Any, providers: Mapping[str, Any]) -> dict[str, Any]:
@@ -326,6 +352,7 @@ def load_settings(
     s.max_headers = _env_int(env, "KEYGATE_MAX_HEADERS", s.max_headers, minimum=8)
     s.header_timeout_s = _env_timeout(env, "KEYGATE_HEADER_TIMEOUT_S", s.header_timeout_s)
     s.idle_timeout_s = _env_timeout(env, "KEYGATE_IDLE_TIMEOUT_S", s.idle_timeout_s)
+    s.body_timeout_s = _env_timeout(env, "KEYGATE_BODY_TIMEOUT_S", s.body_timeout_s)
     s.max_connections = _env_int(env, "KEYGATE_MAX_CONNECTIONS", 0)
     s.models_ttl_s = _env_seconds(env, "KEYGATE_MODELS_TTL_S", s.models_ttl_s) or s.models_ttl_s
 
@@ -337,6 +364,7 @@ def load_settings(
             rps=b.rps,
             burst=b.burst,
             max_conn=b.max_conn,
+            error_rules=ErrorRules(b.error_rules),
         )
         for name, b in BUILTINS.items()
     }
@@ -379,7 +407,7 @@ def load_settings(
             except ValueError as exc:
                 raise ConfigError(f"environment variable {base_vars[0]}: {exc}") from None
         for var in env_names(name, "API_KEYS"):
-            extra = split_keys(env.get(var, ""))
+            extra = _key_specs(cfg, split_keys(env.get(var, "")), f"environment variable {var}")
             cfg.keys.extend(k for k in extra if k not in cfg.keys)
 
     s.default_provider = default_provider or "cerebras"

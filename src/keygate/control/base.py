@@ -34,6 +34,9 @@ class Event(enum.Enum):
     RATE_LIMITED = "rate_limited"  # cooling until a time
     INVALID = "invalid"  # 401/403, "API key not valid"
     EXHAUSTED = "exhausted"  # quota or billing
+    # said by an error rule (SPEC §15), never by the built-in judgement:
+    COOLING = "cooling"  # cooling until the rule's time: no strikes, not the pool-wide guard's
+    DISABLED = "disabled"  # disabled: only a person brings it back
     PROVIDER_ERROR = "provider_error"  # 5xx, 529, network: not the key's fault
     CLIENT_ERROR = "client_error"  # other 4xx: not the key's fault either
     CANCELLED = "cancelled"  # client left: no judgement
@@ -106,16 +109,22 @@ class Admission(Protocol):
 
 
 class KeyPool(Protocol):
-    """The keys of one provider: round-robin pick, per-key limits, health from each try."""
+    """The keys of one provider: tiered, weighted round-robin pick, per-key limits, health
+    from each try."""
 
     entries: dict[int, KeyEntry]
     touched: set[int]  # keys used since the last counter flush
     changed: set[int]  # keys whose health changed since the last flush
 
-    async def acquire(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
+    async def acquire(
+        self, avoid: Iterable[int] = (), ticket: Ticket | None = None, prefer: int | None = None
+    ) -> Pick:
         """The next usable key, one not in `avoid` if any is usable, else one of those; when
         none is usable, how long until one is. A key whose quota windows cannot take the
         `ticket` (one request, its estimated tokens) is not usable; the pick charges it.
+        Keys of the lowest tier able to serve come first, by smooth weighted round-robin.
+        `prefer` (a key id: affinity's pin) is taken when it can serve now and is of that
+        lowest tier; else the normal pick (the caller compares `Pick.entry.id`).
         One decision (one Redis round trip)."""
 
     async def release(

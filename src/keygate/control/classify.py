@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from keygate.config.error_rules import ErrorRule, ErrorRules
 from keygate.control.base import Event
 from keygate.dialects.base import EVERY_RESET, parse_duration, read_reset
 
@@ -52,12 +53,18 @@ def classify(
     body: bytes,
     now: float | None = None,
     hint: Callable[[Mapping[str, str], float], float | None] = reset_hint,
+    rules: ErrorRules | None = None,
 ) -> Verdict:
     """`headers` with lower-case names; `body` the (bounded) error body; `hint` reads reset
-    times (the answering dialect's `reset_hint`)."""
+    times (the answering dialect's `reset_hint`); `rules` the provider's error rules, whose
+    first match decides before the built-in judgement (SPEC §15)."""
     now = time.time() if now is None else now
     if status < 400:
         return Verdict(Event.OK, None, False, False, "")
+    if rules:
+        rule = rules.find(status, body)
+        if rule is not None:
+            return by_rule(rule, status, headers, now, hint)
     snippet = body[:4096]
     if status in (401, 403) or (status == 400 and _INVALID_RE.search(snippet)):
         return Verdict(Event.INVALID, None, True, True, f"{status} invalid key")
@@ -72,3 +79,28 @@ def classify(
     if status >= 500:
         return Verdict(Event.PROVIDER_ERROR, None, False, False, f"{status} upstream error")
     return Verdict(Event.CLIENT_ERROR, None, False, False, "")
+
+
+def by_rule(
+    rule: ErrorRule,
+    status: int,
+    headers: Mapping[str, str],
+    now: float,
+    hint: Callable[[Mapping[str, str], float], float | None],
+) -> Verdict:
+    """What an error rule's action makes of an answer: the key's four actions set it aside
+    and try another key at once (as after a 401); `provider` retries with the provider's
+    backoff, the key untouched; `pass` relays the answer as it came."""
+    action = rule.action
+    message = f"{status} {action} by error_rules[{rule.index}]"
+    if action == "invalid":
+        return Verdict(Event.INVALID, None, True, True, message)
+    if action == "exhausted":
+        return Verdict(Event.EXHAUSTED, hint(headers, now), True, True, message)
+    if action == "cool":
+        return Verdict(Event.COOLING, now + rule.cool_s, True, True, message)
+    if action == "disable":
+        return Verdict(Event.DISABLED, None, True, True, message)
+    if action == "provider":
+        return Verdict(Event.PROVIDER_ERROR, hint(headers, now), True, False, message)
+    return Verdict(Event.CLIENT_ERROR, None, False, False, message)  # pass

@@ -22,6 +22,7 @@ class KeyEntry:
 
     __slots__ = (
         "created_at",
+        "cw",
         "err_4xx",
         "err_5xx",
         "flushed",
@@ -44,6 +45,7 @@ class KeyEntry:
         "source",
         "status",
         "strikes",
+        "tier",
         "tokens_in",
         "tokens_out",
         "tpd",
@@ -51,6 +53,7 @@ class KeyEntry:
         "tpm",
         "until",
         "use_count",
+        "weight",
     )
 
     def __init__(
@@ -69,6 +72,8 @@ class KeyEntry:
         max_conn: int = 0,
         use_count: int = 0,
         last_used: float = 0.0,
+        tier: int = 0,
+        weight: int = 1,
     ) -> None:
         self.id = id
         self.provider = provider
@@ -81,6 +86,9 @@ class KeyEntry:
         self.source = source
         self.created_at = created_at or time.time()
         self.max_conn = max_conn
+        self.tier = tier  # lower tiers are spent first (SPEC §15)
+        self.weight = weight  # its share inside its tier
+        self.cw = 0  # smooth weighted round-robin: the key's current weight
         self.quota: KeyQuota | None = None  # windows, once a limit applies or is announced
         self.set_limits((rpm, 0, 0, 0, 0, 0))
         self.strikes = 0

@@ -16,6 +16,12 @@ httptools protocol with nginx-like bounds:
 - `idle_timeout_s` (uvicorn's keep-alive timer, now also armed when a connection opens): the
   longest wait for the first byte of a request; then the connection is closed.
 - `header_timeout_s`: from a request's first byte until its head is complete; then 408 and close.
+- `body_timeout_s`: the longest a request's body may stall (from the end of its head, or from
+  its last bytes, until more come); then 408 and close, and the app reading it sees the client
+  gone. The one timer is armed only while a body is incomplete after a read: a body that came
+  with its head (most requests) costs a flag test, and a body of many reads one timer, not one
+  each (it is moved on when it fires, not at every read). Time the app takes to read (flow
+  control paused, a `100 Continue` not yet sent) is not the client's and is not counted.
 - `max_connections` open client connections per process; one more is answered 503 and closed,
   with one log line a minute saying so (uvicorn's `limit_concurrency` only answers 503 once a
   request's head was read, counts running tasks too, logs every time, and closes nothing).
@@ -56,6 +62,7 @@ class ConnectionLimits:
     header_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
     max_connections: int = 0  # 0: no cap
+    body_timeout_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -66,6 +73,7 @@ class ConnectionLimits:
             header_timeout_s=settings.header_timeout_s,
             idle_timeout_s=settings.idle_timeout_s,
             max_connections=settings.max_connections or default_max_connections(),
+            body_timeout_s=settings.body_timeout_s,
         )
 
 
@@ -140,6 +148,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._awaiting_head = True  # between a request's end and the next one's headers
         self._heads_read = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_read_at = 0.0  # loop time of the last bytes of a body not yet complete
         self._refusal = ""  # the bound a parser callback found exceeded
         self._lingering = -1  # bytes still dropped after a refusal; -1: not refused
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -164,6 +174,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_body_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -187,7 +198,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._parse_failed(exc)
             return
-        if self._head_room < self._max_head and self._header_timer is None:
+        if not self._awaiting_head:
+            self._body_read()  # a head was read and its body is not complete
+        elif self._head_room < self._max_head and self._header_timer is None:
             self._start_header_timer()  # a head has begun and is not complete
 
     def _feed_bounded(self, data: bytes, room: int) -> None:
@@ -205,7 +218,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._parse_failed(exc)
             return
-        if self._head_room < self._max_head and self._header_timer is None:
+        if not self._awaiting_head:
+            self._body_read()
+        elif self._head_room < self._max_head and self._header_timer is None:
             self._start_header_timer()
 
     def _parse_failed(self, exc: Exception) -> None:
@@ -300,6 +315,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._awaiting_head = True  # what follows is the next request's head
+        if self._body_timer is not None:
+            self._cancel_body_timer()
         # as uvicorn's, inlined: this runs for every request
         if (
             self.parser.should_upgrade() and self._should_upgrade()
@@ -326,6 +343,46 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def _body_read(self) -> None:
+        """A read ended inside a body: note when, and arm the timer if it is not."""
+        self._body_read_at = self.loop.time()
+        if self._body_timer is None and not self.transport.is_closing():
+            self._body_timer = self.loop.call_later(
+                self.limits.body_timeout_s, self._body_timed_out
+            )
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self._awaiting_head or self._lingering >= 0:
+            return
+        cycle = self.cycle
+        timeout = self.limits.body_timeout_s
+        left = self._body_read_at + timeout - self.loop.time()
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            # the app has not read what came, or not asked for the rest: not the client's wait
+            self._body_read()
+            return
+        if left > 0:  # more came since the timer was armed: wait from its last bytes
+            self._body_timer = self.loop.call_later(left, self._body_timed_out)
+            return
+        if cycle is not None:
+            if cycle.response_complete:
+                self.transport.close()  # answered already (without its body): nothing to add
+                return
+            # the app reading the body must stop waiting for it (it sees the client gone)
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+            self.cycle = None  # type: ignore[assignment]  # answered here: what the app still sends is dropped
+        self._answer(408, "request body not received in time", "request_timeout")
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def _refuse(self, bound: str) -> None:
         if bound == "upgrade":
@@ -355,6 +412,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._lingering >= 0:
             return
         self._cancel_header_timer()
+        self._cancel_body_timer()
         if self.cycle is not None and not self.cycle.response_complete:
             # an earlier (pipelined) request is still being answered: finish it, then close
             self.cycle.keep_alive = False

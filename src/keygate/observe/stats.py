@@ -47,6 +47,7 @@ class ProviderStats:
     """Counters for one provider since start (the store holds the all-time totals)."""
 
     __slots__ = (
+        "affinity",
         "err_4xx",
         "err_5xx",
         "flushed",
@@ -65,6 +66,8 @@ class ProviderStats:
         self.tokens_in = 0
         self.tokens_out = 0
         self.flushed = (0, 0, 0, 0, 0, 0)
+        # answers by what their pick made of the conversation's pin (SPEC §15)
+        self.affinity = {"hit": 0, "new": 0, "moved": 0}
         self.series: deque[Second] = deque(maxlen=SERIES_SECONDS)
 
     def counters(self) -> tuple[int, int, int, int, int, int]:

@@ -19,6 +19,7 @@ from keygate.control.classify import Verdict, classify
 from keygate.control.quota import quota_delay
 from keygate.http.errors import GatewayError, retry_after_headers
 from keygate.proxy import retry
+from keygate.proxy.exchange import with_affinity
 from keygate.proxy.firstevent import error_status, hold_first, opens_with_error
 from keygate.proxy.forward import (
     UpstreamTimeout,
@@ -33,6 +34,7 @@ from keygate.proxy.relay import relay
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from keygate.config.settings import ProviderConfig
     from keygate.control.base import Slot
     from keygate.control.keypool import KeyEntry
     from keygate.dialects.budget import Announced
@@ -137,6 +139,37 @@ class Attempt:
             await self.slot.release()
 
 
+class Pinning:
+    """One request's affinity (SPEC §15) on one provider: the pin read once, the key each
+    pick took, the pin moved to it when it is another (so a retry's key keeps it), and what
+    the answer says (`x-keygate-affinity`)."""
+
+    __slots__ = ("asked", "conv", "done", "pin", "placed", "result")
+
+    def __init__(self, gw: Gateway, cfg: ProviderConfig, conv: str) -> None:
+        self.conv = conv
+        self.asked: Any = gw.pins.ask(cfg.name, conv, cfg.affinity_ttl_s)
+        self.done = False
+        self.pin: int | None = None  # as read: what `hit` and `moved` are judged by
+        self.placed: int | None = None  # what the pin is now
+        self.result = ""
+
+    async def read(self, gw: Gateway, cfg: ProviderConfig) -> int | None:
+        if not self.done:
+            self.done = True
+            self.pin = await gw.pins.answer(self.asked, cfg.name, self.conv, cfg.affinity_ttl_s)
+            self.placed = self.pin
+        return self.pin
+
+    def took(self, gw: Gateway, cfg: ProviderConfig, ex: Exchange, key_id: int) -> None:
+        pin = self.pin
+        self.result = "new" if pin is None else "hit" if key_id == pin else "moved"
+        if key_id != self.placed:
+            gw.pins.put(cfg.name, self.conv, key_id, cfg.affinity_ttl_s)
+            self.placed = key_id
+        ex.served = with_affinity(ex.served, self.result)
+
+
 def busy(rt: ProviderRuntime, rej: Rejected) -> Failure:
     """A provider that cannot admit the request now (a full queue, a queue timeout): its 429,
     as a failure another target may do better than."""
@@ -185,6 +218,9 @@ async def forward(
     last: tuple[int, Any, bytes, bytes] | None = None
     last_error: GatewayError | None = None  # or keygate's own 502/504
     delay: float | None = 0.0
+    # affinity: the conversation's pin asked now, so that with Redis it goes out with the
+    # admission's own call (None: this provider does not pin, or the request names nothing)
+    pinning = Pinning(gw, cfg, ex.conv) if ex.conv is not None else None
     while True:
         if delay:
             await retry.sleep(delay)
@@ -199,7 +235,15 @@ async def forward(
                 ex.watch()
                 await asyncio.sleep(0)
             # pick key: one not tried yet, else one we tried, else how long until one is usable
-            pick = await rt.pool.acquire(retries.tried if retries else (), ex.ticket)
+            if pinning is None:
+                pick = await rt.pool.acquire(retries.tried if retries else (), ex.ticket)
+            else:  # the pinned key while it can serve now, else the normal pick
+                tried = retries.tried if retries else ()
+                pin = await pinning.read(gw, cfg)
+                prefer = pin if pin is not None and pin not in tried else None
+                pick = await rt.pool.acquire(tried, ex.ticket, prefer)
+                if pick.entry is not None:
+                    pinning.took(gw, cfg, ex, pick.entry.id)
             entry: KeyEntry | None = pick.entry
             if entry is None:
                 # every key's quota is spent: wait for the earliest reset, unless another
@@ -236,6 +280,8 @@ async def forward(
             else:
                 ex.upstream_status = resp.status
                 if resp.status < 400 and not (first and opens_with_error(first)):
+                    if pinning is not None:
+                        rt.stats.affinity[pinning.result] += 1
                     await relay(rt, ex, send, resp, attempt, out.method == "HEAD", first)
                     return None
                 verdict, last = await _refused(rt, ex, attempt, resp, first)
@@ -288,7 +334,9 @@ async def _refused(
     finally:
         resp.close()
     headers: Mapping[str, str] = resp.headers
-    verdict = classify(status, lower_headers(resp), err_body, None, wire.reset_hint)
+    verdict = classify(
+        status, lower_headers(resp), err_body, None, wire.reset_hint, cfg.error_rules
+    )
     if status < 500:
         entry.err_4xx += 1
     else:

@@ -14,23 +14,43 @@ WATCH_AFTER_S = 0.05  # quick exchanges finish before a disconnect watcher is wo
 
 
 _SERVED: dict[tuple[str, str], tuple[tuple[bytes, bytes], ...]] = {}
+_SERVED_OFF: dict[tuple[str, str], tuple[tuple[bytes, bytes], ...]] = {}
+AFFINITY = b"x-keygate-affinity"
+AFFINITY_OFF = (AFFINITY, b"off")
 
 
-def served_headers(provider: str, model: str) -> tuple[tuple[bytes, bytes], ...]:
+def served_headers(
+    provider: str, model: str, affinity_off: bool = False
+) -> tuple[tuple[bytes, bytes], ...]:
     """`x-keygate-provider` and `x-keygate-model` (when the request named one); a model name
     that is not plain printable ASCII is percent-encoded, so it can never break the header.
-    Built once per provider and model: a gateway serves the same few again and again."""
-    found = _SERVED.get((provider, model))
+    `affinity_off`: with `x-keygate-affinity: off` (a provider with affinity on says what its
+    pick came to instead, `with_affinity`). Built once per provider and model: a gateway
+    serves the same few again and again."""
+    cache = _SERVED_OFF if affinity_off else _SERVED
+    found = cache.get((provider, model))
     if found is not None:
         return found
     out = [(b"x-keygate-provider", provider.encode())]
     if model:
         shown = model if model.isascii() and model.isprintable() else quote(model, safe="/:@-._~")
         out.append((b"x-keygate-model", shown.encode()))
-    if len(_SERVED) >= 4096:  # model names come from clients: the cache stays bounded
-        _SERVED.clear()
-    found = _SERVED[(provider, model)] = tuple(out)
+    if affinity_off:
+        out.append(AFFINITY_OFF)
+    if len(cache) >= 4096:  # model names come from clients: the cache stays bounded
+        cache.clear()
+    found = cache[(provider, model)] = tuple(out)
     return found
+
+
+_AFFINITY_HEADERS = {r: (AFFINITY, r.encode()) for r in ("hit", "new", "moved")}
+
+
+def with_affinity(
+    served: tuple[tuple[bytes, bytes], ...], result: str
+) -> tuple[tuple[bytes, bytes], ...]:
+    """`served` saying what the pick came to (`hit`, `new`, `moved`), once."""
+    return (*(h for h in served if h[0] != AFFINITY), _AFFINITY_HEADERS[result])
 
 
 class Exchange:
@@ -40,6 +60,7 @@ class Exchange:
     __slots__ = (
         "adapter",
         "client",
+        "conv",
         "disconnected",
         "dog",
         "entry",
@@ -84,13 +105,14 @@ class Exchange:
         self.runtime: Any = None  # its runtime, when the model chose it (a routed request)
         self.served: tuple[tuple[bytes, bytes], ...] = ()  # x-keygate-provider / -model of that try
         self.via: list[str] = []  # the targets a routed request tried, in order
+        self.conv: str | None = None  # the conversation's name, when its provider pins them
         # set when the client's API family differs from the provider's (keygate.translate)
         self.adapter: Adapter | None = None
 
-    def serve(self, provider: str, model: str) -> None:
+    def serve(self, provider: str, model: str, affinity_off: bool = False) -> None:
         """Name the provider and model of the try under way (the answer's x-keygate-*)."""
         self.provider = provider
-        self.served = served_headers(provider, model)
+        self.served = served_headers(provider, model, affinity_off)
 
     def arm(self, receive: Any, loop: asyncio.AbstractEventLoop | None = None) -> Watchdog:
         """Set up the watchdog, and a disconnect watcher that starts only if the exchange

@@ -22,7 +22,7 @@ from keygate.dialects import Dialect
 from keygate.dialects.openai import OPENAI
 from keygate.http.asgi import BadContentLength, BodyTooLarge, ClientGone, read_body, respond
 from keygate.http.errors import GatewayError
-from keygate.proxy import clients, pipeline
+from keygate.proxy import affinity, clients, pipeline
 from keygate.proxy.account import account
 from keygate.proxy.auth import split_key_param
 from keygate.proxy.exchange import Exchange
@@ -31,6 +31,7 @@ from keygate.proxy.models import MERGED, serve_model_list
 from keygate.proxy.pipeline import NO_RETRY
 from keygate.proxy.plan import PrefixPlan
 from keygate.proxy.route import apply_model, find_model, resolve_dots, split_prefix
+from keygate.proxy.suggest import check_listed
 from keygate.proxy.translated import answer_locally, translate_request
 from keygate.proxy.unified import plan_route
 from keygate.proxy.watchdog import absorb_cancel
@@ -128,6 +129,7 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             raise body_refused(exc, limit) from None
         qs = "?" + query.decode("latin-1") if query else ""
         doc = None  # the body parsed, when a client's lists or limits must read it
+        adoc = None  # the body parsed for affinity, which what follows reads too
         if method == "POST":
             if body and path.startswith("/v1/"):
                 if ex.client is not None and ex.client.checks_body:
@@ -140,13 +142,18 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
                     plan.headers, plan.qs = headers, qs
                     ex.arm(receive, gw.loop)
                     await plan.resolve(gw, ex)
-                    await pipeline.run(gw, ex, send, plan)
+                    await pipeline.run(gw, ex, send, plan, True)
                     return
             # translate in: the client's family (by path) vs the provider's
             ex.adapter = adapter_for(None, rt.dialect, rest, name)
+            if body and cfg.affinity != "off":
+                # the conversation's name, from the body parsed once for everything after
+                # (a provider with affinity off pays nothing of it)
+                adoc = doc if doc is not None else affinity.parse(body)
+                ex.conv = affinity.conversation(cfg.affinity, name, headers, adoc)
         if ex.adapter is not None:
             up_path, ex.wire = ex.adapter.path, ex.adapter.wire
-            body = translate_request(ex.adapter, body, cfg)
+            body = translate_request(ex.adapter, body, cfg, adoc)
             doc = None
             ex.model = ex.adapter.model
             qs = ""  # the client API's parameters (Claude Code's ?beta=true) mean nothing there
@@ -154,19 +161,25 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
                 await answer_locally(ex, send)
                 return
         elif body and method == "POST":
-            filled = apply_model(body, cfg, up_path)
+            filled = apply_model(body, cfg, up_path, adoc)
             if filled is not body:
                 body, doc = filled, None
             ex.model = find_model(body)
+        if cfg.strict_models and ex.model and method == "POST":  # 404 before anything is sent
+            await check_listed(gw, rt, ex.model, path.startswith("/v1/"), ex.client)
         if ex.client is not None:  # 403/429, before upstream
             up_path, body = await clients.admit(gw, ex, name, up_path, body, doc, headers)
-        ex.serve(name, ex.model)
+        ex.serve(name, ex.model, cfg.affinity == "off")
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive, gw.loop)
         url = cfg.base_url + up_path + qs
         await pipeline.run(
-            gw, ex, send, PrefixPlan(rt, ex.adapter, method, url, headers, body or None)
+            gw,
+            ex,
+            send,
+            PrefixPlan(rt, ex.adapter, method, url, headers, body or None),
+            path.startswith("/v1/"),
         )
     except GatewayError as err:
         ex.status = err.status

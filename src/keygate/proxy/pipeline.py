@@ -13,6 +13,8 @@ target; the last target's failure is the answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from keygate.http.asgi import respond
@@ -20,6 +22,7 @@ from keygate.http.errors import GatewayError, retry_after_headers
 from keygate.proxy.attempt import Failure, Outgoing, forward
 from keygate.proxy.forward import response_headers
 from keygate.proxy.redact import redactor_for
+from keygate.proxy.suggest import did_you_mean, suggest, with_suggestions
 from keygate.proxy.translated import answer_locally
 
 if TYPE_CHECKING:
@@ -45,7 +48,9 @@ class Plan(Protocol):
         ...
 
 
-async def run(gw: Gateway, ex: Exchange, send: Any, plan: Plan) -> None:
+async def run(gw: Gateway, ex: Exchange, send: Any, plan: Plan, unified: bool = False) -> None:
+    """`unified`: the client named its model on the unified endpoint (`/v1/...`), so the
+    names a 404 suggests are the merged list's (else the provider's own)."""
     legs = plan.legs
     final = len(legs) - 1
     budget = plan.budget(legs) if final else -1  # -1: the one provider's own
@@ -72,12 +77,19 @@ async def run(gw: Gateway, ex: Exchange, send: Any, plan: Plan) -> None:
             break
         ex.retries += 1
     assert failure is not None
-    await give_up(ex, send, failure)
+    model: str = getattr(plan, "model", "") or ex.model  # as the client named it
+    hint = None
+    if model and not failure.rt.cfg.force_model:
+        hint = partial(suggest, gw, failure.rt, model, unified, ex.client)
+    await give_up(ex, send, failure, hint)
 
 
-async def give_up(ex: Exchange, send: Any, failure: Failure) -> None:
+async def give_up(
+    ex: Exchange, send: Any, failure: Failure, hint: Callable[[], list[str]] | None = None
+) -> None:
     """Out of tries, or no key to try with: relay the last refusal, or say why ourselves.
-    Once keygate has retried, the client's SDK is told not to retry on top (x-should-retry)."""
+    Once keygate has retried, the client's SDK is told not to retry on top (x-should-retry).
+    `hint`: the model names a 404 may suggest (a mistyped model)."""
     rt, last, last_error, wait = failure.rt, failure.last, failure.last_error, failure.wait
     cfg = rt.cfg
     retried = ex.retries > 0
@@ -91,6 +103,8 @@ async def give_up(ex: Exchange, send: Any, failure: Failure) -> None:
         # scrubbed as the client reads it (a translation may join what came in pieces)
         err_body = redactor.scrub(err_body, rt.pool.entries, injected)
         headers = redactor.scrub_headers(headers, rt.pool.entries, injected)
+        if status == 404 and hint is not None:
+            err_body, headers = _suggesting(ex, err_body, headers, hint())
         if retried or status in (401, 403):
             headers = [h for h in headers if h[0] != b"x-should-retry"] + [NO_RETRY]
         # the body may have been cut by the error limit or a broken upstream: say what we send
@@ -122,3 +136,20 @@ async def give_up(ex: Exchange, send: Any, failure: Failure) -> None:
         "keys_quota_exhausted" if failure.quota else "keys_cooling",
         retry_after_headers(wait),
     )
+
+
+def _suggesting(
+    ex: Exchange, body: bytes, headers: list[tuple[bytes, bytes]], names: list[str]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """An upstream's 404 with "did you mean" in its message; one without a message to add to
+    (not JSON) becomes keygate's own 404 in the client's shape, saying the same."""
+    if not names:
+        return body, headers
+    added = with_suggestions(body, names)
+    if added is not None:
+        return added, headers
+    dialect = ex.adapter.client if ex.adapter is not None else ex.wire
+    assert dialect is not None
+    own = dialect.error_body(404, f"not found upstream; {did_you_mean(names)}", "model_not_found")
+    kept = [h for h in headers if h[0] not in (b"content-type", b"content-encoding")]
+    return own, [*kept, (b"content-type", b"application/json")]

@@ -4,6 +4,7 @@ dialect's to map (`Dialect.route`)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -50,15 +51,21 @@ def resolve_dots(rest: str) -> str:
     return path
 
 
-def apply_model(body: bytes, cfg: ProviderConfig, path: str) -> bytes:
+def apply_model(
+    body: bytes, cfg: ProviderConfig, path: str, parsed: dict[str, Any] | None = None
+) -> bytes:
     """Fill the default model when none is named, or force it. Bodies are parsed only for
-    providers that have a default model, and only on model-bearing paths."""
+    providers that have a default model, and only on model-bearing paths (`parsed`: the body
+    already parsed, left as it is)."""
     if not cfg.default_model or not body or not path.endswith(_MODEL_PATHS):
         return body
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body  # not ours to judge: the upstream answers a malformed body
+    if parsed is not None:
+        doc = dict(parsed)
+    else:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body  # not ours to judge: the upstream answers a malformed body
     if not isinstance(doc, dict):
         return body
     if cfg.force_model:

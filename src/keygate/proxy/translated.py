@@ -22,10 +22,15 @@ _LOCAL_HEADERS = [
 ]
 
 
-def translate_request(adapter: Adapter, body: bytes, cfg: ProviderConfig) -> bytes:
+def translate_request(
+    adapter: Adapter, body: bytes, cfg: ProviderConfig, doc: Doc | None = None
+) -> bytes:
     """The upstream's body (the provider's default model filled in as for any request), or a
-    400 in the client's shape naming what cannot be translated."""
+    400 in the client's shape naming what cannot be translated. `doc`: the body already
+    parsed (for affinity), not parsed again."""
     try:
+        if doc is not None:
+            return adapter.request_doc(doc, cfg.default_model, cfg.force_model)
         return adapter.request(body, cfg.default_model, cfg.force_model)
     except Untranslatable as exc:
         raise _refusal(cfg, exc) from None

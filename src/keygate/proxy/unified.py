@@ -19,8 +19,10 @@ from keygate.dialects.anthropic import ANTHROPIC
 from keygate.dialects.openai import OPENAI
 from keygate.http.errors import GatewayError
 from keygate.proxy import clients
+from keygate.proxy.affinity import conversation
 from keygate.proxy.attempt import Outgoing
 from keygate.proxy.route import MODEL_VALUE
+from keygate.proxy.suggest import check_listed, did_you_mean, suggest
 from keygate.proxy.translated import translate_doc
 from keygate.translate import Adapter, adapter_for, client_family
 
@@ -88,6 +90,13 @@ class Plan:
             self._doc = doc
         return self._doc
 
+    def _parse(self) -> dict[str, Any] | None:
+        """The body parsed, as `doc` (kept for every target), or None if it cannot be."""
+        try:
+            return self.doc
+        except GatewayError:
+            return None
+
     def body_for(self, target: Target, forced: str) -> bytes:
         """The body for `target`: the client's bytes when its model stays, else the same
         bytes with only the model's string replaced (re-encoded from the parsed body when
@@ -135,6 +144,10 @@ class Plan:
         use; the client's limits charged here (403/429 before anything goes upstream)."""
         ex.wire = self.client_dialect  # until a target is tried: errors in the client's shape
         tries = self.order(gw)
+        for rt, _, _ in tries:
+            if rt.cfg.strict_models:  # a strict provider's target must name a listed model
+                tries = await self.listed(gw, ex, tries)
+                break
         if self.route.strategy == "spread" and len(tries) > 1:
             tries = await self.spread(tries)
         if ex.client is not None:
@@ -161,12 +174,44 @@ class Plan:
             ex.wire = adapter.wire
             body = translate_doc(adapter, self.doc, cfg, ex.model)
             url = cfg.base_url + adapter.path
-        ex.serve(cfg.name, ex.model)
+        off = cfg.affinity == "off"
+        ex.serve(cfg.name, ex.model, off)
         if adapter is not None and adapter.local is not None:
             return None
+        # the conversation's name for this target (its provider and model are in it), from
+        # the body parsed once for every target
+        ex.conv = None if off else conversation(cfg.affinity, cfg.name, self.headers, self._parse())
         reserved = ex.reserved.tokens if ex.reserved is not None else -1
         ex.ticket = Ticket(body, cfg.default_max_tokens, ex.usage, reserved)
         return Outgoing("POST", url, self.headers, body)
+
+    async def listed(self, gw: Gateway, ex: Exchange, tries: list[Try]) -> list[Try]:
+        """Without the targets whose `strict_models` provider does not list their model; none
+        left: the last such refusal (404 `model_not_found`, nothing sent)."""
+        kept: list[Try] = []
+        refusal: GatewayError | None = None
+        for leg in tries:
+            rt, target, _ = leg
+            if target is not None and rt.cfg.strict_models and not rt.cfg.force_model:
+                try:
+                    await check_listed(gw, rt, target.model, False, ex.client)
+                except GatewayError as exc:
+                    refusal = exc
+                    ex.via.append(f"{target.name} (not listed)")
+                    continue
+            kept.append(leg)
+        if not kept and refusal is not None:
+            # the client named `self.model`: suggest what it could have named instead
+            names = suggest(gw, tries[-1][0], self.model, True, ex.client)
+            hint = f"; {did_you_mean(names)}" if names else ""
+            rt, target, _ = tries[0]
+            what = (
+                f"provider '{rt.cfg.name}' has no model '{target.model}'"
+                if len(tries) == 1 and target is not None
+                else f"no provider of model '{self.model}' lists its target"
+            )
+            raise GatewayError(404, what + hint, "model_not_found")
+        return kept
 
     @staticmethod
     async def spread(tries: list[Try]) -> list[Try]:

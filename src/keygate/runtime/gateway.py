@@ -30,10 +30,12 @@ from keygate.config.routing import (
 )
 from keygate.config.settings import ProviderConfig, Settings, key_sources
 from keygate.control.keypool import KeyEntry
+from keygate.control.pins import Pins
 from keygate.control.redis import SharedState
 from keygate.observe.access import access_log
 from keygate.observe.logs import log
 from keygate.observe.stats import RequestRecord
+from keygate.runtime.keyops import apply_key_options
 from keygate.runtime.modellist import ModelLists
 from keygate.runtime.probe import probe
 from keygate.runtime.provider import ProviderRuntime
@@ -56,6 +58,7 @@ class Gateway:
         self.shared = (
             SharedState(settings.redis_url, settings.fleet_size) if settings.redis_url else None
         )
+        self.pins = Pins(self.shared)  # conversation → key (SPEC §15 affinity)
         self.providers: dict[str, ProviderRuntime] = {
             name: ProviderRuntime(cfg, settings.fleet_size, self.shared)
             for name, cfg in settings.providers.items()
@@ -84,7 +87,8 @@ class Gateway:
         await self.load_models()
         for name, rt in self.providers.items():
             for source, keys in key_sources(rt.cfg, rt.cfg.keys):
-                for result in await self.store.add_keys(name, keys, source=source):
+                results = await self.store.add_keys(name, keys, source=source)
+                for result in results:
                     if result.status == "invalid":
                         log.warning(
                             "ignored a %s key from the environment/config: %s (%s)",
@@ -92,6 +96,8 @@ class Gateway:
                             result.input,
                             result.message,
                         )
+                if rt.cfg.key_options:  # `secret|tier=1|weight=3`
+                    await apply_key_options(self.store, rt.cfg.key_options, keys, results)
         await self.sync.load_all()
         # The key objects live as long as the process: keep the collector from walking them.
         gc.collect()

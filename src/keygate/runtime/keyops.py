@@ -40,6 +40,31 @@ class Imported:
     counts: dict[str, int]  # added, duplicate, invalid (and any other status seen)
 
 
+async def apply_key_options(
+    store: Store,
+    options: dict[str, dict[str, int]],
+    keys: list[str],
+    results: list[ImportResult],
+) -> list[KeyRecord]:
+    """The tier and weight the config file or the environment gives its keys
+    (`secret|tier=1|weight=3`), written where the store holds other values: the declared
+    ones win at every start and reload. `results` are `store.add_keys(keys)`'s; the keys
+    changed come back."""
+    wanted = {
+        r.id: options[k]
+        for k, r in zip(keys, results, strict=True)
+        if r.id is not None and k in options
+    }
+    changed = []
+    for rec in await store.get_keys(list(wanted)) if wanted else ():
+        fields = {name: v for name, v in wanted[rec.id].items() if getattr(rec, name) != v}
+        if fields:
+            new = await store.update_key(rec.id, **fields)
+            if new is not None:
+                changed.append(new)
+    return changed
+
+
 class KeyOps:
     def __init__(self, store: Store, live: Gateway | None = None) -> None:
         self.store = store

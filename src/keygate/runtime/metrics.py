@@ -51,6 +51,11 @@ class GatewayCollector:
             "What a key has left in each quota window with a limit (configured or announced).",
             labels=["provider", "key", "window"],
         )
+        affinity = CounterMetricFamily(
+            "keygate_affinity",
+            "Answers by what their pick made of the conversation's pin (hit, new, moved).",
+            labels=["provider", "result"],
+        )
         now = time.time()
         for name, rt in gw.providers.items():
             _quota_gauges(remaining, name, rt, now)
@@ -62,6 +67,9 @@ class GatewayCollector:
             requests.add_metric([name, "5xx"], stats.err_5xx)
             tokens.add_metric([name, "in"], stats.tokens_in)
             tokens.add_metric([name, "out"], stats.tokens_out)
+            if any(stats.affinity.values()):
+                for result, n in stats.affinity.items():
+                    affinity.add_metric([name, result], n)
             for state, n in rt.pool.counts().items():
                 keys.add_metric([name, state], n)
             snap: dict[str, Any] = rt.admission.snapshot()
@@ -96,7 +104,7 @@ class GatewayCollector:
             labels=["state"],
         )
         state.add_metric([gw.state_info()["state"]], 1)
-        yield from (requests, tokens, keys, in_flight, max_conn, queued, rejected, state)
+        yield from (requests, tokens, keys, in_flight, max_conn, queued, rejected, state, affinity)
         yield remaining
 
 

@@ -73,15 +73,21 @@ class ModelLists:
         self._sig: tuple[Any, ...] = ()
         self._task: asyncio.Task[None] | None = None
         self._first = True
+        # strict providers: the names each takes (a set, made once per list), their fetches
+        self._known: dict[str, frozenset[str]] = {}
+        self._fetching: dict[str, asyncio.Task[None]] = {}
 
     def stop(self) -> None:
         """A refresh under way ends with the gateway (it would outlive its client session)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        for task in self._fetching.values():
+            task.cancel()
 
     def invalidate(self) -> None:
         """The table or a provider changed: rebuild the merged answer on the next request."""
         self._body = None
+        self._known.clear()
 
     def listed(self) -> list[ProviderRuntime]:
         """The default provider, and every other provider that has keys."""
@@ -153,6 +159,28 @@ class ModelLists:
             return
         self.upstream[name] = ids
         self.errors.pop(name, None)
+
+    async def known(self, rt: ProviderRuntime) -> frozenset[str] | None:
+        """The models a `strict_models` provider takes: its upstream list and its config's.
+        The upstream list is fetched on first need (the first requests wait for it, at most
+        FIRST_WAIT_S) and refreshed in the background once stale. None: nothing to judge by
+        (no list could be had and the config lists none)."""
+        name = rt.cfg.name
+        stale = time.monotonic() - self.fetched_at.get(name, -1e18) >= self.gw.settings.models_ttl_s
+        if stale and rt.pool.entries:
+            task = self._fetching.get(name)
+            if task is None or task.done():
+                task = asyncio.get_running_loop().create_task(self.refresh([rt]))
+                self._fetching[name] = task
+            if name not in self.upstream:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), FIRST_WAIT_S)
+        found = self._known.get(name)
+        if found is None:
+            if name not in self.upstream and not rt.cfg.models:
+                return None
+            found = self._known[name] = frozenset(self.provider_models(rt))
+        return found
 
     def provider_models(self, rt: ProviderRuntime) -> list[str]:
         """One provider's models: the upstream's, then the config's, without repeats."""

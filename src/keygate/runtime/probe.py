@@ -74,25 +74,36 @@ async def probe(
 def health_after_test(
     current: str, answer: ProbeAnswer, cfg: ProviderConfig, now: float
 ) -> tuple[str, float, str] | None:
-    """What a test proves about a key, judged like live traffic (classify): a pass makes it
-    active, a refusal invalid, a quota error exhausted, a 429 cooling. Provider faults and
-    unreachable upstreams prove nothing about the key; a disabled key stays disabled (that was
-    an admin's choice)."""
+    """What a test proves about a key, judged like live traffic (classify, the provider's
+    error rules first): a pass makes it active, a refusal invalid, a quota error exhausted, a
+    429 cooling, a rule may disable it. Provider faults and unreachable upstreams prove
+    nothing about the key; a disabled key stays disabled (only a person brings it back)."""
     if current in ("disabled", "deleted"):
         return None
     if 200 <= answer.status < 300:
-        return None if current == "active" else ("active", 0.0, "")
+        return None if current == "active" else ("active", now, "")
     if answer.status == 0:
         return None
     hint = dialect_for(cfg.key_style).reset_hint
-    verdict = classify(answer.status, answer.headers, answer.body, now, hint)
+    verdict = classify(answer.status, answer.headers, answer.body, now, hint, cfg.error_rules)
     if verdict.event is Event.INVALID:
         return "invalid", now + cfg.recheck_interval_s, verdict.message
     if verdict.event is Event.EXHAUSTED:
         return "exhausted", verdict.until or now + cfg.exhausted_cooldown_s, verdict.message
-    if verdict.event is Event.RATE_LIMITED:
+    if verdict.event is Event.RATE_LIMITED or verdict.event is Event.COOLING:
         return "cooling", verdict.until or now + cfg.cooldown_s, verdict.message
+    if verdict.event is Event.DISABLED:
+        return "disabled", 0.0, verdict.message
     return None
+
+
+def proven_at(status: str, until: float) -> float:
+    """When a test proved a stored key works (or an admin set it active); 0 when its health
+    says nothing of either. Such a revive is saved as `active` with `until` its moment (any
+    other `active` has 0): so the change feed carries it as a decision every running
+    instance follows, where a recovery read back from the store may be stale
+    (`runtime.sync`)."""
+    return until if status == "active" else 0.0
 
 
 async def run_key_test(

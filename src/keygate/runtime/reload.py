@@ -17,6 +17,7 @@ import dataclasses
 from keygate.config.overrides import apply_stored
 from keygate.config.settings import TUNABLE, ProviderConfig, Settings, key_sources
 from keygate.runtime.gateway import Gateway
+from keygate.runtime.keyops import apply_key_options
 from keygate.runtime.provider import ProviderRuntime
 
 # Settings a reload leaves alone: they come from the environment or the command line, which a
@@ -100,6 +101,7 @@ async def _reload_keys(
     added = [k for k in listed if k not in before]
     dropped = [k for k in before if k not in listed]
     cfg.keys, cfg.config_keys = list(listed), list(ncfg.config_keys)
+    cfg.key_options = dict(ncfg.key_options)
     lines = []
     if added:
         results = []
@@ -113,6 +115,16 @@ async def _reload_keys(
                 lines.append(f"providers.{cfg.name}.keys: {r.input} not added ({r.status})")
         if ids:
             lines.append(f"providers.{cfg.name}.keys: {len(ids)} key(s) added")
+    ranked = [k for k in listed if k in ncfg.key_options]
+    if ranked:  # `secret|tier=1|weight=3`: the declared tier and weight win
+        changed = []
+        for source, keys in key_sources(ncfg, ranked):
+            results = await gw.store.add_keys(cfg.name, keys, source=source)
+            changed += await apply_key_options(gw.store, ncfg.key_options, keys, results)
+        for rec in changed:
+            gw.adopt_key(rec)
+        if changed:
+            lines.append(f"providers.{cfg.name}.keys: {len(changed)} key(s) re-ranked")
     if dropped:
         lines.append(
             f"providers.{cfg.name}.keys: {len(dropped)} key(s) no longer listed; they stay "

@@ -20,6 +20,7 @@ from keygate.config.settings import Settings
 from keygate.control.keypool import KeyEntry
 from keygate.observe.logs import log
 from keygate.runtime.counters import plus, unflushed
+from keygate.runtime.probe import proven_at
 from keygate.store.base import KeyRecord, Store
 
 if TYPE_CHECKING:
@@ -29,17 +30,19 @@ CHANGE_POLL_S = 1.0
 FEED_CHUNK = 2000  # big imports: let requests run between chunks
 
 
-def store_health_wins(mine: str, stored: str, until: float) -> bool:
+def store_health_wins(mine: str, stored: str, until: float, revived: bool = False) -> bool:
     """Whether a status read back from the store should replace the one in memory.
 
     Memory sees this instance's traffic first, and the store learns of it only at the next
-    flush, so a read-back can be stale. Admin decisions (disable/enable) always apply; another
-    instance's condemnation of a key we think active applies; a recovery is left to our own
-    clock and re-checks.
+    flush, so a read-back can be stale. Admin decisions (disable/enable) always apply, and so
+    does `revived`, a revive a key test proved or an admin made (news to this instance, see
+    `StoreSync.load`);
+    another instance's condemnation of a key we think active applies; any other recovery is
+    left to our own clock and re-checks.
     """
     if mine == stored:
         return False
-    if "disabled" in (mine, stored):
+    if "disabled" in (mine, stored) or revived:
         return True
     return mine == "active" and (stored == "invalid" or until > time.time())
 
@@ -61,6 +64,9 @@ class StoreSync:
         self.clients = clients if clients is not None else ClientRegistry()
         self.settings = settings
         self.seq = 0
+        # per key, when the last test-proven revive this instance saw was proven: a row read
+        # again later (a label change, another writer's echo) is no news
+        self.revived: dict[int, float] = {}
         self._lock = asyncio.Lock()
         self._clients_lock = asyncio.Lock()  # one reload at a time: the last one read last
 
@@ -98,7 +104,9 @@ class StoreSync:
             status = "active"
         stored = (rec.use_count, rec.ok, rec.err_4xx, rec.err_5xx, rec.tokens_in, rec.tokens_out)
         entry = rt.pool.entries.get(rec.id)
-        limits = (entry.limits(), entry.max_conn) if entry is not None else None
+        limits = None
+        if entry is not None:
+            limits = (entry.limits(), entry.max_conn, entry.tier, entry.weight)
         total: tuple[int, ...] | None = stored
         if entry is None:
             entry = KeyEntry(
@@ -125,22 +133,43 @@ class StoreSync:
         entry.label = rec.label
         entry.set_limits(rec.limits())
         entry.max_conn = rec.max_conn
+        entry.tier, entry.weight = rec.tier, rec.weight
         entry.last_error = rec.last_error
         known = rec.id in rt.pool.entries
         if not known and rec.day_requests + rec.day_tokens:
             rt.pool.restore_day(entry, rec.day, rec.day_requests, rec.day_tokens)
-        if known and limits != (rec.limits(), rec.max_conn):
-            # per-key limits changed: the pool (and the shared state, if any) hears of it
+        if known and limits != (rec.limits(), rec.max_conn, rec.tier, rec.weight):
+            # per-key limits, tier or weight changed: the pool (and the shared state) hears of it
             rt.pool.add(entry)
-        if known and from_feed and not store_health_wins(entry.status, status, rec.until):
-            return entry
+        revived = self._revive_news(rec) and rec.id not in rt.pool.changed
+        if known and from_feed:
+            if not store_health_wins(entry.status, status, rec.until, revived):
+                return entry
+            if revived:
+                # A test elsewhere (the CLI, another instance) proved the key, or an admin set
+                # it active there: applied as an admin's write here is, in the shared state too. Not flushed back: the store has
+                # it. (Not when this instance changed the key's health since its last flush:
+                # that change is newer than anything the store says.)
+                rt.pool.set_status(rec.id, status, rec.until, rec.last_error)
+                rt.pool.changed.discard(rec.id)
+                return entry
         if entry.status != status or entry.until != rec.until or not known:
             entry.status = status
             entry.until = rec.until
             rt.pool.add(entry)
         return entry
 
+    def _revive_news(self, rec: KeyRecord) -> bool:
+        """Whether `rec` carries a revive a key test proved that this instance has not seen
+        yet; seen from now on."""
+        at = proven_at(rec.status, rec.until)
+        if at <= self.revived.get(rec.id, 0.0):
+            return False
+        self.revived[rec.id] = at
+        return True
+
     def remove(self, key_id: int) -> None:
+        self.revived.pop(key_id, None)
         for rt in self.providers.values():
             if rt.pool.remove(key_id) is not None:
                 return
@@ -233,7 +262,7 @@ class StoreSync:
                     marks.append((q, (q.day, q.rd, q.td)))
             for key_id in changed:
                 entry = pool.entries.get(key_id)
-                if entry is not None and entry.status != "disabled":
+                if entry is not None:  # disabled too: an error rule's (SPEC §15) must last
                     health.append((key_id, entry.status, entry.until, entry.last_error))
             delta = unflushed(rt.stats)
             if any(delta):

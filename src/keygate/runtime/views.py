@@ -61,6 +61,8 @@ def key_view(key: KeyEntry | KeyRecord, now: float, pool: Any = None) -> dict[st
         "tph": key.tph,
         "tpd": key.tpd,
         "max_conn": key.max_conn,
+        "tier": key.tier,
+        "weight": key.weight,
         "quota": quota,
     }
 

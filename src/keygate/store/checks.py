@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from keygate.store.records import KEY_SOURCES, KEY_STATUSES, UPDATABLE_FIELDS
+from keygate.store.records import (
+    KEY_SOURCES,
+    KEY_STATUSES,
+    TIER_MAX,
+    UPDATABLE_FIELDS,
+    WEIGHT_MAX,
+)
 
 MAX_ERROR_LEN = 1000
 MAX_SESSION_ID_LEN = 64
@@ -71,6 +77,12 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
             out[name] = value[:MAX_ERROR_LEN] if name == "last_error" else value
         elif name == "until":
             out[name] = check_time(name, value)
+        elif name in ("tier", "weight"):
+            low, high = (0, TIER_MAX) if name == "tier" else (1, WEIGHT_MAX)
+            number = check_number(name, value, integer=True)
+            if not low <= number <= high:
+                raise ValueError(f"{name} must be {low} to {high}, not {value!r}")
+            out[name] = number
         else:  # rpm, rph, rpd, tpm, tph, tpd, max_conn
             out[name] = check_number(name, value, integer=True)
     return out

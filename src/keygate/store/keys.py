@@ -33,7 +33,7 @@ KEY_COLUMNS = """
     k.created_at, COALESCE(s.use_count, 0), COALESCE(s.last_used, 0), COALESCE(s.ok, 0),
     COALESCE(s.err_4xx, 0), COALESCE(s.err_5xx, 0), COALESCE(s.tokens_in, 0),
     COALESCE(s.tokens_out, 0), k.rpm, k.max_conn, k.rph, k.rpd, k.tpm, k.tph, k.tpd,
-    COALESCE(d.day, 0), COALESCE(d.requests, 0), COALESCE(d.tokens, 0)
+    COALESCE(d.day, 0), COALESCE(d.requests, 0), COALESCE(d.tokens, 0), k.tier, k.weight
 """
 KEY_SELECT = (
     f"SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN key_stats s ON s.key_id = k.id"
@@ -71,6 +71,8 @@ def record_from_row(row: Row, unseal: Callable[[str], str]) -> KeyRecord:
         day=row[24],
         day_requests=row[25],
         day_tokens=row[26],
+        tier=row[27],
+        weight=row[28],
     )
 
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from keygate.config.keyspec import TIER_MAX, WEIGHT_MAX
+
 __all__ = [
     "KEY_SOURCES",
     "KEY_STATUSES",
+    "TIER_MAX",
     "TOMBSTONE_TTL_S",
     "UPDATABLE_FIELDS",
+    "WEIGHT_MAX",
     "Changes",
     "DuplicateKey",
     "ImportResult",
@@ -27,6 +31,7 @@ KEY_SOURCES = ("env", "config", "api", "cli")
 # Fields an admin (or the gateway) may change on a stored key; the secret itself never changes.
 UPDATABLE_FIELDS = frozenset(
     {"label", "status", "until", "last_error", "rpm", "max_conn", "rph", "rpd", "tpm", "tph", "tpd"}
+    | {"tier", "weight"}  # SPEC §15: lower tiers are spent first; weight is the share in one
 )
 TOMBSTONE_TTL_S = 7 * 86400  # a reader that has not polled for a week reloads everything
 
@@ -74,6 +79,8 @@ class KeyRecord:
     day: float = 0.0  # start of the quota day of the counters below (epoch s)
     day_requests: int = 0
     day_tokens: int = 0
+    tier: int = 0  # lower tiers are spent first (SPEC §15)
+    weight: int = 1  # the key's share of the picks inside its tier
 
     def limits(self) -> tuple[int, int, int, int, int, int]:
         """The key's own quota limits in the order of `control.quota.WINDOWS`."""

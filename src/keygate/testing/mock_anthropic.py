@@ -92,6 +92,7 @@ def _anthropic_message(
     text: str,
     tool_calls: Any = None,
     finish: str | None = None,
+    cached: int = 0,
 ) -> bytes:
     content: list[dict[str, Any]] = (
         [{"type": "text", "text": text}] if text or not tool_calls else []
@@ -109,13 +110,24 @@ def _anthropic_message(
             "content": content,
             "stop_reason": finish or ("tool_use" if tool_calls else "end_turn"),
             "stop_sequence": None,
-            "usage": {"input_tokens": _tokens(len(body)), "output_tokens": _tokens(len(text))},
+            "usage": _usage(_tokens(len(body)), _tokens(len(text)), cached),
         }
     )
 
 
+def _usage(prompt: int, output: int, cached: int) -> dict[str, Any]:
+    """Messages usage as Anthropic reports it: `input_tokens` is what was not read from the
+    cache (`cache_read_input_tokens`)."""
+    return {
+        "input_tokens": max(1, prompt - cached),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": output,
+    }
+
+
 def _anthropic_stream(
-    ids: Iterator[int], model: str, body: bytes, beh: dict[str, Any]
+    ids: Iterator[int], model: str, body: bytes, beh: dict[str, Any], cached: int = 0
 ) -> list[bytes]:
     text: str = beh["text"]
     head, tail = _anthropic_static(text, beh["chunks"])
@@ -131,7 +143,7 @@ def _anthropic_stream(
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {"input_tokens": _tokens(len(body)), "output_tokens": 1},
+                "usage": _usage(_tokens(len(body)), 1, cached),
             },
         },
     )

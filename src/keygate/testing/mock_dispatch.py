@@ -5,6 +5,7 @@ are in ``mock_openai``, ``mock_anthropic`` and ``mock_gemini``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from keygate.testing.mock_anthropic import (
     _anthropic_models,
     _anthropic_stream,
 )
+from keygate.testing.mock_cache import PromptCache
 from keygate.testing.mock_gemini import _google_error, gemini_native, gemini_native_answer
 from keygate.testing.mock_openai import (
     _MODELS_BODY,
@@ -34,6 +36,7 @@ from keygate.testing.mock_wire import (
     _send,
     _stream,
     _stream_error,
+    _tokens,
 )
 
 
@@ -65,9 +68,12 @@ async def respond(
     beh: dict[str, Any],
     state: dict[str, Any],
     ids: Iterator[int],
+    cache: PromptCache | None = None,
+    key: str | None = None,
 ) -> web.StreamResponse:
     """The answer `beh` (the request's effective knobs) gives: a scripted body or error, else
-    the answer of the API family and endpoint the path asks for."""
+    the answer of the API family and endpoint the path asks for. `cache`: the mock's prompt
+    cache, which `key`'s chat and messages requests read (their usage says what it held)."""
     status: int = beh["status"]
     gemini = gemini_native(request, path)
     anthropic = not gemini and (
@@ -103,6 +109,11 @@ async def respond(
         if not isinstance(model, str):
             model = "mock-model"
         stream = data.get("stream") is True
+        cached = 0
+        if cache is not None:
+            cached = min(cache.lookup(key, data, path.endswith("/messages")), _tokens(len(body)))
+            if not cached and cache.miss_delay_s:
+                await asyncio.sleep(cache.miss_delay_s)  # a cold prefix: the first byte later
         if stream and beh["stream_error"]:
             events = [_stream_error(path.endswith("/messages"))]
             return await _stream(request, status, events, 1, beh, state)
@@ -112,19 +123,19 @@ async def respond(
             if stream:
                 opts = data.get("stream_options")
                 usage = isinstance(opts, dict) and opts.get("include_usage") is True
-                events = _openai_stream(ids, model, body, beh, usage)
+                events = _openai_stream(ids, model, body, beh, usage, cached)
                 events = _error_after(events, 1, beh["error_after_chunks"], False)
                 return await _stream(request, status, events, 1, beh, state)
             out = _openai_completion(
-                ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
+                ids, model, body, beh["text"], beh["tool_calls"], beh["finish"], cached
             )
         else:
             if stream:
-                events = _anthropic_stream(ids, model, body, beh)
+                events = _anthropic_stream(ids, model, body, beh, cached)
                 events = _error_after(events, 3, beh["error_after_chunks"], True)
                 return await _stream(request, status, events, 3, beh, state)
             out = _anthropic_message(
-                ids, model, body, beh["text"], beh["tool_calls"], beh["finish"]
+                ids, model, body, beh["text"], beh["tool_calls"], beh["finish"], cached
             )
         return await _send(request, status, out, beh, state)
     if method == "GET" and path.endswith("/models"):

@@ -51,8 +51,10 @@ def _openai_completion(
     text: str,
     tool_calls: Any = None,
     finish: str | None = None,
+    cached: int = 0,
 ) -> bytes:
     pt, ct = _tokens(len(body)), _tokens(len(text))
+    usage = _usage(pt, ct, cached)
     if tool_calls:
         message: dict[str, Any] = {
             "role": "assistant",
@@ -74,11 +76,11 @@ def _openai_completion(
                         "finish_reason": finish or "tool_calls",
                     }
                 ],
-                "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+                "usage": usage,
             }
         )
     if finish:
-        doc = orjson.loads(_openai_completion(ids, model, body, text))
+        doc = orjson.loads(_openai_completion(ids, model, body, text, cached=cached))
         doc["choices"][0]["finish_reason"] = finish
         return orjson.dumps(doc)
     return orjson.dumps(
@@ -95,14 +97,29 @@ def _openai_completion(
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+            "usage": usage,
             "system_fingerprint": None,
         }
     )
 
 
+def _usage(pt: int, ct: int, cached: int) -> dict[str, Any]:
+    """Chat usage as OpenAI reports it: `cached_tokens` of the prompt read from its cache."""
+    return {
+        "prompt_tokens": pt,
+        "completion_tokens": ct,
+        "total_tokens": pt + ct,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+    }
+
+
 def _openai_stream(
-    ids: Iterator[int], model: str, body: bytes, beh: dict[str, Any], include_usage: bool
+    ids: Iterator[int],
+    model: str,
+    body: bytes,
+    beh: dict[str, Any],
+    include_usage: bool,
+    cached: int = 0,
 ) -> list[bytes]:
     text: str = beh["text"]
     role, contents, final = _openai_tails(text, beh["chunks"])
@@ -126,8 +143,7 @@ def _openai_stream(
         final = final.replace(b'"finish_reason":"stop"', b'"finish_reason":' + orjson.dumps(reason))
     events.append(head + final)
     if include_usage:
-        pt, ct = _tokens(len(body)), _tokens(len(text))
-        usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        usage = _usage(_tokens(len(body)), _tokens(len(text)), cached)
         events.append(head + b'"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n")
     events.append(_DONE)
     return events

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from keygate.testing.mock_cache import PromptCache
 from keygate.testing.mock_control import control
 from keygate.testing.mock_dispatch import respond
 from keygate.testing.mock_limits import STYLES, KeyLimit, tokens_of
@@ -92,6 +93,7 @@ class MockUpstream:
         self._scripted = False  # fast path: no behaviours/pushes at all
         self._limits: dict[str | None, KeyLimit] = {}  # None: the template every key copies
         self.refused = 0  # 429s answered because a key was over its limits
+        self.prompt_cache = PromptCache()  # prefixes seen per key: usage's cached tokens
         self.inflight = 0
         self.peak_inflight = 0
         self._ids = itertools.count(1)
@@ -291,6 +293,7 @@ class MockUpstream:
             self._limits.clear()
             self.refused = 0
             self.peak_inflight = self.inflight
+        self.prompt_cache.reset()
 
     def _take_push(self, key: str | None) -> dict[str, Any] | None:
         q = self._pushes.get(key)
@@ -383,7 +386,7 @@ class MockUpstream:
                 await asyncio.get_running_loop().create_future()  # until the client goes away
             if beh["delay_s"]:
                 await asyncio.sleep(beh["delay_s"])
-            return await respond(request, path, body, beh, state, self._ids)
+            return await respond(request, path, body, beh, state, self._ids, self.prompt_cache, key)
         except (asyncio.CancelledError, ConnectionError):
             disconnected = True
             raise

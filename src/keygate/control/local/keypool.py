@@ -2,8 +2,8 @@
 
 Usable keys sit in a ring; a pick rotates it and drops entries that are no longer active (lazy
 deletion), so each pick is O(1) amortised however many keys the provider has. Cooling keys wait
-in a heap ordered by their return time. The Lua scripts of the Redis form implement the same
-machine; tests/control holds the two to the same answers.
+in a heap ordered by their return time; once a key has a tier or weight, `tiers.py` picks.
+The Redis form's Lua scripts implement the same machine; tests/control holds both to it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from keygate.config.quotaday import day_window
 from keygate.control.base import Event, Pick
 from keygate.control.keypool import POOL_GUARD_WINDOW_S, KeyEntry, PoolSettings, default_limits
+from keygate.control.local.tiers import TieredPick
 from keygate.control.quota import (
     LOOKAHEAD,
     WINDOWS,
@@ -27,7 +28,7 @@ from keygate.control.quota import (
 from keygate.dialects.budget import Announced
 
 
-class LocalKeyPool:
+class LocalKeyPool(TieredPick):
     """`share` divides the per-key limits: the Redis form's fallback serves 1/fleet of each."""
 
     def __init__(
@@ -44,6 +45,8 @@ class LocalKeyPool:
         self._dflt: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
         self._q_on = False
         self._day = (0.0, 0.0)
+        self._tiered: set[int] = set()  # keys with a tier or a weight of their own
+        self._tiers: list[list[KeyEntry]] | None = None  # by tier, lowest first (lazily built)
         self.refresh()
         self.touched: set[int] = set()  # keys used since the last counter flush
         self.changed: set[int] = set()  # keys whose health changed since the last flush
@@ -54,12 +57,19 @@ class LocalKeyPool:
         if old is not None and old is not entry:
             old.status = "deleted"  # the ring drops it lazily
         self.entries[entry.id] = entry
+        if entry.tier or entry.weight != 1:
+            self._tiered.add(entry.id)
+        else:
+            self._tiered.discard(entry.id)
+        self._tiers = None
         self.place(entry)
 
     def remove(self, key_id: int) -> KeyEntry | None:
         entry = self.entries.pop(key_id, None)
         if entry is not None:
             entry.status = "deleted"
+            self._tiered.discard(key_id)
+            self._tiers = None
         return entry
 
     def set_status(
@@ -199,8 +209,10 @@ class LocalKeyPool:
         q = self.quota(entry, now)
         return 0.0 if q is None else q.wait(self.limits_of(entry), now, cost, self._day[1])
 
-    async def acquire(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
-        return self.take(avoid, ticket)
+    async def acquire(
+        self, avoid: Iterable[int] = (), ticket: Ticket | None = None, prefer: int | None = None
+    ) -> Pick:
+        return self.take(avoid, ticket, prefer)
 
     async def release(
         self,
@@ -213,15 +225,24 @@ class LocalKeyPool:
     ) -> float | None:
         return self.record(entry, event, until, error, ticket, budget)
 
-    def take(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
-        """The pick the request path makes: a key not in `avoid` if one is usable, else one
-        of those (round-robin order either way), else how long until one is."""
+    def take(
+        self, avoid: Iterable[int] = (), ticket: Ticket | None = None, prefer: int | None = None
+    ) -> Pick:
+        """The pick the request path makes: `prefer` when the normal rule allows it now (see
+        `_pinned`), else a key not in `avoid` if one is usable, else one of those (the same
+        order either way), else how long until one is."""
         now = self.clock()
         if self._cooling and self._cooling[0][0] <= now:
             self._promote(now)
-        entry, avoided = self._scan(now, avoid, ticket)
+        if prefer is not None:
+            pinned = self._pinned(prefer, now, avoid, ticket)
+            if pinned is not None:
+                self.count_use(pinned, now, ticket)
+                return Pick(pinned)
+        scan = self._tier_scan if self._tiered else self._scan
+        entry, avoided = scan(now, avoid, ticket)
         if entry is None and avoided:
-            entry, _ = self._scan(now, (), ticket)
+            entry, _ = scan(now, (), ticket)
         if entry is not None:
             return Pick(entry)
         return self._no_key(now, ticket)
@@ -247,7 +268,7 @@ class LocalKeyPool:
         now = self.clock()
         if self._cooling and self._cooling[0][0] <= now:
             self._promote(now)
-        return self._scan(now, exclude)[0]
+        return (self._tier_scan if self._tiered else self._scan)(now, exclude)[0]
 
     def _scan(
         self, now: float, exclude: Iterable[int], ticket: Ticket | None = None
@@ -382,6 +403,11 @@ class LocalKeyPool:
             self._condemn(entry, "invalid", self.cfg.recheck_interval_s, error)
         elif event is Event.EXHAUSTED:
             self._condemn(entry, "exhausted", self.cfg.exhausted_cooldown_s, error)
+        elif event is Event.COOLING:
+            self._cool(entry, until, error)
+        elif event is Event.DISABLED:
+            self._condemn(entry, "disabled", 0.0, error)
+            entry.until = 0.0
         return None
 
     def settle(
@@ -412,6 +438,18 @@ class LocalKeyPool:
         entry.until = self.clock() + hold_s
         entry.last_error = error
         self.changed.add(entry.id)
+
+    def _cool(self, entry: KeyEntry, until: float | None, error: str) -> None:
+        """An error rule's cooldown: until its time, without a strike and outside the 429
+        guard (the rule said what the error means; no heuristic second-guesses it)."""
+        if entry.status != "active" and entry.status != "cooling":
+            return
+        now = self.clock()
+        entry.status = "cooling"
+        entry.until = until if until and until > now else now + self.cfg.cooldown_s
+        entry.last_error = error
+        self.changed.add(entry.id)
+        self.place(entry)
 
     def _rate_limited(self, entry: KeyEntry, until: float | None, error: str) -> float | None:
         now = self.clock()

@@ -39,6 +39,8 @@ EVENT_CODES = {
     Event.RATE_LIMITED: "rl",
     Event.INVALID: "inv",
     Event.EXHAUSTED: "exh",
+    Event.COOLING: "cool",
+    Event.DISABLED: "dis",
 }
 
 
@@ -72,7 +74,7 @@ class SharedKeyPool:
         self._prefix = prefix = f"keygate:{{{cfg.name}}}:"
         names = (
             *("st", "ring", "inring", "cool", "hold", "lim", "strikes", "g429", "guard", "adm"),
-            "qon",
+            *("qon", "tw", "sw"),
         )
         self._keys = [prefix + n for n in names]
         self.leases: dict[int, list[str]] = {}  # key id -> per-key connection leases we hold
@@ -163,10 +165,12 @@ class SharedKeyPool:
         return f"{self._prefix}c:{key_id}"
 
     # --- the pick ---------------------------------------------------------------------------------
-    async def acquire(self, avoid: Iterable[int] = (), ticket: Ticket | None = None) -> Pick:
+    async def acquire(
+        self, avoid: Iterable[int] = (), ticket: Ticket | None = None, prefer: int | None = None
+    ) -> Pick:
         st = self._shared
         if not st.up:
-            return self.local.take(avoid, ticket)
+            return self.local.take(avoid, ticket, prefer)
         cfg = self.cfg
         avoid = tuple(avoid)
         cost = ticket.tokens if ticket is not None else 0
@@ -189,12 +193,13 @@ class SharedKeyPool:
                         cost,
                         start,
                         end,
+                        "" if prefer is None else prefer,
                         *skip,
                     ],
                     self._orphan_pick(lease),
                 )
             except RedisDown:
-                return self.local.take(avoid, ticket)
+                return self.local.take(avoid, ticket, prefer)
             raw_id, leased = res[0], res[2] == b"1"
             if not raw_id:
                 wait = float(res[1])
@@ -249,6 +254,7 @@ class SharedKeyPool:
                     st.lease_s,
                     0,
                     *self.local.day(self.clock()),
+                    "",
                     *map(str, exclude),
                 ],
             )
@@ -435,7 +441,8 @@ class SharedKeyPool:
                 if own is not None or e.max_conn
                 else ""
             )
-            args += [e.id, CODES.get(e.status, "a"), e.until, lim, 1 if own is not None else 0]
+            tw = f"{e.tier}:{e.weight}" if e.tier or e.weight != 1 else ""
+            args += [e.id, CODES.get(e.status, "a"), e.until, lim, 1 if own is not None else 0, tw]
         return args
 
     def _apply_sync(self, entries: Sequence[KeyEntry], res: list[bytes | None]) -> None:

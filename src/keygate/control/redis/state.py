@@ -378,6 +378,25 @@ class SharedState:
                 ["PUBLISH", EVENTS, orjson.dumps({"t": kind, "src": self.instance})], self._fired
             )
 
+    def command(self, args: Sequence[Any]) -> asyncio.Future[Any] | None:
+        """A plain command on the pipelined connection, written with whatever else this
+        loop iteration sends and answered in order; None when Redis is down (the caller
+        serves itself locally). Its failure is the caller's to judge, not the connection's."""
+        pipe = self._pipe
+        if pipe is None or not self.up:
+            return None
+        try:
+            return pipe.call(args)
+        except RedisDown:
+            return None
+
+    def send(self, args: Sequence[Any]) -> None:
+        """A plain command whose answer nobody waits for (nothing when Redis is down)."""
+        pipe = self._pipe
+        if pipe is not None and self.up:
+            with contextlib.suppress(RedisDown):
+                pipe.send(args)
+
     # --- events ---------------------------------------------------------------------------------
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         if channel == b"keygate:release":

@@ -2,6 +2,9 @@
 -- the ring and the time indexes in step.
 local ST, RING, INRING, COOL, HOLD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local LIM, STRIKES, G429, GUARD, ADM = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+-- KEYS[11] is the quota's (quota.lua); a key's "tier:weight" when not 0:1, and its current
+-- weight in the smooth weighted round-robin of its tier
+local TW, SW = KEYS[12], KEYS[13]
 local NAMES = {a = 'active', c = 'cooling', i = 'invalid', x = 'exhausted', d = 'disabled'}
 local function code_of(v) return string.sub(v, 1, 1) end
 local function until_of(v) return tonumber(string.sub(v, 3)) or 0 end

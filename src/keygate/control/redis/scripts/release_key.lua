@@ -1,4 +1,4 @@
--- KEYS: pool keys. ARGV: now, prefix, id, event (ok|rl|inv|exh|none), until, lease id,
+-- KEYS: pool keys. ARGV: now, prefix, id, event (ok|rl|inv|exh|cool|dis|none), until, lease id,
 -- cooldown_s, exhausted_cooldown_s, recheck_interval_s, channel, provider, error, window,
 -- then the quota's word: the pick's time ('' = none), its id, tokens charged, tokens used,
 -- day start, day end, other tries in flight on the key, then (window, remaining, reset,
@@ -131,5 +131,21 @@ if ev == 'inv' or ev == 'exh' then
   place(id, code, untl)
   announce(channel, provider, id, code, untl, err, nil)
   return {'state', NAMES[code], fmt(untl), '0'}
+end
+-- an error rule's word: cooling until its time (no strike, not the guard's), or disabled
+if ev == 'cool' then
+  local v = redis.call('HGET', ST, id)
+  if not v or (v ~= 'a' and code_of(v) ~= 'c') then return {''} end
+  if not untl or untl <= now then untl = now + tonumber(ARGV[7]) end
+  place(id, 'c', untl)
+  announce(channel, provider, id, 'c', untl, err, nil)
+  return {'state', 'cooling', fmt(untl), redis.call('HGET', STRIKES, id) or '0'}
+end
+if ev == 'dis' then
+  local v = redis.call('HGET', ST, id)
+  if not v or v == 'd' then return {''} end
+  place(id, 'd', 0)
+  announce(channel, provider, id, 'd', 0, err, nil)
+  return {'state', 'disabled', '0', '0'}
 end
 return {''}

@@ -8,6 +8,8 @@ for i = 3, #ARGV do
   redis.call('ZREM', HOLD, id)
   redis.call('ZREM', G429, id)
   redis.call('HDEL', QON, id)
+  redis.call('HDEL', TW, id)
+  redis.call('HDEL', SW, id)
   local p = ARGV[2]
   redis.call('DEL', p .. 'c:' .. id, p .. 'q:' .. id, p .. 'qm:' .. id, p .. 'qh:' .. id,
     p .. 'tm:' .. id, p .. 'th:' .. id)

@@ -245,6 +245,7 @@ export function mount(root, params, ctx) {
   function createRow(id) {
     const r = { id, key: null };
     r.masked = h('code', { class: 'mono key-masked' });
+    r.rank = h('div', { class: 'key-rank' });
     r.provider = h('span', { class: 'key-provider' });
     r.labelText = h('span', { class: 'key-label' });
     r.labelBtn = h('button', { type: 'button', class: 'icon-btn icon-btn-sm', title: t('keys.edit_label'), 'aria-label': t('keys.edit_label'), onclick: () => editLabel(r) }, icon('pencil'));
@@ -264,7 +265,7 @@ export function mount(root, params, ctx) {
     r.el = h(
       'tr',
       { dataset: { id: String(id) } },
-      td('key', h('span', { class: 'key-cell' }, r.masked, h('span', { class: 'key-id' }, `#${id}`))),
+      td('key', h('span', { class: 'key-cell' }, r.masked, h('span', { class: 'key-id' }, `#${id}`)), r.rank),
       td('provider', r.provider),
       td('label', h('span', { class: 'label-cell' }, r.labelText, r.labelBtn)),
       td('state', r.state),
@@ -282,6 +283,9 @@ export function mount(root, params, ctx) {
     r.key = k;
     r.el.dataset.status = k.status;
     r.masked.textContent = k.masked || '';
+    // tier and weight (SPEC §15): lower tiers are spent first; the weight is the share in one
+    r.el.dataset.tier = String(k.tier ?? 0);
+    r.rank.textContent = t('keys.rank', { tier: k.tier ?? 0, weight: k.weight ?? 1 });
     r.provider.textContent = k.provider || '';
     r.labelText.textContent = k.label || '';
     r.labelText.classList.toggle('is-empty', !k.label);
@@ -309,6 +313,9 @@ export function mount(root, params, ctx) {
   function renderRows(keys) {
     const seen = new Set();
     let prev = null;
+    // one provider: grouped by tier, lowest (spent first) on top, the server's order inside each
+    const tiered = st.provider !== ALL;
+    if (tiered) keys = keys.map((k, i) => [k, i]).sort((a, b) => (a[0].tier ?? 0) - (b[0].tier ?? 0) || a[1] - b[1]).map((p) => p[0]);
     for (const k of keys) {
       let r = rows.get(k.id);
       if (!r) {
@@ -316,6 +323,7 @@ export function mount(root, params, ctx) {
         rows.set(k.id, r);
       }
       updateRow(r, k);
+      r.el.classList.toggle('tier-start', tiered && !!prev && (prev.key.tier ?? 0) !== (k.tier ?? 0));
       seen.add(k.id);
       const want = prev ? prev.el.nextSibling : tbody.firstChild;
       if (want !== r.el) tbody.insertBefore(r.el, want);
@@ -621,10 +629,13 @@ export function mount(root, params, ctx) {
 
   async function editLimits(r) {
     const k = r.key;
-    const fields = ['rpm', 'rph', 'rpd', 'tpm', 'tph', 'tpd', 'max_conn'];
+    const fields = ['rpm', 'rph', 'rpd', 'tpm', 'tph', 'tpd', 'max_conn', 'tier', 'weight'];
+    const low = (f) => (f === 'weight' ? 1 : 0);
+    const high = { tier: 1000, weight: 100 };
+    const now = (f) => Number(k[f] ?? low(f));
     const values = await openDialog((close) => {
       const inputs = Object.fromEntries(
-        fields.map((f, i) => [f, h('input', { type: 'number', min: 0, step: 1, class: 'input', name: f, value: String(k[f] || 0), autofocus: i === 0 })]),
+        fields.map((f, i) => [f, h('input', { type: 'number', min: low(f), max: high[f], step: 1, class: 'input', name: f, value: String(now(f)), autofocus: i === 0 })]),
       );
       return h(
         'form',
@@ -634,13 +645,13 @@ export function mount(root, params, ctx) {
             ev.preventDefault();
             const out = {};
             for (const f of fields) {
-              const n = Number(inputs[f].value || 0);
-              if (!Number.isInteger(n) || n < 0) {
-                inputs[f].setCustomValidity(t('v.integer'));
+              const n = Number(inputs[f].value || low(f));
+              if (!Number.isInteger(n) || n < low(f) || n > (high[f] ?? Infinity)) {
+                inputs[f].setCustomValidity(t(f in high ? `v.${f}` : 'v.integer'));
                 inputs[f].reportValidity();
                 return;
               }
-              if (n !== Number(k[f] || 0)) out[f] = n;
+              if (n !== now(f)) out[f] = n;
             }
             close(out);
           },
@@ -661,6 +672,7 @@ export function mount(root, params, ctx) {
       const updated = await api('PATCH', `/api/keys/${enc(r.id)}`, values);
       if (updated && updated.id != null) updateRow(r, updated);
       toast(t('keys.limits_saved'), 'ok');
+      if ('tier' in values) await load(); // the key moves to its tier's group
     } catch (err) {
       if (err.status !== 401) toast(err.message, 'error');
     }

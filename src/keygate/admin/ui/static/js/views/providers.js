@@ -7,7 +7,7 @@ import { badge, emptyState, fill, fmtInt, fmtNum, h, openDialog, pageHeader, toa
 import { t } from '../i18n.js';
 import { stateChips } from './dashboard.js';
 
-// name → kind: 'url' | 'float' | 'int' | 'pos' (float > 0) | 'text' | 'bool'
+// name → kind: 'url' | 'float' | 'int' | 'pos' (float > 0) | 'text' | 'bool' | 'rules' (JSON list)
 const FIELDS = {
   base_url: 'url',
   rps: 'float',
@@ -36,6 +36,7 @@ const FIELDS = {
   timeout_first_byte_s: 'pos',
   timeout_idle_s: 'pos',
   max_body_mb: 'pos',
+  error_rules: 'rules',
 };
 const GROUPS = [
   ['prov.group.upstream', ['base_url']],
@@ -68,6 +69,16 @@ export function checkField(name, raw) {
   const kind = FIELDS[name];
   if (kind === 'bool') return [Boolean(raw), null];
   const s = String(raw).trim();
+  if (kind === 'rules') {
+    // the list's shape here; each rule's own checks are the server's (its 400 names the rule)
+    try {
+      const rules = JSON.parse(s || '[]');
+      const ok = Array.isArray(rules) && rules.every((r) => r && typeof r === 'object' && !Array.isArray(r));
+      return ok ? [rules, null] : [s, 'v.rules'];
+    } catch {
+      return [s, 'v.rules'];
+    }
+  }
   if (kind === 'text') return [s, null];
   if (kind === 'url') return /^https?:\/\/[^/\s]+\S*$/i.test(s) ? [s.replace(/\/+$/, ''), null] : [s, 'v.url'];
   if (s === '' || !/^[0-9]*\.?[0-9]+(e[+-]?[0-9]+)?$/i.test(s)) return [s, kind === 'int' ? 'v.integer' : 'v.number'];
@@ -76,6 +87,12 @@ export function checkField(name, raw) {
   if (kind === 'int' && !Number.isInteger(n)) return [s, 'v.integer'];
   if (kind === 'pos' && n <= 0) return [s, 'v.positive'];
   return [n, null];
+}
+
+// A rule list as the form shows it: one rule a line.
+function showRules(rules) {
+  if (!Array.isArray(rules) || !rules.length) return '[]';
+  return `[\n${rules.map((r) => `  ${JSON.stringify(r)}`).join(',\n')}\n]`;
 }
 
 function editForm(p, close, onSaved) {
@@ -97,13 +114,16 @@ function editForm(p, close, onSaved) {
       return h('div', { class: 'field field-check' }, h('label', { for: id }, input, h('span', null, t(`f.${name}`))), err);
     }
     const attrs = { class: 'input', id, name, 'aria-describedby': `${id}-err`, autocomplete: 'off', spellcheck: 'false' };
-    if (kind === 'url' || kind === 'text') attrs.type = 'text';
+    if (kind === 'rules') {
+      attrs.class = 'input mono';
+      attrs.rows = 4;
+    } else if (kind === 'url' || kind === 'text') attrs.type = 'text';
     else {
       attrs.type = 'text';
       attrs.inputmode = kind === 'int' ? 'numeric' : 'decimal';
     }
-    const input = h('input', attrs);
-    input.value = p[name] == null ? '' : String(p[name]);
+    const input = h(kind === 'rules' ? 'textarea' : 'input', attrs);
+    input.value = kind === 'rules' ? showRules(p[name]) : p[name] == null ? '' : String(p[name]);
     input.addEventListener('input', () => {
       input.classList.remove('is-invalid');
       err.hidden = true;
@@ -144,7 +164,14 @@ function editForm(p, close, onSaved) {
         continue;
       }
       const old = p[name];
-      const same = FIELDS[name] === 'bool' ? Boolean(old) === value : typeof value === 'number' ? Number(old) === value : String(old ?? '') === value;
+      const same =
+        FIELDS[name] === 'rules'
+          ? JSON.stringify(old || []) === JSON.stringify(value)
+          : FIELDS[name] === 'bool'
+            ? Boolean(old) === value
+            : typeof value === 'number'
+              ? Number(old) === value
+              : String(old ?? '') === value;
       if (!same) changes[name] = value;
     }
     if (bad) {
@@ -170,9 +197,9 @@ function editForm(p, close, onSaved) {
         close(null);
         return;
       }
-      // the server names the field: "rps: must be ≥ 0"
-      const m = /^\s*([a-z_]+):/.exec(err.message || '');
-      const name = err.param || (m && m[1]);
+      // the server names the field: "rps: must be ≥ 0", "error_rules[1].action: must be one of …"
+      const m = /^\s*([a-z_]+)[[:]/.exec(err.message || '');
+      const name = (err.param || (m && m[1]) || '').split('[')[0];
       if (name && inputs.has(name) && FIELDS[name] !== 'bool') {
         const input = inputs.get(name);
         input.classList.add('is-invalid');
@@ -198,6 +225,7 @@ function editForm(p, close, onSaved) {
     h('div', { class: 'modal-head' }, h('h2', { class: 'modal-title' }, t('prov.edit_title', { name: p.name })), h('code', { class: 'mono muted' }, p.base_url || '')),
     GROUPS.map(([title, names]) => h('fieldset', { class: 'fieldset' }, h('legend', null, t(title)), h('div', { class: `form-grid form-grid-${names.length > 2 ? 'multi' : 'single'}` }, names.map(field)))),
     h('details', { class: 'advanced' }, h('summary', null, t('prov.advanced')), h('div', { class: 'form-grid form-grid-multi' }, ADVANCED.filter((n) => n in p).map(field))),
+    'error_rules' in p ? h('details', { class: 'advanced', id: 'prov-rules' }, h('summary', null, t('prov.group.errors'), ` (${(p.error_rules || []).length})`), h('div', { class: 'form-grid form-grid-single' }, field('error_rules'))) : null,
     formMsg,
     h(
       'div',
