@@ -7,6 +7,7 @@ phone widths into artifacts/screenshots/ (CI keeps that folder as build artifact
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -54,15 +55,20 @@ TIMEOUT_MS = 10_000
 # --- the real page in Chromium against a running gateway ---------------------------------------
 
 
+_CONVERSATIONS = itertools.count()
+
+
 def proxy_burst(gw: Any, n: int, provider: str = "cerebras") -> float:
     """Send n chat requests at once through the gateway; seconds until all answered 200."""
     statuses: list[int] = []
 
     def one() -> None:
+        # each its own conversation (SPEC §15): spread over the keys, as many users' would be
+        text = f"hi {next(_CONVERSATIONS)}"
         r = httpx.post(
             f"{gw.url}/{provider}/v1/chat/completions",
             headers=gw.auth(),
-            json={"model": "ui-test-model", "messages": [{"role": "user", "content": "hi"}]},
+            json={"model": "ui-test-model", "messages": [{"role": "user", "content": text}]},
             timeout=30,
         )
         statuses.append(r.status_code)
