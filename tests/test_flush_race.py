@@ -40,14 +40,14 @@ def _use(rt: Any, n: int) -> Any:
 async def _paused_write(store: Any) -> tuple[asyncio.Event, asyncio.Event]:
     """Hold every flush between its counter commit and the rest of its batch."""
     committed, go_on = asyncio.Event(), asyncio.Event()
-    real = store.add_counters
+    real = store.add_flush
 
-    async def add_counters(*args: Any, **kw: Any) -> None:
+    async def add_flush(*args: Any, **kw: Any) -> None:
         await real(*args, **kw)
         committed.set()
         await go_on.wait()
 
-    store.add_counters = add_counters
+    store.add_flush = add_flush
     return committed, go_on
 
 

@@ -25,8 +25,12 @@ from keygate.admin.schema import obj
 from keygate.admin.session import SessionRoutes
 from keygate.admin.stats import StatsRoutes
 from keygate.admin.table import match, op, table
+from keygate.http.errors import retry_after_headers
 from keygate.observe.logs import log
 from keygate.runtime.gateway import Gateway
+from keygate.store.base import StoreUnavailable
+
+STORE_RETRY_S = 1.0  # a failover takes seconds: the page and scripts may try again soon
 
 
 class AdminAPI:
@@ -82,6 +86,17 @@ class AdminAPI:
             reply = await route.handler(Request(scope, receive, route.op.limit, query), *args)
         except ApiError as err:
             reply = error_reply(err)
+        except StoreUnavailable as exc:
+            # The write did not happen (or its outcome is unknown): never reported as done.
+            log.warning("admin API %s %s: %s", method, path, exc)
+            reply = error_reply(
+                ApiError(
+                    503,
+                    "the store is unavailable (a database restart or failover); try again",
+                    "store_unavailable",
+                    headers=retry_after_headers(STORE_RETRY_S),
+                )
+            )
         except Exception as exc:
             log.exception("admin API %s %s failed: %s", method, path, type(exc).__name__)
             reply = error_reply(ApiError(500, "internal error; see the gateway log", "internal"))

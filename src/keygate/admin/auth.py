@@ -24,7 +24,7 @@ from keygate.admin.credentials import AdminCredentials
 from keygate.http.asgi import SESSION_COOKIE, read_cookie
 from keygate.observe.logs import log
 from keygate.runtime.gateway import Gateway
-from keygate.store.base import StoreError
+from keygate.store.base import StoreError, StoreUnavailable
 
 CSRF_HEADER = b"x-keygate-csrf"  # required with cookie auth on unsafe methods
 SESSION_TTL_S = 7 * 24 * 3600  # absolute cap after login, however active the session
@@ -108,6 +108,8 @@ class AdminAuth:
         try:
             if await self.gateway.store.session_revoked(sid):
                 return None
+        except StoreUnavailable:
+            raise  # refused all the same, as the outage it is (503), not as a logout (401)
         except StoreError as exc:
             log.warning("admin session refused: cannot read revocations: %s", exc)
             return None

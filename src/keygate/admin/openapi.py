@@ -2,7 +2,7 @@
 route table the router dispatches from (admin/table.py): a route is in the document exactly
 when it is served, with the method, path, parameters, body and answer types and bounds its
 declaration gives; the error statuses that come with a body (400, 413) and with auth (401, 429,
-and 403 on a write) are added here, once for every route.
+and 403 on a write) and 503 (the store away) are added here, once for every route.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ ERRORS = {
     409: "the provider already has this key (keys); another entry names it (models)",
     413: "body too large",
     429: "too many wrong admin passwords lately; see Retry-After",
+    503: "store_unavailable: the database cannot be reached or is not writable (a failover); "
+    "not done, try again after Retry-After",
 }
 INFO = {
     "title": "keygate admin API",
@@ -48,7 +50,7 @@ def statuses(op: Op) -> list[int]:
         errors |= {400, 413}  # not JSON, not an object, over the size limit
     if op.method not in ("GET", "HEAD", "OPTIONS") and not op.public:
         errors.add(403)
-    return [op.status, *sorted(errors), 401, 429]
+    return [op.status, *sorted(errors), 401, 429, 503]
 
 
 def operation(op: Op) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from keygate.config.catalog import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
+from keygate.config.dburl import check_db_url
 from keygate.config.error_rules import ErrorRules
 from keygate.config.keyspec import parse_key_spec
 from keygate.config.provider_config import (
@@ -318,10 +319,11 @@ def load_settings(
     s.admin_password = env.get("ADMIN_PASSWORD", "")
     s.redis_url = env.get("KEYGATE_REDIS_URL", "")
     s.db_url = env.get("KEYGATE_DB", "")
-    if s.db_url and not s.db_url.startswith(("postgresql://", "postgres://", "sqlite:///")):
-        raise ConfigError(
-            f"environment variable KEYGATE_DB: must start with postgresql:// or sqlite:///, got {s.db_url.split(':')[0]!r}"
-        )
+    if s.db_url:
+        try:
+            check_db_url(s.db_url)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable KEYGATE_DB: {exc}") from None
     s.secret_key = env.get("KEYGATE_SECRET_KEY", "")
     s.allow_private_upstreams = _env_bool(env, "KEYGATE_ALLOW_PRIVATE_UPSTREAMS")
     s.flush_interval_ms = _env_int(env, "KV_FLUSH_INTERVAL_MS", 5000, maximum=3_600_000)

@@ -72,6 +72,11 @@ def check_upstream(url: str, allow_private: bool = False) -> str:
     return url
 
 
+def split_host_port(netloc: str) -> tuple[str, str | None]:
+    """`host[:port]` or `[v6]:port` as (host, port text or None); ValueError if malformed."""
+    return _split_host_port(netloc)
+
+
 def _split_host_port(netloc: str) -> tuple[str, str | None]:
     if netloc.startswith("["):
         end = netloc.find("]")

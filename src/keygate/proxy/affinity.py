@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from zlib import adler32, crc32
+from zlib import crc32
 
 import orjson
 
@@ -20,10 +20,10 @@ MODES = ("prefix", "header", "off")
 
 
 def _digest(kind: bytes, value: bytes) -> str:
-    """64 bits of two checksums and the length: a pin shared by two conversations would only
-    send both to one key, so speed matters more here than a cryptographic hash (which costs
-    several times as much on a body of a few KB, on every request)."""
-    return f"{kind.decode()}{crc32(value):08x}{adler32(value):08x}{len(value):x}"
+    """A CRC-32 and the length: two conversations sharing a name would only share a key, so
+    speed matters more here than a cryptographic hash (several times the cost on a body of a
+    few KB, on every request)."""
+    return f"{kind.decode()}{crc32(value):08x}{len(value):x}"
 
 
 def _explicit(headers: Sequence[tuple[bytes, bytes]], doc: dict[str, Any] | None) -> str | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
 CHANGE_POLL_S = 1.0
 FEED_CHUNK = 2000  # big imports: let requests run between chunks
+Marks = list[tuple[Any, tuple[Any, ...]]]  # (counted object, its counters as sent)
+ClientsTaken = list[tuple[Any, dict[str, list[int]]]]  # (client, the usage handed to a flush)
 
 
 def store_health_wins(mine: str, stored: str, until: float, revived: bool = False) -> bool:
@@ -69,6 +73,12 @@ class StoreSync:
         self.revived: dict[int, float] = {}
         self._lock = asyncio.Lock()
         self._clients_lock = asyncio.Lock()  # one reload at a time: the last one read last
+        # This process's flushes, as the store marks them (`Store.add_flush`); a batch whose
+        # outcome is unknown (the store failed while it was sent) waits in `_unsure` until the
+        # store can say whether it was committed.
+        self._writer = f"{int(time.time()):010d}.{secrets.token_hex(6)}"
+        self._batches = itertools.count(1)
+        self._unsure: tuple[int, Marks, ClientsTaken] | None = None
 
     # --- loading -----------------------------------------------------------------------------
     async def load_all(self) -> None:
@@ -191,6 +201,9 @@ class StoreSync:
         """One pass of the change poll; also run at once when another instance announces one."""
         async with self._lock:
             try:
+                # The store's counters are merged below: first learn whether they hold a
+                # batch whose outcome was unknown.
+                await self._settle()
                 changes = await self.store.changes_since(self.seq)
                 self.seq = changes.seq
                 if changes.full:  # the feed no longer reaches back: drop what the store lacks
@@ -235,7 +248,23 @@ class StoreSync:
         async with self._lock:
             await self._flush()
 
+    async def _settle(self) -> None:
+        """Resolve a batch whose outcome is unknown: committed, its marks apply; not, its
+        deltas stay unflushed (and the clients' usage goes back) for the next flush. Raises
+        (and stays unsure) while the store cannot answer."""
+        if self._unsure is None:
+            return
+        batch, marks, client_taken = self._unsure
+        stored = await self.store.flush_stored(self._writer, batch)
+        self._unsure = None
+        if stored:
+            for obj, value in marks:
+                obj.flushed = value
+        else:
+            self._restore([], client_taken)
+
     async def _flush(self) -> None:
+        await self._settle()
         key_deltas: list[tuple[int, int, int, int, int, int, int, float]] = []
         health: list[tuple[int, str, float, str]] = []
         marks: list[tuple[Any, tuple[Any, ...]]] = []
@@ -271,47 +300,67 @@ class StoreSync:
         counting = self.settings.flush_interval_ms > 0
         client_taken = self._take_client_usage() if counting else []
 
+        client_rows = [
+            (c.id, period, *row, c.usage.last_used)
+            for c, pending in client_taken
+            for period, row in pending.items()
+        ]
+        if not counting:  # counted in memory only (the marks still move)
+            key_deltas, provider_deltas, days = [], {}, []
+        batch = next(self._batches)
+        sending = [False]
+
         async def write() -> None:
             if health:
+                # Idempotent (a status set twice is set once): sent again after a failure.
                 await self.store.save_health(health)
-            if (key_deltas or provider_deltas) and counting:
-                await self.store.add_counters(key_deltas, provider_deltas)
-            if days and counting:
-                await self.store.add_day_counters(days)
-            if client_taken:
-                await self.store.add_client_counters(
-                    [
-                        (c.id, period, *row, c.usage.last_used)  # type: ignore[misc]
-                        for c, pending in client_taken
-                        for period, row in pending.items()
-                    ]
+            if key_deltas or provider_deltas or days or client_rows:
+                # All counters in one transaction, marked: a failure leaves none or all of
+                # them stored, and `_settle` finds out which.
+                sending[0] = True
+                await self.store.add_flush(
+                    self._writer, batch, key_deltas, provider_deltas, days, client_rows
                 )
 
-        batch = asyncio.ensure_future(write())
+        sent = asyncio.ensure_future(write())
         try:
             # A cancel (shutdown) must not cut the batch between a commit and its marks: the
             # next flush would add the same deltas again. The batch finishes, then the cancel.
-            await asyncio.shield(batch)
+            await asyncio.shield(sent)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await batch
-            if batch.done() and not batch.cancelled() and batch.exception() is None:
+                await sent
+            if sent.done() and not sent.cancelled() and sent.exception() is None:
                 for obj, value in marks:
                     obj.flushed = value
             else:
-                self._restore(taken, client_taken)
+                self._failed(sending[0], batch, marks, taken, client_taken)
             raise
         except BaseException:
-            self._restore(taken, client_taken)
+            self._failed(sending[0], batch, marks, taken, client_taken)
             raise
         for obj, value in marks:
             obj.flushed = value
 
-    @staticmethod
-    def _restore(
+    def _failed(
+        self,
+        sent: bool,
+        batch: int,
+        marks: Marks,
         taken: list[tuple[Any, set[int], set[int]]],
-        client_taken: list[tuple[Any, dict[str, list[int]]]],
+        client_taken: ClientsTaken,
     ) -> None:
+        """The keys stay dirty. Counters never sent are simply unflushed still; a batch that
+        was sent may or may not be stored: what it carried waits in `_unsure` until the store
+        can say (`_settle`)."""
+        if sent:
+            self._restore(taken, [])
+            self._unsure = (batch, marks, client_taken)
+        else:
+            self._restore(taken, client_taken)
+
+    @staticmethod
+    def _restore(taken: list[tuple[Any, set[int], set[int]]], client_taken: ClientsTaken) -> None:
         """Nothing was marked flushed: put the dirty sets back so the next flush retries."""
         for pool, touched, changed in taken:
             pool.touched |= touched

@@ -30,6 +30,7 @@ from keygate.store.records import (
     InvalidKey,
     KeyRecord,
     StoreError,
+    StoreUnavailable,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "KeyRecord",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "check_secret",
     "mask",
     "parse_key_entries",

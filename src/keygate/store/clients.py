@@ -144,30 +144,40 @@ async def delete_client(state: State, client_id: int) -> bool:
     return await state.driver.write(tx)
 
 
-async def add_client_counters(state: State, deltas: list[ClientDelta]) -> None:
-    """Additive, like key counters; one row per (client, period), sorted (one lock order)."""
+def usage_rows(deltas: list[ClientDelta]) -> list[tuple[Any, ...]]:
+    """One row per (client, period), summed and sorted (one lock order), for `add_usage`."""
     merged: dict[tuple[int, str], tuple[int, int, int, int, float]] = {}
     for cid, period, req, tin, tout, err, last in deltas:
         key = (int(cid), str(period))
         a, b, c, d, e = merged.get(key, (0, 0, 0, 0, 0.0))
         merged[key] = (a + int(req), b + int(tin), c + int(tout), d + int(err), max(e, float(last)))
-    if not merged:
-        return
-    rows = [(cid, period, *merged[(cid, period)]) for cid, period in sorted(merged)]
+    return [(cid, period, *merged[(cid, period)]) for cid, period in sorted(merged)]
+
+
+async def add_usage(state: State, db: Db, rows: list[tuple[Any, ...]]) -> None:
+    """Add `usage_rows` inside the caller's write transaction."""
     greatest = state.driver.dialect.greatest
+    await db.executemany(
+        "INSERT INTO client_stats (client_id, period, requests, tokens_in, tokens_out,"
+        " errors, last_used) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " ON CONFLICT (client_id, period) DO UPDATE SET"
+        " requests = client_stats.requests + EXCLUDED.requests,"
+        " tokens_in = client_stats.tokens_in + EXCLUDED.tokens_in,"
+        " tokens_out = client_stats.tokens_out + EXCLUDED.tokens_out,"
+        " errors = client_stats.errors + EXCLUDED.errors,"
+        f" last_used = {greatest}(client_stats.last_used, EXCLUDED.last_used)",
+        rows,
+    )
+
+
+async def add_client_counters(state: State, deltas: list[ClientDelta]) -> None:
+    """Additive, like key counters; one row per (client, period), sorted (one lock order)."""
+    rows = usage_rows(deltas)
+    if not rows:
+        return
 
     async def tx(db: Db) -> None:
-        await db.executemany(
-            "INSERT INTO client_stats (client_id, period, requests, tokens_in, tokens_out,"
-            " errors, last_used) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " ON CONFLICT (client_id, period) DO UPDATE SET"
-            " requests = client_stats.requests + EXCLUDED.requests,"
-            " tokens_in = client_stats.tokens_in + EXCLUDED.tokens_in,"
-            " tokens_out = client_stats.tokens_out + EXCLUDED.tokens_out,"
-            " errors = client_stats.errors + EXCLUDED.errors,"
-            f" last_used = {greatest}(client_stats.last_used, EXCLUDED.last_used)",
-            rows,
-        )
+        await add_usage(state, db, rows)
 
     await state.driver.write(tx)
 

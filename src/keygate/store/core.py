@@ -134,6 +134,26 @@ class Store:
         the same day's counters, replacing an older day's (several instances add up)."""
         await stats.add_day_counters(self._state, rows)
 
+    async def add_flush(
+        self,
+        writer: str,
+        batch: int,
+        key_deltas: list[tuple[int, int, int, int, int, int, int, float]],
+        provider_deltas: dict[str, tuple[int, int, int, int, int, int]],
+        days: list[tuple[int, float, int, int]],
+        client_deltas: list[ClientDelta],
+    ) -> None:
+        """One flush's counters (as `add_counters`, `add_day_counters`, `add_client_counters`)
+        in one transaction, marked `batch` of `writer` (a name unique to the flushing process),
+        so `flush_stored` can tell afterwards whether a batch that failed was committed."""
+        await stats.add_flush(
+            self._state, writer, batch, key_deltas, provider_deltas, days, client_deltas
+        )
+
+    async def flush_stored(self, writer: str, batch: int) -> bool:
+        """Whether `writer`'s last committed flush is `batch`."""
+        return await stats.flush_stored(self._state, writer, batch)
+
     async def provider_totals(self) -> dict[str, dict[str, int]]:
         """{provider: {requests, ok, err_4xx, err_5xx, tokens_in, tokens_out}}."""
         return await stats.provider_totals(self._state)

@@ -11,6 +11,10 @@ it (`PostgresStore`). Differences are only in how concurrency is handled:
   seq S (in one repeatable-read snapshot) sees every write stamped <= S.
 - Deadlocks and serialization failures are retried.
 - Bulk work (imports, counter and health batches) is one statement over `unnest` of arrays.
+- Several hosts (`postgresql://h1,h2/db?target_session_attrs=read-write`): asyncpg connects to
+  the writable one. A server that goes away, restarts or is no longer writable fails the
+  operation as `StoreUnavailable`, and the pool drops every connection it holds, so the next
+  operation connects afresh, to whichever host is writable by then.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from keygate.store.driver import (
     Rollback,
     Row,
 )
-from keygate.store.records import StoreError
+from keygate.store.records import StoreError, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -50,7 +54,20 @@ WRITE_ATTEMPTS = 5  # deadlocks / serialization failures are retried this many t
 ANALYZE_AFTER = 5000  # keys added by one import that warrant fresh planner statistics
 # One advisory lock id for schema changes and the switch to encryption (per database).
 _LOCK_ID = int.from_bytes(hashlib.sha256(b"keygate.store.migrate").digest()[:8], "big", signed=True)
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# The server is gone, shutting down, starting, or (after a switch) not the writable one any
+# more: nothing on this connection can be trusted again.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+)
+_DB_ERRORS = (asyncpg.PostgresError, *_UNAVAILABLE)
 
 _COUNTERS = ("use_count", "ok", "err_4xx", "err_5xx", "tokens_in", "tokens_out")
 # A pooled connection (a proxy of one) or a connection of its own, as `PgDb` drives it.
@@ -162,21 +179,33 @@ class PostgresDriver:
 
     def _error(self, exc: BaseException) -> StoreError:
         if isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, asyncpg.PostgresError):
-            return StoreError(f"{self.where} is unreachable: {_one_line(exc)}")
+            return StoreUnavailable(f"{self.where} is unreachable: {_one_line(exc)}")
+        if isinstance(exc, _UNAVAILABLE):
+            return StoreUnavailable(f"{self.where} is unavailable: {_one_line(exc)}")
         return StoreError(f"{self.where}: {_one_line(exc)}")
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[PgConnection]:
-        """A pooled connection; driver and server errors become one-line StoreErrors."""
+        """A pooled connection; driver and server errors become one-line StoreErrors
+        (`StoreUnavailable` when the server is gone or not writable)."""
         pool = self._pool
         if pool is None:
             raise StoreError("the store is not open")
         try:
             async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
-                yield conn
+                try:
+                    yield conn
+                except _UNAVAILABLE:
+                    # Not back into the pool: a read-only server would refuse every write on
+                    # it. The others were opened to the same server: replaced at next use.
+                    conn.terminate()
+                    raise
         except _DB_ERRORS as exc:
             if self._pool is None:
                 raise StoreError("the store is closed") from exc
+            if isinstance(exc, _UNAVAILABLE) and not isinstance(exc, TimeoutError):
+                # (a timeout may be a busy pool or a slow server: not a reason to reconnect all)
+                await pool.expire_connections()
             raise self._error(exc) from exc
 
     # sessions

@@ -40,6 +40,11 @@ class StoreError(Exception):
     """A store failure the user can act on; the message is one clear line."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or is not writable now (a failover, a restart): the
+    operation did not happen, or its outcome is unknown; a later one may succeed."""
+
+
 class DuplicateKey(StoreError):
     """The provider already holds this exact secret."""
 

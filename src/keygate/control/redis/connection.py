@@ -3,7 +3,10 @@
 `RedisTarget.parse` reads `KEYGATE_REDIS_URL` with redis-py's own parser, so the pipelined
 connection and the pub/sub client (redis-py) connect with the same host, credentials, database
 and TLS settings (`rediss://…?ssl_ca_certs=…` included); keygate's own options ride in the same
-query string (`?lease_s=15&timeout_s=0.5`).
+query string (`?lease_s=15&timeout_s=0.5`). Under Sentinel
+(`redis+sentinel://[:password@]host1:26379,host2/MASTER[/db]`) the same settings are kept
+without an address: `RedisTarget.at` fills in the master the sentinels name (redis-py's own
+`Sentinel.discover_master`), asked again on every (re)connect so a failover is followed.
 
 `RespPipe` is one pipelined connection: a command is written the moment it is issued (one write
 per loop iteration) and answers, parsed by hiredis, come back in order, so concurrent decisions
@@ -14,20 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
+from urllib.parse import unquote
 
 import hiredis
 
 from keygate.config.settings import ConfigError
-from keygate.config.urls import mask_url
+from keygate.config.urls import mask_url, split_host_port
 from keygate.observe.logs import log
 
 DEFAULT_LEASE_S = 15.0
 DEFAULT_TIMEOUT_S = 0.5
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+_MASTER_NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 
 class RedisDown(Exception):
@@ -43,6 +51,21 @@ _NOT_YET = object()  # hiredis: no whole reply buffered yet
 
 
 @dataclass(frozen=True)
+class SentinelSpec:
+    """The sentinels that name the master, the name they know it by, and how to reach them."""
+
+    hosts: tuple[tuple[str, int], ...]
+    master: str
+    kwargs: dict[str, Any]  # redis-py arguments for the sentinel connections
+
+    def client(self) -> Any:
+        """redis-py's Sentinel (never connected here): asks each sentinel in turn."""
+        from redis.asyncio.sentinel import Sentinel
+
+        return Sentinel(list(self.hosts), sentinel_kwargs=self.kwargs)
+
+
+@dataclass(frozen=True)
 class RedisTarget:
     """Where Redis is and how to reach it, parsed once."""
 
@@ -50,33 +73,73 @@ class RedisTarget:
     kwargs: dict[str, Any]  # redis-py connection arguments, `connection_class` included
     lease_s: float
     timeout_s: float
+    sentinel: SentinelSpec | None = field(default=None)  # set: the address comes from `at`
 
     @classmethod
     def parse(cls, url: str) -> RedisTarget:
         from redis.asyncio.connection import parse_url
 
         scheme = url.split(":", 1)[0]
-        if scheme not in ("redis", "rediss", "unix"):
+        sentinel_url = scheme.lower() in SENTINEL_SCHEMES
+        if scheme not in ("redis", "rediss", "unix") and not sentinel_url:
             raise ConfigError(
-                f"KEYGATE_REDIS_URL must start with redis://, rediss:// or unix://, got {scheme!r}"
+                "KEYGATE_REDIS_URL must start with redis://, rediss://, unix://, "
+                f"redis+sentinel:// or rediss+sentinel://, got {_short(scheme)!r}"
             )
+        hosts: tuple[tuple[str, int], ...] = ()
+        master = ""
         try:
-            kwargs: dict[str, Any] = dict(parse_url(url))  # with keygate's own options
+            if sentinel_url:
+                url_for_redis, hosts, master = _sentinel_parts(url)
+            else:
+                url_for_redis = url
+            kwargs: dict[str, Any] = dict(parse_url(url_for_redis))  # with keygate's own options
             lease_s = float(kwargs.pop("lease_s", DEFAULT_LEASE_S))
             timeout_s = float(kwargs.pop("timeout_s", DEFAULT_TIMEOUT_S))
+            sentinel_password = kwargs.pop("sentinel_password", None)
+            sentinel_username = kwargs.pop("sentinel_username", None)
         except ValueError as exc:
-            raise ConfigError(f"environment variable KEYGATE_REDIS_URL: {exc}") from None
+            raise ConfigError(
+                f"environment variable KEYGATE_REDIS_URL: {_one_line(str(exc), url)}"
+            ) from None
         if not (lease_s > 0 and timeout_s > 0):
             raise ConfigError(
                 "environment variable KEYGATE_REDIS_URL: lease_s and timeout_s must be > 0"
             )
+        if (sentinel_password or sentinel_username) and not sentinel_url:
+            raise ConfigError(
+                "environment variable KEYGATE_REDIS_URL: sentinel_password and "
+                "sentinel_username belong to a redis+sentinel:// URL"
+            )
         display = mask_url(url).partition("?")[0]  # keygate's options are noise here
-        target = cls(display, kwargs, lease_s, timeout_s)
+        spec = None
+        if sentinel_url:
+            kwargs.pop("host", None)
+            kwargs.pop("port", None)
+            skw: dict[str, Any] = {
+                "socket_timeout": timeout_s,
+                "socket_connect_timeout": timeout_s,
+            }
+            if sentinel_password:
+                skw["password"] = sentinel_password
+            if sentinel_username:
+                skw["username"] = sentinel_username
+            if scheme.lower().startswith("rediss"):  # TLS to the sentinels too, same settings
+                skw["ssl"] = True
+                skw.update({k: v for k, v in kwargs.items() if k.startswith("ssl_")})
+            spec = SentinelSpec(hosts, master, skw)
+        target = cls(display, kwargs, lease_s, timeout_s, spec)
         try:
             target.connection()
+            if spec is not None:
+                spec.client()
         except TypeError as exc:  # an option redis-py does not know
             raise ConfigError(f"environment variable KEYGATE_REDIS_URL: {exc}") from None
         return target
+
+    def at(self, host: str, port: int) -> RedisTarget:
+        """This target at the address the sentinels named."""
+        return replace(self, kwargs={**self.kwargs, "host": host, "port": port})
 
     def connection(self) -> Any:
         """redis-py's connection object for this URL (never connected here): its fields and
@@ -99,6 +162,59 @@ class RedisTarget:
             socket_timeout=self.timeout_s,
         )
         return Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+def _sentinel_parts(url: str) -> tuple[str, tuple[tuple[str, int], ...], str]:
+    """`redis+sentinel://[:password@]h1:26379,h2/MASTER[/db][?opts]` as a one-host URL for
+    redis-py's parser (credentials, database, options; no address), the sentinels and the
+    master's name. Raises ValueError saying what is wrong."""
+    scheme, _, rest = url.partition("://")
+    base, qmark, query = rest.partition("?")
+    at = base.rfind("@")  # the last '@': a password may hold one
+    userinfo, hostpart = (base[: at + 1], base[at + 1 :]) if at >= 0 else ("", base)
+    netloc, _, path = hostpart.partition("/")
+    if not netloc:
+        raise ValueError("name at least one sentinel (host:port, comma-separated)")
+    hosts = []
+    for item in netloc.split(","):
+        if not item:
+            raise ValueError("empty sentinel address in the host list")
+        host, port = split_host_port(item)
+        if not host or host == "[]":
+            raise ValueError(f"sentinel {_short(item)!r} has no host")
+        if port is None:
+            number = DEFAULT_SENTINEL_PORT
+        elif port.isascii() and port.isdigit() and 1 <= int(port) <= 65535:
+            number = int(port)
+        else:
+            raise ValueError(f"sentinel port must be 1-65535, got {_short(port)!r}")
+        hosts.append((host.strip("[]"), number))
+    parts = path.split("/") if path else []
+    master = unquote(parts[0]) if parts else ""
+    if not _MASTER_NAME.match(master):
+        raise ValueError(
+            "after the sentinels comes the master name the sentinels monitor "
+            "(letters, digits, '.', '_', ':' or '-'), e.g. …:26379/mymaster"
+        )
+    if len(parts) > 2 or (len(parts) == 2 and not (parts[1].isascii() and parts[1].isdigit())):
+        raise ValueError(f"the database after /{master}/ must be a number, got {_short(path)!r}")
+    db = parts[1] if len(parts) == 2 else "0"
+    plain = "rediss" if scheme.lower().startswith("rediss") else "redis"
+    return f"{plain}://{userinfo}localhost/{db}{qmark}{query}", tuple(hosts), master
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _one_line(text: str, url: str) -> str:
+    """An error text fit for the one-line config error: no line break, no password of `url`."""
+    base = url.partition("://")[2].partition("?")[0]
+    at = base.rfind("@")
+    password = base[:at].partition(":")[2] if at >= 0 else ""
+    for secret in {password, unquote(password)} - {""}:
+        text = text.replace(secret, "***")
+    return " ".join(text.split())
 
 
 def pack(args: Sequence[Any]) -> bytes:

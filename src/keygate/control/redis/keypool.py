@@ -1,8 +1,6 @@
-"""The Redis form of the key pool: round-robin cursor and key health in Redis.
-
-Secrets, counters and a mirror of the health stay in process: the admin page reads the mirror,
-and the local pool it holds (with the fleet's share of each per-key limit) runs on it while Redis
-is away. One PICK script per pick, one RELEASE_KEY per verdict that changes health.
+"""The Redis form of the key pool: round-robin cursor and key health in Redis; secrets, counters
+and a mirror of the health in process (the admin page reads it, and the local pool it holds runs
+on it while Redis is away). One PICK per pick, one RELEASE_KEY a verdict.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ When Redis does not answer (within `timeout_s`) every call is served by the loca
 shared form holds, whose limits are the fleet's divided by `fleet_size`; the outage is logged
 once and shown in /healthz, and a probe brings the shared forms back when Redis answers.
 
+Under Sentinel every (re)connect asks the sentinels for the master first, and while connected
+they are asked once a second whether it moved (a demoted master still answers PING; writes to
+it answer READONLY, which fails the connection too): a failover is an outage of a second or
+two, served locally, after which the leases are reconciled on the new master as after any
+outage.
+
 Keys (all under the `{provider}` hash tag):
   keygate:{p}:adm      hash  tokens, stamp (the bucket); pause (the pool-wide 429 guard)
   keygate:{p}:leases   zset  slot lease id -> expiry
@@ -38,7 +44,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -49,41 +55,10 @@ from keygate.control.redis.connection import (
     ReplyError,
     RespPipe,
 )
+from keygate.control.redis.members import SharedGate, SharedPool
 from keygate.control.redis.scripts import CLEAN, RELEASE_SLOT, RENEW, SCRIPTS, Script
+from keygate.control.redis.sentinel import SentinelFollow
 from keygate.observe.logs import log
-
-
-class SharedGate(Protocol):
-    """What the supervisor needs of a provider's shared admission (admission.py registers
-    itself here): its leases, to hand back, re-lease or wake after an outage."""
-
-    name: str
-    leases_key: str
-    held: dict[str, Any]
-
-    def lease_local_slots(self) -> None: ...
-
-    def wake(self) -> None: ...
-
-    def on_pause(self, until: float) -> None: ...
-
-
-class SharedPool(Protocol):
-    """What the supervisor needs of a provider's shared key pool (keypool.py registers it):
-    its per-key connection leases, to renew, and the fleet's events about its keys."""
-
-    leases: dict[int, list[str]]
-
-    def conn_key(self, key_id: int) -> str: ...
-
-    async def resync(self) -> None: ...
-
-    def on_health(self, msg: dict[str, Any]) -> None: ...
-
-    def on_guard(self, msg: dict[str, Any]) -> None: ...
-
-    def note_429(self) -> None: ...
-
 
 PROBE_S = 1.0  # how often an unreachable Redis is tried again
 SYNC_BATCH = 500
@@ -91,7 +66,7 @@ EVENTS = "keygate:events"
 RELEASES = "keygate:release"
 
 
-class SharedState:
+class SharedState(SentinelFollow):
     """The Redis connection, its health, and the background work of the shared forms."""
 
     def __init__(
@@ -112,6 +87,10 @@ class SharedState:
         self._pipe: RespPipe | None = None
         self._pubsub: Any = None
         self._ps_client: Any = None
+        self._ps_address = ""
+        self._sentinels: Any = None  # redis-py's Sentinel, under Sentinel only
+        self.master = ""  # "host:port" the sentinels named, once connected
+        self._moved = False  # the sentinels named a new master: reconnect without waiting
         self._tasks: list[asyncio.Task[None]] = []
         self._on_change: Callable[[], Awaitable[None]] | None = None
         self._change_task: asyncio.Task[None] | None = None
@@ -130,7 +109,10 @@ class SharedState:
     async def start(self, on_change: Callable[[], Awaitable[None]] | None = None) -> None:
         """Connect (never fatal: an unreachable Redis means local limits until it answers)."""
         self._on_change = on_change
-        self._ps_client = self.target.client()
+        if self.target.sentinel is not None:
+            self._sentinels = self.target.sentinel.client()
+        else:
+            self._ps_client = self.target.client()
         try:
             await self._connect()
         except Exception as exc:
@@ -138,6 +120,8 @@ class SharedState:
         loop = asyncio.get_running_loop()
         for coro in (self._supervise(), self._renew_loop(), self._watchdog()):
             self._tasks.append(loop.create_task(coro))
+        if self._sentinels is not None:
+            self._tasks.append(loop.create_task(self._follow()))
 
     async def close(self) -> None:
         if self._change_task is not None:
@@ -165,13 +149,22 @@ class SharedState:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1):
                     await self._ps_client.aclose()
+        if self._sentinels is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await self._sentinels.aclose()
 
     async def _connect(self) -> None:
         pipe = RespPipe(self._lost)
         ps = None
         try:
             async with asyncio.timeout(self.timeout_s * 4):
-                await pipe.open(self.target)
+                target = await self._locate()
+                await pipe.open(target)
+                if target.sentinel is not None:
+                    role = await pipe.call(["ROLE"])
+                    if role[0] != b"master":  # the sentinels' view lags a switch
+                        raise RuntimeError(f"{self._ps_address} is a {role[0].decode()} now")
                 for script in SCRIPTS:
                     sha = await pipe.call(["SCRIPT", "LOAD", script.src])
                     if sha.decode() != script.sha:
@@ -195,19 +188,22 @@ class SharedState:
                     await ps.aclose()
             raise
         self._pubsub = ps
+        if target.sentinel is not None:
+            self.master = self._ps_address
         was_down = self._down_logged
         self.up = True
         self._down_logged = False
         self.reason = ""
+        where = self.display_url + (f" (master {self.master})" if self.master else "")
         if was_down:
             log.warning(
                 "shared state: Redis %s answers again after %.1fs; limits and key health are "
                 "shared by the fleet again",
-                self.display_url,
+                where,
                 time.time() - self.since,
             )
         else:
-            log.info("shared state: Redis %s (slot leases %gs)", self.display_url, self.lease_s)
+            log.info("shared state: Redis %s (slot leases %gs)", where, self.lease_s)
         for adm in self.admissions.values():
             adm.wake()
         if self._connected_once:
@@ -250,7 +246,9 @@ class SharedState:
         """Probe while down; listen to pub/sub while up."""
         while True:
             if not self.up:
-                await asyncio.sleep(PROBE_S)
+                if not self._moved:
+                    await asyncio.sleep(PROBE_S)
+                self._moved = False
                 try:
                     await self._connect()
                 except asyncio.CancelledError:
@@ -446,19 +444,26 @@ class SharedState:
 
     # --- reporting ------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
+        where: dict[str, Any] = {"redis": self.display_url}
+        if self.target.sentinel is not None:
+            where["redis_master"] = self.master  # the latest one the sentinels named
         if self.up:
-            return {"state": "redis", "redis": self.display_url}
+            return {"state": "redis", **where}
         return {
             "state": "local-fallback",
             "state_reason": f"Redis unreachable: {self.reason}",
             "state_since": round(self.since, 3),
-            "redis": self.display_url,
+            **where,
             "fleet_size": self.fleet_size,
         }
 
     def banner(self) -> str:
         if self.up:
-            return f"redis {self.display_url} (limits and key health shared; slot leases {self.lease_s:g}s)"
+            master = f"; master {self.master}" if self.master else ""
+            return (
+                f"redis {self.display_url} (limits and key health shared; slot leases "
+                f"{self.lease_s:g}s{master})"
+            )
         return (
             f"redis {self.display_url} UNREACHABLE ({self.reason}): local limits, "
             f"1/{self.fleet_size} of each, until it answers"
