@@ -79,7 +79,7 @@ class Pins:
     def ask(self, provider: str, conv: str, ttl: float) -> Any:
         """The pin's key id (None: no pin), or, with Redis, a future of the reply: asked
         before admission, so that the read goes out with the admission's own script."""
-        name = self._name(provider, conv)
+        name = f"keygate:{{{provider}}}:pin:{conv}"  # `_name`, inline: once per request
         shared = self.shared
         if shared is not None:
             fut = shared.command(("GETEX", name, "EX", math.ceil(ttl)))

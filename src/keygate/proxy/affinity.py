@@ -42,8 +42,8 @@ def _explicit(headers: Sequence[tuple[bytes, bytes]], doc: dict[str, Any] | None
     return None
 
 
-def _is_user(item: Any) -> bool:
-    return isinstance(item, dict) and item.get("role") == "user"
+def _role(item: Any) -> Any:
+    return item.get("role") if type(item) is dict else None
 
 
 def stable_prefix(doc: dict[str, Any]) -> tuple[Any, Any, Any] | None:
@@ -55,14 +55,15 @@ def stable_prefix(doc: dict[str, Any]) -> tuple[Any, Any, Any] | None:
     if isinstance(messages, list):
         if "system" in doc:  # Messages: the system prompt is its own field
             system = doc["system"]
-            first = next((m for m in messages if _is_user(m)), None)
+            first = next((m for m in messages if _role(m) == "user"), None)
         else:  # Chat: the system/developer messages before the first user message
             lead = []
             for m in messages:
-                if _is_user(m):
+                role = _role(m)
+                if role == "user":
                     first = m
                     break
-                if isinstance(m, dict) and m.get("role") in ("system", "developer"):
+                if role in ("system", "developer"):
                     lead.append(m)
             system = lead or None
     else:  # Responses: `instructions`, and `input` (a string is the first user message)
@@ -71,7 +72,7 @@ def stable_prefix(doc: dict[str, Any]) -> tuple[Any, Any, Any] | None:
         if isinstance(given, str):
             first = given
         elif isinstance(given, list):
-            first = next((m for m in given if _is_user(m)), None)
+            first = next((m for m in given if _role(m) == "user"), None)
     if system is None and first is None:
         return None
     return system, doc.get("tools"), first

@@ -144,21 +144,23 @@ class Pinning:
     pick took, the pin moved to it when it is another (so a retry's key keeps it), and what
     the answer says (`x-keygate-affinity`)."""
 
-    __slots__ = ("asked", "conv", "done", "pin", "placed", "result")
+    __slots__ = ("asked", "conv", "pin", "placed", "result")
 
     def __init__(self, gw: Gateway, cfg: ProviderConfig, conv: str) -> None:
         self.conv = conv
-        self.asked: Any = gw.pins.ask(cfg.name, conv, cfg.affinity_ttl_s)
-        self.done = False
-        self.pin: int | None = None  # as read: what `hit` and `moved` are judged by
-        self.placed: int | None = None  # what the pin is now
+        asked = gw.pins.ask(cfg.name, conv, cfg.affinity_ttl_s)
+        # in memory the answer is here already; from Redis it is a reply still to come
+        self.asked: Any = None if asked is None or isinstance(asked, int) else asked
+        self.pin: int | None = None if self.asked is not None else asked  # what `hit` is
+        self.placed = self.pin  # what the pin is now
         self.result = ""
 
     async def read(self, gw: Gateway, cfg: ProviderConfig) -> int | None:
-        if not self.done:
-            self.done = True
-            self.pin = await gw.pins.answer(self.asked, cfg.name, self.conv, cfg.affinity_ttl_s)
-            self.placed = self.pin
+        """The pin Redis answered (which failing, this process's)."""
+        asked, self.asked = self.asked, None
+        self.pin = self.placed = await gw.pins.answer(
+            asked, cfg.name, self.conv, cfg.affinity_ttl_s
+        )
         return self.pin
 
     def took(self, gw: Gateway, cfg: ProviderConfig, ex: Exchange, key_id: int) -> None:
@@ -239,7 +241,7 @@ async def forward(
                 pick = await rt.pool.acquire(retries.tried if retries else (), ex.ticket)
             else:  # the pinned key while it can serve now, else the normal pick
                 tried = retries.tried if retries else ()
-                pin = await pinning.read(gw, cfg)
+                pin = pinning.pin if pinning.asked is None else await pinning.read(gw, cfg)
                 prefer = pin if pin is not None and pin not in tried else None
                 pick = await rt.pool.acquire(tried, ex.ticket, prefer)
                 if pick.entry is not None:

@@ -46,11 +46,23 @@ def served_headers(
 _AFFINITY_HEADERS = {r: (AFFINITY, r.encode()) for r in ("hit", "new", "moved")}
 
 
+_WITH: dict[tuple[tuple[tuple[bytes, bytes], ...], str], tuple[tuple[bytes, bytes], ...]] = {}
+
+
 def with_affinity(
     served: tuple[tuple[bytes, bytes], ...], result: str
 ) -> tuple[tuple[bytes, bytes], ...]:
-    """`served` saying what the pick came to (`hit`, `new`, `moved`), once."""
-    return (*(h for h in served if h[0] != AFFINITY), _AFFINITY_HEADERS[result])
+    """`served` saying what the pick came to (`hit`, `new`, `moved`), once. Built once per
+    served headers and result, as they are."""
+    found = _WITH.get((served, result))
+    if found is None:
+        if len(_WITH) >= 4096:  # as `served_headers`' own cache: bounded
+            _WITH.clear()
+        found = _WITH[(served, result)] = (
+            *(h for h in served if h[0] != AFFINITY),
+            _AFFINITY_HEADERS[result],
+        )
+    return found
 
 
 class Exchange:
