@@ -40,6 +40,7 @@ ADMIN_ROUTES = {
     ("PATCH", "/api/clients/{id}"),
     ("DELETE", "/api/clients/{id}"),
     ("GET", "/api/stats"),
+    ("DELETE", "/api/cache"),
     ("GET", "/api/config"),
     ("PUT", "/api/config/default-model"),
     ("GET", "/api/requests"),
@@ -156,7 +157,7 @@ def test_add_is_used_at_once_delete_never_again(kg: Kg) -> None:
     expected = {"id", "provider", "masked", "label", "status", "use_count", "last_used"}
     expected |= {"created_at", "last_error", "cooldown_until", "source", "inflight", "ok"}
     expected |= {"err_4xx", "err_5xx", "tokens_in", "tokens_out", "rpm", "max_conn"}
-    expected |= {"rph", "rpd", "tpm", "tph", "tpd", "quota", "tier", "weight"}
+    expected |= {"rph", "rpd", "tpm", "tph", "tpd", "quota", "tier", "weight", "proxy"}
     assert set(key) == expected
     assert set(key["quota"]) == {"rpm", "rph", "rpd", "tpm", "tph", "tpd"}
     assert key["quota"]["rpd"] == {"used": None, "limit": None, "reset_at": None}

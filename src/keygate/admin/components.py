@@ -25,6 +25,7 @@ from keygate.admin.schema import (
     said,
 )
 from keygate.config.error_rules import ACTIONS, COOL_MAX_S, MATCH_MAX, RULES_MAX
+from keygate.config.provider_config import CACHE_MB_MAX, CACHE_TTL_MAX_S
 from keygate.config.routing import TARGETS_MAX
 from keygate.config.settings import BOUNDS, MODEL_NAME_MAX, TUNABLE
 from keygate.control.quota import WINDOWS
@@ -76,6 +77,9 @@ KEY = Component(
             **{w: said(INT, f"0 = the provider's key_{w}") for w in (*WINDOWS, "max_conn")},
             "tier": said(INT, "lower tiers are spent first; a higher one takes the overflow"),
             "weight": said(INT, "the key's share of the picks inside its tier"),
+            "proxy": said(
+                STR, "the egress proxy the key goes through (password masked), or direct"
+            ),
             "quota": obj(
                 {w: _QUOTA_WINDOW for w in WINDOWS},
                 description="each quota window: used, limit (configured or announced by the"
@@ -111,7 +115,14 @@ IMPORT_RESULT = Component(
 )
 
 # --- providers: the settings the admin API may change (settings.TUNABLE, within BOUNDS) -------
-_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array"}
+_JSON_TYPES = {
+    int: "integer",
+    float: "number",
+    str: "string",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
 _POSITIVE = (
     "timeout_connect_s",
     "timeout_first_byte_s",
@@ -145,6 +156,20 @@ _TUNABLE_SAYS: dict[str, Schema] = {
         "description": "send a conversation back to the key that served it last",
     },
     "affinity_ttl_s": {"description": "seconds a pin outlives its last use"},
+    "proxy_cooldown_s": {"description": "seconds a failing egress proxy rests"},
+    "cache": {
+        "type": ["object", "null"],
+        "properties": {
+            "ttl_s": {"type": "number", "exclusiveMinimum": 0, "maximum": CACHE_TTL_MAX_S},
+            "max_mb": {"type": "number", "exclusiveMinimum": 0, "maximum": CACHE_MB_MAX},
+        },
+        "additionalProperties": False,
+        "description": "the exact response cache (SPEC §19); null: off",
+    },
+    "cache_scope": {
+        "enum": ["key", "shared"],
+        "description": "key: each client key has its own cached answers; shared: one for all",
+    },
 }
 
 
@@ -198,6 +223,17 @@ PROVIDER = Component(
             **ints("in_flight", "queued"),
             "paused_for_s": NUM,
             "quota": _PROVIDER_QUOTA,
+            "proxies": arr(
+                obj(
+                    {
+                        "url": said(STR, "password masked"),
+                        "status": {"type": "string", "enum": ["active", "cooling"]},
+                        "errors": INT,
+                        "cooldown_until": NUM,
+                    }
+                ),
+                description="the egress proxies' health (SPEC §16); [] when direct",
+            ),
         }
     ),
 )
@@ -268,6 +304,7 @@ PROVIDER_STATS = Component(
         }
     ),
 )
+_CACHE_COUNTS = ints("hits", "misses", "bypasses", "entries", "bytes", "tokens_saved")
 STATS = Component(
     "Stats",
     obj(
@@ -283,6 +320,16 @@ STATS = Component(
             ),
             "clients": obj(
                 description="usage per client key, by client id", additionalProperties=CLIENT_USAGE
+            ),
+            "cache": obj(
+                {
+                    **_CACHE_COUNTS,
+                    "providers": obj(
+                        description="per provider with a cache",
+                        additionalProperties=obj(_CACHE_COUNTS),
+                    ),
+                },
+                description="the response cache (SPEC §19) since start; entries and bytes held",
             ),
         }
     ),

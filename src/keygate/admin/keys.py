@@ -92,7 +92,10 @@ class KeyRoutes:
 
     def _view(self, key: KeyEntry | KeyRecord, now: float) -> dict[str, Any]:
         rt = self.gw.providers.get(key.provider)
-        return key_view(key, now, rt.pool if rt is not None else None)
+        view = key_view(key, now, rt.pool if rt is not None else None)
+        egress = rt.egress if rt is not None else None
+        view["proxy"] = egress.assigned(key.id, key.secret) if egress is not None else "direct"
+        return view
 
     async def _record(self, key_id: int) -> KeyRecord:
         rec = await self.ops.record(key_id)
@@ -327,8 +330,7 @@ class KeyRoutes:
 
     async def test_entry(self, rt: ProviderRuntime, entry: KeyEntry) -> dict[str, Any]:
         """The same operation as `keygate keys test`, applied at once to this gateway's pool."""
-        assert self.gw.session is not None
-        result = await self.ops.test(self.gw.session, rt.cfg, entry)
+        result = await self.ops.test(self.gw.key_session(rt, entry), rt.cfg, entry)
         if result.health is not None:
             log.info(
                 "admin: key %s#%d tested %s: now %s",

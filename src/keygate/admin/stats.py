@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from keygate.admin.components import REQUEST_RECORD, STATS
-from keygate.admin.http import Reply, Request, bad
-from keygate.admin.schema import STR, Query, QueryInt, arr, obj
+from keygate.admin.http import Reply, Request, bad, not_found
+from keygate.admin.schema import INT, STR, Query, QueryInt, arr, obj
 from keygate.admin.table import op
 from keygate.clients import ops as client_ops
+from keygate.observe.logs import log
 from keygate.runtime.gateway import Gateway
 from keygate.runtime.views import (
     COUNTER_NAMES,
@@ -91,8 +92,27 @@ class StatsRoutes:
                 }
                 for c in await client_ops.listing(gw.store, gw.clients, time.time())
             },
+            "cache": gw.cache.snapshot(),
         }
         return Reply(200, doc)
+
+    @op(
+        "DELETE",
+        "/api/cache",
+        "Empty the response cache (SPEC §19): every provider's entries, or one's",
+        tag=_TAG,
+        answer=obj({"removed": INT}),
+        answer_text="how many entries were removed",
+        params=(Query("provider", STR, "only this provider"),),
+        errors=(404,),
+    )
+    async def clear_cache(self, req: Request) -> Reply:
+        provider = req.query.get("provider") or None
+        if provider is not None and provider not in self.gw.providers:
+            raise not_found(f"no provider named {provider!r}")
+        removed = self.gw.cache.clear(provider)
+        log.info("admin: response cache emptied (%s): %d entries", provider or "all", removed)
+        return Reply(200, {"removed": removed})
 
     @op(
         "GET",

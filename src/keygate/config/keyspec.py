@@ -1,7 +1,7 @@
 """A provider key as the config file and the environment write it: `secret|tier=1|weight=3`.
 
 The options after the secret rank the key (SPEC §15): lower tiers are spent first, `weight` is
-its share inside its tier. A bad option is refused with a message that names the option and
+its share inside its tier. `proxy=URL` gives the key its own egress proxy (SPEC §16). A bad option is refused with a message that names the option and
 never carries the secret (the caller adds where it was found and the masked key).
 """
 
@@ -31,3 +31,18 @@ def parse_key_spec(token: str) -> tuple[str, dict[str, int]]:
             raise ValueError(f"{name} is given twice")
         options[name] = int(raw)
     return secret.strip(), options
+
+
+def split_proxy_option(token: str) -> tuple[str, str | None]:
+    """`token` without its `|proxy=URL` option, and that URL (None when it has none); a
+    second one is a ValueError. The URL is checked by the caller (config.proxies)."""
+    kept, proxy = [], None
+    for i, part in enumerate(token.split("|")):
+        name, eq, value = part.partition("=")
+        if i and eq and name.strip() == "proxy":
+            if proxy is not None:
+                raise ValueError("proxy is given twice")
+            proxy = value.strip()
+        else:
+            kept.append(part)
+    return "|".join(kept), proxy

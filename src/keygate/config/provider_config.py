@@ -16,7 +16,7 @@ from typing import Any
 
 from keygate.config.error_rules import ErrorRules, parse_rules
 from keygate.config.quotaday import DEFAULT_DAY_RESET, parse_day_reset
-from keygate.config.urls import check_upstream
+from keygate.config.urls import check_upstream, mask_url
 
 
 @dataclass(slots=True)
@@ -59,6 +59,13 @@ class ProviderConfig:
     affinity_ttl_s: float = 600.0  # how long a pin outlives its last use
     # SPEC §15: what an upstream error means for the key, checked before the built-in judgement
     error_rules: ErrorRules = field(default_factory=ErrorRules)
+    # SPEC §19: exact answers kept and served again; None: off (nothing computed per request)
+    cache: CacheSettings | None = None
+    cache_scope: str = "key"  # key: each client key its own entries | shared: one for all
+    # SPEC §16: egress proxies (checked URLs, or [direct]); empty: KEYGATE_PROXY, else direct
+    proxies: list[str] = field(default_factory=list)
+    proxy_cooldown_s: float = 30.0  # how long a failing proxy rests
+    key_proxies: dict[str, str] = field(default_factory=dict)  # `secret|proxy=URL`: by secret
     keys: list[str] = field(default_factory=list)
     config_keys: list[str] = field(default_factory=list)  # those of `keys` the file lists
     # `secret|tier=1|weight=3` in the file or the environment: the options of those keys
@@ -76,6 +83,8 @@ class ProviderConfig:
         d.pop("keys")
         d.pop("config_keys")
         d.pop("key_options")
+        d.pop("key_proxies")  # keyed by secret
+        d["proxies"] = [mask_url(u) for u in self.proxies]  # a proxy's password is never shown
         return d
 
 
@@ -113,6 +122,9 @@ TUNABLE: dict[str, type] = {
     "error_rules": list,
     "affinity": str,
     "affinity_ttl_s": float,
+    "proxy_cooldown_s": float,
+    "cache": dict,
+    "cache_scope": str,
 }
 _POSITIVE = {
     "timeout_connect_s",
@@ -122,6 +134,49 @@ _POSITIVE = {
     "affinity_ttl_s",
 }
 AFFINITY_MODES = ("prefix", "header", "off")
+CACHE_SCOPES = ("key", "shared")
+CACHE_TTL_MAX_S = 30 * 86_400
+CACHE_MB_MAX = 65_536
+
+
+class CacheSettings(dict[str, float]):
+    """A provider's `cache: {ttl_s, max_mb}`: a dict (shown and stored as it is) whose two
+    values the request path reads as attributes."""
+
+    __slots__ = ("max_bytes", "ttl_s")
+
+    def __init__(self, *args: Any, **kw: float) -> None:
+        # built from the checked values, or by `dataclasses.asdict` from its items
+        super().__init__(*args, **kw)
+        self.setdefault("ttl_s", 3600.0)
+        self.setdefault("max_mb", 64.0)
+        self.ttl_s = self["ttl_s"]
+        self.max_bytes = int(self["max_mb"] * 1024 * 1024)
+
+
+def parse_cache(value: Any) -> CacheSettings | None:
+    """`cache:` as written: a mapping of `ttl_s` and `max_mb` (either may be left out), or
+    null / false for off (an empty mapping is on, with the defaults)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CacheSettings()
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of ttl_s and max_mb, or null, got {short_repr(value)}")
+    unknown = sorted(map(str, set(value) - {"ttl_s", "max_mb"}))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} (ttl_s, max_mb)")
+    out = {}
+    for name, default, high in (("ttl_s", 3600.0, CACHE_TTL_MAX_S), ("max_mb", 64.0, CACHE_MB_MAX)):
+        v = value.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f".{name}: must be a number, got {short_repr(v)}")
+        if not math.isfinite(v) or not 0 < v <= high:
+            raise ValueError(f".{name}: must be > 0 and ≤ {high:g}, got {short_repr(v)}")
+        out[name] = float(v)
+    return CacheSettings(out)
+
+
 # Upper bound of every numeric field (lower bound 0; > 0 for _POSITIVE). Far above any real
 # setting, low enough that arithmetic on them (bytes, seconds, leases) stays finite and the
 # store's 64-bit integers hold them (docs/configuration.md, "Provider settings").
@@ -150,6 +205,7 @@ BOUNDS: dict[str, float] = {
     "timeout_idle_s": 3600,
     "max_body_mb": 1024,
     "affinity_ttl_s": 30 * 86_400,
+    "proxy_cooldown_s": 86_400,
 }
 MODEL_NAME_MAX = 200
 
@@ -162,6 +218,8 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
         raise ValueError("unknown field")
     if kind is list:
         return parse_rules(value)
+    if kind is dict:
+        return parse_cache(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -175,6 +233,12 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
             raise ValueError(f"must be a string, got {value!r}")
         if key == "base_url":
             return check_upstream(value, allow_private)
+        if key == "cache_scope":
+            if value not in CACHE_SCOPES:
+                raise ValueError(
+                    f"must be one of {', '.join(CACHE_SCOPES)}, got {short_repr(value)}"
+                )
+            return value
         if key == "affinity":
             if value not in AFFINITY_MODES:
                 raise ValueError(
@@ -207,7 +271,7 @@ def coerce_field(key: str, value: Any, allow_private: bool = False) -> Any:
 def field_problem(key: str, exc: ValueError) -> str:
     """`key: problem`, or `key[2].match: problem` when the problem is in one item of a list."""
     text = str(exc)
-    return f"{key}{text}" if text.startswith("[") else f"{key}: {text}"
+    return f"{key}{text}" if text.startswith(("[", ".")) else f"{key}: {text}"
 
 
 def short_repr(value: Any) -> str:

@@ -21,7 +21,7 @@ import yaml
 from keygate.config.catalog import BUILTINS, KEY_STYLES, RESERVED_NAMES, env_names
 from keygate.config.dburl import check_db_url
 from keygate.config.error_rules import ErrorRules
-from keygate.config.keyspec import parse_key_spec
+from keygate.config.keyspec import parse_key_spec, split_proxy_option
 from keygate.config.provider_config import (
     BOUNDS,
     MODEL_NAME_MAX,
@@ -33,6 +33,7 @@ from keygate.config.provider_config import (
     short_repr,
     split_keys,
 )
+from keygate.config.proxies import ENV, proxy_list
 from keygate.config.routing import RouteError, build_table
 from keygate.config.urls import mask_url
 from keygate.masking import mask
@@ -76,6 +77,7 @@ class Settings:
     db_url: str = ""
     secret_key: str = ""
     allow_private_upstreams: bool = False
+    proxy: list[str] = field(default_factory=list)  # KEYGATE_PROXY (SPEC §16); [env]: *_PROXY vars
     flush_interval_ms: int = 5000
     recent_requests: int = 1000
     fleet_size: int = 1
@@ -225,7 +227,9 @@ def _apply_provider_yaml(
             raise ConfigError(f"{where}.base_url: required for a custom provider")
         providers[name] = ProviderConfig(name=name, base_url="http://invalid", builtin=False)
     cfg = providers[name]
-    unknown = sorted(map(str, set(raw) - set(TUNABLE) - {"keys", "key_style", "models"}))
+    unknown = sorted(
+        map(str, set(raw) - set(TUNABLE) - {"keys", "key_style", "models", "proxy", "proxies"})
+    )
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
     for key, value in raw.items():
@@ -234,7 +238,7 @@ def _apply_provider_yaml(
                 value = split_keys(value)
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(f"{where}.keys: must be a list of strings")
-            value = _key_specs(cfg, value, f"{where}.keys")
+            value = _key_specs(cfg, value, f"{where}.keys", allow_private)
             cfg.keys.extend(k for k in value if k.strip() and k not in cfg.keys)
             cfg.config_keys.extend(k for k in value if k.strip() and k not in cfg.config_keys)
         elif key == "models":
@@ -243,6 +247,13 @@ def _apply_provider_yaml(
             ):
                 raise ConfigError(f"{where}.models: must be a list of model names")
             cfg.models = list(dict.fromkeys(value))
+        elif key in ("proxy", "proxies"):
+            if "proxy" in raw and "proxies" in raw:
+                raise ConfigError(f"{where}: give proxy or proxies, not both")
+            try:
+                cfg.proxies = proxy_list(value, allow_private)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{field_problem(key, exc)}") from None
         elif key == "key_style":
             if value not in KEY_STYLES:
                 raise ConfigError(
@@ -256,16 +267,22 @@ def _apply_provider_yaml(
                 raise ConfigError(f"{where}.{field_problem(key, exc)}") from None
 
 
-def _key_specs(cfg: ProviderConfig, tokens: list[str], where: str) -> list[str]:
-    """The secrets of `secret|tier=1|weight=3` tokens; their options go to `cfg.key_options`.
-    A bad option is a ConfigError naming `where`, the key's place and its masked form."""
+def _key_specs(
+    cfg: ProviderConfig, tokens: list[str], where: str, allow_private: bool = False
+) -> list[str]:
+    """The secrets of `secret|tier=1|weight=3|proxy=URL` tokens; their options go to
+    `cfg.key_options` (the proxy to `cfg.key_proxies`). A bad option is a ConfigError naming
+    `where`, the key's place and its masked form (a proxy's password masked too)."""
     out = []
     for i, token in enumerate(tokens):
         if "|" not in token:
             out.append(token)
             continue
         try:
+            token, proxy = split_proxy_option(token)
             secret, options = parse_key_spec(token)
+            if proxy is not None:
+                cfg.key_proxies[secret] = proxy_list(proxy, allow_private)[0]
         except ValueError as exc:
             shown = mask(token.split("|", 1)[0].strip())
             raise ConfigError(f"{where}[{i}] ({shown}): {exc}") from None
@@ -326,6 +343,16 @@ def load_settings(
             raise ConfigError(f"environment variable KEYGATE_DB: {exc}") from None
     s.secret_key = env.get("KEYGATE_SECRET_KEY", "")
     s.allow_private_upstreams = _env_bool(env, "KEYGATE_ALLOW_PRIVATE_UPSTREAMS")
+    proxy = (env.get("KEYGATE_PROXY") or "").strip()
+    if proxy:
+        try:
+            s.proxy = (
+                [ENV] if proxy == ENV else proxy_list(proxy.split(","), s.allow_private_upstreams)
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"environment variable KEYGATE_PROXY{field_problem('', exc)}"
+            ) from None
     s.flush_interval_ms = _env_int(env, "KV_FLUSH_INTERVAL_MS", 5000, maximum=3_600_000)
     s.recent_requests = _env_int(env, "KEYGATE_RECENT_REQUESTS", 1000, minimum=1, maximum=1_000_000)
     s.fleet_size = _env_int(env, "KEYGATE_FLEET_SIZE", 1, minimum=1, maximum=10_000)
@@ -409,7 +436,12 @@ def load_settings(
             except ValueError as exc:
                 raise ConfigError(f"environment variable {base_vars[0]}: {exc}") from None
         for var in env_names(name, "API_KEYS"):
-            extra = _key_specs(cfg, split_keys(env.get(var, "")), f"environment variable {var}")
+            extra = _key_specs(
+                cfg,
+                split_keys(env.get(var, "")),
+                f"environment variable {var}",
+                s.allow_private_upstreams,
+            )
             cfg.keys.extend(k for k in extra if k not in cfg.keys)
 
     s.default_provider = default_provider or "cerebras"

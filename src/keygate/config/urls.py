@@ -41,7 +41,7 @@ _METADATA_NAMES = frozenset(
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _PORT = re.compile(r"^[0-9]{1,5}$")
-_FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
+FORBIDDEN_CHARS = _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 
 
 def check_upstream(url: str, allow_private: bool = False) -> str:
@@ -75,6 +75,11 @@ def check_upstream(url: str, allow_private: bool = False) -> str:
 def split_host_port(netloc: str) -> tuple[str, str | None]:
     """`host[:port]` or `[v6]:port` as (host, port text or None); ValueError if malformed."""
     return _split_host_port(netloc)
+
+
+def check_host(host: str, allow_private: bool = False) -> None:
+    """ValueError unless `host` is a valid name or address keygate may send to."""
+    _check_host(host, allow_private)
 
 
 def _split_host_port(netloc: str) -> tuple[str, str | None]:

@@ -10,6 +10,7 @@ holds either while it waits.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from keygate.proxy.forward import (
     request_headers,
 )
 from keygate.proxy.relay import relay
+from keygate.runtime.egress import PROXY_ERRORS, proxy_failure
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -39,10 +41,13 @@ if TYPE_CHECKING:
     from keygate.control.keypool import KeyEntry
     from keygate.dialects.budget import Announced
     from keygate.proxy.exchange import Exchange
+    from keygate.runtime.egress import ProxyState
     from keygate.runtime.gateway import Gateway
     from keygate.runtime.provider import ProviderRuntime
 
 ERROR_BODY_LIMIT = 1 << 20
+log = logging.getLogger("keygate.proxy")
+_PROXY_FAILED: tuple[type[Exception], ...] = (UpstreamUnreachable, *PROXY_ERRORS)
 
 
 @dataclass(slots=True)
@@ -258,16 +263,20 @@ async def forward(
             attempt.entry = ex.entry = entry
             # one exchange; the watchdog is stopped by whoever reads the answer
             try:
-                resp = await open_upstream(
-                    gw.session,
-                    out.method,
-                    out.url,
-                    request_headers(out.headers, ex.wire, entry.secret, out.body is not None),
-                    out.body,
-                    rt.timeout,
-                    ex.dog,
-                    cfg.timeout_first_byte_s,
-                )
+                headers = request_headers(out.headers, ex.wire, entry.secret, out.body is not None)
+                if rt.egress is None:
+                    resp = await open_upstream(
+                        gw.session,
+                        out.method,
+                        out.url,
+                        headers,
+                        out.body,
+                        rt.timeout,
+                        ex.dog,
+                        cfg.timeout_first_byte_s,
+                    )
+                else:
+                    resp = await _via_proxies(gw, rt, ex, out, headers, entry)
                 first = b""
                 # a stream's first event is held while it may still be retried or passed on
                 if (
@@ -299,6 +308,49 @@ async def forward(
                 break
             ex.retries += 1
     return Failure(rt, last, last_error, pick.wait, True, pick.quota)
+
+
+async def _via_proxies(
+    gw: Gateway,
+    rt: ProviderRuntime,
+    ex: Exchange,
+    out: Outgoing,
+    headers: list[tuple[str, str]],
+    entry: KeyEntry,
+) -> Any:
+    """SPEC §16: the exchange through the key's proxy. A proxy that fails (refused, its own
+    407/502/503, a SOCKS error) is the proxy's fault: it is cooled and the next proxy by rank
+    tried with the same key, which stays untouched; none left is keygate's own 502."""
+    egress = rt.egress
+    assert egress is not None and ex.dog is not None and gw.session is not None
+    tried: list[ProxyState] = []
+    while True:
+        via = egress.pick(entry.id, entry.secret, tried)
+        if via is None and tried:
+            raise UpstreamUnreachable(f"every proxy failed (last: {tried[-1].shown})")
+        try:
+            return await open_upstream(
+                gw.session if via is None else egress.session(via),  # None: this key is direct
+                out.method,
+                out.url,
+                headers,
+                out.body,
+                rt.timeout,
+                ex.dog,
+                rt.cfg.timeout_first_byte_s,
+            )
+        except _PROXY_FAILED as exc:
+            failed = proxy_failure(exc)
+            if failed is None or via is None:
+                raise
+            egress.failed(via)
+            log.warning(
+                "proxy %s of %s failed: %s (cooling it)",
+                via.shown,
+                rt.cfg.name,
+                type(failed).__name__,
+            )
+            tried.append(via)
 
 
 def _unreachable(

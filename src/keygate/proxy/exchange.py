@@ -71,6 +71,7 @@ class Exchange:
 
     __slots__ = (
         "adapter",
+        "cache",
         "client",
         "conv",
         "disconnected",
@@ -120,6 +121,7 @@ class Exchange:
         self.conv: str | None = None  # the conversation's name, when its provider pins them
         # set when the client's API family differs from the provider's (keygate.translate)
         self.adapter: Adapter | None = None
+        self.cache: Any = None  # a cached route's `proxy.cache.Pending` (SPEC §19)
 
     def serve(self, provider: str, model: str, affinity_off: bool = False) -> None:
         """Name the provider and model of the try under way (the answer's x-keygate-*)."""

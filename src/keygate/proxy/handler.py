@@ -23,6 +23,7 @@ from keygate.dialects.openai import OPENAI
 from keygate.http.asgi import BadContentLength, BodyTooLarge, ClientGone, read_body, respond
 from keygate.http.errors import GatewayError
 from keygate.proxy import affinity, clients, pipeline
+from keygate.proxy import cache as response_cache
 from keygate.proxy.account import account
 from keygate.proxy.auth import split_key_param
 from keygate.proxy.exchange import Exchange
@@ -167,9 +168,31 @@ async def handle(gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) ->
             ex.model = find_model(body)
         if cfg.strict_models and ex.model and method == "POST":  # 404 before anything is sent
             await check_listed(gw, rt, ex.model, path.startswith("/v1/"), ex.client)
+        # SPEC §19: the cache is looked up before any admission; for a client key with model
+        # lists or limits that read the body, after its own checks (what it may not ask for,
+        # it may not be answered from the cache either)
+        cached = cfg.cache is not None and method == "POST"
+        if (
+            cached
+            and (ex.client is None or not ex.client.checks_body)
+            and await response_cache.lookup(
+                gw.cache, ex, send, cfg, (method, path, qs, up_path), body, headers
+            )
+        ):
+            return
         if ex.client is not None:  # 403/429, before upstream
             up_path, body = await clients.admit(gw, ex, name, up_path, body, doc, headers)
+            if (
+                cached
+                and ex.client.checks_body
+                and await response_cache.lookup(
+                    gw.cache, ex, send, cfg, (method, path, qs, up_path), body, headers
+                )
+            ):
+                return
         ex.serve(name, ex.model, cfg.affinity == "off")
+        if ex.cache is not None:
+            ex.served += (ex.cache.tag,)
         if not rt.pool.entries:
             raise GatewayError(503, f"no API key configured for provider '{name}'", "no_keys")
         ex.arm(receive, gw.loop)

@@ -21,6 +21,7 @@ from keygate.control.base import Event
 from keygate.http.errors import GatewayError
 from keygate.proxy.forward import read_answer, response_headers
 from keygate.proxy.transforms import (
+    CacheTee,
     Decompress,
     Headers,
     Transform,
@@ -69,11 +70,15 @@ async def relay(
     headers = response_headers(resp.raw_headers, secret, masked)
     headers += ex.served
     event = Event.CANCELLED
+    # a cached route's answer is copied for the cache when it may be stored (SPEC §19)
+    tee = None
+    if ex.cache is not None and ex.cache.key is not None and resp.status == 200:
+        tee = CacheTee(ex.cache)
     try:
         dog.watch(idle)
         length = resp.content_length
         if ex.adapter is not None:
-            chain = chain_for(secret, masked, ex.adapter)
+            chain = chain_for(secret, masked, ex.adapter, tee)
             # what a translation reads must be plain: a compressed answer is inflated first
             inflate = decompress_for(headers, MAX_ANSWER_BYTES)
             if inflate is not None:
@@ -88,11 +93,12 @@ async def relay(
                 if 0 < length <= WHOLE_BODY_LIMIT:
                     # a plain whole answer's one transform, the key scrub, is one replace:
                     # no chain is built for it (`KeyScrub.whole`)
-                    event = await _whole(ex, send, resp, headers, None, idle, 0, secret, masked)
+                    whole = None if tee is None else chain_for(secret, masked, None, tee)
+                    event = await _whole(ex, send, resp, headers, whole, idle, 0, secret, masked)
                     return
                 # too big to hold: a replacement would change the length: stream it unframed
                 headers = [h for h in headers if h[0] != b"content-length"]
-            chain = chain_for(secret, masked, None)
+            chain = chain_for(secret, masked, None, tee)
             inflate = None
         event = await _stream(ex, send, resp, headers, chain, idle, first, inflate)
     except GatewayError:
@@ -102,6 +108,8 @@ async def relay(
         dog.stop()
         if event is Event.OK:
             resp.release()
+            if tee is not None and not ex.error:
+                tee.commit(ex.usage[0] + ex.usage[1])
         else:
             resp.close()
         # the outcome's counters before the release, which marks the key for the next flush

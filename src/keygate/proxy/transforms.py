@@ -12,12 +12,15 @@ A new transform (a tee into a cache or a capture, say) is one class here and one
 from __future__ import annotations
 
 import zlib
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from keygate.http.errors import GatewayError
 from keygate.proxy.redact import StreamScrubber
 from keygate.translate import Adapter
 from keygate.translate.adapter import StreamTranslator
+
+if TYPE_CHECKING:
+    from keygate.proxy.cache import Pending
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -222,10 +225,77 @@ class Chain:
         return out
 
 
-def chain_for(secret: bytes, masked: bytes, adapter: Adapter | None) -> Transform:
+class CacheTee:
+    """A copy of what the client receives, for the response cache (SPEC §19): after the key
+    scrub, so what is stored is exactly what was sent. It only collects; the relay calls
+    `commit` once the answer ended whole, so a stream cut short or ending in an error, or an
+    answer past the cache's bound, is never stored."""
+
+    __slots__ = ("broken", "headers", "parts", "pending", "size", "streamed")
+    done = False
+    aborts = True  # neutral in a chain: the other stages decide
+    incomplete = False
+
+    def __init__(self, pending: Pending) -> None:
+        self.pending = pending
+        self.headers: Headers = []
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.streamed = False
+        self.broken = False
+
+    def head(self, headers: Headers, streamed: bool) -> Headers:
+        # keygate's own headers are the request's; the length is the stored body's
+        self.headers = [
+            h for h in headers if h[0] != b"content-length" and not h[0].startswith(b"x-keygate-")
+        ]
+        self.streamed = streamed
+        return headers
+
+    def feed(self, chunk: bytes) -> bytes:
+        if chunk and not self.broken:
+            self.size += len(chunk)
+            if self.size > self.pending.max_bytes:
+                self.broken, self.parts = True, []
+            else:
+                self.parts.append(chunk)
+        return chunk
+
+    def whole(self, body: bytes) -> bytes:
+        self.parts = [body]
+        self.size = len(body)
+        return body
+
+    def close(self) -> bytes:
+        return b""
+
+    def fail(self, why: str) -> bytes:
+        self.broken = True
+        return b""
+
+    def commit(self, tokens: int) -> None:
+        """Store the answer: called only after it ended whole (a 200, no error)."""
+        if self.broken:
+            return
+        body = b"".join(self.parts)
+        headers = self.headers
+        if self.streamed:
+            if b"event: error" in body or b'data: {"error"' in body:
+                return  # the stream ended in an error event
+        else:
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        self.pending.store(200, headers, body, tokens)
+
+
+def chain_for(
+    secret: bytes, masked: bytes, adapter: Adapter | None, tee: CacheTee | None = None
+) -> Transform:
     """The transforms of one answer: translation when the families differ, the key scrub
-    last; a plain answer's is the key scrub alone (no chain to walk)."""
+    last (then the cache's copy, when the answer may be stored); a plain answer's is the key
+    scrub alone (no chain to walk)."""
     scrub = KeyScrub(secret, masked)
     if adapter is None:
-        return scrub
-    return Chain([Translation(adapter), scrub])
+        return scrub if tee is None else Chain([scrub, tee])
+    if tee is None:
+        return Chain([Translation(adapter), scrub])
+    return Chain([Translation(adapter), scrub, tee])

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,8 @@ from keygate.control.redis import SharedState
 from keygate.observe.access import access_log
 from keygate.observe.logs import log
 from keygate.observe.stats import RequestRecord
+from keygate.runtime.cache import ResponseCache
+from keygate.runtime.egress import Egress, EgressSessions, effective_proxies, needs_egress
 from keygate.runtime.keyops import apply_key_options
 from keygate.runtime.modellist import ModelLists
 from keygate.runtime.probe import probe
@@ -59,6 +62,7 @@ class Gateway:
             SharedState(settings.redis_url, settings.fleet_size) if settings.redis_url else None
         )
         self.pins = Pins(self.shared)  # conversation → key (SPEC §15 affinity)
+        self.cache = ResponseCache()  # exact answers of providers with `cache:` (SPEC §19)
         self.providers: dict[str, ProviderRuntime] = {
             name: ProviderRuntime(cfg, settings.fleet_size, self.shared)
             for name, cfg in settings.providers.items()
@@ -74,6 +78,7 @@ class Gateway:
             self.store, self.providers, settings, on_models=self.load_models, clients=self.clients
         )
         self.session: aiohttp.ClientSession | None = None
+        self.egress_sessions = EgressSessions()  # one pooled session per egress proxy
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's, set by `start`
         self.recent: deque[RequestRecord] = deque(maxlen=settings.recent_requests)
         self.started_at = time.time()
@@ -109,6 +114,7 @@ class Gateway:
         if self.shared is not None:
             await self.shared.start(self.sync.poll)
         self.session = create_session()
+        self.start_egress()
         self._spawn(self.sync.poll_loop(), recheck_loop(self.providers, self.probe_key))
         self._spawn(self.sync.flush_loop())
 
@@ -125,6 +131,7 @@ class Gateway:
         access_log.flush()
         if self.session is not None:
             await self.session.close()
+        await self.egress_sessions.close()
         if self.shared is not None:
             await self.shared.close()
         await self.store.close()
@@ -252,4 +259,26 @@ class Gateway:
     async def probe_key(self, entry: KeyEntry) -> tuple[int, float, str]:
         rt = self.providers[entry.provider]
         assert self.session is not None
-        return await probe(self.session, rt.cfg, entry.secret)
+        return await probe(self.key_session(rt, entry), rt.cfg, entry.secret)
+
+    # --- egress proxies (SPEC §16) ---------------------------------------------------------
+    def start_egress(self, names: Iterable[str] | None = None) -> None:
+        """An `Egress` for each provider (of `names`, default all) that goes through proxies;
+        the rest stay direct. A rebuilt one starts with fresh health."""
+        default = self.settings.proxy
+        for name in self.providers if names is None else names:
+            rt = self.providers[name]
+            cfg = rt.cfg
+            urls = effective_proxies(cfg, default)
+            needed = needs_egress(cfg, default)
+            rt.egress = Egress(cfg, urls, self.egress_sessions) if needed else None
+
+    def key_session(
+        self, rt: ProviderRuntime, entry: KeyEntry | KeyRecord
+    ) -> aiohttp.ClientSession:
+        """The session a key's model lists, tests and re-checks go through: its proxy's."""
+        assert self.session is not None
+        if rt.egress is None:
+            return self.session
+        via = rt.egress.pick(entry.id, entry.secret, [])
+        return self.session if via is None else rt.egress.session(via)

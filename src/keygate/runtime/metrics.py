@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from keygate.runtime.cache import RESULTS as CACHE_RESULTS
 from keygate.runtime.gateway import Gateway
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -106,6 +107,24 @@ class GatewayCollector:
         state.add_metric([gw.state_info()["state"]], 1)
         yield from (requests, tokens, keys, in_flight, max_conn, queued, rejected, state, affinity)
         yield remaining
+        proxy_errors = CounterMetricFamily(
+            "keygate_proxy_errors",
+            "Failures of each egress proxy, its password masked (SPEC §16).",
+            labels=["provider", "proxy"],
+        )
+        for name, rt in gw.providers.items():
+            for proxy in rt.egress.states if rt.egress is not None else ():
+                proxy_errors.add_metric([name, proxy.shown], proxy.errors)
+        yield proxy_errors
+        cache = CounterMetricFamily(
+            "keygate_cache",
+            "Answers of cached routes by what the response cache made of them (SPEC §19).",
+            labels=["provider", "result"],
+        )
+        for name, counts in list(gw.cache.counts.items()):
+            for result, n in zip(CACHE_RESULTS, counts, strict=False):
+                cache.add_metric([name, result], n)
+        yield cache
 
 
 def _quota_gauges(family: GaugeMetricFamily, name: str, rt: Any, now: float) -> None:

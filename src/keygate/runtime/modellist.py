@@ -137,11 +137,15 @@ class ModelLists:
             self.errors[name] = "no usable key"
             return
         cfg = rt.cfg
+        session = self.gw.session
+        if rt.egress is not None:  # SPEC §16: through the key's proxy
+            via = rt.egress.pick(entry.id, entry.secret, [])
+            session = session if via is None else rt.egress.session(via)
         url, headers = rt.dialect.models_request(cfg.base_url, entry.secret)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_connect_s)
         try:
             async with asyncio.timeout(min(cfg.timeout_first_byte_s, 30.0)):
-                async with self.gw.session.get(
+                async with session.get(
                     url, headers=headers, timeout=timeout, allow_redirects=False
                 ) as resp:
                     body = await resp.content.read(FETCH_LIMIT)

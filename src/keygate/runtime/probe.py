@@ -13,6 +13,7 @@ from keygate.config.settings import ProviderConfig
 from keygate.control.base import Event
 from keygate.control.classify import classify
 from keygate.dialects import dialect_for
+from keygate.runtime.egress import PROXY_ERRORS, proxy_failure
 from keygate.store.base import Store, StoreError
 
 _BODY_LIMIT = 4096  # enough for classify() to find "API key not valid" or a quota message
@@ -56,8 +57,11 @@ async def probe_answer(
                 got = {k.lower(): v for k, v in resp.headers.items()}
     except TimeoutError:
         return ProbeAnswer(0, (time.perf_counter() - started) * 1000, "timed out", {}, b"")
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientError, OSError, *PROXY_ERRORS) as exc:
         ms = (time.perf_counter() - started) * 1000
+        failed = proxy_failure(exc)
+        if failed is not None:  # the key's proxy, not the key: proves nothing about the key
+            return ProbeAnswer(0, ms, f"proxy failed: {type(failed).__name__}", {}, b"")
         return ProbeAnswer(0, ms, f"unreachable: {type(exc).__name__}", {}, b"")
     ms = (time.perf_counter() - started) * 1000
     return ProbeAnswer(status, ms, "" if status < 400 else f"{status} from upstream", got, body)

@@ -12,17 +12,19 @@ from keygate.control.local import LocalAdmission, LocalKeyPool
 from keygate.control.redis import SharedAdmission, SharedKeyPool, SharedState
 from keygate.dialects import Dialect, dialect_for
 from keygate.observe.stats import ProviderStats
+from keygate.runtime.egress import Egress
 
 
 class ProviderRuntime:
     """Everything the request path needs about one provider, prepared once."""
 
-    __slots__ = ("admission", "cfg", "dialect", "pool", "stats", "timeout")
+    __slots__ = ("admission", "cfg", "dialect", "egress", "pool", "stats", "timeout")
 
     def __init__(
         self, cfg: ProviderConfig, fleet_size: int = 1, shared: SharedState | None = None
     ) -> None:
         self.cfg = cfg
+        self.egress: Egress | None = None  # SPEC §16 proxies; None: the gateway's session
         self.dialect: Dialect = dialect_for(cfg.key_style)  # resolved once, again on reload
         # The form is chosen once: shared (Redis) when configured, its local fallback underneath.
         if shared is None:

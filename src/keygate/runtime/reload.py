@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from keygate.config.overrides import apply_stored
+from keygate.config.proxies import show_proxy
 from keygate.config.settings import TUNABLE, ProviderConfig, Settings, key_sources
 from keygate.runtime.gateway import Gateway
 from keygate.runtime.keyops import apply_key_options
@@ -57,6 +58,7 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
     fleet = gw.settings.fleet_size
     overrides = await gw.store.get_provider_overrides()
     apply_stored(new.providers, overrides, gw.settings.allow_private_upstreams)
+    egress_changed: list[str] = []  # providers whose proxies (SPEC §16) must be rebuilt
     for name, ncfg in new.providers.items():
         rt = gw.providers.get(name)
         before = rt.cfg.keys if rt is not None else []
@@ -64,7 +66,13 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
             rt = ProviderRuntime(ncfg, fleet, gw.shared)
             gw.providers[name] = rt
             changes.append(f"providers.{name}: added ({ncfg.base_url})")
+            egress_changed.append(name)
         else:
+            if (rt.cfg.proxies, rt.cfg.key_proxies) != (ncfg.proxies, ncfg.key_proxies):
+                shown = ", ".join(show_proxy(u) for u in ncfg.proxies) or "none"
+                changes.append(f"providers.{name}.proxies: now {shown}")  # passwords masked
+                rt.cfg.proxies, rt.cfg.key_proxies = ncfg.proxies, dict(ncfg.key_proxies)
+                egress_changed.append(name)
             cfg, changed = rt.cfg, False
             for key in (*TUNABLE, "key_style", "models"):
                 before, after = getattr(cfg, key), getattr(ncfg, key)
@@ -81,10 +89,19 @@ async def apply_settings(gw: Gateway, new: Settings) -> list[str]:
     for f in dataclasses.fields(new):
         if f.name in RESTART_ONLY:
             continue
+        if f.name == "proxy":  # KEYGATE_PROXY: its passwords are never shown
+            if gw.settings.proxy != new.proxy:
+                gw.settings.proxy = new.proxy
+                shown = ", ".join(show_proxy(u) for u in new.proxy) or "none"
+                changes.append(f"proxy: now {shown}")
+                egress_changed = list(gw.providers)
+            continue
         before, after = getattr(gw.settings, f.name), getattr(new, f.name)
         if before != after:
             setattr(gw.settings, f.name, after)
             changes.append(f"{f.name}: {before!r} -> {after!r}")
+    if egress_changed:
+        gw.start_egress(n for n in dict.fromkeys(egress_changed) if n in gw.providers)
     gw.default_provider = gw.settings.default_provider
     gw.adopt_models(gw.stored_models)  # the file's `models:` (and providers) may have changed
     if gw.shared is not None and changes:

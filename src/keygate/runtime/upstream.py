@@ -18,13 +18,18 @@ from keygate import __version__
 USER_AGENT = f"keygate/{__version__}"
 
 
-def create_session() -> aiohttp.ClientSession:
-    """Unlimited pooled connections, bytes relayed as received, no cookies kept."""
+def create_session(
+    connector: aiohttp.BaseConnector | None = None, trust_env: bool = False
+) -> aiohttp.ClientSession:
+    """Unlimited pooled connections, bytes relayed as received, no cookies kept. `connector`:
+    an egress proxy's (runtime.egress); `trust_env`: the standard *_PROXY variables."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+        connector=connector
+        or aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT},
+        trust_env=trust_env,
     )
 
 

@@ -109,6 +109,8 @@ def provider_view(rt: ProviderRuntime) -> dict[str, Any]:
         "queued": snap["queued"],
         "paused_for_s": snap["paused_for_s"],
         "quota": provider_quota(rt, time.time()),
+        # SPEC §16: each egress proxy's health, its password masked ([]: direct)
+        "proxies": rt.egress.public() if rt.egress is not None else [],
     }
 
 

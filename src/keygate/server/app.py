@@ -9,12 +9,14 @@ from typing import Any
 
 from keygate import __version__
 from keygate.admin.credentials import AdminCredentials
+from keygate.config.proxies import show_proxy
 from keygate.config.settings import ConfigError, Settings, load_settings
 from keygate.http.asgi import respond, respond_json
 from keygate.http.errors import GatewayError
 from keygate.observe.logs import print_block, setup_logging
 from keygate.proxy import handler
 from keygate.runtime import health
+from keygate.runtime.egress import effective_proxies
 from keygate.runtime.gateway import Gateway
 from keygate.server import lifecycle
 
@@ -182,6 +184,9 @@ def banner(gw: Gateway, credentials: AdminCredentials, workers_line: str = "") -
             lines.append(
                 f"    {name:<13} {n:>6} {'key ' if n == 1 else 'keys'}  rps={c.rps:g} burst={c.burst} max_conn={c.max_conn}  → {c.base_url}"
             )
+            egress = effective_proxies(c, s.proxy)  # SPEC §16, passwords masked
+            if egress:
+                lines.append(f"    {'':<13} via {', '.join(show_proxy(u) for u in egress)}")
     idle = [name for name, rt in gw.providers.items() if not rt.pool.entries and rt.cfg.builtin]
     if idle:
         lines.append(f"    (no keys yet: {', '.join(idle)})")
