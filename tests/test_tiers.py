@@ -156,7 +156,7 @@ def test_cli_keys_update_reaches_the_running_server(gateway_factory: Any, mock: 
 
     proc = cli("update", str(key_id), "--tier", "2", "--weight", "4")
     assert proc.returncode == 0, proc.stderr
-    assert "tier=2 weight=4" in proc.stdout
+    assert "tier=2, weight=4" in proc.stdout
     eventually(lambda: keys_by_secret(gw)[mask(FREE[0])]["tier"] == 2, timeout=10)
     assert keys_by_secret(gw)[mask(FREE[0])]["weight"] == 4
     with gw.client() as c:

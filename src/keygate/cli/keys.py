@@ -173,15 +173,21 @@ async def _keys_limit(ctx: Any) -> int:
         high = int(BOUNDS["key_" + name])
         if not 0 <= value <= high:
             raise ConfigError(f"keys limit: --{name} must be ≥ 0 and ≤ {high}, got {value}")
+    return await _update_each(store, args.ids, fields, LIMIT_FIELDS)
+
+
+async def _update_each(store: Any, ids: list[int], fields: dict[str, int], shown: Any) -> int:
+    """`fields` written to each key of `ids`, each printed with the `shown` fields; exit 1
+    when some id names no key."""
     missing = 0
-    for key_id in args.ids:
+    for key_id in ids:
         rec = await store.update_key(key_id, **fields)
         if rec is None:
             print(f"no key with id {key_id}", file=sys.stderr)
             missing += 1
             continue
-        shown = ", ".join(f"{n}={getattr(rec, n)}" for n in LIMIT_FIELDS)
-        print(f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {shown}")
+        values = ", ".join(f"{n}={getattr(rec, n)}" for n in shown)
+        print(f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} {values}")
     return 1 if missing else 0
 
 
@@ -198,17 +204,7 @@ async def _keys_update(ctx: Any) -> int:
         value = fields.get(name)
         if value is not None and not low <= value <= high:
             raise ConfigError(f"keys update: --{name} must be ≥ {low} and ≤ {high}, got {value}")
-    missing = 0
-    for key_id in args.ids:
-        rec = await store.update_key(key_id, **fields)
-        if rec is None:
-            print(f"no key with id {key_id}", file=sys.stderr)
-            missing += 1
-            continue
-        print(
-            f"{rec.id:>6}  {rec.provider:<12} {rec.masked:<12} tier={rec.tier} weight={rec.weight}"
-        )
-    return 1 if missing else 0
+    return await _update_each(store, args.ids, fields, ("tier", "weight"))
 
 
 async def _keys_test(ctx: Any) -> int:
