@@ -26,22 +26,6 @@ def _digest(kind: bytes, value: bytes) -> str:
     return f"{kind.decode()}{crc32(value):08x}{len(value):x}"
 
 
-def _explicit(headers: Sequence[tuple[bytes, bytes]], doc: dict[str, Any] | None) -> str | None:
-    if doc is not None:
-        key = doc.get("prompt_cache_key")
-        if isinstance(key, str) and key:
-            return _digest(b"k", key.encode())
-    for name, value in headers:
-        if name in SESSION_HEADERS and value:
-            return _digest(b"s", value)
-    if doc is not None:
-        meta = doc.get("metadata")
-        user = meta.get("user_id") if isinstance(meta, dict) else None
-        if isinstance(user, str) and user:
-            return _digest(b"u", user.encode())
-    return None
-
-
 def _role(item: Any) -> Any:
     return item.get("role") if type(item) is dict else None
 
@@ -59,7 +43,7 @@ def stable_prefix(doc: dict[str, Any]) -> tuple[Any, Any, Any] | None:
         else:  # Chat: the system/developer messages before the first user message
             lead = []
             for m in messages:
-                role = _role(m)
+                role = m.get("role") if type(m) is dict else None  # `_role`, inline
                 if role == "user":
                     first = m
                     break
@@ -86,9 +70,23 @@ def conversation(
 ) -> str | None:
     """The name of the request's conversation (a hex digest), or None when it has none.
     `mode`: the provider's `affinity` (`prefix` or `header`; never called for `off`)."""
-    found = _explicit(headers, doc)
-    if found is not None or mode != "prefix" or doc is None:
-        return found
+    # the explicit names first (inline: this runs on every request of such a provider)
+    if doc is not None:
+        key = doc.get("prompt_cache_key")
+        if key and isinstance(key, str):
+            return _digest(b"k", key.encode())
+    for name, value in headers:
+        if name in SESSION_HEADERS and value:
+            return _digest(b"s", value)
+    if doc is None:
+        return None
+    meta = doc.get("metadata")
+    if meta:
+        user = meta.get("user_id") if isinstance(meta, dict) else None
+        if user and isinstance(user, str):
+            return _digest(b"u", user.encode())
+    if mode != "prefix":
+        return None
     prefix = stable_prefix(doc)
     if prefix is None:
         return None
@@ -97,7 +95,7 @@ def conversation(
         packed = orjson.dumps((provider, model if isinstance(model, str) else "", *prefix))
     except TypeError:  # not JSON after all (a value orjson cannot write): no name
         return None
-    return _digest(b"p", packed)
+    return f"p{crc32(packed):08x}{len(packed):x}"  # `_digest`, inline
 
 
 def parse(body: bytes | None) -> dict[str, Any] | None:
